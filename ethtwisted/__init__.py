@@ -1,0 +1,3 @@
+"""
+ethtwisted: watch Ethereum nodes and collect every block they see.
+"""

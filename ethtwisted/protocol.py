@@ -1,0 +1,299 @@
+"""
+The wire, shared by eth-client and eth-server.
+
+Every message is a netstring.  A frame whose first byte is ``0xFF`` is a control frame (hello,
+ack, refusal) with a JSON object after that byte; anything else is a payload, opaque UTF-8 text
+identified by the SHA256 of its bytes.  ``0xFF`` never occurs in UTF-8, so no payload of an older
+client can be taken for a control frame.  ``docs/protocol.md`` describes the format for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from twisted.logger import Logger
+from twisted.protocols.basic import NetstringReceiver
+
+DEFAULT_MAX_MESSAGE_BYTES = 65536
+CONTROL_MARK = b"\xff"
+
+PayloadFormat = Literal["json", "html"]
+PAYLOAD_FORMATS: tuple[PayloadFormat, ...] = ("json", "html")
+
+
+class ProtocolError(Exception):
+    """
+    The peer sent something this protocol does not accept; the message says what.
+    """
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """
+    The part of a block a collector keeps: enough to identify it and to follow the chain.
+    """
+
+    chain_id: int
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int
+
+
+_HTML_PAGE = """<!doctype html>
+<html class="no-js" lang="">
+    <head>
+        <meta charset="utf-8">
+        <meta http-equiv="x-ua-compatible" content="ie=edge">
+        <title>Ethereum Current Block Number</title>
+        <meta name="description" content="eth current block">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+    </head>
+    <body>
+        <h2>Current Ethereum Block Number</h2>
+        <p>{number}</p>
+    </body>
+</html>"""
+
+_HTML_PREFIX, _HTML_SUFFIX = _HTML_PAGE.split("{number}")
+
+
+def block_json(block: Block) -> bytes:
+    """
+    The canonical block message: the same bytes for the same block, whichever client sends it.
+    """
+    return json.dumps(
+        {
+            "chain_id": block.chain_id,
+            "number": block.number,
+            "hash": block.hash.lower(),
+            "parent_hash": block.parent_hash.lower(),
+            "timestamp": block.timestamp,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def block_html(number: int) -> bytes:
+    """
+    The older client's page for block C{number}, byte for byte.
+    """
+    return _HTML_PAGE.replace("{number}", str(number)).encode("utf-8")
+
+
+def encode_payload(block: Block, payload_format: PayloadFormat) -> bytes:
+    """
+    The payload a client sends for C{block}.
+    """
+    if payload_format == "html":
+        return block_html(block.number)
+    return block_json(block)
+
+
+def parse_block(payload: bytes) -> Block | int | None:
+    """
+    What a payload says about a block: a L{Block} for the canonical message, the block number
+    for the older page, L{None} for anything else (payloads stay opaque to storage).
+    """
+    if payload.startswith(b"{"):
+        try:
+            obj = json.loads(payload)
+            block = Block(
+                chain_id=obj["chain_id"],
+                number=obj["number"],
+                hash=obj["hash"],
+                parent_hash=obj["parent_hash"],
+                timestamp=obj["timestamp"],
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not all(isinstance(v, int) for v in (block.chain_id, block.number, block.timestamp)):
+            return None
+        if not all(isinstance(v, str) for v in (block.hash, block.parent_hash)):
+            return None
+        return block
+    text = payload.decode("utf-8", "replace")
+    if text.startswith(_HTML_PREFIX) and text.endswith(_HTML_SUFFIX):
+        middle = text[len(_HTML_PREFIX) : len(text) - len(_HTML_SUFFIX)]
+        if middle.isdigit() and middle.isascii():
+            return int(middle)
+    return None
+
+
+def payload_hash(payload: bytes) -> str:
+    """
+    The identity of a payload: the SHA256 hex of its bytes.
+    """
+    return hashlib.sha256(payload).hexdigest()
+
+
+def check_payload(data: bytes) -> str:
+    """
+    Return the payload as text, or raise L{ProtocolError} if it is empty or not UTF-8.
+    """
+    if not data:
+        raise ProtocolError("empty message")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"message is not UTF-8 (byte {e.start})") from None
+
+
+# -- control frames ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """
+    Client to server, first frame: who is sending, and its token when the server asks for one.
+    """
+
+    name: str
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """
+    Server to client: the payload with this SHA256 is committed to SQL.
+    """
+
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """
+    Server to client, just before it closes the connection: why.
+    """
+
+    reason: str
+
+
+ControlFrame = Hello | Ack | Refusal
+
+
+def encode_control(frame: ControlFrame) -> bytes:
+    """
+    The bytes of a control frame (without netstring framing).
+    """
+    obj: dict[str, Any]
+    if isinstance(frame, Hello):
+        obj = {"type": "hello", "name": frame.name}
+        if frame.token is not None:
+            obj["token"] = frame.token
+    elif isinstance(frame, Ack):
+        obj = {"type": "ack", "sha256": frame.sha256}
+    else:
+        obj = {"type": "refusal", "reason": frame.reason}
+    return CONTROL_MARK + json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def decode_control(data: bytes) -> ControlFrame:
+    """
+    Parse a control frame (starting with C{CONTROL_MARK}), or raise L{ProtocolError}.
+    """
+    try:
+        obj = json.loads(data[len(CONTROL_MARK) :])
+        kind = obj["type"]
+        if kind == "hello":
+            name, token = obj["name"], obj.get("token")
+            if isinstance(name, str) and (token is None or isinstance(token, str)):
+                return Hello(name=name, token=token)
+        elif kind == "ack":
+            sha = obj["sha256"]
+            if isinstance(sha, str):
+                return Ack(sha256=sha)
+        elif kind == "refusal":
+            reason = obj["reason"]
+            if isinstance(reason, str):
+                return Refusal(reason=reason)
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise ProtocolError("malformed control frame")
+
+
+# -- framing ----------------------------------------------------------------------------------
+
+
+class FrameProtocol(NetstringReceiver):
+    """
+    Netstring framing with a length cap, split into payloads and control frames.
+
+    A peer that breaks the framing, exceeds the cap or sends a bad frame loses its connection;
+    the reason is logged once, with the peer.  Subclasses implement L{payloadReceived} and
+    L{controlReceived}.
+    """
+
+    log = Logger()
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.MAX_LENGTH = max_message_bytes
+        self.dropped: str | None = None
+
+    @property
+    def peer(self) -> str:
+        address = self.transport.getPeer() if self.transport else None
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    @property
+    def peer_host(self) -> str:
+        address = self.transport.getPeer() if self.transport else None
+        return str(getattr(address, "host", "unknown"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.dropped:
+            return
+        super().dataReceived(data)
+        if self.brokenPeer and not self.dropped:
+            self.drop(self._framing_error())
+
+    def _framing_error(self) -> str:
+        # NetstringReceiver swallows the reason of a parse error; the only one a well-meaning
+        # peer runs into is the length cap, recognisable from the length that was refused.
+        length = self._remainingData.split(b":", 1)[0]
+        if length.isdigit() and int(length) > self.MAX_LENGTH:
+            return f"message of {int(length)} bytes is over the {self.MAX_LENGTH}-byte cap"
+        return "broken netstring framing"
+
+    def drop(self, reason: str) -> None:
+        """
+        Close this connection because of C{reason}, logged once.
+        """
+        if self.dropped:
+            return
+        self.dropped = reason
+        self.log.warn("dropping connection from {peer}: {reason}", peer=self.peer, reason=reason)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def stringReceived(self, string: bytes) -> None:
+        if self.dropped:
+            return
+        try:
+            if string.startswith(CONTROL_MARK):
+                self.controlReceived(decode_control(string))
+            else:
+                self.payloadReceived(string)
+        except ProtocolError as e:
+            self.drop(str(e))
+        except Exception:
+            self.log.failure("bug while handling a message from {peer}", peer=self.peer)
+            self.drop("internal error")
+
+    def send_control(self, frame: ControlFrame) -> None:
+        self.sendString(encode_control(frame))
+
+    def payloadReceived(self, payload: bytes) -> None:
+        raise ProtocolError("unexpected payload")
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
