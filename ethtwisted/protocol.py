@@ -17,6 +17,8 @@ from typing import Any, Literal
 from twisted.logger import Logger
 from twisted.protocols.basic import NetstringReceiver
 
+from ethtwisted.logs import log_observer
+
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 CONTROL_MARK = b"\xff"
 
@@ -232,7 +234,7 @@ class FrameProtocol(NetstringReceiver):
     L{controlReceived}.
     """
 
-    log = Logger()
+    log = Logger(observer=log_observer)
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.MAX_LENGTH = max_message_bytes

@@ -1,0 +1,119 @@
+"""
+What the tap modules (C{server_tap}, C{client_tap}, C{stats_tap}) share: options that also come
+from C{ETH_*} environment variables, the older command line's C{--verbose}, and how a service
+that cannot start ends the program.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ethtwisted.logs import log_observer
+
+log = Logger(observer=log_observer)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(option: str) -> str:
+    """
+    The environment variable of a long option: C{--max-queue} is C{ETH_MAX_QUEUE}.
+    """
+    return "ETH_" + option.upper().replace("-", "_")
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be above 0, not {value}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return number
+
+
+class EnvOptions(usage.Options):
+    """
+    Options that fall back to C{ETH_*} environment variables; a flag on the command line
+    beats the environment.  Options given by an C{opt_NAME} method may be repeated; their
+    variable holds the values separated by white space.
+    """
+
+    optFlags: Sequence[Sequence[str | None]] = [
+        ["verbose", "v", "Log debug messages too."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environ: dict[str, str] = dict(os.environ)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(self._environment_args(args) + args)
+
+    def _environment_args(self, args: Sequence[str]) -> list[str]:
+        given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+        given |= {self.synonyms.get(a[1:2], "") for a in args if a[:1] == "-" and a[1:2] != "-"}
+        repeatable = {name.replace("_", "-") for name in dir(self) if name.startswith("opt_")} - {
+            "opt-help",
+            "opt-version",
+        }
+        env_args: list[str] = []
+        for long_opt in self.longOpt:
+            name = long_opt.rstrip("=")
+            if name in ("help", "version") or self.synonyms.get(name, name) != name:
+                continue
+            value = self.environ.get(env_name(name))
+            if value is None:
+                continue
+            if not long_opt.endswith("="):
+                if value.strip().lower() in _TRUE:
+                    env_args.append(f"--{name}")
+                elif value.strip().lower() not in _FALSE:
+                    raise usage.UsageError(f"{env_name(name)} must be 1 or 0, true or false")
+            elif f"opt-{name}" in repeatable:
+                if name not in given:
+                    env_args.extend(f"--{name}={v}" for v in value.split())
+            else:
+                env_args.append(f"--{name}={value}")
+        return env_args
+
+    def opt_verbose(self) -> None:
+        """
+        Log debug messages too.
+        """
+        self["verbose"] = True
+
+
+def fatal(reactor: IReactorCore, message: str) -> None:
+    """
+    End the program because it cannot do its job: C{message} as one line on stderr (and in
+    the log), then a clean shutdown with exit status 1.
+    """
+    log.critical("{message}", message=message)
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+    # twistd always exits 0 once its reactor stops; the last shutdown phase is the one place
+    # left to report failure, after every service has stopped.
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
