@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorCore
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -89,11 +92,35 @@ class EnvOptions(usage.Options):
                 env_args.append(f"--{name}={value}")
         return env_args
 
-    def opt_verbose(self) -> None:
-        """
-        Log debug messages too.
-        """
-        self["verbose"] = True
+
+def read_lines(path: str, option: str) -> list[str]:
+    """
+    The non-blank, non-comment lines of a file named by C{--option} (tokens, a password).
+    Errors name the file, never its content.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise usage.UsageError(f"--{option}: cannot read {path}: {reason}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise usage.UsageError(f"--{option}: {path} is empty")
+    return lines
+
+
+def check_endpoint(description: str, option: str, *, server: bool) -> None:
+    """
+    Raise a usage error unless C{description} is an endpoint string twistd can use.
+    """
+    parse = serverFromString if server else clientFromString
+    try:
+        # Parsing builds the endpoint without connecting or listening; a memory reactor
+        # keeps option parsing from choosing the process's reactor.
+        parse(MemoryReactor(), description)
+    except Exception as e:
+        raise usage.UsageError(f"--{option} {description!r}: {e}") from None
 
 
 def fatal(reactor: IReactorCore, message: str) -> None:

@@ -1,0 +1,383 @@
+"""
+The collecting side: a netstring server that hands each payload to L{Ingest}, which commits
+what arrives together in one transaction and acknowledges each payload once it is stored.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IPushProducer,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
+from ethtwisted.logs import log_observer
+from ethtwisted.protocol import (
+    Ack,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    ProtocolError,
+    Refusal,
+    check_payload,
+    parse_block,
+    payload_hash,
+)
+from ethtwisted.storage import StartupError, wait_for
+from ethtwisted.tap import fatal
+
+log = Logger(observer=log_observer)
+
+MAX_BATCH = 1000
+HIGH_WATER_BYTES = 8 * 1024 * 1024
+LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
+MAX_RETRY_DELAY = 5.0
+MAX_NAME_LENGTH = 255
+STOP_TIMEOUT = 10.0
+
+
+def describe(failure: Failure) -> str:
+    """
+    A one-line reason for a store failure, looking through the wrappers of Deferred lists.
+    """
+    value: Any = failure.value
+    while hasattr(value, "subFailure"):
+        value = value.subFailure.value
+    text = str(value).strip() or type(value).__name__
+    return text.splitlines()[0]
+
+
+@dataclass
+class _Entry:
+    received: Received
+    size: int
+    done: Deferred[str] = field(default_factory=Deferred)
+
+
+class Ingest:
+    """
+    Payloads on their way into the stores.
+
+    Whatever arrives while a transaction is being committed goes into the next one, so a lone
+    message is committed at once and a busy server commits in large groups.  A group is
+    committed to SQL, then counted in Redis (when configured); only then is each payload's
+    Deferred fired and its sender acknowledged.  A store that fails is retried with capped
+    backoff, the same group again; meanwhile readers are paused past a high-water mark of
+    pending bytes and resumed below half of it.
+    """
+
+    def __init__(
+        self,
+        store: IBlockStore,
+        stats: IStatsStore | None,
+        reactor: IReactorTime,
+        max_batch: int = MAX_BATCH,
+        high_water_bytes: int = HIGH_WATER_BYTES,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.reactor = reactor
+        self.max_batch = max_batch
+        self.high_water_bytes = high_water_bytes
+        self.pending: deque[_Entry] = deque()
+        self.pending_bytes = 0
+        self.busy = False
+        self.paused = False
+        self.producers: set[IPushProducer] = set()
+        self.trouble: str | None = None
+        self.failures = 0
+        self._idle: list[Deferred[None]] = []
+        self.observers: list[Callable[[Sequence[Received], int], None]] = []
+        """Called with each committed group and how many of its payloads were new."""
+
+    def submit(self, received: Received) -> Deferred[str]:
+        """
+        Queue C{received}; the Deferred fires with its SHA256 once it is stored and counted.
+        """
+        entry = _Entry(received, len(received.payload) + 200)
+        self.pending.append(entry)
+        self.pending_bytes += entry.size
+        if not self.busy:
+            self.busy = True
+            # Let the rest of this read be parsed first, so that it joins the same group.
+            self.reactor.callLater(0, self._next)
+        if self.pending_bytes > self.high_water_bytes and not self.paused:
+            self.paused = True
+            log.info("pausing {n} readers: {bytes} bytes waiting for the stores",
+                     n=len(self.producers), bytes=self.pending_bytes)  # fmt: skip
+            for producer in self.producers:
+                producer.pauseProducing()
+        return entry.done
+
+    def add_producer(self, producer: IPushProducer) -> None:
+        self.producers.add(producer)
+        if self.paused:
+            producer.pauseProducing()
+
+    def remove_producer(self, producer: IPushProducer) -> None:
+        self.producers.discard(producer)
+
+    def _next(self) -> None:
+        if not self.pending:
+            self.busy = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        group = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+        self._store(group)
+
+    def _store(self, group: list[_Entry]) -> None:
+        d = self.store.store([e.received for e in group])
+        d.addCallbacks(
+            lambda new: self._stored(group, new),
+            lambda f: self._retry(group, "SQL", f, self._store),
+        )
+        d.addErrback(lambda f: log.failure("storing a group", f))
+
+    def _stored(self, group: list[_Entry], new: int) -> None:
+        for observer in self.observers:
+            observer([e.received for e in group], new)
+        self._record(group)
+
+    def _record(self, group: list[_Entry]) -> None:
+        if self.stats is None:
+            self._done(group)
+            return
+        d = self.stats.record([e.received for e in group])
+        d.addCallbacks(
+            lambda _: self._done(group),
+            lambda f: self._retry(group, "Redis", f, self._record),
+        )
+        d.addErrback(lambda f: log.failure("counting a group", f))
+
+    def _retry(
+        self,
+        group: list[_Entry],
+        store: str,
+        failure: Failure,
+        again: Callable[[list[_Entry]], None],
+    ) -> None:
+        self.failures += 1
+        reason = f"{store} store unavailable: {describe(failure)}"
+        if reason != self.trouble:
+            self.trouble = reason
+            log.error("{reason}; holding {n} messages and retrying", reason=reason,
+                      n=len(group) + len(self.pending))  # fmt: skip
+        delay = min(0.1 * 2 ** min(self.failures - 1, 10), MAX_RETRY_DELAY)
+        self.reactor.callLater(delay, again, group)
+
+    def _done(self, group: list[_Entry]) -> None:
+        if self.trouble is not None:
+            log.info("stores are back after {n} failed attempts", n=self.failures)
+            self.trouble = None
+        self.failures = 0
+        self.pending_bytes -= sum(e.size for e in group)
+        for e in group:
+            e.done.callback(e.received.sha256)
+        if self.paused and self.pending_bytes <= self.high_water_bytes // 2:
+            self.paused = False
+            log.info("resuming {n} readers", n=len(self.producers))
+            for producer in self.producers:
+                producer.resumeProducing()
+        self._next()
+
+    def idle(self) -> Deferred[None]:
+        """
+        Fire once nothing is pending any more.
+        """
+        if not self.busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+
+class ServerProtocol(FrameProtocol, TimeoutMixin):
+    """
+    One client connection: payloads in, acknowledgements out.
+    """
+
+    factory: ServerFactory
+
+    def __init__(self, factory: ServerFactory) -> None:
+        super().__init__(factory.max_message_bytes)
+        self.factory = factory
+        self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
+        self.hello: Hello | None = None
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        self.factory.ingest.add_producer(IPushProducer(self.transport))
+        self.setTimeout(self.factory.idle_timeout)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+        self.factory.connections.discard(self)
+        self.factory.ingest.remove_producer(IPushProducer(self.transport))
+
+    def timeoutConnection(self) -> None:
+        if self.factory.ingest.paused:
+            self.resetTimeout()  # quiet because we stopped reading, not because of the peer
+            return
+        self.drop(f"idle for {self.factory.idle_timeout:g} seconds")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def refuse(self, reason: str) -> None:
+        self.send_control(Refusal(reason))
+        self.drop(reason)
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        if not isinstance(frame, Hello):
+            raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
+        if self.hello is not None:
+            raise ProtocolError("second hello")
+        if not frame.name or len(frame.name) > MAX_NAME_LENGTH:
+            raise ProtocolError(f"client name must be 1 to {MAX_NAME_LENGTH} characters")
+        if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
+            self.refuse(f"client {frame.name!r}: missing or invalid token")
+            return
+        self.hello = frame
+        # A client that said hello keeps its connection open between blocks by design.
+        self.setTimeout(None)
+        log.debug("{peer} is client {name}", peer=self.peer, name=frame.name)
+
+    def payloadReceived(self, payload: bytes) -> None:
+        if self.factory.tokens is not None and self.hello is None:
+            self.refuse("a token is required: send a hello with a token first")
+            return
+        text = check_payload(payload)
+        address = self.peer_host
+        received = Received(
+            sha256=payload_hash(payload),
+            payload=text,
+            address=address,
+            client=self.hello.name if self.hello else address,
+            received=self.factory.reactor.seconds(),
+            block=parse_block(payload),
+        )
+        d = self.factory.ingest.submit(received)
+        d.addCallback(self._acknowledge)
+        d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))
+
+    def _acknowledge(self, sha256: str) -> None:
+        if self.connected and not self.dropped:
+            self.send_control(Ack(sha256))
+
+
+class ServerFactory(Factory):
+    """
+    Builds L{ServerProtocol}s sharing one L{Ingest}.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        reactor: IReactorTime,
+        max_message_bytes: int,
+        idle_timeout: float,
+        tokens: Sequence[str] | None = None,
+    ) -> None:
+        self.ingest = ingest
+        self.reactor = reactor
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.tokens = list(tokens) if tokens is not None else None
+        self.connections: set[ServerProtocol] = set()
+
+    def token_valid(self, token: str | None) -> bool:
+        if token is None or self.tokens is None:
+            return False
+        given = token.encode("utf-8")
+        return any(hmac.compare_digest(given, t.encode("utf-8")) for t in self.tokens)
+
+    def buildProtocol(self, addr: Any) -> ServerProtocol:  # type: ignore[override]
+        return ServerProtocol(self)
+
+
+class CollectorService(Service):
+    """
+    Waits for the SQL store (up to C{wait} seconds), then listens on every endpoint; on stop,
+    stops listening and lets what is pending be committed.  A store that cannot be reached or
+    an endpoint that cannot be listened on ends the program with one line on stderr.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorCore,
+        factory: ServerFactory,
+        endpoints: Sequence[tuple[str, IStreamServerEndpoint]],
+        store_name: str,
+        wait: float,
+    ) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.endpoints = endpoints
+        self.store_name = store_name
+        self.wait = wait
+        self.ports: list[IListeningPort] = []
+        self.ready: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = Deferred.fromCoroutine(self._start())
+        self.ready.addErrback(self._failed)
+
+    async def _start(self) -> None:
+        ingest = self.factory.ingest
+        await wait_for(ingest.store.start, self.store_name, self.wait, self.factory.reactor)
+        for description, endpoint in self.endpoints:
+            try:
+                self.ports.append(await endpoint.listen(self.factory))
+            except Exception as e:
+                raise StartupError(f"cannot listen on {description}: {e}") from e
+            log.info("collecting on {description}", description=description)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(StartupError):
+            fatal(self.reactor, str(failure.value))
+        else:
+            log.failure("starting the collector", failure)
+            fatal(self.reactor, "internal error while starting; see the log")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.ready.cancel()
+        for port in self.ports:
+            await maybeDeferred(port.stopListening)
+        ingest = self.factory.ingest
+        try:
+            await ingest.idle().addTimeout(STOP_TIMEOUT, self.factory.reactor)
+        except TimeoutError:
+            log.warn(
+                "stopping with {n} messages not stored; clients resend what was not acknowledged",
+                n=len(ingest.pending),
+            )
+        await ingest.store.close()
+        if ingest.stats is not None:
+            await ingest.stats.close()

@@ -1,0 +1,185 @@
+"""
+C{twistd eth-server}: options and service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from ethtwisted.logs import set_verbose
+from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from ethtwisted.server import CollectorService, Ingest, ServerFactory
+from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
+from ethtwisted.storage.sql_store import DEFAULT_DB_URL, SQLStore, parse_db_url
+from ethtwisted.tap import EnvOptions, check_endpoint, positive_float, positive_int, read_lines
+
+DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
+LISTEN_BACKLOG = 1024
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, not {value}")
+    return number
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with an explicit listen backlog for TCP endpoints: Twisted's default of 50
+    makes the kernel drop connections from a burst of one-shot clients.
+    """
+    if description.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
+class StoreOptions(EnvOptions):
+    """
+    Where the stores are: shared by eth-server and eth-stats.
+    """
+
+    optParameters = [
+        ["db", None, DEFAULT_DB_URL,
+         "Database URL: sqlite:///relative/path, sqlite:////absolute/path or"
+         " mysql://user@host:3306/database."],
+        ["db-password-file", None, None,
+         "File holding the MySQL password (else $ETH_MYSQL_PASSWORD)."],
+        ["redis", None, None, "Redis URL for the counters, redis://host:6379/0 (off if unset)."],
+        ["redis-prefix", None, "eth:", "Prefix of the Redis keys."],
+        ["wait", None, 30.0, "Seconds to wait for the stores at start-up.", non_negative_float],
+        # The older command line's storage flags.
+        ["mysql-host", None, None, "With --use-mysql: MySQL host (port 3306)."],
+        ["mysql-user", None, None, "With --use-mysql: MySQL user."],
+        ["mysql-pass", None, None,
+         "With --use-mysql: MySQL password (visible to other users: prefer $ETH_MYSQL_PASSWORD)."],
+        ["mysql-db", None, None, "With --use-mysql: MySQL database."],
+        ["redis-host", None, None, "With --use-redis: Redis host."],
+        ["redis-port", None, None, "With --use-redis: Redis port.", int],
+        ["redis-db", None, 0, "With --use-redis: Redis database number.", int],
+    ]  # fmt: skip
+    optFlags = [
+        ["use-mysql", None, "Store in MySQL given by --mysql-* (same as --db mysql://...)."],
+        ["use-redis", None, "Count in Redis given by --redis-* (same as --redis redis://...)."],
+    ]
+
+    def postOptions(self) -> None:
+        self._older_storage_flags()
+        try:
+            url = parse_db_url(self["db"])
+        except ValueError as e:
+            raise usage.UsageError(f"--db: {e}") from None
+        if url.dialect == "mysql":
+            if self["db-password-file"]:
+                password: str | None = read_lines(self["db-password-file"], "db-password-file")[0]
+            else:
+                password = self.environ.get("ETH_MYSQL_PASSWORD", url.password)
+            url = url.with_password(password)
+        elif self["db-password-file"]:
+            raise usage.UsageError("--db-password-file goes with a mysql:// database")
+        self["db_url"] = url
+        self["redis_url"] = None
+        if self["redis"]:
+            try:
+                self["redis_url"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+
+    def _older_storage_flags(self) -> None:
+        if self["use-mysql"]:
+            if self["db"] != DEFAULT_DB_URL:
+                raise usage.UsageError("give either --db or --use-mysql, not both")
+            for name in ("mysql-host", "mysql-user", "mysql-db"):
+                if not self[name]:
+                    raise usage.UsageError(f"--use-mysql called without --{name}")
+            if not (self["mysql-pass"] or "ETH_MYSQL_PASSWORD" in self.environ):
+                raise usage.UsageError("--use-mysql called without --mysql-pass")
+            self["db"] = (
+                f"mysql://{self['mysql-user']}@{self['mysql-host']}:3306/{self['mysql-db']}"
+            )
+            if self["mysql-pass"] and "ETH_MYSQL_PASSWORD" not in self.environ:
+                self.environ["ETH_MYSQL_PASSWORD"] = self["mysql-pass"]
+        if self["use-redis"]:
+            if self["redis"]:
+                raise usage.UsageError("give either --redis or --use-redis, not both")
+            if not self["redis-host"]:
+                raise usage.UsageError("--use-redis called without --redis-host")
+            if not self["redis-port"] or self["redis-port"] <= 0:
+                raise usage.UsageError("--use-redis called without --redis-port")
+            self["redis"] = f"redis://{self['redis-host']}:{self['redis-port']}/{self['redis-db']}"
+
+
+class Options(StoreOptions):
+    synopsis = "[options]"
+    longdesc = (
+        "Collect blocks from eth-clients: each distinct payload is stored once in SQL, counted "
+        "in Redis, and acknowledged to its sender once committed. Every option can also be "
+        "given as an ETH_* environment variable (--max-queue is ETH_MAX_QUEUE); a flag beats "
+        "the environment."
+    )
+    optParameters = [
+        ["max-message-bytes", None, DEFAULT_MAX_MESSAGE_BYTES,
+         "Largest message accepted; a larger one costs its sender the connection.", positive_int],
+        ["idle-timeout", None, 60.0,
+         "Drop a connection silent this many seconds (not after its client said hello).",
+         positive_float],
+        ["tokens-file", None, None,
+         "File of client tokens, one a line: clients must present one in their hello."],
+        # The older command line's listening flags.
+        ["host", None, None, "Interface to listen on (same as --listen tcp:PORT:interface=HOST)."],
+        ["port", None, None, "TCP port to listen on (default 9999).", positive_int],
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Endpoint to listen on, e.g. tcp:9999:interface=127.0.0.1 (repeatable; default that).
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["host"] is not None or self["port"] is not None:
+            if self["listen"]:
+                raise usage.UsageError("give either --listen or --host/--port, not both")
+            host = self["host"] or "localhost"
+            self["listen"] = [f"tcp:{self['port'] or 9999}:interface={host}"]
+        self["listen"] = [with_backlog(d) for d in self["listen"] or [DEFAULT_LISTEN]]
+        for description in self["listen"]:
+            check_endpoint(description, "listen", server=True)
+        self["tokens"] = (
+            read_lines(self["tokens-file"], "tokens-file") if self["tokens-file"] else None
+        )
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    set_verbose(config["verbose"])
+    store = SQLStore(config["db_url"], reactor)
+    stats = None
+    if config["redis_url"] is not None:
+        stats = RedisStats(config["redis_url"], reactor, config["redis-prefix"])
+    ingest = Ingest(store, stats, reactor)
+    factory = ServerFactory(
+        ingest,
+        reactor,
+        max_message_bytes=min(config["max-message-bytes"], store.max_payload_bytes),
+        idle_timeout=config["idle-timeout"],
+        tokens=config["tokens"],
+    )
+    endpoints = [(d, serverFromString(reactor, d)) for d in config["listen"]]
+    service = MultiService()
+    collector = CollectorService(
+        reactor, factory, endpoints, str(config["db_url"]), config["wait"]
+    )
+    collector.setName("collector")
+    collector.setServiceParent(service)
+    return service
