@@ -114,6 +114,7 @@ class StoreOptions(EnvOptions):
 
 
 class Options(StoreOptions):
+    command = "eth-server"
     synopsis = "[options]"
     longdesc = (
         "Collect blocks from eth-clients: each distinct payload is stored once in SQL, counted "

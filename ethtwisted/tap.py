@@ -6,6 +6,7 @@ that cannot start ends the program.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Sequence
@@ -33,14 +34,20 @@ def env_name(option: str) -> str:
 
 
 def positive_float(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, not {value!r}") from None
     if not number > 0:
         raise ValueError(f"must be above 0, not {value}")
     return number
 
 
 def positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, not {value!r}") from None
     if number < 1:
         raise ValueError(f"must be at least 1, not {value}")
     return number
@@ -61,9 +68,19 @@ class EnvOptions(usage.Options):
         super().__init__()
         self.environ: dict[str, str] = dict(os.environ)
 
+    command = "ethtwisted"
+    """The program's name in error messages."""
+
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options} after the environment's.  A usage error ends the program with one
+        line on stderr and exit status 1 (twistd itself would print the whole help first).
+        """
         args = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(self._environment_args(args) + args)
+        try:
+            super().parseOptions(self._environment_args(args) + args)
+        except usage.UsageError as e:
+            raise SystemExit(f"{self.command}: {e}") from None
 
     def _environment_args(self, args: Sequence[str]) -> list[str]:
         given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
@@ -129,11 +146,13 @@ def fatal(reactor: IReactorCore, message: str) -> None:
     the log), then a clean shutdown with exit status 1.
     """
     log.critical("{message}", message=message)
-    sys.stderr.write(f"{message}\n")
-    sys.stderr.flush()
-    # twistd always exits 0 once its reactor stops; the last shutdown phase is the one place
-    # left to report failure, after every service has stopped.
-    reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+    # twistd sends sys.stderr to the log; the line is for whoever started the program.
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"{message}\n")
+    stderr.flush()
+    # twistd exits 0 whenever its reactor stops; the exit status is set last of all, once
+    # twistd has cleaned up after itself (its pid file, its log).
+    atexit.register(_exit_failed)
     if reactor.running:
         reactor.stop()
     else:
