@@ -1,0 +1,227 @@
+"""
+The wire format shared by client and server: payloads, control frames and framing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+
+from ethtwisted.protocol import (
+    CONTROL_MARK,
+    Ack,
+    Block,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    ProtocolError,
+    Refusal,
+    block_html,
+    block_json,
+    check_payload,
+    decode_control,
+    encode_control,
+    encode_payload,
+    parse_block,
+    payload_hash,
+)
+
+BLOCK = Block(
+    chain_id=1,
+    number=4242,
+    hash="0x" + "AB" * 32,
+    parent_hash="0x" + "cd" * 32,
+    timestamp=1_700_000_000,
+)
+
+
+def netstring(data: bytes) -> bytes:
+    return b"%d:%s," % (len(data), data)
+
+
+def feed(protocol: FrameProtocol, data: bytes) -> None:
+    """
+    Hand C{data} over in chunks of 1 to 9 bytes, as a slow network would.
+    """
+    sizes = [1, 2, 3, 5, 7, 9, 4, 6, 8]
+    i = n = 0
+    while i < len(data):
+        size = sizes[n % len(sizes)]
+        protocol.dataReceived(data[i : i + size])
+        i, n = i + size, n + 1
+
+
+@pytest.mark.parametrize(
+    ("number", "sha256"),
+    [
+        (0, "eef07d95574204b4dae2661f23ca58c63433a7e7d3e54174e3251f9fb07341ac"),
+        (4242, "1618609a4b044ee50d82cf66cad21fe8c5fcb2c5b68c00bca8c0aa89cc5d9ab0"),
+        (21000000, "be7cbed5bab6fc9c253937977f34aa3c9cf5fc3d8985d9cec7edc353994ca633"),
+    ],
+)
+def test_html_page_matches_older_client(number: int, sha256: str) -> None:
+    """
+    The html payload is byte for byte the older client's page (its known SHA256 vectors).
+    """
+    assert payload_hash(block_html(number)) == sha256
+    assert encode_payload(BLOCK.__class__(1, number, "0x00", "0x00", 0), "html") == block_html(
+        number
+    )
+
+
+def test_json_payload_is_canonical() -> None:
+    """
+    The json payload has exactly the five keys, sorted, no spaces, hashes in lowercase.
+    """
+    payload = block_json(BLOCK)
+    assert payload == (
+        b'{"chain_id":1,"hash":"0x' + b"ab" * 32 + b'","number":4242,"parent_hash":"0x'
+        + b"cd" * 32 + b'","timestamp":1700000000}'
+    )  # fmt: skip
+    assert encode_payload(BLOCK, "json") == payload
+    assert json.loads(payload)["hash"] == BLOCK.hash.lower()
+
+
+def test_parse_block_reads_both_formats() -> None:
+    """
+    The server learns the block from either payload format, and nothing from other text.
+    """
+    parsed = parse_block(block_json(BLOCK))
+    assert isinstance(parsed, Block)
+    assert parsed.number == 4242 and parsed.hash == BLOCK.hash.lower()
+    assert parse_block(block_html(77)) == 77
+    assert parse_block(b"<html>not the page</html>") is None
+    assert parse_block(b'{"number": "x"}') is None
+    assert parse_block(b'{"chain_id":1,"hash":"0x","number":"1","parent_hash":"0x",'
+                       b'"timestamp":1}') is None  # fmt: skip
+    assert parse_block(block_html(5).replace(b"<p>5</p>", b"<p>5a</p>")) is None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [Hello("node-1"), Hello("node-2", token="s3cret"), Ack("ab" * 32), Refusal("no token")],
+)
+def test_control_frames_round_trip(frame: ControlFrame) -> None:
+    """
+    Every control frame decodes to what was encoded, and starts with the control mark.
+    """
+    data = encode_control(frame)
+    assert data.startswith(CONTROL_MARK)
+    assert decode_control(data) == frame
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff", b"\xffnot json", b'\xff{"type":"ack"}', b'\xff{"type":"bye"}', b"\xff[1]",
+     b'\xff{"type":"hello","name":5}'],
+)  # fmt: skip
+def test_malformed_control_frames_are_refused(data: bytes) -> None:
+    """
+    A control frame that does not parse is a protocol error, not a crash.
+    """
+    with pytest.raises(ProtocolError):
+        decode_control(data)
+
+
+def test_token_never_in_repr() -> None:
+    """
+    A hello's token does not show in its repr (and so in no log line that formats it).
+    """
+    assert "s3cret" not in repr(Hello("n", token="s3cret"))
+
+
+def test_no_utf8_payload_looks_like_a_control_frame() -> None:
+    """
+    Every UTF-8 text accepted as a payload starts with a byte other than the control mark.
+    """
+    for text in ["\u00ff", "\uffff", "ÿ", "\U0001f600", block_html(1).decode()]:
+        data = text.encode("utf-8")
+        assert check_payload(data) == text
+        assert not data.startswith(CONTROL_MARK)
+
+
+def test_check_payload_rejects_empty_and_non_utf8() -> None:
+    """
+    Empty messages and bytes that are not UTF-8 are protocol errors naming the problem.
+    """
+    with pytest.raises(ProtocolError, match="empty"):
+        check_payload(b"")
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        check_payload(b"ok\xc3(")
+
+
+class Recorder(FrameProtocol):
+    def __init__(self, max_message_bytes: int = 100) -> None:
+        super().__init__(max_message_bytes)
+        self.payloads: list[bytes] = []
+        self.frames: list[ControlFrame] = []
+
+    def payloadReceived(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        self.frames.append(frame)
+
+
+def connected(protocol: FrameProtocol) -> StringTransport:
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return transport
+
+
+def test_framing_splits_payloads_and_control_frames() -> None:
+    """
+    Netstrings fed a few bytes at a time come out whole, payloads and frames apart.
+    """
+    protocol = Recorder()
+    connected(protocol)
+    feed(protocol, netstring(b"one") + netstring(encode_control(Ack("ff" * 32))) + netstring(b"2"))
+    assert protocol.payloads == [b"one", b"2"]
+    assert protocol.frames == [Ack("ff" * 32)]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"101:" + b"x" * 101 + b",", "101 bytes is over the 100-byte cap"),
+        (b"99999999999:", "over the 100-byte cap"),
+        (b"3:abc;", "broken netstring framing"),
+        (b"GET / HTTP/1.1\r\n", "broken netstring framing"),
+        (netstring(b"\xff{}"), "malformed control frame"),
+    ],
+)
+def test_bad_input_drops_connection_logged_once(data: bytes, reason: str) -> None:
+    """
+    Broken framing, a message over the cap or a bad frame closes the connection, and the
+    reason is logged once with the peer.
+    """
+    protocol = Recorder()
+    transport = connected(protocol)
+    with capturedLogs() as events:
+        feed(protocol, data + netstring(b"after"))
+    assert transport.disconnecting
+    assert protocol.payloads == []
+    warnings = [e for e in events if "dropping connection" in e["log_format"]]
+    assert len(warnings) == 1
+    assert reason in warnings[0]["reason"]
+    assert warnings[0]["peer"] == "192.168.1.1:54321"
+
+
+def test_bug_in_handler_is_logged_and_costs_only_the_connection() -> None:
+    """
+    An exception escaping a handler is logged as a failure and drops that connection.
+    """
+
+    class Broken(Recorder):
+        def payloadReceived(self, payload: bytes) -> None:
+            raise RuntimeError("boom")
+
+    protocol = Broken()
+    transport = connected(protocol)
+    with capturedLogs() as events:
+        feed(protocol, netstring(b"x"))
+    assert transport.disconnecting
+    assert any(e.get("log_failure") is not None for e in events)

@@ -1,0 +1,346 @@
+"""
+The collector without a network or a database: grouping, acknowledgement after commit,
+retries, back-pressure, and what each connection may send.  The stores here are fakes of our
+own storage interfaces; the real ones are exercised in test_server_e2e.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
+from ethtwisted.protocol import Ack, Hello, Refusal, block_html, encode_control, payload_hash
+from ethtwisted.server import Ingest, ServerFactory, ServerProtocol
+from tests.test_protocol import feed, netstring
+
+
+@implementer(IBlockStore)
+class FakeStore:
+    """
+    A store whose commits are completed by the test.
+    """
+
+    max_payload_bytes = 1000
+
+    def __init__(self) -> None:
+        self.calls: list[list[Received]] = []
+        self.results: list[Deferred[int]] = []
+        self.stored: dict[str, str] = {}
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def store(self, batch: Sequence[Received]) -> Deferred[int]:
+        self.calls.append(list(batch))
+        d: Deferred[int] = Deferred()
+        self.results.append(d)
+        return d
+
+    def commit(self, index: int = -1) -> None:
+        batch = self.calls[index]
+        new = len({r.sha256 for r in batch} - set(self.stored))
+        self.stored.update((r.sha256, r.payload) for r in batch)
+        self.results[index].callback(new)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@implementer(IStatsStore)
+class FakeStats:
+    def __init__(self) -> None:
+        self.down = False
+        self.recorded: list[list[Received]] = []
+
+    def record(self, batch: Sequence[Received]) -> Deferred[None]:
+        if self.down:
+            return fail(ConnectionError("Redis is down"))
+        self.recorded.append(list(batch))
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+def received(text: str, client: str = "c") -> Received:
+    return Received(payload_hash(text.encode()), text, "127.0.0.1", client, 0.0, None)
+
+
+def test_fakes_provide_the_interfaces() -> None:
+    """
+    The fakes implement the same interfaces as the real stores, so these tests mean something.
+    """
+    assert verifyObject(IBlockStore, FakeStore())
+    assert verifyObject(IStatsStore, FakeStats())
+
+
+def test_messages_arriving_together_are_one_transaction() -> None:
+    """
+    What arrives in one turn is committed as one group; what arrives during that commit goes
+    into the next group; acks wait for the commit.
+    """
+    clock, store = Clock(), FakeStore()
+    ingest = Ingest(store, None, clock)
+    acked: list[str] = []
+    for i in range(3):
+        ingest.submit(received(f"m{i}")).addCallback(acked.append)
+    assert store.calls == []
+    clock.advance(0)
+    assert [len(c) for c in store.calls] == [3]
+    ingest.submit(received("m3")).addCallback(acked.append)
+    ingest.submit(received("m4")).addCallback(acked.append)
+    clock.advance(0)
+    assert len(store.calls) == 1 and acked == []
+    store.commit()
+    assert len(acked) == 3
+    assert [len(c) for c in store.calls] == [3, 2]
+    store.commit()
+    assert acked == [payload_hash(f"m{i}".encode()) for i in range(5)]
+    assert not ingest.busy
+    assert not clock.getDelayedCalls()
+
+
+def test_group_size_is_bounded() -> None:
+    """
+    A backlog is committed in groups of at most C{max_batch}.
+    """
+    clock, store = Clock(), FakeStore()
+    ingest = Ingest(store, None, clock, max_batch=4)
+    for i in range(10):
+        ingest.submit(received(f"m{i}"))
+    clock.advance(0)
+    while store.results and not store.results[-1].called:
+        store.commit()
+    assert [len(c) for c in store.calls] == [4, 4, 2]
+
+
+def test_sql_failure_is_retried_with_backoff_and_logged_once() -> None:
+    """
+    A failing commit is retried, the same group again, with growing delays; the outage is
+    logged once and its end once; nothing is acknowledged before the commit.
+    """
+    clock, store = Clock(), FakeStore()
+    ingest = Ingest(store, None, clock)
+    acked: list[str] = []
+    ingest.submit(received("a")).addCallback(acked.append)
+    clock.advance(0)
+    with capturedLogs() as events:
+        for attempt in range(4):
+            store.results[-1].errback(ConnectionError("MySQL has gone away"))
+            assert acked == []
+            delay = clock.getDelayedCalls()[0].getTime() - clock.seconds()
+            assert delay == pytest.approx(0.1 * 2**attempt)
+            clock.advance(delay)
+        store.commit()
+    assert acked == [payload_hash(b"a")]
+    assert all(c == store.calls[0] for c in store.calls)
+    errors = [e for e in events if "holding" in e.get("log_format", "")]
+    assert len(errors) == 1 and "MySQL has gone away" in errors[0]["reason"]
+    assert len([e for e in events if "back after" in e.get("log_format", "")]) == 1
+    assert not clock.getDelayedCalls()
+
+
+def test_redis_failure_retries_only_the_counting() -> None:
+    """
+    When SQL committed but Redis failed, only Redis is tried again (the client counts would
+    double otherwise), and the ack waits for both.
+    """
+    clock, store, stats = Clock(), FakeStore(), FakeStats()
+    ingest = Ingest(store, stats, clock)
+    stats.down = True
+    acked: list[str] = []
+    ingest.submit(received("a")).addCallback(acked.append)
+    clock.advance(0)
+    store.commit()
+    assert acked == []
+    clock.advance(0.1)
+    clock.advance(0.2)
+    stats.down = False
+    clock.advance(0.4)
+    assert acked == [payload_hash(b"a")]
+    assert len(store.calls) == 1
+    assert len(stats.recorded) == 1
+    assert not clock.getDelayedCalls()
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def test_readers_pause_past_high_water_and_resume_below_half() -> None:
+    """
+    While the store is stuck, readers are paused once the pending bytes pass the high-water
+    mark (new ones too), and resumed when the backlog has drained.
+    """
+    clock, store = Clock(), FakeStore()
+    ingest = Ingest(store, None, clock, max_batch=10, high_water_bytes=4800)
+    early = Producer()
+    ingest.add_producer(early)
+    for i in range(9):
+        ingest.submit(received(f"{i:0300d}"))
+    assert not early.paused
+    ingest.submit(received("x" * 300))
+    assert early.paused
+    late = Producer()
+    ingest.add_producer(late)
+    assert late.paused
+    clock.advance(0)
+    store.commit()
+    assert not early.paused and not late.paused
+
+
+def test_idle_fires_when_everything_pending_is_stored() -> None:
+    """
+    C{idle()} lets a stopping server wait for what it has accepted.
+    """
+    clock, store = Clock(), FakeStore()
+    ingest = Ingest(store, None, clock)
+    assert ingest.idle().called
+    ingest.submit(received("a"))
+    done = ingest.idle()
+    clock.advance(0)
+    assert not done.called
+    store.commit()
+    assert done.called
+
+
+def server_connection(
+    tokens: Sequence[str] | None = None, idle_timeout: float = 60.0
+) -> tuple[ServerProtocol, StringTransport, FakeStore, Clock]:
+    clock, store = Clock(), FakeStore()
+    factory = ServerFactory(Ingest(store, None, clock), clock, 1000, idle_timeout, tokens)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=None)
+    protocol.makeConnection(transport)
+    return protocol, transport, store, clock
+
+
+def sent_frames(transport: StringTransport) -> list[bytes]:
+    data, frames = transport.value(), []
+    while data:
+        length, _, rest = data.partition(b":")
+        frames.append(rest[: int(length)])
+        data = rest[int(length) + 1 :]
+    return frames
+
+
+def test_ack_is_sent_after_commit() -> None:
+    """
+    The server acknowledges a payload with its SHA256 once, and only once, it is committed.
+    """
+    protocol, transport, store, clock = server_connection()
+    feed(protocol, netstring(block_html(1)))
+    clock.advance(0)
+    assert transport.value() == b""
+    store.commit()
+    assert sent_frames(transport) == [encode_control(Ack(payload_hash(block_html(1))))]
+    assert store.calls[0][0].client == "192.168.1.1"
+
+
+def test_oneshot_client_that_closes_at_once_is_stored() -> None:
+    """
+    An older client sends one netstring and closes before any commit: its message is
+    stored all the same, and nothing is written to the closed connection.
+    """
+    protocol, transport, store, clock = server_connection()
+    feed(protocol, netstring(b"<html>page</html>"))
+    protocol.connectionLost(None)  # type: ignore[arg-type]
+    transport.loseConnection()
+    clock.advance(0)
+    store.commit()
+    assert list(store.stored.values()) == ["<html>page</html>"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (netstring(b""), "empty message"),
+        (netstring(b"ok\xc3("), "not UTF-8"),
+        (b"1001:" + b"x" * 1001 + b",", "over the 1000-byte cap"),
+        (b"hello\n", "broken netstring framing"),
+        (netstring(encode_control(Ack("00"))), "unexpected ack frame"),
+    ],
+)
+def test_bad_input_costs_its_connection_only(data: bytes, reason: str) -> None:
+    """
+    Each kind of bad input drops the connection with its reason logged once; nothing is
+    stored from it.
+    """
+    protocol, transport, store, clock = server_connection()
+    with capturedLogs() as events:
+        feed(protocol, data)
+    clock.advance(0)
+    assert transport.disconnecting
+    assert store.calls == []
+    drops = [e for e in events if "dropping connection" in e.get("log_format", "")]
+    assert len(drops) == 1 and reason in drops[0]["reason"]
+
+
+def test_silent_peer_is_dropped_after_idle_timeout() -> None:
+    """
+    A peer that connects and says nothing is dropped after the idle timeout.
+    """
+    protocol, transport, store, clock = server_connection(idle_timeout=5)
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting
+    protocol.connectionLost(None)  # type: ignore[arg-type]
+    assert not clock.getDelayedCalls()
+
+
+def test_client_that_said_hello_may_stay_quiet() -> None:
+    """
+    A persistent client (it said hello) waits for new blocks without being timed out, and
+    its messages carry its name.
+    """
+    protocol, transport, store, clock = server_connection(idle_timeout=5)
+    feed(protocol, netstring(encode_control(Hello("node-a"))))
+    clock.advance(600)
+    assert not transport.disconnecting
+    feed(protocol, netstring(b"payload"))
+    clock.advance(0)
+    assert store.calls[0][0].client == "node-a"
+
+
+def test_tokens_required_refuse_older_and_wrong_clients() -> None:
+    """
+    With tokens configured, a payload without hello, or a hello with a wrong token, is
+    refused (with a refusal frame) and costs the connection; the token is never logged.
+    """
+    protocol, transport, store, clock = server_connection(tokens=["good-token"])
+    feed(protocol, netstring(b"payload"))
+    assert transport.disconnecting
+    assert sent_frames(transport)[0].startswith(encode_control(Refusal("a"))[:20])
+
+    protocol, transport, store, clock = server_connection(tokens=["good-token"])
+    with capturedLogs() as events:
+        feed(protocol, netstring(encode_control(Hello("n", token="bad-token"))))
+    assert transport.disconnecting
+    assert "bad-token" not in repr(list(events))
+
+    protocol, transport, store, clock = server_connection(tokens=["good-token"])
+    feed(protocol, netstring(encode_control(Hello("n", token="good-token"))))
+    feed(protocol, netstring(b"payload"))
+    clock.advance(0)
+    store.commit()
+    assert not transport.disconnecting
+    assert list(store.stored.values()) == ["payload"]
