@@ -298,7 +298,7 @@ def test_silent_peer_is_dropped_after_idle_timeout() -> None:
     """
     A peer that connects and says nothing is dropped after the idle timeout.
     """
-    protocol, transport, store, clock = server_connection(idle_timeout=5)
+    protocol, transport, _, clock = server_connection(idle_timeout=5)
     clock.advance(4.9)
     assert not transport.disconnecting
     clock.advance(0.2)
