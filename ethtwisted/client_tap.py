@@ -1,0 +1,195 @@
+"""
+C{twistd eth-client}: options and service.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import IService
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.python import usage
+
+from ethtwisted.client import (
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_BACKFILL,
+    DEFAULT_MAX_QUEUE,
+    MIN_INTERVAL,
+    Delivery,
+    EthClient,
+    Follower,
+    OneShotDelivery,
+    Outbox,
+    Poller,
+    ReconnectingService,
+    Spool,
+    SpoolError,
+    queue_blocks,
+)
+from ethtwisted.logs import set_verbose
+from ethtwisted.node import default_node_uris, open_node, parse_node_uri
+from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
+from ethtwisted.tap import EnvOptions, check_endpoint, positive_int, read_lines
+
+DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
+MAX_NAME_LENGTH = 255
+RECONNECT_INITIAL = 0.25
+RECONNECT_MAX = 10.0
+"""Seconds between attempts to reach the server: doubling from the first to the last, each
+with up to a second of random jitter."""
+
+
+def interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, not {value!r}") from None
+    if not seconds >= MIN_INTERVAL:
+        raise ValueError(f"must be at least {MIN_INTERVAL:g} s, not {value}")
+    return seconds
+
+
+def payload_format(value: str) -> PayloadFormat:
+    for known in PAYLOAD_FORMATS:
+        if value == known:
+            return known
+    raise ValueError(f"must be one of {', '.join(PAYLOAD_FORMATS)}, not {value!r}")
+
+
+def asyncio_reactor_installed() -> bool | None:
+    """
+    Whether the installed reactor is Twisted's asyncio reactor; L{None} if none is installed.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        return None
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return isinstance(reactor, AsyncioSelectorReactor)
+
+
+def reactor_error() -> str:
+    from twisted.internet import reactor
+
+    return (
+        "web3 needs the asyncio reactor, not "
+        f"{type(reactor).__name__}: leave out --reactor or give --reactor=asyncio"
+    )
+
+
+class Options(EnvOptions):
+    command = "eth-client"
+    synopsis = "[options]"
+    longdesc = (
+        "Follow an Ethereum node and send every block to an eth-server, keeping each message "
+        "until the server acknowledges it. Every option can also be given as an ETH_* "
+        "environment variable (--max-queue is ETH_MAX_QUEUE; ETH_NODE holds several nodes "
+        "separated by spaces); a flag beats the environment."
+    )
+    optParameters = [
+        ["server", "s", None,
+         f"Endpoint of the eth-server (default {DEFAULT_SERVER}; tls:HOST:PORT for TLS)."],
+        ["interval", "i", DEFAULT_INTERVAL,
+         f"Seconds between two polls of the node (at least {MIN_INTERVAL:g}).", interval],
+        ["format", "f", "json",
+         "Payload format: json (the canonical block message) or html (the older page).",
+         payload_format],
+        ["max-backfill", None, DEFAULT_MAX_BACKFILL,
+         "Most blocks fetched to fill a jump of the head or follow a reorg.", positive_int],
+        ["max-queue", None, DEFAULT_MAX_QUEUE,
+         "Most unacknowledged messages kept; past it the oldest are dropped.", positive_int],
+        ["spool", None, None,
+         "Directory keeping unacknowledged messages and the last block across restarts."],
+        ["name", None, None, "This client's name, sent to the server (default: the host name)."],
+        ["token-file", None, None, "File holding the token sent to the server with the name."],
+        # The older command line's server flags.
+        ["host", None, None, "The server's host (same as --server tcp:host=HOST:port=PORT)."],
+        ["port", None, None, "The server's TCP port (default 9999).", positive_int],
+    ]  # fmt: skip
+    optFlags = [
+        ["oneshot", None,
+         "For older servers: a new connection per message, no hello, no acknowledgement."],
+    ]  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["node"] = []
+
+    def opt_node(self, uri: str) -> None:
+        """
+        Node to follow: a path or ipc:// URL, ws:// or wss://, http:// or https:// (repeatable:
+        the first that answers is used; default: the usual geth IPC paths, then
+        http://127.0.0.1:8545).
+        """
+        self["node"].append(uri)
+
+    def postOptions(self) -> None:
+        if asyncio_reactor_installed() is False:
+            raise usage.UsageError(reactor_error())
+        for uri in self["node"]:
+            try:
+                parse_node_uri(uri)
+            except ValueError as e:
+                raise usage.UsageError(f"--node: {e}") from None
+        if self["host"] is not None or self["port"] is not None:
+            if self["server"] is not None:
+                raise usage.UsageError("give either --server or --host/--port, not both")
+            host = quoteStringArgument(self["host"] or "127.0.0.1")
+            self["server"] = f"tcp:host={host}:port={self['port'] or 9999}"
+        if self["server"] is None:
+            self["server"] = DEFAULT_SERVER
+        check_endpoint(self["server"], "server", server=False)
+        if self["name"] is None:
+            self["name"] = socket.gethostname() or "eth-client"
+        if not 1 <= len(self["name"]) <= MAX_NAME_LENGTH:
+            raise usage.UsageError(f"--name must be 1 to {MAX_NAME_LENGTH} characters")
+        self["token"] = None
+        if self["token-file"] is not None:
+            if self["oneshot"]:
+                raise usage.UsageError(
+                    "--token-file needs a server that acknowledges: --oneshot sends no hello"
+                )
+            tokens = read_lines(self["token-file"], "token-file")
+            if len(tokens) > 1:
+                raise usage.UsageError(
+                    f"--token-file: {self['token-file']} holds more than one token"
+                )
+            self["token"] = tokens[0]
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        installed = asyncio_reactor_installed()
+        if installed is None:
+            from twisted.internet import asyncioreactor
+
+            asyncioreactor.install()
+        elif not installed:
+            raise usage.UsageError(reactor_error())
+        from twisted.internet import reactor
+    set_verbose(config["verbose"])
+    try:
+        spool = Spool(config["spool"]) if config["spool"] else None
+    except SpoolError as e:
+        raise SystemExit(f"{config.command}: --spool: {e}") from None
+    outbox = Outbox(config["max-queue"], spool)
+    checkpoint = outbox.restore()
+    node = open_node(config["node"] or default_node_uris(os.environ), reactor)
+    follower = Follower(
+        node, queue_blocks(outbox, config["format"]), config["max-backfill"], checkpoint
+    )
+    poller = Poller(follower, reactor, config["interval"])
+    endpoint = clientFromString(reactor, config["server"])
+    retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
+    if config["oneshot"]:
+        delivery = OneShotDelivery(outbox, endpoint, reactor, config["server"], retry)
+        return EthClient(poller, delivery, None, outbox, node, reactor)
+    connection = Delivery(outbox, config["server"], Hello(config["name"], config["token"]))
+    service = ReconnectingService(
+        connection.endpoint(endpoint), connection.factory(), retryPolicy=retry, clock=reactor
+    )
+    return EthClient(poller, service, connection, outbox, node, reactor)
