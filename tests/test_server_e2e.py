@@ -1,0 +1,354 @@
+"""
+eth-server for real: TCP sockets on loopback, SQLite files, and the private MariaDB and Redis
+servers of conftest.py, including their restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+
+from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, encode_control
+from ethtwisted.protocol import payload_hash as sha
+from ethtwisted.server import CollectorService
+from ethtwisted.server_tap import Options, makeService
+from tests.conftest import MySQLDatabase, Redis
+
+TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    service: IService
+    collector: CollectorService
+    port: int
+
+
+async def start_server(args: Sequence[str], environ: dict[str, str] | None = None) -> Server:
+    options = Options()
+    options.environ = dict(environ or {})
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+    service = makeService(options, reactor)
+    service.startService()
+    collector = service.getServiceNamed("collector")
+    assert isinstance(collector, CollectorService)
+    await collector.ready.addTimeout(TIMEOUT, reactor)
+    return Server(service, collector, collector.ports[0].getHost().port)
+
+
+@pytest_twisted.async_yield_fixture
+async def sqlite_server(tmp_path: Path) -> AsyncIterator[tuple[Server, Path]]:
+    path = tmp_path / "eth.sqlite"
+    server = await start_server(["--db", f"sqlite:///{path}", "--idle-timeout", "2"])
+    yield server, path
+    await server.service.stopService()
+
+
+def sqlite_rows(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT hash, payload FROM ethereum_data"))
+
+
+class Peer(FrameProtocol):
+    """
+    A client for tests: sends payloads, with at most C{window} unacknowledged.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        super().__init__()
+        self.window = window
+        self.queue: list[bytes] = []
+        self.unacked: dict[str, bytes] = {}
+        self.acked: list[str] = []
+        self.on_ack: Callable[[str], None] | None = None
+        self.waiting: list[tuple[int, Deferred[None]]] = []
+        self.lost: Deferred[None] = Deferred()
+        self.expected = 0
+
+    def send(self, payloads: Sequence[bytes]) -> Deferred[None]:
+        """
+        Send C{payloads}; the Deferred fires once as many acks arrived as were sent.
+        """
+        self.queue.extend(payloads)
+        self.expected += len(payloads)
+        done: Deferred[None] = Deferred()
+        self.waiting.append((self.expected, done))
+        self._fill()
+        return done
+
+    def _fill(self) -> None:
+        while self.queue and len(self.unacked) < self.window:
+            payload = self.queue.pop(0)
+            self.unacked[sha(payload)] = payload
+            self.sendString(payload)
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        assert isinstance(frame, Ack)
+        self.unacked.pop(frame.sha256, None)
+        self.acked.append(frame.sha256)
+        if self.on_ack is not None:
+            self.on_ack(frame.sha256)
+        self._fill()
+        while self.waiting and len(self.acked) >= self.waiting[0][0]:
+            self.waiting.pop(0)[1].callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback(None)
+
+
+def connect(port: int, protocol: Protocol | None = None) -> Deferred[Any]:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    return connectProtocol(endpoint, protocol or Peer())
+
+
+async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """
+    Wait, without blocking the reactor, until C{condition()} holds (bounded in time).
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.02)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dedup_across_connections_and_ack_after_commit(
+    sqlite_server: tuple[Server, Path],
+) -> None:
+    """
+    Payloads sent over several connections are stored once each; every ack arrives when its
+    row is already committed.
+    """
+    server, path = sqlite_server
+    payloads = [f"block {i}".encode() for i in range(60)]
+    peers = [await connect(server.port) for _ in range(3)]
+    missing_at_ack: list[str] = []
+
+    def check(sha256: str) -> None:
+        if sha256 not in sqlite_rows(path):
+            missing_at_ack.append(sha256)
+
+    peers[0].on_ack = check
+    await DeferredList([p.send(payloads[i * 20 : i * 20 + 40]) for i, p in enumerate(peers)])
+    rows = sqlite_rows(path)
+    assert rows == {sha(p): p.decode() for p in payloads}
+    assert missing_at_ack == []
+    for peer in peers:
+        peer.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oneshot_clients_are_all_stored(sqlite_server: tuple[Server, Path]) -> None:
+    """
+    Fifty older clients at once, each sending one page and closing at once without reading,
+    are all stored.
+    """
+    server, path = sqlite_server
+
+    class OneShot(Protocol):
+        def __init__(self, payload: bytes) -> None:
+            self.payload = payload
+
+        def connectionMade(self) -> None:
+            self.transport.write(b"%d:%s," % (len(self.payload), self.payload))
+            self.transport.loseConnection()
+
+    payloads = [f"<p>{i}</p>".encode() for i in range(50)]
+    await DeferredList([connect(server.port, OneShot(p)) for p in payloads])
+    await until(lambda: len(sqlite_rows(path)) == 50)
+    assert set(sqlite_rows(path)) == {sha(p) for p in payloads}
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_clients_cost_only_their_connections(sqlite_server: tuple[Server, Path]) -> None:
+    """
+    Broken framing, an oversized message, non-UTF-8 and an empty message each lose their
+    own connection while a good client on another connection keeps being served.
+    """
+    server, path = sqlite_server
+    good = await connect(server.port)
+    await good.send([b"before"])
+
+    class Raw(Protocol):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+            self.lost: Deferred[None] = Deferred()
+
+        def connectionMade(self) -> None:
+            self.transport.write(self.data)
+
+        def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+            self.lost.callback(None)
+
+    bad_inputs = [b"GET / HTTP/1.0\r\n\r\n", b"70000:" + b"x" * 1000, b"2:\xc3(,", b"0:,"]
+    bad = [await connect(server.port, Raw(data)) for data in bad_inputs]
+    await DeferredList([b.lost for b in bad]).addTimeout(TIMEOUT, reactor)
+    await good.send([b"after"])
+    assert set(sqlite_rows(path)) == {sha(b"before"), sha(b"after")}
+    good.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hundreds_of_idle_connections(sqlite_server: tuple[Server, Path]) -> None:
+    """
+    300 connections that say nothing are dropped after the idle timeout, while a client that
+    said hello stays connected and served throughout.
+    """
+    server, _ = sqlite_server
+    persistent = await connect(server.port)
+    persistent.sendString(encode_control(Hello("persistent")))
+    idle = [await connect(server.port, Peer()) for _ in range(300)]
+    await persistent.send([b"while idle ones wait"])
+    await DeferredList([p.lost for p in idle]).addTimeout(TIMEOUT, reactor)
+    assert not persistent.lost.called
+    await persistent.send([b"after they are gone"])
+    persistent.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mysql_and_redis_store_and_count(mysql_db: MySQLDatabase, redis: Redis) -> None:
+    """
+    With MySQL and Redis: each payload stored once in ethereum_data, its first sighting in
+    eth:hashes, and every send counted per client address in eth:ip_addresses.
+    """
+    server = await start_server(
+        ["--db", mysql_db.url, "--redis", redis.url],
+        {"ETH_MYSQL_PASSWORD": mysql_db.password},
+    )
+    try:
+        payloads = [f"payload {i} ✓".encode() for i in range(100)]
+        peers = [await connect(server.port) for _ in range(2)]
+        await DeferredList([peers[0].send(payloads), peers[1].send(payloads[:30])])
+        rows = await deferToThread(mysql_db.query, "SELECT hash, payload FROM ethereum_data")
+        assert dict(rows) == {sha(p): p.decode() for p in payloads}
+        assert redis.execute("ZCARD", "eth:hashes") == 100
+        assert redis.execute("HGET", "eth:ip_addresses", "127.0.0.1") == b"130"
+        clients = await deferToThread(mysql_db.query, "SELECT client, messages FROM eth_clients")
+        assert clients == [("127.0.0.1", 130)]
+        for peer in peers:
+            peer.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mysql_restart_mid_stream_loses_nothing_acked(
+    mysql_db: MySQLDatabase, redis: Redis
+) -> None:
+    """
+    MariaDB killed (SIGKILL) and restarted while messages stream in: the server holds and
+    retries, every message is eventually acknowledged, and every acknowledged one is in SQL.
+    """
+    server = await start_server(
+        ["--db", mysql_db.url, "--redis", redis.url],
+        {"ETH_MYSQL_PASSWORD": mysql_db.password},
+    )
+    try:
+        payloads = [f"stream {i}".encode() for i in range(2000)]
+        peer = await connect(server.port)
+        peer.window = 20
+        restarted: list[Deferred[None]] = []
+
+        def restart_once(_: str) -> None:
+            if len(peer.acked) == 300 and not restarted:
+                restarted.append(deferToThread(mysql_db.server.restart))
+
+        peer.on_ack = restart_once
+        with capturedLogs() as events:
+            await peer.send(payloads).addTimeout(120, reactor)
+            await restarted[0]
+        outages = [e for e in events if "holding" in e.get("log_format", "")]
+        assert outages and "SQL store unavailable" in outages[0]["reason"]
+        rows = await deferToThread(mysql_db.query, "SELECT hash FROM ethereum_data")
+        assert {r[0] for r in rows} == {sha(p) for p in payloads}
+        assert set(peer.acked) == {sha(p) for p in payloads}
+        peer.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_holds_acks_until_it_is_back(
+    mysql_db: MySQLDatabase, redis: Redis
+) -> None:
+    """
+    While Redis is down nothing is acknowledged; once it is back, the held messages are
+    counted and acknowledged without a restart of the server.
+    """
+    server = await start_server(
+        ["--db", mysql_db.url, "--redis", redis.url],
+        {"ETH_MYSQL_PASSWORD": mysql_db.password},
+    )
+    try:
+        peer = await connect(server.port)
+        await peer.send([b"before the outage"])
+        await deferToThread(redis.kill)
+        done = peer.send([b"during the outage 1", b"during the outage 2"])
+        await deferLater(reactor, 1.0)
+        assert len(peer.acked) == 1
+        await deferToThread(redis.start)
+        await done.addTimeout(TIMEOUT, reactor)
+        assert redis.execute("ZSCORE", "eth:hashes", sha(b"during the outage 2")) is not None
+        assert redis.execute("HGET", "eth:ip_addresses", "127.0.0.1") == b"2"
+        peer.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_required(tmp_path: Path) -> None:
+    """
+    With --tokens-file, a client with a valid token is served and an older client without
+    one is refused.
+    """
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# fleet tokens\nsecret-one\nsecret-two\n")
+    path = tmp_path / "t.sqlite"
+    server = await start_server(["--db", f"sqlite:///{path}", "--tokens-file", str(tokens)])
+    try:
+        good = await connect(server.port)
+        good.sendString(encode_control(Hello("node", token="secret-two")))
+        await good.send([b"with token"])
+        anonymous = await connect(server.port)
+        anonymous.sendString(b"no token")
+        await anonymous.lost.addTimeout(TIMEOUT, reactor)
+        assert set(sqlite_rows(path)) == {sha(b"with token")}
+        good.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
+    """
+    Stopping the server stops listening, then lets what it accepted be committed before the
+    stores close.
+    """
+    path = tmp_path / "s.sqlite"
+    server = await start_server(["--db", f"sqlite:///{path}"])
+
+    class OneShot(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"%d:%s," % (len(b"last words"), b"last words"))
+            self.transport.loseConnection()
+
+    await connect(server.port, OneShot())
+    await until(
+        lambda: len(server.collector.factory.ingest.pending) > 0 or bool(sqlite_rows(path))
+    )
+    await server.service.stopService()
+    assert set(sqlite_rows(path)) == {sha(b"last words")}
