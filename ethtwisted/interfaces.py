@@ -1,7 +1,7 @@
 """
-The seams of ethtwisted: where blocks come from (L{INode}) and where they go (L{IBlockStore},
-L{IStatsStore}).  Each has one module of implementations; tests and the benchmarks use the
-same interfaces.
+The seams of ethtwisted: where blocks come from (L{INode}), where they go (L{IBlockStore},
+L{IStatsStore}) and how the stats API reads them back (L{IStatsReader}, L{IBlockReader}).
+Each has one module of implementations; tests and the benchmarks use the same interfaces.
 """
 
 from __future__ import annotations
@@ -69,6 +69,115 @@ class IStatsStore(Interface):
     def close() -> Deferred[None]:
         """
         Disconnect.
+        """
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """
+    One distinct payload as the stats API shows it: when it was first seen, by whom, and what
+    it says about a block (the block fields are L{None} for payloads that are not blocks, and
+    all but C{number} for the older HTML page).
+    """
+
+    sha256: str
+    first_seen: float
+    client: str
+    chain_id: int | None
+    number: int | None
+    block_hash: str | None
+    parent_hash: str | None
+    block_time: int | None
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """
+    One client (its hello name, or its address) as the durable store remembers it.
+    """
+
+    client: str
+    address: str
+    messages: int
+    first_seen: float
+    last_seen: float
+    chain_id: int | None
+    last_block: int | None
+
+
+@dataclass(frozen=True)
+class Head:
+    """
+    The best (highest) block seen on one chain; C{chain_id} is L{None} for blocks known only by
+    number (the older HTML page).
+    """
+
+    chain_id: int | None
+    number: int
+    block_hash: str | None
+    first_seen: float
+
+
+class IStatsReader(Interface):
+    """
+    What the older stats service showed, answered by every store (SQL and Redis alike, with
+    the same answers for the same traffic).
+    """
+
+    def ping() -> Deferred[None]:
+        """
+        Fire once the store answers; fail (rather than hang) when it does not.
+        """
+
+    def latest_hashes(limit: int) -> Deferred[list[tuple[str, float]]]:
+        """
+        The C{limit} most recently first-seen payloads: (SHA256, unix time first seen), newest
+        first, ties broken by descending SHA256.
+        """
+
+    def address_counts(limit: int) -> Deferred[list[tuple[str, int]]]:
+        """
+        Messages sent per client IP address: the C{limit} busiest, ties broken by address.
+        """
+
+
+class IBlockReader(Interface):
+    """
+    Reading back the durable store (SQL) for the stats API.  Every list is bounded by its
+    C{limit}.
+    """
+
+    def payload(sha256: str) -> Deferred[str | None]:
+        """
+        The stored payload with this SHA256, or L{None}.
+        """
+
+    def blocks(limit: int, before: str | None = None) -> Deferred[list[BlockRecord] | None]:
+        """
+        Payloads newest first (by first sighting, then descending SHA256); with C{before}, only
+        those after the payload with that SHA256 in this order.  L{None} if C{before} is not a
+        stored payload.
+        """
+
+    def block(sha256: str) -> Deferred[BlockRecord | None]:
+        """
+        One payload's record, or L{None}.
+        """
+
+    def clients(limit: int) -> Deferred[list[ClientRecord]]:
+        """
+        The clients most recently heard from first.
+        """
+
+    def heads(limit: int) -> Deferred[list[Head]]:
+        """
+        The best head of each chain that clients currently report, by chain id.
+        """
+
+    def arrivals(since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
+        """
+        How many payloads were first seen since C{since}, per C{bucket} seconds: (start of the
+        bucket, count), oldest first, empty buckets left out.
         """
 
 

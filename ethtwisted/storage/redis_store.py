@@ -19,10 +19,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IStatsStore, Received
+from ethtwisted.interfaces import IStatsReader, IStatsStore, Received
 
 DEFAULT_PREFIX = "eth:"
 TIMEOUT = 5.0
+SCAN_LIMIT = 10000
+"""The most client addresses read for one answer of L{RedisStats.address_counts}."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,10 @@ def parse_redis_url(url: str) -> RedisURL:
     return RedisURL(parts.hostname, port, db, password)
 
 
-@implementer(IStatsStore)
+@implementer(IStatsStore, IStatsReader)
 class RedisStats:
     """
-    L{IStatsStore} in Redis, with a configurable key prefix.
+    L{IStatsStore} in Redis, with a configurable key prefix, and its L{IStatsReader}.
     """
 
     def __init__(self, url: RedisURL, reactor: IReactorTime, prefix: str = DEFAULT_PREFIX) -> None:
@@ -78,6 +80,8 @@ class RedisStats:
             reconnect=True,
             connectTimeout=TIMEOUT,
             replyTimeout=TIMEOUT,
+            # Members and fields are text: a SHA256 of digits only must not become a number.
+            convertNumbers=False,
         )
 
     def command(self, *args: Any) -> Deferred[Any]:
@@ -103,3 +107,35 @@ class RedisStats:
     def close(self) -> Deferred[None]:
         d: Deferred[Any] = self.redis.disconnect()
         return d.addCallback(lambda _: None)
+
+    # -- reading back (IStatsReader) ------------------------------------------------------------
+
+    def ping(self) -> Deferred[None]:
+        return self.command("PING").addCallback(lambda _: None)
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        d = self.command("ZREVRANGE", self.hashes_key, 0, limit - 1, "WITHSCORES")
+        return d.addCallback(_pairs, float)
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        return Deferred.fromCoroutine(self._address_counts(limit))
+
+    async def _address_counts(self, limit: int) -> list[tuple[str, int]]:
+        # HSCAN rather than HGETALL: however many addresses there are, one answer reads at most
+        # SCAN_LIMIT of them.
+        counts: dict[str, int] = {}
+        cursor: Any = 0
+        while True:
+            cursor, fields = await self.command("HSCAN", self.addresses_key, cursor, "COUNT", 1000)
+            counts.update(_pairs(fields, int))
+            if str(cursor) == "0" or len(counts) >= SCAN_LIMIT:
+                break
+        return sorted(counts.items(), key=lambda r: (-r[1], r[0]))[:limit]
+
+
+def _pairs(flat: Sequence[Any], convert: Any) -> list[tuple[str, Any]]:
+    """
+    C{[a, 1, b, 2]} as C{[(a, convert(1)), (b, convert(2))]}, with text keys.
+    """
+    keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in flat[::2]]
+    return [(k, convert(v)) for k, v in zip(keys, flat[1::2], strict=True)]

@@ -2,7 +2,9 @@
 The durable store: SQLite or MySQL/MariaDB through L{twisted.enterprise.adbapi}.
 
 The older servers' C{ethereum_data} table keeps its shape; C{eth_blocks} and C{eth_clients}
-beside it record when each payload was first seen and what each client reported.
+beside it record when each payload was first seen and what each client reported.  The same
+store reads them back for the stats API; opened read-only (eth-stats), it never creates or
+changes anything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -19,12 +22,22 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IBlockStore, Received
+from ethtwisted.interfaces import (
+    BlockRecord,
+    ClientRecord,
+    Head,
+    IBlockReader,
+    IBlockStore,
+    IStatsReader,
+    Received,
+)
 from ethtwisted.protocol import Block
 
 DEFAULT_DB_URL = "sqlite:///ethtwisted.sqlite"
 MYSQL_TEXT_BYTES = 65535
 _TIMEOUT = 30
+_TABLES = ("ethereum_data", "eth_blocks", "eth_clients")
+_BLOCK_COLUMNS = "hash, first_seen, client, chain_id, number, block_hash, parent_hash, block_time"
 
 
 @dataclass(frozen=True)
@@ -90,8 +103,11 @@ class _Dialect:
     The statements that differ between SQLite and MySQL.
     """
 
-    def __init__(self, name: str, placeholder: str, ignore: str, upsert: str) -> None:
+    def __init__(self, name: str, placeholder: str, ignore: str, upsert: str, bucket: str) -> None:
         self.name = name
+        self.placeholder = placeholder
+        self.bucket = bucket
+        """The start of the C{{bucket}}-second interval holding C{first_seen}, in this dialect."""
         p = ", ".join([placeholder] * 2)
         self.insert_data = f"{ignore} INTO ethereum_data (hash, payload) VALUES ({p})"
         p = ", ".join([placeholder] * 8)
@@ -119,6 +135,7 @@ SQLITE = _Dialect(
     " messages = messages + excluded.messages, last_seen = excluded.last_seen,"
     " chain_id = COALESCE(excluded.chain_id, chain_id),"
     " last_block = COALESCE(excluded.last_block, last_block)",
+    "CAST(first_seen / {bucket} AS INTEGER) * {bucket}",
 )
 MYSQL = _Dialect(
     "mysql",
@@ -128,6 +145,7 @@ MYSQL = _Dialect(
     " messages = messages + VALUES(messages), last_seen = VALUES(last_seen),"
     " chain_id = COALESCE(VALUES(chain_id), chain_id),"
     " last_block = COALESCE(VALUES(last_block), last_block)",
+    "FLOOR(first_seen / {bucket}) * {bucket}",
 )
 
 
@@ -137,12 +155,38 @@ def _sqlite_open(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA synchronous = FULL")
 
 
-def connection_pool(url: DatabaseURL, reactor: IReactorCore) -> adbapi.ConnectionPool:
+def _sqlite_open_read_only(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA query_only = ON")
+
+
+def _mysql_open_read_only(connection: Any) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION TRANSACTION READ ONLY")
+
+
+def connection_pool(
+    url: DatabaseURL, reactor: IReactorCore, read_only: bool = False
+) -> adbapi.ConnectionPool:
     """
     An adbapi pool for C{url}: one connection for SQLite (one writer at a time anyway),
-    a few for MySQL; every blocking call has a timeout.
+    a few for MySQL; every blocking call has a timeout.  A read-only pool cannot write, and
+    does not create a missing SQLite file.
     """
     if url.dialect == "sqlite":
+        if read_only:
+            return adbapi.ConnectionPool(
+                "sqlite3",
+                # mode=rw: the file must exist; WAL readers still write its shared-memory index.
+                Path(url.path).absolute().as_uri() + "?mode=rw",
+                uri=True,
+                timeout=_TIMEOUT,
+                check_same_thread=False,
+                cp_min=1,
+                cp_max=1,
+                cp_openfun=_sqlite_open_read_only,
+                cp_reconnect=True,
+                cp_reactor=reactor,
+            )
         return adbapi.ConnectionPool(
             "sqlite3",
             url.path,
@@ -155,6 +199,7 @@ def connection_pool(url: DatabaseURL, reactor: IReactorCore) -> adbapi.Connectio
             cp_reconnect=True,
             cp_reactor=reactor,
         )
+    extra: dict[str, Any] = {"cp_openfun": _mysql_open_read_only} if read_only else {}
     return adbapi.ConnectionPool(
         "pymysql",
         host=url.host,
@@ -170,6 +215,7 @@ def connection_pool(url: DatabaseURL, reactor: IReactorCore) -> adbapi.Connectio
         cp_max=3,
         cp_reconnect=True,
         cp_reactor=reactor,
+        **extra,
     )
 
 
@@ -179,20 +225,46 @@ def _block_columns(block: Block | int | None) -> tuple[Any, ...]:
     return (None, block, None, None, None)
 
 
-@implementer(IBlockStore)
+def _block_record(row: Sequence[Any]) -> BlockRecord:
+    return BlockRecord(
+        sha256=row[0],
+        first_seen=float(row[1]),
+        client=row[2],
+        chain_id=_int(row[3]),
+        number=_int(row[4]),
+        block_hash=row[5],
+        parent_hash=row[6],
+        block_time=_int(row[7]),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@implementer(IBlockStore, IStatsReader, IBlockReader)
 class SQLStore:
     """
-    L{IBlockStore} over an adbapi pool.
+    L{IBlockStore} over an adbapi pool, and its readers for the stats API.  With
+    C{read_only}, L{start} only checks that the tables are there.
     """
 
-    def __init__(self, url: DatabaseURL, reactor: IReactorCore) -> None:
+    def __init__(self, url: DatabaseURL, reactor: IReactorCore, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
         self.dialect = SQLITE if url.dialect == "sqlite" else MYSQL
         self.max_payload_bytes = MYSQL_TEXT_BYTES if url.dialect == "mysql" else 2**30
-        self.pool = connection_pool(url, reactor)
+        self.pool = connection_pool(url, reactor, read_only)
 
     def start(self) -> Deferred[None]:
+        if self.read_only:
+            return self.pool.runInteraction(self._check_tables)
         return self.pool.runInteraction(self._create)
+
+    def _check_tables(self, txn: Any) -> None:
+        for table in _TABLES:
+            txn.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
+            txn.fetchall()
 
     def _create(self, txn: Any) -> None:
         for statement in self.dialect.schema():
@@ -232,3 +304,113 @@ class SQLStore:
     def close(self) -> Deferred[None]:
         self.pool.close()
         return succeed(None)
+
+    # -- reading back (IStatsReader, IBlockReader) --------------------------------------------
+
+    def _query(self, statement: str, *args: Any) -> Deferred[list[Any]]:
+        p = self.dialect.placeholder
+        d: Deferred[list[Any]] = self.pool.runQuery(statement.replace("?", p), args)
+        return d.addCallback(list)
+
+    def ping(self) -> Deferred[None]:
+        return self._query("SELECT 1").addCallback(lambda _: None)
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        d = self._query(
+            "SELECT hash, first_seen FROM eth_blocks ORDER BY first_seen DESC, hash DESC LIMIT ?",
+            limit,
+        )
+        return d.addCallback(lambda rows: [(h, float(t)) for h, t in rows])
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        d = self._query(
+            "SELECT address, SUM(messages) AS n FROM eth_clients GROUP BY address"
+            " ORDER BY n DESC, address LIMIT ?",
+            limit,
+        )
+        return d.addCallback(
+            lambda rows: sorted(((a, int(n)) for a, n in rows), key=lambda r: (-r[1], r[0]))
+        )
+
+    def payload(self, sha256: str) -> Deferred[str | None]:
+        d = self._query("SELECT payload FROM ethereum_data WHERE hash = ?", sha256)
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+    def blocks(self, limit: int, before: str | None = None) -> Deferred[list[BlockRecord] | None]:
+        return self.pool.runInteraction(self._blocks, limit, before)
+
+    def _blocks(self, txn: Any, limit: int, before: str | None) -> list[BlockRecord] | None:
+        p = self.dialect.placeholder
+        select = f"SELECT {_BLOCK_COLUMNS} FROM eth_blocks"
+        order = f"ORDER BY first_seen DESC, hash DESC LIMIT {p}"
+        if before is None:
+            txn.execute(f"{select} {order}", (limit,))
+        else:
+            txn.execute(f"SELECT first_seen FROM eth_blocks WHERE hash = {p}", (before,))
+            row = txn.fetchone()
+            if row is None:
+                return None
+            txn.execute(
+                f"{select} WHERE first_seen < {p} OR (first_seen = {p} AND hash < {p}) {order}",
+                (row[0], row[0], before, limit),
+            )
+        return [_block_record(r) for r in txn.fetchall()]
+
+    def block(self, sha256: str) -> Deferred[BlockRecord | None]:
+        d = self._query(
+            f"SELECT {_BLOCK_COLUMNS} FROM eth_blocks WHERE hash = ?",
+            sha256,
+        )
+        return d.addCallback(lambda rows: _block_record(rows[0]) if rows else None)
+
+    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
+        d = self._query(
+            "SELECT client, address, messages, first_seen, last_seen, chain_id, last_block"
+            " FROM eth_clients ORDER BY last_seen DESC, client LIMIT ?",
+            limit,
+        )
+        return d.addCallback(
+            lambda rows: [
+                ClientRecord(c, a, int(m), float(f), float(s), _int(ch), _int(b))
+                for c, a, m, f, s, ch, b in rows
+            ]
+        )
+
+    def heads(self, limit: int) -> Deferred[list[Head]]:
+        return self.pool.runInteraction(self._heads, limit)
+
+    def _heads(self, txn: Any, limit: int) -> list[Head]:
+        p = self.dialect.placeholder
+        # The chains come from the small clients table; each head is then one index look-up
+        # on (chain_id, number) rather than a scan of every block.
+        txn.execute(
+            "SELECT DISTINCT chain_id FROM eth_clients WHERE last_block IS NOT NULL"
+            f" ORDER BY chain_id LIMIT {p}",
+            (limit,),
+        )
+        heads = []
+        for (chain_id,) in txn.fetchall():
+            chain = "chain_id IS NULL" if chain_id is None else f"chain_id = {p}"
+            args: tuple[Any, ...] = () if chain_id is None else (chain_id,)
+            txn.execute(f"SELECT MAX(number) FROM eth_blocks WHERE {chain}", args)
+            row = txn.fetchone()
+            if row is None or row[0] is None:
+                continue
+            number = int(row[0])
+            txn.execute(
+                f"SELECT block_hash, first_seen FROM eth_blocks WHERE {chain} AND number = {p}"
+                " ORDER BY block_hash IS NULL, first_seen DESC LIMIT 1",
+                (*args, number),
+            )
+            block_hash, first_seen = txn.fetchone()
+            heads.append(Head(_int(chain_id), number, block_hash, float(first_seen)))
+        return heads
+
+    def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
+        start = self.dialect.bucket.format(bucket=int(bucket))
+        d = self._query(
+            f"SELECT {start} AS b, COUNT(*) FROM eth_blocks WHERE first_seen >= ?"
+            " GROUP BY b ORDER BY b",
+            since,
+        )
+        return d.addCallback(lambda rows: [(float(b), int(n)) for b, n in rows])
