@@ -9,7 +9,7 @@ import hmac
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
@@ -49,6 +49,39 @@ LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
 MAX_RETRY_DELAY = 5.0
 MAX_NAME_LENGTH = 255
 STOP_TIMEOUT = 10.0
+
+
+def drop_kind(reason: str) -> str:
+    """
+    The kind of a reason for dropping a connection, for counting: C{too_large}, C{framing},
+    C{idle}, C{unauthorized}, C{internal} or C{bad_message}.
+    """
+    if reason.startswith("message of ") and reason.endswith("-byte cap"):
+        return "too_large"
+    if reason == "broken netstring framing":
+        return "framing"
+    if reason.startswith("idle for "):
+        return "idle"
+    if "token" in reason:
+        return "unauthorized"
+    if reason == "internal error":
+        return "internal"
+    return "bad_message"
+
+
+class ConnectionObserver(Protocol):
+    """
+    Told what happens on the connections of a L{ServerFactory} (metrics).
+    """
+
+    def received(self, received: Received) -> None:
+        """A payload arrived."""
+
+    def acknowledged(self, sha256: str) -> None:
+        """An acknowledgement was sent."""
+
+    def dropped(self, kind: str) -> None:
+        """A connection is being dropped; C{kind} is from L{drop_kind}."""
 
 
 def describe(failure: Failure) -> str:
@@ -143,7 +176,10 @@ class Ingest:
         self._store(group)
 
     def _store(self, group: list[_Entry]) -> None:
+        import time as _t
+        t0 = _t.perf_counter()
         d = self.store.store([e.received for e in group])
+        d.addCallback(lambda r: (log.info("SQL {n} {ms:.1f}", n=len(group), ms=(_t.perf_counter()-t0)*1000), r)[1])
         d.addCallbacks(
             lambda new: self._stored(group, new),
             lambda f: self._retry(group, "SQL", f, self._store),
@@ -159,7 +195,10 @@ class Ingest:
         if self.stats is None:
             self._done(group)
             return
+        import time as _t
+        t0 = _t.perf_counter()
         d = self.stats.record([e.received for e in group])
+        d.addCallback(lambda r: (log.info("REDIS {n} {ms:.1f}", n=len(group), ms=(_t.perf_counter()-t0)*1000), r)[1])
         d.addCallbacks(
             lambda _: self._done(group),
             lambda f: self._retry(group, "Redis", f, self._record),
@@ -241,6 +280,12 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.resetTimeout()
         super().dataReceived(data)
 
+    def drop(self, reason: str) -> None:
+        if not self.dropped:
+            for observer in self.factory.observers:
+                observer.dropped(drop_kind(reason))
+        super().drop(reason)
+
     def refuse(self, reason: str) -> None:
         self.send_control(Refusal(reason))
         self.drop(reason)
@@ -274,6 +319,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             received=self.factory.reactor.seconds(),
             block=parse_block(payload),
         )
+        for observer in self.factory.observers:
+            observer.received(received)
         d = self.factory.ingest.submit(received)
         d.addCallback(self._acknowledge)
         d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))
@@ -281,6 +328,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def _acknowledge(self, sha256: str) -> None:
         if self.connected and not self.dropped:
             self.send_control(Ack(sha256))
+            for observer in self.factory.observers:
+                observer.acknowledged(sha256)
 
 
 class ServerFactory(Factory):
@@ -304,6 +353,7 @@ class ServerFactory(Factory):
         self.idle_timeout = idle_timeout
         self.tokens = list(tokens) if tokens is not None else None
         self.connections: set[ServerProtocol] = set()
+        self.observers: list[ConnectionObserver] = []
 
     def token_valid(self, token: str | None) -> bool:
         if token is None or self.tokens is None:
