@@ -249,7 +249,8 @@ class Follower:
                 if finalized is not None and parent_number < finalized:
                     return chain[::-1], None, f"the node's finalized block {finalized}"
                 if not recent or parent_number < min(recent):
-                    return chain[::-1], None, f"the {len(recent)} blocks remembered"
+                    # Nothing was sent there, or it is forgotten: take it as the fork.
+                    return chain[::-1], parent_number, None
             if len(chain) >= self.max_backfill:
                 return chain[::-1], None, f"--max-backfill {self.max_backfill}"
             parent = await self.node.block_by_hash(block.parent_hash)

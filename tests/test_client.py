@@ -1,0 +1,1253 @@
+"""
+eth-client without a network or a node: the follower against an in-memory chain, the poller on
+a Clock, the outbox and its spool, the connection against a tiny acknowledging peer, and the
+options.  The real node and server are exercised in test_client_e2e.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ethtwisted import client_tap
+from ethtwisted.client import (
+    Checkpoint,
+    ClientFactory,
+    ClientProtocol,
+    Delivery,
+    EthClient,
+    Follower,
+    OneShotDelivery,
+    Outbox,
+    Poller,
+    ReconnectingService,
+    Spool,
+    SpoolError,
+    queue_blocks,
+)
+from ethtwisted.interfaces import INode
+from ethtwisted.node import NodeError
+from ethtwisted.protocol import (
+    Ack,
+    Block,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    Refusal,
+    block_html,
+    block_json,
+    encode_control,
+    payload_hash,
+)
+from tests.test_protocol import feed, netstring
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+class Logs:
+    """
+    What was logged during a test.  Errors and failures fail the test unless it allows them.
+    """
+
+    def __init__(self, events: list[LogEvent]) -> None:
+        self.events = events
+        self.allowed_errors = 0
+
+    def texts(self, level: LogLevel | None = None) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_namespace", "").startswith("ethtwisted")
+            and (level is None or e.get("log_level") == level)
+        ]
+
+    def containing(self, text: str, level: LogLevel | None = None) -> list[str]:
+        return [t for t in self.texts(level) if text in t]
+
+    def check(self) -> None:
+        bad = [
+            e
+            for e in self.events
+            if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
+        ]
+        if len(bad) > self.allowed_errors:
+            pytest.fail(
+                "unexpected errors logged:\n" + "\n".join(formatEvent(e) for e in bad),
+                pytrace=False,
+            )
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    with capturedLogs() as events:
+        captured = Logs(events)  # type: ignore[arg-type]
+        yield captured
+    captured.check()
+
+
+def block_hash(parent_hash: str, number: int, salt: str) -> str:
+    return "0x" + hashlib.sha256(f"{parent_hash}/{number}/{salt}".encode()).hexdigest()
+
+
+@implementer(INode)
+class FakeNode:
+    """
+    A small in-memory chain: blocks are mined, reverted and replaced by the test; the node can
+    go down, or hold its answers until the test releases them.
+    """
+
+    description = "fake-node"
+
+    def __init__(self, chain_id: int = 31337, salt: str = "") -> None:
+        self.chain_id = chain_id
+        self.blocks: dict[str, Block] = {}
+        self.canonical: list[Block] = []
+        self.finalized: int | None = None
+        self.down: str | None = None
+        self.hold = False
+        self.held: list[tuple[Deferred[Any], Any]] = []
+        self.calls: list[str] = []
+        self.closed = False
+        self.mine(1, salt)
+
+    @property
+    def tip(self) -> Block:
+        return self.canonical[-1]
+
+    def mine(self, n: int = 1, salt: str = "") -> Block:
+        for _ in range(n):
+            parent = self.canonical[-1] if self.canonical else None
+            number = parent.number + 1 if parent else 0
+            parent_hash = parent.hash if parent else "0x" + "00" * 32
+            h = block_hash(parent_hash, number, salt)
+            block = Block(self.chain_id, number, h, parent_hash, 1_700_000_000 + number)
+            self.blocks[h] = block
+            self.canonical.append(block)
+        return self.tip
+
+    def revert(self, number: int) -> None:
+        """
+        Make block C{number} the head again (C{evm_revert}).
+        """
+        del self.canonical[number + 1 :]
+
+    def reorg(self, depth: int, length: int | None = None, salt: str = "fork") -> None:
+        """
+        Replace the last C{depth} blocks by C{length} others.
+        """
+        self.revert(self.tip.number - depth)
+        self.mine(depth if length is None else length, salt)
+
+    def _answer(self, what: str, value: Any) -> Deferred[Any]:
+        self.calls.append(what)
+        if self.down is not None:
+            return fail(NodeError(self.down))
+        if self.hold:
+            d: Deferred[Any] = Deferred()
+            self.held.append((d, value))
+            return d
+        return succeed(value)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, value in held:
+            d.callback(value)
+
+    def block_number(self) -> Deferred[int]:
+        return self._answer("block_number", self.tip.number)
+
+    def head(self) -> Deferred[Block]:
+        return self._answer("head", self.tip)
+
+    def block_by_number(self, number: int) -> Deferred[Block | None]:
+        found = self.canonical[number] if number < len(self.canonical) else None
+        return self._answer(f"number {number}", found)
+
+    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
+        return self._answer(f"hash {block_hash}", self.blocks.get(block_hash))
+
+    def finalized_number(self) -> Deferred[int | None]:
+        return self._answer("finalized", self.finalized)
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+
+class Recorder:
+    """
+    A follower's sink that keeps what it is given (or fails, when told to).
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.checkpoints: list[Checkpoint] = []
+        self.failing = False
+
+    def __call__(self, blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+        if self.failing:
+            raise SpoolError("/spool/batch: No space left on device")
+        self.blocks.extend(blocks)
+        self.checkpoints.append(checkpoint)
+
+    @property
+    def numbers(self) -> list[int]:
+        return [b.number for b in self.blocks]
+
+    def take(self) -> list[Block]:
+        blocks, self.blocks = self.blocks, []
+        return blocks
+
+
+def follower(
+    node: FakeNode, max_backfill: int = 256, checkpoint: Checkpoint | None = None
+) -> tuple[Follower, Recorder]:
+    sink = Recorder()
+    return Follower(node, sink, max_backfill, checkpoint), sink
+
+
+class AckingPeer(FrameProtocol):
+    """
+    A server-like peer for unit tests: keeps the hellos and payloads it receives and
+    acknowledges each payload, unless told not to.
+    """
+
+    def __init__(self, ack: bool = True) -> None:
+        super().__init__()
+        self.ack = ack
+        self.hellos: list[Hello] = []
+        self.payloads: list[bytes] = []
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        if not isinstance(frame, Hello):
+            super().controlReceived(frame)
+        self.hellos.append(frame)
+
+    def payloadReceived(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+        if self.ack:
+            self.send_control(Ack(payload_hash(payload)))
+
+
+def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosim.IOPump]:
+    """
+    A connection made by C{factory} to C{peer}, through an in-memory pump.
+    """
+    client = factory.buildProtocol(None)
+    pump = iosim.connect(peer, iosim.makeFakeServer(peer), client, iosim.makeFakeClient(client))
+    return client, pump
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """
+    An endpoint whose connection attempts wait for the test to make them fail or succeed.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Deferred[Any], Any]] = []
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:  # noqa: N803
+        d: Deferred[Any] = Deferred()
+        self.attempts.append((d, protocolFactory))
+        return d
+
+    def refuse(self) -> None:
+        d, _ = self.attempts.pop(0)
+        d.errback(ConnectionRefusedError())
+
+    def accept(self, peer: FrameProtocol) -> tuple[Any, iosim.IOPump]:
+        d, factory = self.attempts.pop(0)
+        client = factory.buildProtocol(None)
+        pump = iosim.connect(
+            peer, iosim.makeFakeServer(peer), client, iosim.makeFakeClient(client), greet=False
+        )
+        d.callback(client)
+        pump.flush()
+        return client, pump
+
+
+def json_payload(block: Block) -> bytes:
+    return block_json(block)
+
+
+def payloads(n: int, prefix: str = "m") -> list[bytes]:
+    return [f"{prefix}{i}".encode() for i in range(n)]
+
+
+# -- following the chain ----------------------------------------------------------------------
+
+
+def test_fake_node_provides_inode() -> None:
+    """
+    The fake node implements the interface the client uses, so these tests mean something.
+    """
+    assert verifyObject(INode, FakeNode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_sends_the_current_head_only(logs: Logs) -> None:
+    """
+    A client without a checkpoint sends the node's current head, not the history before it.
+    """
+    node = FakeNode()
+    node.mine(10)
+    f, sink = follower(node)
+    await f.follow()
+    assert sink.blocks == [node.tip]
+    await f.follow()
+    assert sink.blocks == [node.tip]
+    assert node.calls == ["head", "head"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_new_block_is_sent_once_in_order(logs: Logs) -> None:
+    """
+    One block per poll: each is sent once, without fetching anything but the head.
+    """
+    node = FakeNode()
+    f, sink = follower(node)
+    await f.follow()
+    for _ in range(5):
+        node.mine()
+        await f.follow()
+        await f.follow()
+    assert sink.blocks == node.canonical
+    assert all(call == "head" for call in node.calls)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_jump_is_backfilled_in_order(logs: Logs) -> None:
+    """
+    When the head moved by several blocks, the ones in between are fetched and sent in order.
+    """
+    node = FakeNode()
+    f, sink = follower(node, max_backfill=10)
+    await f.follow()
+    node.mine(10)
+    await f.follow()
+    assert sink.blocks == node.canonical
+    assert not logs.containing("skipped")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_jump_beyond_max_backfill_sends_the_latest_and_logs_the_rest(
+    logs: Logs,
+) -> None:
+    """
+    A jump of more than C{max_backfill} blocks sends the last C{max_backfill} of them, in
+    order, and says which were skipped.
+    """
+    node = FakeNode()
+    f, sink = follower(node, max_backfill=5)
+    await f.follow()
+    node.mine(12)
+    await f.follow()
+    assert sink.numbers == [0, 8, 9, 10, 11, 12]
+    assert len(node.calls) == 1 + 1 + 4  # head, head, 4 parents
+    [skipped] = logs.containing("skipped", LogLevel.warn)
+    assert "7 blocks (1 to 7)" in skipped
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_at_the_same_height(logs: Logs) -> None:
+    """
+    A new hash at the height already sent replaces that block: the new one is sent, and a reorg
+    of depth 1 is logged.
+    """
+    node = FakeNode()
+    node.mine(5)
+    f, sink = follower(node)
+    await f.follow()
+    node.reorg(1)
+    await f.follow()
+    assert [b.number for b in sink.blocks] == [5, 5]
+    assert sink.blocks[1] == node.tip != sink.blocks[0]
+    [reorg] = logs.containing("reorg", LogLevel.info)
+    assert "depth 1" in reorg and "after block 4" in reorg
+
+
+@pytest_twisted.ensureDeferred
+async def test_deeper_reorg_sends_the_new_chain_from_the_fork(logs: Logs) -> None:
+    """
+    After a reorg replacing 3 blocks with 5, the walk goes back to the fork and the 5 new blocks
+    are sent in order; the depth is logged.
+    """
+    node = FakeNode()
+    f, sink = follower(node)
+    await f.follow()
+    for _ in range(6):
+        node.mine()
+        await f.follow()
+    sink.take()
+    node.reorg(3, 5)
+    await f.follow()
+    assert sink.blocks == node.canonical[4:]
+    assert [b.number for b in sink.blocks] == [4, 5, 6, 7, 8]
+    [reorg] = logs.containing("reorg", LogLevel.info)
+    assert "depth 3" in reorg and "blocks 4 to 6" in reorg
+    assert node.calls.count("finalized") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_to_a_shorter_chain(logs: Logs) -> None:
+    """
+    When the node goes back to a block already sent (a revert), nothing is sent; the next blocks
+    mined on top are sent, though their heights were used before.
+    """
+    node = FakeNode()
+    f, sink = follower(node)
+    await f.follow()
+    for _ in range(5):
+        node.mine()
+        await f.follow()
+    sink.take()
+    node.revert(2)
+    await f.follow()
+    assert sink.blocks == []
+    assert logs.containing("reorg of depth 3")
+    node.mine(2, salt="again")
+    await f.follow()
+    assert sink.blocks == node.canonical[3:5]
+    assert [b.number for b in sink.blocks] == [3, 4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_never_walks_past_the_finalized_block(logs: Logs) -> None:
+    """
+    The walk back stops at the node's finalized block: the new chain is sent from there on, and
+    the limit is logged.
+    """
+    node = FakeNode()
+    node.mine(10)
+    f, sink = follower(node, checkpoint=None)
+    await f.follow()
+    for _ in range(5):
+        node.mine()
+        await f.follow()
+    sink.take()
+    # A reorg going below a block the node calls finalized (which a sane node never does).
+    node.reorg(6, 7)
+    node.finalized = 12
+    await f.follow()
+    asked = [c for c in node.calls if c.startswith("hash ")]
+    assert min(node.blocks[c[5:]].number for c in asked) == 12
+    assert [b.number for b in sink.blocks] == list(range(12, 17))
+    [warning] = logs.containing("finalized block 12", LogLevel.warn)
+    assert "deeper than" in warning
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_deeper_than_max_backfill_is_logged(logs: Logs) -> None:
+    """
+    A reorg deeper than C{max_backfill} sends what the walk reached and says it could not find
+    the fork.
+    """
+    node = FakeNode()
+    f, sink = follower(node, max_backfill=3)
+    await f.follow()
+    for _ in range(8):
+        node.mine()
+        await f.follow()
+    sink.take()
+    node.reorg(6)
+    await f.follow()
+    assert [b.number for b in sink.blocks] == [6, 7, 8]
+    assert logs.containing("deeper than --max-backfill 3", LogLevel.warn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_chain_from_genesis_is_followed(logs: Logs) -> None:
+    """
+    A node restarted on a new chain (same chain id, new genesis) is followed from its genesis:
+    the walk stops at block 0.
+    """
+    node = FakeNode()
+    f, sink = follower(node)
+    await f.follow()
+    for _ in range(4):
+        node.mine()
+        await f.follow()
+    sink.take()
+    fresh = FakeNode(salt="restarted")
+    fresh.mine(2, salt="restarted")
+    f.node = fresh
+    await f.follow()
+    assert sink.blocks == fresh.canonical
+    assert logs.containing("depth 5")
+    fresh.mine(1, salt="restarted")
+    await f.follow()
+    assert sink.blocks[-1] == fresh.tip
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_chain_id_starts_afresh(logs: Logs) -> None:
+    """
+    A node on another chain (another chain id) is followed from its head, with a warning.
+    """
+    node = FakeNode()
+    node.mine(3)
+    f, sink = follower(node)
+    await f.follow()
+    other = FakeNode(chain_id=5)
+    other.mine(7)
+    f.node = other
+    await f.follow()
+    assert sink.blocks == [node.tip, other.tip]
+    assert logs.containing("on chain 5, not 31337", LogLevel.warn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_sink_keeps_the_follower_where_it_was(logs: Logs) -> None:
+    """
+    When the blocks cannot be queued, the checkpoint does not move: the next poll hands the
+    same blocks over again.
+    """
+    node = FakeNode()
+    f, sink = follower(node)
+    await f.follow()
+    node.mine(3)
+    sink.failing = True
+    with pytest.raises(SpoolError):
+        await f.follow()
+    sink.failing = False
+    await f.follow()
+    assert sink.blocks == node.canonical
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_parent_is_node_trouble(logs: Logs) -> None:
+    """
+    A node that does not know the parent of its own block fails the poll with L{NodeError}.
+    """
+    node = FakeNode()
+    f, _sink = follower(node)
+    await f.follow()
+    node.mine(3)
+    del node.blocks[node.canonical[2].hash]
+    with pytest.raises(NodeError, match="does not know block"):
+        await f.follow()
+
+
+def test_checkpoint_round_trip() -> None:
+    """
+    A checkpoint survives its JSON form; a malformed one is refused with L{ValueError}.
+    """
+    node = FakeNode()
+    node.mine(3)
+    checkpoint = Checkpoint(node.tip, {b.number: b.hash for b in node.canonical})
+    again = Checkpoint.from_json(json.loads(json.dumps(checkpoint.to_json())))
+    assert again == checkpoint
+    assert Checkpoint.from_json(Checkpoint().to_json()) == Checkpoint()
+    for bad in [{}, {"version": 2, "last": None, "recent": []}, {"version": 1, "last": {}}]:
+        with pytest.raises(ValueError):
+            Checkpoint.from_json(bad)
+
+
+# -- the poller -------------------------------------------------------------------------------
+
+
+def test_polls_every_interval_never_overlapping(logs: Logs) -> None:
+    """
+    A poll starts at once and then every interval; while one waits for the node, no other
+    starts.  Stopping waits for the poll in flight to be cancelled.
+    """
+    clock, node = Clock(), FakeNode()
+    f, sink = follower(node)
+    poller = Poller(f, clock, interval=0.5)
+    poller.startService()
+    assert node.calls == ["head"]
+    for _ in range(4):
+        clock.advance(0.5)
+        node.mine()
+    assert node.calls == ["head"] * 5
+    node.hold = True
+    clock.advance(0.5)
+    clock.advance(0.5)
+    clock.advance(0.5)
+    assert node.calls == ["head"] * 6
+    node.hold = False
+    node.release()
+    assert sink.blocks == node.canonical
+    stopped = poller.stopService()
+    assert stopped.called
+    assert not clock.getDelayedCalls()
+
+
+def test_node_trouble_is_logged_once_and_retried_with_capped_backoff(logs: Logs) -> None:
+    """
+    While the node is down, polls are spaced out (doubling, capped); its going away and coming
+    back are logged once each; the blocks it made meanwhile are sent when it is back.
+    """
+    clock, node = Clock(), FakeNode()
+    f, sink = follower(node)
+    poller = Poller(f, clock, interval=1.0, max_backoff=8.0)
+    poller.startService()
+    node.down = "Connection refused"
+    times = []
+    for _ in range(200):
+        clock.advance(0.5)
+        if len(node.calls) > len(times) + 1:
+            times.append(clock.seconds())
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == sorted(gaps)
+    assert gaps[0] <= 2.0 and 8.0 <= max(gaps) <= 9.0
+    assert len(logs.containing("does not serve us", LogLevel.warn)) == 1
+    node.down = None
+    node.mine(3)
+    clock.advance(9.0)
+    assert sink.blocks == node.canonical
+    [back] = logs.containing("answers again")
+    assert "block 3" in back
+    poller.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_stopping_cancels_a_backoff_wait(logs: Logs) -> None:
+    """
+    Stopping the poller while it waits after a failure ends at once, leaving no timer behind.
+    """
+    clock, node = Clock(), FakeNode()
+    node.down = "timeout"
+    poller = Poller(follower(node)[0], clock, interval=1.0)
+    poller.startService()
+    clock.advance(1.5)
+    stopped = poller.stopService()
+    assert stopped.called
+    assert not clock.getDelayedCalls()
+
+
+def test_a_bug_is_logged_once_and_polling_goes_on(logs: Logs) -> None:
+    """
+    An unexpected exception is logged with its traceback once, and polling carries on.
+    """
+    clock, node = Clock(), FakeNode()
+    f, sink = follower(node)
+
+    def broken(blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+        raise RuntimeError("bug")
+
+    f.sink = broken
+    poller = Poller(f, clock, interval=1.0, max_backoff=2.0)
+    poller.startService()
+    clock.advance(10)
+    assert len([e for e in logs.events if "log_failure" in e]) == 1
+    logs.allowed_errors = 1
+    f.sink = sink
+    clock.advance(3)
+    assert sink.blocks == [node.tip]
+    poller.stopService()
+    assert not clock.getDelayedCalls()
+
+
+# -- the outbox and the spool -----------------------------------------------------------------
+
+
+def test_outbox_keeps_order_and_each_payload_once(logs: Logs) -> None:
+    """
+    Payloads stay in the order queued, a payload already queued is not queued twice, and an
+    acknowledgement removes exactly its payload.
+    """
+    outbox = Outbox(10)
+    seen: list[bytes] = []
+    outbox.listeners.append(seen.extend)
+    assert outbox.put([b"a", b"b"]) == [b"a", b"b"]
+    assert outbox.put([b"b", b"c"]) == [b"c"]
+    assert outbox.pending() == [b"a", b"b", b"c"] == seen
+    assert outbox.ack(payload_hash(b"b"))
+    assert not outbox.ack(payload_hash(b"b"))
+    assert not outbox.ack("f" * 64)
+    assert outbox.pending() == [b"a", b"c"]
+    assert outbox.first() == b"a"
+
+
+def test_outbox_drops_the_oldest_past_its_bound(logs: Logs) -> None:
+    """
+    Past C{max_queue}, the oldest payloads go, with one warning saying how many, and a
+    summary once the server acknowledges again.
+    """
+    outbox = Outbox(5)
+    outbox.put(payloads(3))
+    outbox.put(payloads(4, "n"))
+    assert outbox.pending() == [b"m2", b"n0", b"n1", b"n2", b"n3"]
+    outbox.put([b"x"])
+    outbox.put([b"y"])
+    assert len(outbox) == 5
+    [warning] = logs.containing("outbox full", LogLevel.warn)
+    assert "dropped the 2 oldest" in warning
+    outbox.ack(payload_hash(b"y"))
+    [summary] = logs.containing("in all")
+    assert "dropped 4" in summary
+    outbox.put([b"z"])
+    assert len(logs.containing("outbox full")) == 1
+
+
+def test_outbox_empty_fires_when_all_are_acknowledged() -> None:
+    """
+    L{Outbox.empty} fires once the last payload is acknowledged; a cancelled wait is
+    forgotten.
+    """
+    outbox = Outbox(10)
+    assert outbox.empty().called
+    outbox.put([b"a", b"b"])
+    waiting = outbox.empty()
+    given_up = outbox.empty()
+    given_up.addErrback(lambda f: f.trap(CancelledError))
+    given_up.cancel()
+    outbox.ack(payload_hash(b"a"))
+    assert not waiting.called
+    outbox.ack(payload_hash(b"b"))
+    assert waiting.called
+
+
+def test_spool_round_trip(tmp_path: Path, logs: Logs) -> None:
+    """
+    What is queued with a spool, and the checkpoint, come back in a new outbox over the same
+    directory, in order, without the groups acknowledged whole (a payload acknowledged in a
+    group that was not is sent again: the server keeps it once).
+    """
+    node = FakeNode()
+    node.mine(2)
+    checkpoint = Checkpoint(node.tip, {b.number: b.hash for b in node.canonical})
+    outbox = Outbox(100, Spool(str(tmp_path)))
+    outbox.put([b"a", b"b"], Checkpoint())
+    outbox.put([b"c"], checkpoint)
+    outbox.ack(payload_hash(b"b"))
+    outbox.close()
+
+    again = Outbox(100, Spool(str(tmp_path)))
+    assert again.restore() == checkpoint
+    assert again.pending() == [b"a", b"b", b"c"]
+    again.put([b"d"])
+    for payload in [b"a", b"b", b"c", b"d"]:
+        again.ack(payload_hash(payload))
+    again.close()
+    assert sorted(os.listdir(tmp_path)) == ["lock", "state.json"]
+    assert logs.containing("3 unacknowledged messages restored")
+
+
+def test_spool_restore_applies_the_bound(tmp_path: Path, logs: Logs) -> None:
+    """
+    A spool holding more than C{max_queue} payloads gives back the newest C{max_queue}.
+    """
+    outbox = Outbox(100, Spool(str(tmp_path)))
+    for i in range(4):
+        outbox.put(payloads(3, f"b{i}-"))
+    outbox.close()
+    again = Outbox(5, Spool(str(tmp_path)))
+    assert again.restore() is None
+    assert again.pending() == [b"b2-1", b"b2-2", b"b3-0", b"b3-1", b"b3-2"]
+    assert len(os.listdir(tmp_path)) == 1 + 2
+    again.close()
+
+
+def test_spool_survives_an_interrupted_write(tmp_path: Path, logs: Logs) -> None:
+    """
+    A temporary file left by a crash mid-write is discarded and the files it was replacing are
+    intact; an unreadable batch is set aside with an error, the rest restored.
+    """
+    outbox = Outbox(100, Spool(str(tmp_path)))
+    outbox.put([b"a"], Checkpoint())
+    outbox.put([b"b"])
+    outbox.close()
+    (tmp_path / "state.json.tmp").write_bytes(b'{"vers')
+    (tmp_path / "batch-000000000002.json.tmp").write_bytes(b"")
+    (tmp_path / "batch-000000000001.json").write_bytes(b'{"payloads": ["b"')
+    again = Outbox(100, Spool(str(tmp_path)))
+    logs.allowed_errors = 1
+    assert again.restore() == Checkpoint()
+    assert again.pending() == [b"a"]
+    assert [t for t in logs.texts(LogLevel.error) if "batch-000000000001.json" in t]
+    assert sorted(os.listdir(tmp_path)) == [
+        "batch-000000000000.json",
+        "batch-000000000001.json.bad",
+        "lock",
+        "state.json",
+    ]
+    again.close()
+
+
+def test_spool_is_locked_against_a_second_client(tmp_path: Path) -> None:
+    """
+    Two clients cannot share a spool directory; the second is refused with a clear reason.
+    """
+    first = Spool(str(tmp_path / "spool"))
+    with pytest.raises(SpoolError, match="in use by another eth-client"):
+        Spool(str(tmp_path / "spool"))
+    first.close()
+    Spool(str(tmp_path / "spool")).close()
+
+
+def test_spool_writes_payloads_before_the_checkpoint(tmp_path: Path, logs: Logs) -> None:
+    """
+    When the checkpoint cannot be written, the payloads are queued already: a crash between
+    the two writes costs a duplicate, never a block.
+    """
+    spool = Spool(str(tmp_path))
+    outbox = Outbox(100, spool)
+
+    def full(state: Any) -> None:
+        raise SpoolError("state.json: No space left on device")
+
+    spool.write_state = full  # type: ignore[method-assign]
+    with pytest.raises(SpoolError):
+        outbox.put([b"a"], Checkpoint())
+    assert outbox.pending() == [b"a"]
+    outbox.close()
+    again = Outbox(100, Spool(str(tmp_path)))
+    assert again.restore() is None
+    assert again.pending() == [b"a"]
+    again.close()
+
+
+def test_queue_blocks_encodes_each_format() -> None:
+    """
+    The sink queues the canonical JSON message or the older page, per block, in order.
+    """
+    node = FakeNode()
+    node.mine(2)
+    for fmt, encode in [("json", block_json), ("html", lambda b: block_html(b.number))]:
+        outbox = Outbox(10)
+        queue_blocks(outbox, fmt)(node.canonical, Checkpoint())  # type: ignore[arg-type]
+        assert outbox.pending() == [encode(b) for b in node.canonical]  # type: ignore[operator]
+
+
+# -- the connection ---------------------------------------------------------------------------
+
+
+def test_hello_then_everything_pending_then_each_new_payload(logs: Logs) -> None:
+    """
+    On connect the client says hello (name and token), then sends every unacknowledged
+    payload in order; a payload queued later is sent at once.
+    """
+    outbox = Outbox(10)
+    outbox.put([b"a", b"b"])
+    delivery = Delivery(outbox, "test-server", Hello("c1", "secret-token"))
+    transport = StringTransport()
+    protocol = delivery.factory().buildProtocol(None)
+    protocol.makeConnection(transport)
+    outbox.put([b"c"])
+    assert transport.value() == b"".join(
+        netstring(p) for p in [encode_control(Hello("c1", "secret-token")), b"a", b"b", b"c"]
+    )
+    assert all("secret-token" not in t for t in logs.texts())
+
+
+def test_acknowledgements_fed_in_small_chunks_remove_payloads(logs: Logs) -> None:
+    """
+    Acks arriving a few bytes at a time each remove their payload from the outbox.
+    """
+    outbox = Outbox(10)
+    outbox.put([b"a", b"b", b"c"])
+    delivery = Delivery(outbox, "test-server")
+    protocol = delivery.factory().buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    acks = b"".join(netstring(encode_control(Ack(payload_hash(p)))) for p in [b"c", b"a"])
+    feed(protocol, acks)
+    assert outbox.pending() == [b"b"]
+
+
+def test_reconnect_resends_everything_unacknowledged_in_order(logs: Logs) -> None:
+    """
+    Payloads sent on a connection that dropped before they were acknowledged are sent again,
+    in order, on the next connection; those acknowledged are not.
+    """
+    outbox = Outbox(10)
+    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    factory = delivery.factory()
+    peer = AckingPeer(ack=False)
+    client, pump = connect(factory, peer)
+    outbox.put([b"a", b"b"])
+    pump.flush()
+    peer.ack = True
+    outbox.put([b"c"])
+    pump.flush()
+    peer.ack = False
+    outbox.put([b"d"])
+    pump.flush()
+    assert peer.payloads == [b"a", b"b", b"c", b"d"]
+    assert outbox.pending() == [b"a", b"b", b"d"]
+    client.transport.loseConnection()
+    pump.flush()
+    assert delivery.protocol is None
+    outbox.put([b"e"])
+    assert [t for t in logs.texts(LogLevel.warn) if "lost the connection" in t]
+
+    second = AckingPeer()
+    _, pump = connect(factory, second)
+    pump.flush()
+    assert second.hellos == [Hello("c1")]
+    assert second.payloads == [b"a", b"b", b"d", b"e"]
+    assert outbox.pending() == []
+
+
+def test_a_refusal_is_logged_once(logs: Logs) -> None:
+    """
+    A server refusing this client is logged once, however often the client reconnects, and
+    again only once it is accepted.
+    """
+    outbox = Outbox(10)
+    outbox.put([b"a"])
+    delivery = Delivery(outbox, "test-server", Hello("c1", "bad-token"))
+    factory = delivery.factory()
+    for _ in range(3):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        feed(protocol, netstring(encode_control(Refusal("client 'c1': invalid token"))))
+        protocol.connectionLost(Failure(ConnectionRefusedError()))
+    logs.allowed_errors = 1
+    [refusal] = logs.containing("refused this client", LogLevel.error)
+    assert "invalid token" in refusal and "bad-token" not in refusal
+    assert not logs.containing("lost the connection")
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    feed(protocol, netstring(encode_control(Ack(payload_hash(b"a")))))
+    assert logs.containing("accepts this client again")
+
+
+def test_a_server_sending_payloads_loses_the_connection(logs: Logs) -> None:
+    """
+    The server has no business sending payloads: the client drops that connection and says
+    why, once.
+    """
+    delivery = Delivery(Outbox(10), "test-server")
+    protocol = delivery.factory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    feed(protocol, netstring(b"hello?") + netstring(b"more"))
+    assert transport.disconnecting
+    assert len(logs.containing("unexpected payload")) == 1
+
+
+def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
+    """
+    The connection is made by C{ClientService}: refusals are retried with growing, capped,
+    jittered delays, logged once; the connection, once made, gets hello and the backlog.
+    """
+    clock, endpoint = Clock(), FakeEndpoint()
+    outbox = Outbox(10)
+    outbox.put([b"a"])
+    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    retry = client_tap.backoffPolicy(0.25, 4.0, factor=2.0, jitter=lambda: 0.5)
+    service = ReconnectingService(
+        delivery.endpoint(endpoint), delivery.factory(), retryPolicy=retry, clock=clock
+    )
+    service.startService()
+    delays = []
+    for _ in range(8):
+        endpoint.refuse()
+        [call] = clock.getDelayedCalls()
+        delays.append(call.getTime() - clock.seconds())
+        clock.advance(delays[-1])
+    assert delays == [1.0, 1.5, 2.5, 4.5, 4.5, 4.5, 4.5, 4.5]
+    assert len(logs.containing("cannot connect to test-server", LogLevel.warn)) == 1
+    peer = AckingPeer()
+    _, pump = endpoint.accept(peer)
+    assert peer.hellos == [Hello("c1")] and peer.payloads == [b"a"]
+    assert len(outbox) == 0
+    stopped = service.stopService()
+    pump.flush()
+    assert stopped.called
+    assert not clock.getDelayedCalls()
+
+
+# -- older servers ----------------------------------------------------------------------------
+
+
+class OneShotServer(FrameProtocol):
+    """
+    An older server: reads one netstring per connection, answers nothing.
+    """
+
+    received: list[bytes]
+
+    def __init__(self, received: list[bytes]) -> None:
+        super().__init__()
+        self.received = received
+
+    def payloadReceived(self, payload: bytes) -> None:
+        self.received.append(payload)
+
+
+def test_oneshot_sends_one_message_per_connection_in_order(logs: Logs) -> None:
+    """
+    With C{--oneshot}, each payload goes over its own connection, alone and without a hello,
+    in order; a payload counts as delivered once its connection closed cleanly.
+    """
+    clock, endpoint = Clock(), FakeEndpoint()
+    outbox = Outbox(10)
+    outbox.put([b"a", b"b"])
+    sender = OneShotDelivery(outbox, endpoint, clock, "old-server", lambda n: 1.0)
+    sender.startService()
+    received: list[bytes] = []
+    for expected in [b"a", b"b"]:
+        assert len(endpoint.attempts) == 1
+        _, pump = endpoint.accept(OneShotServer(received))
+        pump.flush()
+        assert received[-1] == expected
+    assert received == [b"a", b"b"]
+    assert len(outbox) == 0 and not endpoint.attempts
+    outbox.put([b"c"])
+    endpoint.accept(OneShotServer(received))[1].flush()
+    assert received == [b"a", b"b", b"c"]
+    sender.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_oneshot_retries_a_server_that_is_down(logs: Logs) -> None:
+    """
+    A refused connection keeps the payload, logs once and retries after the policy's delay.
+    """
+    clock, endpoint = Clock(), FakeEndpoint()
+    outbox = Outbox(10)
+    outbox.put([b"a"])
+    sender = OneShotDelivery(outbox, endpoint, clock, "old-server", lambda n: float(n))
+    sender.startService()
+    for attempt in range(1, 4):
+        endpoint.refuse()
+        assert not endpoint.attempts
+        clock.advance(attempt)
+    received: list[bytes] = []
+    endpoint.accept(OneShotServer(received))[1].flush()
+    assert received == [b"a"] and len(outbox) == 0
+    assert len(logs.containing("cannot send to old-server", LogLevel.warn)) == 1
+    assert logs.containing("takes messages again")
+    sender.stopService()
+    assert not clock.getDelayedCalls()
+
+
+# -- the whole client -------------------------------------------------------------------------
+
+
+class StoppableDelivery(Service):
+    """
+    A delivery that connects to one in-memory peer and disconnects when stopped.
+    """
+
+    def __init__(self, delivery: Delivery, peer: FrameProtocol) -> None:
+        self.delivery = delivery
+        self.peer = peer
+        self.pump: iosim.IOPump | None = None
+        self.client: ClientProtocol | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.client, self.pump = connect(ClientFactory(self.delivery), self.peer)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        assert self.client is not None and self.pump is not None
+        self.client.transport.loseConnection()
+        self.pump.flush()
+        return succeed(None)
+
+
+def whole_client(
+    tmp_path: Path, node: FakeNode, peer: AckingPeer, clock: Clock
+) -> tuple[EthClient, Outbox, StoppableDelivery]:
+    spool = Spool(str(tmp_path / "spool"))
+    outbox = Outbox(100, spool)
+    f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore())
+    poller = Poller(f, clock, interval=1.0)
+    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    connection = StoppableDelivery(delivery, peer)
+    return EthClient(poller, connection, delivery, outbox, node, clock, 5.0), outbox, connection
+
+
+def test_stop_flushes_for_a_while_then_keeps_the_rest_in_the_spool(
+    tmp_path: Path, logs: Logs
+) -> None:
+    """
+    Stopping stops polling, waits up to the flush timeout for acknowledgements, closes the
+    connection and leaves the rest in the spool, from which a restarted client sends it, then
+    backfills the blocks made while it was down.
+    """
+    clock, node, peer = Clock(), FakeNode(), AckingPeer(ack=False)
+    client, outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client.startService()
+    assert connection.pump is not None
+    connection.pump.flush()
+    node.mine()
+    clock.advance(1.0)
+    connection.pump.flush()
+    assert peer.payloads == [json_payload(b) for b in node.canonical]
+    stopped = client.stopService()
+    assert not stopped.called
+    node.mine()
+    clock.advance(4.9)
+    assert not stopped.called and len(node.calls) == 2
+    clock.advance(0.1)
+    assert stopped.called and node.closed
+    assert logs.containing("2 unacknowledged messages kept in the spool")
+    assert not clock.getDelayedCalls()
+
+    node.mine(2)
+    peer = AckingPeer()
+    client, outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client.startService()
+    assert connection.pump is not None
+    connection.pump.flush()
+    assert peer.payloads == [json_payload(b) for b in node.canonical]
+    assert len(outbox) == 0
+    stopped = client.stopService()
+    assert stopped.called
+    assert not clock.getDelayedCalls()
+
+
+def test_stop_ends_as_soon_as_everything_is_acknowledged(tmp_path: Path, logs: Logs) -> None:
+    """
+    A stop waiting for acknowledgements ends when the last one arrives, not at the timeout.
+    """
+    clock, node, peer = Clock(), FakeNode(), AckingPeer(ack=False)
+    client, _outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client.startService()
+    assert connection.pump is not None
+    connection.pump.flush()
+    stopped = client.stopService()
+    assert not stopped.called
+    peer.send_control(Ack(payload_hash(peer.payloads[0])))
+    connection.pump.flush()
+    assert stopped.called
+    assert not clock.getDelayedCalls()
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def options(*args: str, **environ: str) -> client_tap.Options:
+    config = client_tap.Options()
+    config.environ = dict(environ)
+    config.parseOptions(list(args))
+    return config
+
+
+def usage_error(*args: str, **environ: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        options(*args, **environ)
+    return str(raised.value)
+
+
+def test_option_defaults() -> None:
+    """
+    Without flags: the default server, a 1 s interval, json, 256 / 10,000, no spool, the host
+    name, no token, no node (the usual ones are tried).
+    """
+    config = options()
+    assert config["server"] == "tcp:host=127.0.0.1:port=9999"
+    assert config["interval"] == 1.0 and isinstance(config["interval"], float)
+    assert config["format"] == "json"
+    assert config["max-backfill"] == 256 and config["max-queue"] == 10_000
+    assert config["spool"] is None and not config["oneshot"]
+    assert config["name"] and config["token"] is None
+    assert config["node"] == []
+
+
+def test_options_from_flags_and_environment(tmp_path: Path) -> None:
+    """
+    Flags set every option; ETH_* variables too, ETH_NODE holding several nodes; a flag beats
+    the environment.
+    """
+    config = options(
+        "--node", "/tmp/geth.ipc", "--node", "ws://127.0.0.1:8546", "--interval", "0.05",
+        "--format", "html", "--max-backfill", "3", "--max-queue", "7", "--name", "n1",
+        "--spool", str(tmp_path), "--server", "tls:example.com:9999", "--verbose",
+    )  # fmt: skip
+    assert config["node"] == ["/tmp/geth.ipc", "ws://127.0.0.1:8546"]
+    assert config["interval"] == 0.05 and config["format"] == "html"
+    assert (config["max-backfill"], config["max-queue"]) == (3, 7)
+    assert config["server"] == "tls:example.com:9999" and config["verbose"]
+    config = options(
+        "--interval", "2",
+        ETH_NODE="http://127.0.0.1:8545 /tmp/x.ipc", ETH_INTERVAL="5", ETH_ONESHOT="1",
+    )  # fmt: skip
+    assert config["node"] == ["http://127.0.0.1:8545", "/tmp/x.ipc"]
+    assert config["interval"] == 2.0 and config["oneshot"]
+
+
+def test_older_host_and_port_flags() -> None:
+    """
+    The older C{--host}/C{--port} mean a plain TCP endpoint; mixed with C{--server}, refused.
+    """
+    assert options("--host", "10.0.0.5")["server"] == "tcp:host=10.0.0.5:port=9999"
+    assert options("--port", "7000")["server"] == "tcp:host=127.0.0.1:port=7000"
+    assert options("--host", "::1", "--port", "1")["server"] == "tcp:host=\\:\\:1:port=1"
+    assert "not both" in usage_error("--host", "h", "--server", "tcp:host=h:port=1")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "0.01"], "at least 0.05"),
+        (["--interval", "soon"], "expected a number"),
+        (["--format", "xml"], "json, html"),
+        (["--max-queue", "0"], "at least 1"),
+        (["--node", "127.0.0.1:8545"], "no scheme"),
+        (["--node", "ftp://x"], "unsupported node URI scheme"),
+        (["--server", "bogus:1"], "--server"),
+        (["--name", "x" * 256], "1 to 255"),
+        (["--token-file", "/nonexistent/token"], "cannot read /nonexistent/token"),
+    ],
+)
+def test_bad_options_end_with_one_line(args: list[str], message: str) -> None:
+    """
+    A bad option ends the program with one line saying what is wrong.
+    """
+    error = usage_error(*args)
+    assert error.startswith("eth-client: ") and message in error
+    assert "\n" not in error
+
+
+def test_token_file(tmp_path: Path) -> None:
+    """
+    The token is read from its file, never shown in an error; it needs the hello, so not with
+    C{--oneshot}.
+    """
+    token = tmp_path / "token"
+    token.write_text("# client token\ns3cret-value\n")
+    assert options("--token-file", str(token))["token"] == "s3cret-value"
+    error = usage_error("--token-file", str(token), "--oneshot")
+    assert "--oneshot" in error and "s3cret" not in error
+    token.write_text("s3cret-one\ns3cret-two\n")
+    error = usage_error("--token-file", str(token))
+    assert "more than one" in error and "s3cret" not in error
+
+
+def test_make_service_builds_the_client(tmp_path: Path) -> None:
+    """
+    makeService wires a poller and a ClientService (or a one-shot sender) over one outbox,
+    without connecting anything; a spool in use ends with one line.
+    """
+    clock = Clock()
+    config = options("--node", "http://127.0.0.1:1", "--spool", str(tmp_path / "s"))
+    service = client_tap.makeService(config, clock)
+    assert isinstance(service, EthClient)
+    assert isinstance(service.delivery, ReconnectingService)
+    assert isinstance(service.poller, Poller)
+    with pytest.raises(SystemExit, match="in use by another"):
+        client_tap.makeService(config, clock)
+    service.outbox.close()
+    config = options("--node", "http://127.0.0.1:1", "--oneshot")
+    service = client_tap.makeService(config, clock)
+    assert isinstance(service, EthClient) and isinstance(service.delivery, OneShotDelivery)
+    assert not clock.getDelayedCalls()
