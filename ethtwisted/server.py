@@ -176,10 +176,7 @@ class Ingest:
         self._store(group)
 
     def _store(self, group: list[_Entry]) -> None:
-        import time as _t
-        t0 = _t.perf_counter()
         d = self.store.store([e.received for e in group])
-        d.addCallback(lambda r: (log.info("SQL {n} {ms:.1f}", n=len(group), ms=(_t.perf_counter()-t0)*1000), r)[1])
         d.addCallbacks(
             lambda new: self._stored(group, new),
             lambda f: self._retry(group, "SQL", f, self._store),
@@ -195,10 +192,7 @@ class Ingest:
         if self.stats is None:
             self._done(group)
             return
-        import time as _t
-        t0 = _t.perf_counter()
         d = self.stats.record([e.received for e in group])
-        d.addCallback(lambda r: (log.info("REDIS {n} {ms:.1f}", n=len(group), ms=(_t.perf_counter()-t0)*1000), r)[1])
         d.addCallbacks(
             lambda _: self._done(group),
             lambda f: self._retry(group, "Redis", f, self._record),
