@@ -1,0 +1,257 @@
+"""
+How fast eth-server stores what clients send, counted in SQL afterwards.
+
+Starts `twistd -n eth-server` as its own process on a free loopback port (over SQLite, or
+over private MariaDB and Redis servers it starts too), drives it from this process, and
+prints one JSON line per run:
+
+    python bench/ingest.py --mode persistent --store mysql --connections 50 --messages 20000
+    python bench/ingest.py --mode oneshot --store mysql --connections 50 --messages 5000
+    python bench/ingest.py --mode idle --connections 1000
+
+- persistent: C connections, each keeping up to --window messages unacknowledged; the clock
+  stops when every message is acknowledged.
+- oneshot: the older client's way, a new connection per message (sent, then closed at once,
+  nothing read), C at a time; the clock stops when SQL holds every row, or after --deadline.
+- idle: C connections that say hello and then nothing; reports the server's RSS.
+
+`stored` is what SQL holds afterwards, never what was merely sent; `lost` is the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from twisted.internet import epollreactor  # noqa: E402
+
+epollreactor.install()
+
+from twisted.internet import reactor, task, threads  # noqa: E402
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
+from twisted.internet.protocol import Protocol  # noqa: E402
+
+from ethtwisted.protocol import (  # noqa: E402  # noqa: E402
+    Ack,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    encode_control,
+    payload_hash,
+)
+from tests.conftest import MariaDB, Redis, free_port  # noqa: E402
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User plus system CPU time a process has used so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sender(FrameProtocol):
+    def __init__(self, payloads: list[bytes], window: int, done: Deferred[None]) -> None:
+        super().__init__()
+        self.payloads = payloads
+        self.window = window
+        self.done = done
+        self.next = 0
+        self.unacked: set[str] = set()
+
+    def connectionMade(self) -> None:
+        self.sendString(encode_control(Hello(f"bench-{id(self)}")))
+        self.fill()
+
+    def fill(self) -> None:
+        while self.next < len(self.payloads) and len(self.unacked) < self.window:
+            payload = self.payloads[self.next]
+            self.next += 1
+            self.unacked.add(payload_hash(payload))
+            self.sendString(payload)
+        if not self.unacked and not self.done.called:
+            self.done.callback(None)
+            self.transport.loseConnection()
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        if isinstance(frame, Ack):
+            self.unacked.discard(frame.sha256)
+            self.fill()
+
+
+class OneShot(Protocol):
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"%d:%s," % (len(self.payload), self.payload))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(None)
+
+
+def payloads(n: int, run: str) -> list[bytes]:
+    # Block-message-sized payloads, each distinct.
+    return [
+        json.dumps({"chain_id": 1, "number": i, "hash": f"0x{run}{i:060x}", "parent_hash": "0x",
+                    "timestamp": i}, sort_keys=True, separators=(",", ":")).encode()
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def rows_reach(count_rows: Callable[[], int], n: int, deadline: float) -> int:
+    """
+    Wait until SQL holds C{n} rows or the deadline passes; the count runs off the reactor.
+    """
+    while True:
+        rows = await threads.deferToThread(count_rows)
+        if rows >= n or time.monotonic() > deadline:
+            return rows
+        await task.deferLater(reactor, 0.05)
+
+
+async def run(
+    args: argparse.Namespace, port: int, count_rows: Callable[[], int], pid: int
+) -> dict:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
+    result: dict[str, Any] = {"mode": args.mode, "store": args.store,
+                              "connections": args.connections}  # fmt: skip
+    if args.mode == "idle":
+        idle = [await connectProtocol(endpoint, FrameProtocol()) for _ in range(args.connections)]
+        for p in idle:
+            p.sendString(encode_control(Hello("idle")))
+        await task.deferLater(reactor, 1.0)
+        result["server_rss_mb"] = round(rss_mb(pid), 1)
+        result["server_peak_rss_mb"] = round(rss_mb(pid, "VmHWM"), 1)
+        for p in idle:
+            p.transport.loseConnection()
+        return result
+    messages = payloads(args.messages, os.urandom(2).hex())
+    start = time.monotonic()
+    cpu_start, own_start = cpu_seconds(pid), time.process_time()
+    deadline = start + args.deadline
+    if args.mode == "persistent":
+        shares = [messages[i :: args.connections] for i in range(args.connections)]
+        done = [Deferred() for _ in shares]
+        for share, d in zip(shares, done, strict=True):
+            await connectProtocol(endpoint, Sender(share, args.window, d))
+        await DeferredList(done).addTimeout(args.deadline, reactor)
+    else:
+        queue = iter(messages)
+
+        async def worker() -> None:
+            for payload in queue:
+                protocol = OneShot(payload)
+                await connectProtocol(endpoint, protocol)
+                await protocol.closed
+
+        await DeferredList([ensureDeferred(worker()) for _ in range(args.connections)])
+    stored = await rows_reach(count_rows, args.messages, deadline)
+    seconds = time.monotonic() - start
+    result.update(
+        messages=args.messages,
+        stored=stored,
+        lost=args.messages - stored,
+        seconds=round(seconds, 3),
+        stored_per_s=round(stored / seconds),
+        server_peak_rss_mb=round(rss_mb(pid, "VmHWM"), 1),
+        server_cpu_s=round(cpu_seconds(pid) - cpu_start, 2),
+        load_generator_cpu_s=round(time.process_time() - own_start, 2),
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["persistent", "oneshot", "idle"], default="persistent")
+    parser.add_argument("--store", choices=["sqlite", "mysql"], default="mysql")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds, at most")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ethtwisted-bench-") as tmp:
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
+        services: list[Any] = []
+        if args.store == "mysql":
+            mariadb, redis = MariaDB(work / "mariadb"), Redis(work / "redis")
+            (work / "redis").mkdir()
+            services += [mariadb, redis]
+            try:
+                mariadb.setup()
+                redis.start_on_free_port()
+            except BaseException:
+                for service in services:
+                    service.stop()
+                raise
+            db = ["--db", mariadb.url, "--redis", redis.url]
+            env["ETH_MYSQL_PASSWORD"] = mariadb.password
+
+            def count_rows() -> int:
+                return int(mariadb.query("SELECT COUNT(*) FROM ethereum_data",
+                                         database=mariadb.database)[0][0])  # fmt: skip
+        else:
+            path = work / "bench.sqlite"
+            db = ["--db", f"sqlite:///{path}"]
+
+            def count_rows() -> int:
+                with sqlite3.connect(path) as c:
+                    return int(c.execute("SELECT COUNT(*) FROM ethereum_data").fetchone()[0])
+
+        port = free_port()
+        server = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "eth-server", "--listen",
+             f"tcp:{port}:interface=127.0.0.1", *db, "--idle-timeout", "600"],
+            cwd=work, env=env, stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while b"collecting on" not in (work / "server.log").read_bytes():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit((work / "server.log").read_text())
+                time.sleep(0.05)
+            outcome: dict[str, Any] = {}
+
+            async def go() -> None:
+                outcome.update(await run(args, port, count_rows, server.pid))
+
+            d = ensureDeferred(go())
+            d.addErrback(lambda f: outcome.update(error=str(f.value)))
+            d.addBoth(lambda _: reactor.stop())
+            reactor.run()
+            print(json.dumps(outcome))
+        finally:
+            server.terminate()
+            server.wait(30)
+            for service in services:
+                service.stop()
+
+
+if __name__ == "__main__":
+    main()
