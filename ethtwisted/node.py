@@ -1,0 +1,672 @@
+"""
+Ethereum nodes reached through web3's asynchronous API, as L{INode}s.
+
+L{Web3Node} talks to one node over IPC (C{AsyncIPCProvider}), WebSocket (C{WebSocketProvider})
+or HTTP (C{AsyncHTTPProvider}).  web3's coroutines run as asyncio tasks on the loop under
+Twisted's asyncio reactor, which must be the running reactor; every call is bounded by a
+timeout on the injected reactor, and anything that goes wrong on the way to the node becomes
+one L{NodeError} with a short reason.  A connection that failed is dropped and the next call
+opens a new one, so a restarted node is reached again.  L{FailoverNode} puts several nodes
+behind one L{INode}, and L{open_node} builds either from the C{--node} URIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from aiohttp import ClientConnectorError, ClientError, ClientTimeout
+from hexbytes import HexBytes
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from web3 import AsyncHTTPProvider, AsyncIPCProvider, AsyncWeb3, WebSocketProvider
+from web3.exceptions import BadResponseFormat, BlockNotFound, Web3Exception, Web3RPCError
+from web3.providers.persistent import PersistentConnectionProvider
+from web3.types import BlockData, BlockIdentifier
+from websockets.exceptions import WebSocketException
+from zope.interface import implementer
+
+from ethtwisted.interfaces import INode
+from ethtwisted.logs import log_observer
+from ethtwisted.protocol import Block
+
+log = Logger(observer=log_observer)
+
+_T = TypeVar("_T")
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a node has to answer one call (connecting included)."""
+
+DEFAULT_RETRY_AFTER = 30.0
+"""Seconds a L{FailoverNode} waits before it tries a preferred node again."""
+
+DEFAULT_HTTP_URI = "http://127.0.0.1:8545"
+
+Transport = Literal["ipc", "ws", "http"]
+
+_SCHEMES: dict[str, Transport] = {
+    "ipc": "ipc",
+    "ws": "ws",
+    "wss": "ws",
+    "http": "http",
+    "https": "http",
+}
+
+# What web3 and the libraries under it raise when the node is down, hangs up, or answers
+# something that is not JSON-RPC: all of it means "this node does not serve us now".
+_NODE_TROUBLE: tuple[type[BaseException], ...] = (
+    Web3Exception,
+    OSError,
+    EOFError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncio.IncompleteReadError,
+    ClientError,
+    WebSocketException,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+)
+
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+_HOST_PORT = re.compile(r"[\w.-]+:\d+")
+# A path segment or query value this long and this shaped is an API key (Infura, Alchemy...).
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{20,}")
+
+
+class NodeError(Exception):
+    """
+    The node is unreachable, did not answer in time, or answered something unusable; the
+    message is a short reason for people.
+    """
+
+
+# -- URIs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeURI:
+    """
+    A validated C{--node} value.
+    """
+
+    transport: Transport
+    target: str = field(repr=False)
+    """The IPC path, or the URL given to web3 (which may hold credentials)."""
+    description: str
+    """The same with credentials redacted: safe for logs and error messages."""
+
+
+def redact_uri(uri: str) -> str:
+    """
+    C{uri} without credentials: user and password, query values and path segments that look
+    like API keys become C{***}.
+    """
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<malformed URL>"
+    if "://" not in uri or parts.scheme in ("", "ipc", "file"):
+        return uri
+    netloc = host or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***@{netloc}"
+    path = "/".join("***" if _TOKEN_LIKE.fullmatch(s) else s for s in parts.path.split("/"))
+    query = "&".join(
+        f"{item.split('=', 1)[0]}=***" if "=" in item else "***"
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit(SplitResult(parts.scheme, netloc, path, query, ""))
+
+
+def parse_node_uri(uri: str) -> NodeURI:
+    """
+    Validate one C{--node} value: a filesystem path or C{ipc://} URL (IPC), a C{ws://} or
+    C{wss://} URL, or an C{http://} or C{https://} URL.  Raise L{ValueError} with a message for
+    people (without credentials) when it is none of these.
+    """
+    text = uri.strip()
+    if not text:
+        raise ValueError("empty node URI")
+    if "://" not in text:
+        if _HOST_PORT.fullmatch(text):
+            raise ValueError(
+                f"node {text!r} has no scheme: write http://{text} or ws://{text}, "
+                "or a path for IPC"
+            )
+        path = os.path.abspath(os.path.expanduser(text))
+        return NodeURI("ipc", path, path)
+    scheme = text.split("://", 1)[0].lower()
+    shown = redact_uri(text)
+    transport = _SCHEMES.get(scheme)
+    if transport is None:
+        raise ValueError(
+            f"unsupported node URI scheme {scheme!r} in {shown}: use a path or ipc:// for IPC, "
+            "ws:// or wss:// for WebSocket, http:// or https:// for HTTP"
+        )
+    if transport == "ipc":
+        rest = text.split("://", 1)[1]
+        if not rest:
+            raise ValueError(f"node URI {text!r} names no IPC path")
+        path = os.path.abspath(os.path.expanduser(rest))
+        return NodeURI("ipc", path, path)
+    if any(c.isspace() for c in text):
+        raise ValueError(f"malformed node URL {shown!r}: it contains white space")
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        raise ValueError(f"malformed node URL {shown!r}: {e}") from None
+    if not host:
+        raise ValueError(f"malformed node URL {shown!r}: no host")
+    return NodeURI(transport, text, shown)
+
+
+def default_node_uris(environ: Mapping[str, str], home: str | None = None) -> list[str]:
+    """
+    The nodes to try when none is given: the usual geth IPC sockets that exist (in C{home}'s
+    and root's C{.ethereum}, and geth C{--dev}'s in C{$TMPDIR} or C{/tmp}), then the local
+    HTTP port.
+    """
+    home = home if home is not None else environ.get("HOME", os.path.expanduser("~"))
+    candidates = [
+        os.path.join(home, ".ethereum", "geth.ipc"),
+        "/root/.ethereum/geth.ipc",
+        os.path.join(environ.get("TMPDIR") or "/tmp", "geth.ipc"),  # noqa: S108 -- geth --dev
+    ]
+    uris: list[str] = []
+    for path in candidates:
+        if path not in uris and os.path.exists(path):
+            uris.append(path)
+    uris.append(DEFAULT_HTTP_URI)
+    return uris
+
+
+def open_node(
+    uris: Sequence[str],
+    reactor: IReactorTime,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry_after: float = DEFAULT_RETRY_AFTER,
+) -> INode:
+    """
+    Check every URI (L{ValueError} for the first bad one) and return the node behind them: a
+    L{Web3Node} for one, a L{FailoverNode} over several, preferred in the order given.
+    """
+    if not uris:
+        raise ValueError("no node URI given")
+    parsed = [parse_node_uri(uri) for uri in uris]
+    nodes = [Web3Node(p, reactor, timeout=timeout) for p in parsed]
+    if len(nodes) == 1:
+        return nodes[0]
+    return FailoverNode(nodes, reactor, retry_after=retry_after)
+
+
+# -- one node ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Connection:
+    """
+    One web3 connection to the node, and what was learnt over it.
+    """
+
+    w3: AsyncWeb3[Any]
+    chain_id: int | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return isinstance(self.w3.provider, PersistentConnectionProvider)
+
+    def gone(self) -> BaseException | bool:
+        """
+        Whether the node hung up: web3 reads a persistent connection in a listener task,
+        which ends when the socket closes (its requests would then wait for their timeout).
+        Returns the exception that ended the listener, or C{True}, or C{False} while alive.
+        """
+        if not self.persistent:
+            return False
+        task = getattr(self.w3.provider, "_message_listener_task", None)
+        if task is None:
+            return True
+        if not task.done():
+            return False
+        if task.cancelled():
+            return True
+        return task.exception() or True
+
+    async def run(self, fetch: Callable[[_Connection], Awaitable[_T]]) -> _T:
+        """
+        C{fetch} over this connection; on a persistent one, fail with L{NodeError} as soon as
+        the node hangs up (web3 would otherwise wait for an answer until its timeout).
+        """
+        listener: asyncio.Task[None] | None = getattr(
+            self.w3.provider, "_message_listener_task", None
+        )
+        if listener is None:
+            return await fetch(self)
+        call = asyncio.ensure_future(fetch(self))
+        try:
+            await asyncio.wait((call, listener), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+        if not call.done() or call.cancelled():
+            raise NodeError("the node hung up")
+        return call.result()
+
+
+def _reason(exc: BaseException) -> str:
+    """
+    A short text for people saying why a call failed.
+    """
+    while exc.__cause__ is not None and isinstance(exc, Web3Exception | WebSocketException):
+        exc = exc.__cause__
+    if isinstance(exc, Web3RPCError):
+        error = (exc.rpc_response or {}).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return _shorten(f"node error: {error['message']}")
+        return _shorten(f"node error: {exc.message}")
+    if isinstance(exc, ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, OSError) and not isinstance(exc, ClientError):
+        if exc.errno is not None and exc.errno > 0:
+            return os.strerror(exc.errno)  # not asyncio's "Connect call failed (...)"
+        if exc.strerror:
+            return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | BadResponseFormat):
+        text = f"unexpected answer: {text}"
+    return _shorten(text)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_block(chain_id: int, data: BlockData) -> Block:
+    """
+    The part of web3's block we keep; L{NodeError} if the node's answer does not fit.
+    """
+    try:
+        number, block_hash = data["number"], data["hash"]
+        parent_hash, timestamp = data["parentHash"], data["timestamp"]
+    except KeyError as e:
+        raise NodeError(f"block without {e.args[0]}") from None
+    if not isinstance(number, int) or not isinstance(timestamp, int):
+        raise NodeError("block with a number or timestamp that is not a number")
+    hashes = []
+    for value in (block_hash, parent_hash):
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise NodeError("block with a hash that is not 32 bytes")
+        hashes.append(HexBytes(value).to_0x_hex().lower())
+    return Block(
+        chain_id=chain_id,
+        number=number,
+        hash=hashes[0],
+        parent_hash=hashes[1],
+        timestamp=timestamp,
+    )
+
+
+@implementer(INode)
+class Web3Node:
+    """
+    One Ethereum node through web3's asynchronous API, on Twisted's asyncio reactor.
+
+    The connection opens on the first call; IPC and WebSocket keep theirs open and HTTP reuses
+    its provider.  When a call fails (the node hung up, timed out or answered garbage) the
+    connection is closed and the next call opens a new one, fetching the chain id again.
+    """
+
+    def __init__(
+        self,
+        uri: str | NodeURI,
+        reactor: IReactorTime,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.uri = uri if isinstance(uri, NodeURI) else parse_node_uri(uri)
+        self.description = self.uri.description
+        self._reactor = reactor
+        self._timeout = timeout
+        self._connection: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Web3Node {self.description}>"
+
+    # -- INode
+
+    def block_number(self) -> Deferred[int]:
+        async def fetch(connection: _Connection) -> int:
+            return int(await connection.w3.eth.block_number)
+
+        return self._call("eth_blockNumber", fetch)
+
+    def head(self) -> Deferred[Block]:
+        async def fetch(connection: _Connection) -> Block:
+            block = await self._block(connection, "latest")
+            if block is None:
+                raise NodeError("no latest block")
+            return block
+
+        return self._call("latest block", fetch)
+
+    def block_by_number(self, number: int) -> Deferred[Block | None]:
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            return _failed(ValueError(f"not a block number: {number!r}"))
+
+        async def fetch(connection: _Connection) -> Block | None:
+            return await self._block(connection, number)
+
+        return self._call(f"block {number}", fetch)
+
+    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
+        if not isinstance(block_hash, str) or not _HASH.fullmatch(block_hash):
+            return _failed(ValueError(f"not a block hash: {block_hash!r}"))
+
+        async def fetch(connection: _Connection) -> Block | None:
+            return await self._block(connection, HexBytes(block_hash))
+
+        return self._call(f"block {block_hash.lower()}", fetch)
+
+    def finalized_number(self) -> Deferred[int | None]:
+        async def fetch(connection: _Connection) -> int | None:
+            try:
+                data = await connection.w3.eth.get_block("finalized")
+            except Web3RPCError as e:
+                # Nodes without finality (before the merge, some dev chains) refuse the tag
+                # or say there is no such block.
+                log.debug(
+                    "{node} reports no finalized block: {reason}",
+                    node=self.description,
+                    reason=_reason(e),
+                )
+                return None
+            number = data.get("number")
+            if not isinstance(number, int):
+                raise NodeError("finalized block without a number")
+            return number
+
+        return self._call("finalized block", fetch)
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        self._drop()
+        if not self._closing:
+            return succeed(None)
+        pending = asyncio.gather(*self._closing, return_exceptions=True)
+        return Deferred.fromFuture(pending).addCallback(lambda _: None)
+
+    # -- inside
+
+    async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
+        if connection.chain_id is None:
+            connection.chain_id = int(await connection.w3.eth.chain_id)
+        try:
+            data = await connection.w3.eth.get_block(which)
+        except BlockNotFound:
+            return None
+        return _as_block(connection.chain_id, data)
+
+    def _call(self, what: str, fetch: Callable[[_Connection], Awaitable[_T]]) -> Deferred[_T]:
+        """
+        Run C{fetch} on a live connection as an asyncio task; the result fails with
+        L{NodeError} when the node does, and after C{timeout} seconds at the latest.
+        """
+        if self._closed:
+            return _failed(NodeError(f"{self.description} is closed"))
+        task = asyncio.ensure_future(self._attempt(fetch))
+
+        def cancel(_: Deferred[_T]) -> None:
+            task.cancel()
+
+        result: Deferred[_T] = Deferred(cancel)
+
+        def timed_out() -> None:
+            task.cancel()
+            if not result.called:
+                result.errback(NodeError(f"no answer to {what} within {self._timeout:g} s"))
+
+        timer = self._reactor.callLater(self._timeout, timed_out)
+
+        def finished(task: asyncio.Future[_T]) -> None:
+            if timer.active():
+                timer.cancel()
+            if task.cancelled():
+                if not result.called:
+                    result.errback(NodeError(f"{what}: cancelled"))
+                return
+            exc = task.exception()
+            if result.called:
+                return
+            if exc is None:
+                result.callback(task.result())
+            elif isinstance(exc, NodeError):
+                result.errback(exc)
+            elif isinstance(exc, _NODE_TROUBLE):
+                reason = _reason(exc).replace(self.uri.target, self.description)
+                result.errback(NodeError(reason))
+            else:
+                result.errback(Failure(exc))
+
+        task.add_done_callback(finished)
+        return result
+
+    async def _attempt(self, fetch: Callable[[_Connection], Awaitable[_T]]) -> _T:
+        connection, fresh = await self._connected()
+        try:
+            return await self._on(connection, fetch)
+        except Exception:
+            if fresh or not connection.gone():
+                raise
+        # The node hung up on a connection that used to work (it restarted, say): the request
+        # may never have left, and every call here only reads, so ask once more on a new one.
+        log.debug("{node} hung up; reconnecting", node=self.description)
+        connection, fresh = await self._connected()
+        return await self._on(connection, fetch)
+
+    async def _on(
+        self, connection: _Connection, fetch: Callable[[_Connection], Awaitable[_T]]
+    ) -> _T:
+        try:
+            return await connection.run(fetch)
+        except Web3RPCError:
+            # The node answered, with an error: the connection itself is fine.
+            raise
+        except BaseException:
+            self._drop(connection)
+            raise
+
+    async def _connected(self) -> tuple[_Connection, bool]:
+        """
+        The live connection, and whether it was opened just now.
+        """
+        async with self._lock:
+            connection = self._connection
+            if connection is not None:
+                gone = connection.gone()
+                if gone is False:
+                    return connection, False
+                log.debug(
+                    "{node} hung up ({reason}); reconnecting",
+                    node=self.description,
+                    reason="closed" if gone is True else _reason(gone),
+                )
+                self._drop(connection)
+            if self._closed:
+                raise NodeError(f"{self.description} is closed")
+            connection = _Connection(AsyncWeb3(self._provider()))
+            if connection.persistent:
+                try:
+                    await connection.w3.provider.connect()
+                except BaseException:
+                    self._dispose(connection)
+                    raise
+            self._connection = connection
+            return connection, True
+
+    def _provider(self) -> AsyncIPCProvider | WebSocketProvider | AsyncHTTPProvider:
+        target = self.uri.target
+        if self.uri.transport == "ipc":
+            # One attempt to connect: retrying is ours to decide, not web3's (which sleeps).
+            return AsyncIPCProvider(
+                target, request_timeout=self._timeout, max_connection_retries=1
+            )
+        if self.uri.transport == "ws":
+            return WebSocketProvider(
+                target,
+                websocket_kwargs={"open_timeout": self._timeout, "close_timeout": 1.0},
+                request_timeout=self._timeout,
+                max_connection_retries=1,
+            )
+        return AsyncHTTPProvider(
+            target,
+            request_kwargs={"timeout": ClientTimeout(total=self._timeout)},
+            exception_retry_configuration=None,
+        )
+
+    def _drop(self, connection: _Connection | None = None) -> None:
+        """
+        Forget the current connection (if it is C{connection}) and close it in the background.
+        """
+        current = self._connection
+        if current is None or (connection is not None and connection is not current):
+            return
+        self._connection = None
+        self._dispose(current)
+
+    def _dispose(self, connection: _Connection) -> None:
+        closing = asyncio.ensure_future(self._disconnect(connection))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _disconnect(self, connection: _Connection) -> None:
+        try:
+            await asyncio.wait_for(connection.w3.provider.disconnect(), self._timeout)
+        except (Exception, asyncio.CancelledError) as e:
+            log.debug(
+                "closing the connection to {node}: {reason}",
+                node=self.description,
+                reason=_reason(e),
+            )
+
+
+def _failed(exc: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d
+
+
+# -- several nodes ----------------------------------------------------------------------------
+
+
+@implementer(INode)
+class FailoverNode:
+    """
+    Several nodes behind one L{INode}: calls go to the first that answers.  When the node in use
+    fails, the others are tried in order and the first that answers takes over; every
+    C{retry_after} seconds the nodes given before it are tried again.  Each switch is logged
+    once.  A call fails (with L{NodeError}) only when no node answers it.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[INode],
+        reactor: IReactorTime,
+        retry_after: float = DEFAULT_RETRY_AFTER,
+    ) -> None:
+        if not nodes:
+            raise ValueError("no nodes to fail over between")
+        self.nodes = list(nodes)
+        self._reactor = reactor
+        self._retry_after = retry_after
+        self._current = 0
+        self._retry_at = 0.0
+
+    @property
+    def description(self) -> str:
+        """
+        The node in use.
+        """
+        return self.nodes[self._current].description
+
+    def block_number(self) -> Deferred[int]:
+        return self._call(lambda node: node.block_number())
+
+    def head(self) -> Deferred[Block]:
+        return self._call(lambda node: node.head())
+
+    def block_by_number(self, number: int) -> Deferred[Block | None]:
+        return self._call(lambda node: node.block_by_number(number))
+
+    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
+        return self._call(lambda node: node.block_by_hash(block_hash))
+
+    def finalized_number(self) -> Deferred[int | None]:
+        return self._call(lambda node: node.finalized_number())
+
+    def close(self) -> Deferred[None]:
+        closed = gatherResults([node.close() for node in self.nodes], consumeErrors=True)
+        return closed.addCallback(lambda _: None)
+
+    def _call(self, call: Callable[[INode], Deferred[_T]]) -> Deferred[_T]:
+        return Deferred.fromCoroutine(self._failover(call))
+
+    async def _failover(self, call: Callable[[INode], Deferred[_T]]) -> _T:
+        start = self._current
+        count = len(self.nodes)
+        now = self._reactor.seconds()
+        if start and now >= self._retry_at:
+            # Time to see whether a preferred node is back.
+            order = list(range(count))
+            self._retry_at = now + self._retry_after
+        else:
+            order = [(start + i) % count for i in range(count)]
+        failures: dict[int, str] = {}
+        for index in order:
+            try:
+                result = await call(self.nodes[index])
+            except NodeError as e:
+                failures[index] = str(e)
+                continue
+            self._switch(start, index, failures.get(start))
+            return result
+        raise NodeError(
+            "no node answers: "
+            + "; ".join(f"{self.nodes[i].description}: {failures[i]}" for i in order)
+        )
+
+    def _switch(self, start: int, index: int, reason: str | None) -> None:
+        if index == start or self._current != start:
+            return
+        self._current = index
+        old, new = self.nodes[start].description, self.nodes[index].description
+        if reason is not None:
+            log.warn(
+                "node {old} unreachable: {reason}; now using {new}",
+                old=old,
+                reason=reason,
+                new=new,
+            )
+        else:
+            log.info("node {new} answers again; now using it instead of {old}", old=old, new=new)
+        if index:
+            self._retry_at = self._reactor.seconds() + self._retry_after
