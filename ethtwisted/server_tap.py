@@ -8,9 +8,10 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
-from ethtwisted.logs import set_verbose
+from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.server import CollectorService, Ingest, ServerFactory
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
@@ -19,6 +20,49 @@ from ethtwisted.tap import EnvOptions, check_endpoint, positive_float, positive_
 
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
 LISTEN_BACKLOG = 1024
+_LOOPBACK = ("127.", "::1", "localhost")
+
+log = Logger(observer=log_observer)
+
+STATS_TOKEN_OPTIONS = [
+    ["stats-token", None, None,
+     "Token the stats JSON API, /metrics and dashboard require (Authorization: Bearer);"
+     " visible to other users: prefer $ETH_STATS_TOKEN or --stats-token-file."],
+    ["stats-token-file", None, None, "File holding the stats token."],
+]  # fmt: skip
+
+
+def stats_token(config: dict[str, Any]) -> str | None:
+    """
+    The stats token given by C{--stats-token} or C{--stats-token-file}, if any.
+    """
+    if config["stats-token"] and config["stats-token-file"]:
+        raise usage.UsageError("give either --stats-token or --stats-token-file, not both")
+    if config["stats-token-file"]:
+        return read_lines(config["stats-token-file"], "stats-token-file")[0]
+    return config["stats-token"] or None
+
+
+def stats_endpoint(description: str, option: str) -> str:
+    """
+    An endpoint for the stats API: a bare port number means that port on the loopback
+    interface.
+    """
+    if description.isdigit():
+        description = f"tcp:{description}:interface=127.0.0.1"
+    check_endpoint(description, option, server=True)
+    return description
+
+
+def reachable_beyond_loopback(description: str) -> bool:
+    """
+    Whether a TCP or TLS endpoint description listens on more than the loopback interface.
+    """
+    parts = description.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return False
+    interfaces = [p.split("=", 1)[1] for p in parts if p.startswith("interface=")]
+    return not interfaces or not interfaces[0].startswith(_LOOPBACK)
 
 
 def non_negative_float(value: str) -> float:
@@ -130,6 +174,10 @@ class Options(StoreOptions):
          positive_float],
         ["tokens-file", None, None,
          "File of client tokens, one a line: clients must present one in their hello."],
+        ["stats", None, None,
+         "Serve the stats API, /metrics and the dashboard on this endpoint, e.g."
+         " tcp:8080:interface=127.0.0.1 (a bare port means loopback; off if unset)."],
+        *STATS_TOKEN_OPTIONS,
         # The older command line's listening flags.
         ["host", None, None, "Interface to listen on (same as --listen tcp:PORT:interface=HOST)."],
         ["port", None, None, "TCP port to listen on (default 9999).", positive_int],
@@ -158,6 +206,9 @@ class Options(StoreOptions):
         self["tokens"] = (
             read_lines(self["tokens-file"], "tokens-file") if self["tokens-file"] else None
         )
+        if self["stats"]:
+            self["stats"] = stats_endpoint(self["stats"], "stats")
+        self["stats_token"] = stats_token(self)
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -183,4 +234,35 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     collector.setName("collector")
     collector.setServiceParent(service)
+    if config["stats"]:
+        stats_service(config, reactor, store, stats, ingest, factory).setServiceParent(service)
+    return service
+
+
+def stats_service(
+    config: Options,
+    reactor: Any,
+    store: SQLStore,
+    redis: RedisStats | None,
+    ingest: Ingest,
+    factory: ServerFactory,
+) -> IService:
+    """
+    The stats API beside the collector, with the collector's own counters in its metrics.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from ethtwisted.metrics import ServerMetrics
+    from ethtwisted.web import Stats, StatsService, stats_site
+
+    registry = CollectorRegistry()
+    ServerMetrics(registry, factory, ingest)
+    stats = Stats(reactor, store, store, redis, lambda: ingest.trouble, registry)
+    description = config["stats"]
+    if reachable_beyond_loopback(description) and config["stats_token"] is None:
+        log.warn("the stats API on {description} is open beyond this machine: no --stats-token",
+                 description=description)  # fmt: skip
+    site = stats_site(stats, config["stats_token"], reactor)
+    service = StatsService(reactor, site, [(description, serverFromString(reactor, description))])
+    service.setName("stats")
     return service

@@ -1,0 +1,80 @@
+"""
+C{twistd eth-stats}: the stats API, metrics and dashboard on their own, read-only over the
+stores of one or more eth-servers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from ethtwisted.logs import log_observer, set_verbose
+from ethtwisted.server_tap import (
+    STATS_TOKEN_OPTIONS,
+    StoreOptions,
+    reachable_beyond_loopback,
+    stats_endpoint,
+    stats_token,
+)
+from ethtwisted.storage.redis_store import RedisStats
+from ethtwisted.storage.sql_store import SQLStore
+from ethtwisted.web import Stats, StatsService, stats_site
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+log = Logger(observer=log_observer)
+
+
+class Options(StoreOptions):
+    command = "eth-stats"
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the stats API (/_cat, /api/v1), /metrics, /healthz and the dashboard over the "
+        "stores eth-servers write, without writing to them or creating anything. Every option "
+        "can also be given as an ETH_* environment variable (--listen is ETH_LISTEN); a flag "
+        "beats the environment."
+    )
+    optParameters = [
+        ["listen", None, DEFAULT_LISTEN,
+         "Endpoint to serve on (a bare port means that port on the loopback interface)."],
+        *STATS_TOKEN_OPTIONS,
+    ]  # fmt: skip
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        self["listen"] = stats_endpoint(self["listen"], "listen")
+        self["stats_token"] = stats_token(self)
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    set_verbose(config["verbose"])
+    store = SQLStore(config["db_url"], reactor, read_only=True)
+    waits = [(str(config["db_url"]), store.start)]
+    closes = [store.close]
+    redis = None
+    if config["redis_url"] is not None:
+        redis = RedisStats(config["redis_url"], reactor, config["redis-prefix"])
+        waits.append((str(config["redis_url"]), redis.ping))
+        closes.append(redis.close)
+    stats = Stats(reactor, store, store, redis)
+    description = config["listen"]
+    if reachable_beyond_loopback(description) and config["stats_token"] is None:
+        log.warn("the stats API on {description} is open beyond this machine: no --stats-token",
+                 description=description)  # fmt: skip
+    service = MultiService()
+    web = StatsService(
+        reactor,
+        stats_site(stats, config["stats_token"], reactor),
+        [(description, serverFromString(reactor, description))],
+        waits,
+        config["wait"],
+        closes,
+    )
+    web.setName("stats")
+    web.setServiceParent(service)
+    return service

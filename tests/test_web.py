@@ -1,0 +1,913 @@
+"""
+The stats API: every endpoint in memory (StubTreq) over real SQLite stores, then over real
+sockets through eth-server and eth-stats, against SQLite and against MariaDB with Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client import CollectorRegistry, Counter
+from treq.testing import StubTreq
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ethtwisted import server_tap, stats_tap
+from ethtwisted.interfaces import IBlockReader, IStatsReader, Received
+from ethtwisted.metrics import ServerMetrics
+from ethtwisted.protocol import (
+    Ack,
+    Block,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    block_html,
+    block_json,
+    parse_block,
+    payload_hash,
+)
+from ethtwisted.server import Ingest, ServerFactory
+from ethtwisted.server_tap import Options as ServerOptions
+from ethtwisted.stats_tap import Options as StatsOptions
+from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
+from ethtwisted.storage.sql_store import SQLStore, parse_db_url
+from ethtwisted.web import Stats, StatsRoot, StatsService, agent_resource, plain_table
+from tests.conftest import MySQLDatabase, Redis
+
+TIMEOUT = 30.0
+TOKEN = "s3cret-stats-token"
+T0 = 1_700_000_000.0
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """
+    Wait, without blocking the reactor, until C{condition()} holds (bounded in time).
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.005)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        assert self.headers["content-type"] == "application/json"
+        return json.loads(self.body)
+
+
+class Client:
+    """
+    GETs against a resource in memory: StubTreq, pumped until the answer (which comes from a
+    store thread) is complete.
+    """
+
+    def __init__(self, root: Any) -> None:
+        self.stub = StubTreq(root)
+
+    async def _settle(self, d: Deferred[Any]) -> Any:
+        done: list[Any] = []
+        d.addBoth(done.append)
+
+        def finished() -> bool:
+            self.stub.flush()
+            return bool(done)
+
+        await until(finished)
+        if isinstance(done[0], Failure):
+            done[0].raiseException()
+        return done[0]
+
+    async def request(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        response = await self._settle(
+            self.stub.request(method, "http://stats.test" + path, headers=dict(headers or {}))
+        )
+        body = await self._settle(self.stub.content(response))
+        flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+        return Reply(response.code, flat, body)
+
+    async def get(self, path: str, token: str | None = None) -> Reply:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await self.request("GET", path, headers)
+
+
+def block(chain_id: int, number: int, fork: int = 0) -> Block:
+    return Block(
+        chain_id=chain_id,
+        number=number,
+        hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
+        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{0:08x}",
+        timestamp=1_600_000_000 + number,
+    )
+
+
+def received(payload: bytes, client: str, at: float, address: str = "127.0.0.1") -> Received:
+    return Received(
+        sha256=payload_hash(payload),
+        payload=payload.decode("utf-8"),
+        address=address,
+        client=client,
+        received=at,
+        block=parse_block(payload),
+    )
+
+
+async def open_sqlite(path: Path, read_only: bool = False) -> SQLStore:
+    store = SQLStore(parse_db_url(f"sqlite:///{path}"), reactor, read_only=read_only)
+    await store.start()
+    return store
+
+
+@pytest_twisted.async_yield_fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+    store = await open_sqlite(tmp_path / "eth.sqlite")
+    yield store
+    await store.close()
+
+
+async def fill(store: SQLStore) -> dict[str, Any]:
+    """
+    A small history: chain 1 followed by "alpha" (to block 12) and "beta" (to 9, behind),
+    chain 5 by "gamma", an older client's HTML page, and a payload that is no block.
+    """
+    batches = []
+    for n in range(1, 13):
+        batches.append(received(block_json(block(1, n)), "alpha", T0 + n, "10.0.0.1"))
+        if n <= 9:
+            batches.append(received(block_json(block(1, n)), "beta", T0 + n + 0.5, "10.0.0.2"))
+    batches.append(received(block_json(block(5, 700)), "gamma", T0 + 20, "10.0.0.3"))
+    batches.append(received(block_html(4242), "10.0.0.4", T0 + 21, "10.0.0.4"))
+    batches.append(received(b"not a block at all", "10.0.0.4", T0 + 22, "10.0.0.4"))
+    for i in range(0, len(batches), 5):
+        await store.store(batches[i : i + 5])
+    return {"received": batches}
+
+
+def stats_over(store: SQLStore, registry: CollectorRegistry | None = None) -> Stats:
+    return Stats(reactor, store, store, registry=registry)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """
+    The rows of a plain table (header first), split on runs of spaces.
+    """
+    return [line.split() for line in text.splitlines()]
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def test_plain_table_layout() -> None:
+    """
+    A header line, then one line per row; columns padded to their widest cell, separated by
+    two spaces, numbers right-aligned and text left-aligned, no trailing spaces.
+    """
+    text = plain_table(["client", "count"], [("10.0.0.1", 5), ("192.168.100.200", 12345)])
+    assert text == ("client           count\n10.0.0.1             5\n192.168.100.200  12345\n")
+    assert plain_table(["hash", "timestamp"], []) == "hash  timestamp\n"
+    assert plain_table(["a", "t"], [("x", 1.5)]) == "a      t\nx  1.500\n"
+
+
+# -- the stores' readers ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_sql_store_provides_the_readers(sqlite_store: SQLStore) -> None:
+    """
+    The SQL store implements both reading interfaces; the Redis store the older service's.
+    """
+    assert verifyObject(IStatsReader, sqlite_store)
+    assert verifyObject(IBlockReader, sqlite_store)
+    redis = RedisStats(parse_redis_url("redis://127.0.0.1:1/0"), reactor)
+    try:
+        assert verifyObject(IStatsReader, redis)
+    finally:
+        await redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_only_store_creates_and_writes_nothing(tmp_path: Path) -> None:
+    """
+    Read-only (eth-stats): a missing SQLite file is not created, a database without the
+    tables fails to start and stays empty, and a started store cannot write.
+    """
+    missing = tmp_path / "missing.sqlite"
+    store = SQLStore(parse_db_url(f"sqlite:///{missing}"), reactor, read_only=True)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.start()
+    await store.close()
+    assert not missing.exists()
+
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    store = SQLStore(parse_db_url(f"sqlite:///{empty}"), reactor, read_only=True)
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await store.start()
+    await store.close()
+    with sqlite3.connect(empty) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+    writer = await open_sqlite(tmp_path / "eth.sqlite")
+    await writer.close()
+    reader = await open_sqlite(tmp_path / "eth.sqlite", read_only=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await reader.store([received(b"x", "c", T0)])
+    finally:
+        await reader.close()
+
+
+# -- /_cat ------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cat_index_and_tables_from_sql(sqlite_store: SQLStore) -> None:
+    """
+    /_cat lists the endpoints; /_cat/hashes shows hash and first-seen time, newest first;
+    /_cat/clients shows each address with its message count, busiest first.
+    """
+    history = await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+
+    index = await client.get("/_cat")
+    assert index.status == 200
+    assert index.headers["content-type"] == "text/plain; charset=utf-8"
+    for endpoint in ("/_cat/hashes", "/_cat/hashes/{hash}", "/_cat/clients"):
+        assert endpoint in index.text.splitlines()
+    assert (await client.get("/_cat/")).text == index.text
+
+    hashes = await client.get("/_cat/hashes")
+    rows = table_rows(hashes.text)
+    assert rows[0] == ["hash", "timestamp"]
+    first_seen: dict[str, float] = {}
+    for r in history["received"]:
+        first_seen.setdefault(r.sha256, r.received)
+    newest = sorted(first_seen.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert [(h, float(t)) for h, t in rows[1:]] == [(h, round(t, 3)) for h, t in newest]
+
+    clients = await client.get("/_cat/clients")
+    assert table_rows(clients.text) == [
+        ["client", "count"],
+        ["10.0.0.1", "12"],
+        ["10.0.0.2", "9"],
+        ["10.0.0.4", "2"],
+        ["10.0.0.3", "1"],
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cat_hashes_lists_the_latest_hundred(sqlite_store: SQLStore) -> None:
+    """
+    However many payloads there are, /_cat/hashes lists the 100 most recent.
+    """
+    await sqlite_store.store([received(f"payload {i}".encode(), "c", T0 + i) for i in range(130)])
+    rows = table_rows((await Client(StatsRoot(stats_over(sqlite_store))).get("/_cat/hashes")).text)
+    assert len(rows) == 101
+    assert rows[1] == [payload_hash(b"payload 129"), f"{T0 + 129:.3f}"]
+    assert rows[-1] == [payload_hash(b"payload 30"), f"{T0 + 30:.3f}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cat_hash_shows_the_stored_payload(sqlite_store: SQLStore) -> None:
+    """
+    /_cat/hashes/<sha256> answers the payload as stored (any case of hex accepted); an unknown
+    hash is 404 and anything that is not 64 hex characters 400, both "Hash not found".
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    page = block_html(4242)
+    reply = await client.get(f"/_cat/hashes/{payload_hash(page)}")
+    assert (reply.status, reply.body) == (200, page)
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    reply = await client.get(f"/_cat/hashes/{payload_hash(page).upper()}")
+    assert reply.body == page
+
+    reply = await client.get(f"/_cat/hashes/{'0' * 64}")
+    assert (reply.status, reply.text) == (404, "Hash not found")
+    for bad in ("abc", "0" * 63, "0" * 65, "g" * 64, "%27%20OR%201%3D1%20--", "%00" * 64):
+        reply = await client.get(f"/_cat/hashes/{bad}")
+        assert (reply.status, reply.text) == (400, "Hash not found"), bad
+
+
+# -- /api/v1 ----------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_blocks_newest_first_with_cursor(sqlite_store: SQLStore) -> None:
+    """
+    /api/v1/blocks lists payloads newest first with their block fields; ?limit= pages (capped
+    at 1,000) and ?before= continues after a given payload, so paging visits each once.
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    everything = (await client.get("/api/v1/blocks")).json()
+    assert everything["next"] is None
+    blocks = everything["blocks"]
+    assert len(blocks) == 15
+    times = [b["first_seen"] for b in blocks]
+    assert times == sorted(times, reverse=True)
+    assert blocks[0] == {
+        "sha256": payload_hash(b"not a block at all"),
+        "first_seen": T0 + 22,
+        "client": "10.0.0.4",
+        "chain_id": None,
+        "number": None,
+        "hash": None,
+        "parent_hash": None,
+        "timestamp": None,
+    }
+    assert blocks[1]["number"] == 4242 and blocks[1]["chain_id"] is None
+    b = block(5, 700)
+    assert blocks[2] == {
+        "sha256": payload_hash(block_json(b)),
+        "first_seen": T0 + 20,
+        "client": "gamma",
+        "chain_id": 5,
+        "number": 700,
+        "hash": b.hash,
+        "parent_hash": b.parent_hash,
+        "timestamp": b.timestamp,
+    }
+
+    seen: list[str] = []
+    path = "/api/v1/blocks?limit=4"
+    while True:
+        page = (await client.get(path)).json()
+        assert page["limit"] == 4
+        seen += [b["sha256"] for b in page["blocks"]]
+        if page["next"] is None:
+            break
+        path = f"/api/v1/blocks?limit=4&before={page['next']}"
+    assert seen == [b["sha256"] for b in blocks]
+
+    assert (await client.get("/api/v1/blocks?limit=5000")).json()["limit"] == 1000
+    for query, message in [
+        ("limit=0", "limit must be a positive integer"),
+        ("limit=-3", "limit must be a positive integer"),
+        ("limit=ten", "limit must be a positive integer"),
+        ("before=123", "before must be the sha256 of a block: 64 hex"),
+        (f"before={'0' * 64}", "before names no stored block"),
+    ]:
+        reply = await client.get(f"/api/v1/blocks?{query}")
+        assert reply.status == 400
+        assert reply.json() == {"error": message, "status": 400}
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_one_block_with_its_payload(sqlite_store: SQLStore) -> None:
+    """
+    /api/v1/blocks/<sha256> answers the record and the stored payload; unknown is a JSON 404,
+    malformed a JSON 400.
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    payload = block_json(block(1, 3))
+    body = (await client.get(f"/api/v1/blocks/{payload_hash(payload)}")).json()
+    assert body["payload"] == payload.decode()
+    assert (body["number"], body["chain_id"], body["client"]) == (3, 1, "alpha")
+
+    reply = await client.get(f"/api/v1/blocks/{'f' * 64}")
+    assert (reply.status, reply.json()) == (404, {"error": "Hash not found", "status": 404})
+    reply = await client.get("/api/v1/blocks/0x1234")
+    assert reply.status == 400
+    assert reply.json()["status"] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_clients_and_heads(sqlite_store: SQLStore) -> None:
+    """
+    /api/v1/head gives the best head per chain; /api/v1/clients each client's messages, first
+    and last sighting, last block and its lag behind the best head of its chain.
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    heads = (await client.get("/api/v1/head")).json()
+    assert isinstance(heads["now"], float)
+    assert heads["heads"] == [
+        {"chain_id": None, "number": 4242, "hash": None, "first_seen": T0 + 21},
+        {"chain_id": 1, "number": 12, "hash": block(1, 12).hash, "first_seen": T0 + 12},
+        {"chain_id": 5, "number": 700, "hash": block(5, 700).hash, "first_seen": T0 + 20},
+    ]
+    clients = {c["client"]: c for c in (await client.get("/api/v1/clients")).json()["clients"]}
+    assert clients["alpha"] == {
+        "client": "alpha",
+        "address": "10.0.0.1",
+        "messages": 12,
+        "first_seen": T0 + 1,
+        "last_seen": T0 + 12,
+        "chain_id": 1,
+        "last_block": 12,
+        "lag": 0,
+    }
+    assert (clients["beta"]["last_block"], clients["beta"]["lag"]) == (9, 3)
+    assert (clients["gamma"]["chain_id"], clients["gamma"]["lag"]) == (5, 0)
+    assert clients["10.0.0.4"]["last_block"] == 4242
+    assert clients["10.0.0.4"]["messages"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_arrivals_per_minute(sqlite_store: SQLStore) -> None:
+    """
+    /api/v1/arrivals counts payloads first seen per minute, over the last hour by default.
+    """
+    now = reactor.seconds()
+    minute = int(now) // 60 * 60
+    await sqlite_store.store(
+        [
+            received(f"p{i}".encode(), "c", t)
+            for i, t in enumerate([now, now, minute - 1, now - 7200])
+        ]
+    )
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    body = (await client.get("/api/v1/arrivals")).json()
+    assert body["bucket"] == 60
+    assert body["since"] == minute - 59 * 60
+    assert body["counts"] == [[minute - 60, 1], [minute, 2]]
+    body = (await client.get("/api/v1/arrivals?minutes=1")).json()
+    assert body["counts"] == [[minute, 2]]
+
+
+# -- errors, methods, tokens ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_are_json_without_tracebacks(sqlite_store: SQLStore, tmp_path: Path) -> None:
+    """
+    Unknown paths are JSON 404s, other methods 405, and a store that fails a read is a 503
+    saying only "store unavailable" (logged once as a warning, not as a bug).
+    """
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    for path in ("/nope", "/api/v2/blocks", "/api/v1/nothing", "/api/v1/head/extra"):
+        reply = await client.get(path)
+        assert (reply.status, reply.json()) == (404, {"error": "not found", "status": 404})
+    reply = await client.request("POST", "/api/v1/blocks")
+    assert reply.status == 405
+    assert reply.headers["allow"] == "GET, HEAD"
+    reply = await client.request("HEAD", "/api/v1/head")
+    assert (reply.status, reply.body) == (200, b"")
+
+    with sqlite3.connect(tmp_path / "eth.sqlite") as db:
+        db.execute("DROP TABLE eth_blocks")
+    with capturedLogs() as events:
+        for _ in range(2):
+            reply = await client.get("/api/v1/blocks")
+            assert (reply.status, reply.json()) == (
+                503,
+                {"error": "store unavailable", "status": 503},
+            )
+        reply = await client.get("/_cat/hashes")
+        assert (reply.status, reply.text) == (503, "store unavailable\n")
+    assert not [e for e in events if e.get("log_failure")]
+    warnings = [e for e in events if "store read failed" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert "Traceback" not in reply.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_guards_api_metrics_and_dashboard(sqlite_store: SQLStore) -> None:
+    """
+    With a token, the JSON API, /metrics and the dashboard need it as a bearer token (the
+    dashboard also as ?token=); /_cat and /healthz stay open.
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store), TOKEN))
+    for path in ("/api/v1/head", "/api/v1/blocks", "/metrics"):
+        for token in (None, "wrong", TOKEN + "x"):
+            reply = await client.get(path, token)
+            assert reply.status == 401, (path, token)
+            assert reply.headers["www-authenticate"].startswith("Bearer")
+        assert (await client.get(path, TOKEN)).status == 200
+    reply = await client.get("/api/v1/head?token=" + TOKEN)
+    assert reply.status == 401
+    assert reply.json() == {"error": "a valid bearer token is required", "status": 401}
+
+    login = await client.get("/")
+    assert login.status == 401
+    assert "needs the stats token" in login.text
+    assert "api/v1" not in login.text
+    assert (await client.get("/?token=wrong")).status == 401
+    page = await client.get("/?token=" + TOKEN)
+    assert page.status == 200 and "<title>ethtwisted stats</title>" in page.text
+    assert (await client.get("/", TOKEN)).status == 200
+
+    assert (await client.get("/_cat/hashes")).status == 200
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_page_is_self_contained(sqlite_store: SQLStore) -> None:
+    """
+    The dashboard is one HTML page loading nothing from elsewhere; its policy allows exactly
+    its own inline script and style.
+    """
+    reply = await Client(StatsRoot(stats_over(sqlite_store))).get("/")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert not re.search(r"(src|href)=\"(https?:)?//", reply.text)
+    assert "http://" not in reply.text.replace("http://www.w3.org/2000/svg", "")
+    policy = reply.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "connect-src 'self'" in policy
+    assert re.search(r"script-src 'sha256-[A-Za-z0-9+/=]+'", policy)
+    assert "unsafe-inline" not in policy
+    assert reply.headers["cache-control"] == "no-store"
+
+
+# -- /metrics and /healthz --------------------------------------------------------------------
+
+
+@implementer(IStatsReader)
+class Unreachable:
+    """A store that fails every call, as Redis does while it is down."""
+
+    def ping(self) -> Deferred[None]:
+        return fail(ConnectionRefusedError("Connection refused"))
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        return fail(ConnectionRefusedError("Connection refused"))
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        return fail(ConnectionRefusedError("Connection refused"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz(sqlite_store: SQLStore) -> None:
+    """
+    /healthz is 200 when every store answers, 503 naming the failing store (and the
+    collector's own trouble) otherwise.
+    """
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    reply = await client.get("/healthz")
+    assert (reply.status, reply.json()) == (200, {"status": "ok", "checks": {"sql": "ok"}})
+
+    trouble: list[str | None] = [None]
+    stats = Stats(reactor, sqlite_store, sqlite_store, Unreachable(), lambda: trouble[0])
+    client = Client(StatsRoot(stats))
+    reply = await client.get("/healthz")
+    assert reply.status == 503
+    assert reply.json() == {
+        "status": "unavailable",
+        "checks": {"sql": "ok", "redis": "Connection refused", "ingest": "ok"},
+    }
+    trouble[0] = "SQL store unavailable: disk full"
+    assert (await client.get("/healthz")).json()["checks"]["ingest"] == trouble[0]
+    reply = await client.get("/_cat/clients")
+    assert (reply.status, reply.text) == (503, "store unavailable\n")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """
+    The value of one sample in a Prometheus text exposition.
+    """
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name}{labels} in metrics"
+    return float(match.group(1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
+    """
+    /metrics shows the collector's counters, store health and per-client gauges from the
+    service's own registry, never from prometheus_client's global one.
+    """
+    await fill(sqlite_store)
+    registry = CollectorRegistry()
+    ingest = Ingest(sqlite_store, None, reactor)
+    factory = ServerFactory(ingest, reactor, 1000, 60.0)
+    metrics = ServerMetrics(registry, factory, ingest)
+    metrics.received(received(b"x", "c", T0))
+    metrics.acknowledged("0" * 64)
+    metrics.dropped("too_large")
+    metrics.committed([received(b"x", "c", reactor.seconds() - 0.02)] * 3, 1)
+    client = Client(StatsRoot(stats_over(sqlite_store, registry)))
+    reply = await client.get("/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    text = reply.text
+    assert metric(text, "ethtwisted_messages_received_total") == 1
+    assert metric(text, "ethtwisted_messages_stored_total") == 1
+    assert metric(text, "ethtwisted_messages_duplicate_total") == 2
+    assert metric(text, "ethtwisted_acks_sent_total") == 1
+    assert metric(text, "ethtwisted_rejected_total", '{reason="too_large"}') == 1
+    assert metric(text, "ethtwisted_rejected_total", '{reason="idle"}') == 0
+    assert metric(text, "ethtwisted_store_latency_seconds_count") == 3
+    assert metric(text, "ethtwisted_store_latency_seconds_bucket", '{le="0.01"}') == 0
+    assert metric(text, "ethtwisted_connections_open") == 0
+    assert metric(text, "ethtwisted_store_up", '{store="sql"}') == 1
+    assert metric(text, "ethtwisted_client_last_block", '{chain_id="1",client="beta"}') == 9
+    assert metric(text, "ethtwisted_client_lag_blocks", '{chain_id="1",client="beta"}') == 3
+    assert metric(text, "ethtwisted_client_lag_blocks", '{chain_id="5",client="gamma"}') == 0
+    assert metric(text, "ethtwisted_client_last_seen_timestamp_seconds", '{client="alpha"}') == (
+        T0 + 12
+    )
+    assert "ethtwisted" not in prometheus_client.generate_latest().decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_agent_resource_serves_a_given_registry_and_check() -> None:
+    """
+    The agent's resource (for eth-client) serves /metrics from the registry it is given and
+    /healthz from the check it is given, as the stats site does.
+    """
+    registry = CollectorRegistry()
+    reconnects = Counter(
+        "reconnects", "Reconnections.", namespace="ethtwisted_client", registry=registry
+    )
+    reconnects.inc(2)
+    checks: dict[str, str | None] = {"node": None, "server": None}
+    client = Client(agent_resource(registry, lambda: succeed(dict(checks))))
+    reply = await client.get("/metrics")
+    assert metric(reply.text, "ethtwisted_client_reconnects_total") == 2
+    assert (await client.get("/healthz")).status == 200
+    checks["node"] = "unreachable for 45 s"
+    reply = await client.get("/healthz")
+    assert (reply.status, reply.json()["checks"]["node"]) == (503, "unreachable for 45 s")
+    client = Client(agent_resource(registry, lambda: checks, token=TOKEN))
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", TOKEN)).status == 200
+
+
+# -- over real sockets ------------------------------------------------------------------------
+
+
+class Sender(FrameProtocol):
+    """
+    A client for tests: says hello, sends payloads, counts acknowledgements.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.acked: list[str] = []
+
+    def connectionMade(self) -> None:
+        if self.name is not None:
+            self.send_control(Hello(self.name))
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        assert isinstance(frame, Ack)
+        self.acked.append(frame.sha256)
+
+    async def send(self, payloads: Sequence[bytes]) -> None:
+        """
+        Send C{payloads} and wait until each is acknowledged (stored).
+        """
+        expected = len(self.acked) + len(payloads)
+        for payload in payloads:
+            self.sendString(payload)
+        await until(lambda: len(self.acked) >= expected)
+
+
+async def sender(port: int, name: str | None = None) -> Sender:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    protocol: Sender = await connectProtocol(endpoint, Sender(name))
+    return protocol
+
+
+@dataclass
+class Running:
+    service: IService
+    stats: StatsService
+    collector_port: int | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.stats.ports[0].getHost().port}"
+
+    async def get(self, path: str, token: str | None = None) -> Reply:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await treq.get(self.url + path, headers=headers, timeout=TIMEOUT)
+        body = await treq.content(response)
+        flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+        return Reply(response.code, flat, body)
+
+    async def stop(self) -> None:
+        await self.service.stopService()
+
+
+async def start_server(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
+    options = ServerOptions()
+    options.environ = dict(environ)
+    options.parseOptions(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--stats", "tcp:0:interface=127.0.0.1", *args]
+    )
+    service = server_tap.makeService(options, reactor)
+    service.startService()
+    collector: Any = service.getServiceNamed("collector")
+    stats: Any = service.getServiceNamed("stats")
+    await collector.ready.addTimeout(TIMEOUT, reactor)
+    await stats.ready.addTimeout(TIMEOUT, reactor)
+    return Running(service, stats, collector.ports[0].getHost().port)
+
+
+async def start_stats(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
+    options = StatsOptions()
+    options.environ = dict(environ)
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+    service = stats_tap.makeService(options, reactor)
+    service.startService()
+    stats: Any = service.getServiceNamed("stats")
+    await stats.ready.addTimeout(TIMEOUT, reactor)
+    return Running(service, stats, None)
+
+
+def chain_payloads(chain_id: int, numbers: range) -> list[bytes]:
+    return [block_json(block(chain_id, n)) for n in numbers]
+
+
+async def feed_and_check(server: Running, reader: Running) -> None:
+    """
+    Feed the collector from three clients, then check every endpoint of C{reader} against
+    what was sent, and that the server's own stats API answers the same.
+    """
+    assert server.collector_port is not None
+    one = await sender(server.collector_port, "node-one")
+    two = await sender(server.collector_port, "node-two")
+    old = await sender(server.collector_port)
+    await one.send(chain_payloads(31337, range(0, 8)))
+    await two.send(chain_payloads(31337, range(0, 5)))
+    await old.send([block_html(n) for n in (1, 2)])
+
+    for running in (server, reader):
+        heads = (await running.get("/api/v1/head", TOKEN)).json()["heads"]
+        assert [(h["chain_id"], h["number"]) for h in heads] == [(None, 2), (31337, 7)]
+        clients = (await running.get("/api/v1/clients", TOKEN)).json()["clients"]
+        by_name = {c["client"]: c for c in clients}
+        assert set(by_name) == {"node-one", "node-two", "127.0.0.1"}
+        assert (by_name["node-two"]["messages"], by_name["node-two"]["lag"]) == (5, 3)
+        assert by_name["node-one"]["lag"] == 0
+        blocks = (await running.get("/api/v1/blocks?limit=3", TOKEN)).json()
+        assert [b["number"] for b in blocks["blocks"]] == [2, 1, 7]
+        one_block = await running.get(f"/api/v1/blocks/{blocks['blocks'][2]['sha256']}", TOKEN)
+        assert json.loads(one_block.json()["payload"])["number"] == 7
+        hashes = table_rows((await running.get("/_cat/hashes")).text)
+        assert len(hashes) == 1 + 8 + 2
+        assert hashes[1][0] == payload_hash(block_html(2))
+        assert table_rows((await running.get("/_cat/clients")).text) == [
+            ["client", "count"],
+            ["127.0.0.1", "15"],
+        ]
+        payload = await running.get(f"/_cat/hashes/{payload_hash(block_html(1))}")
+        assert payload.body == block_html(1)
+        health = await running.get("/healthz")
+        assert health.status == 200, health.text
+        assert (await running.get("/api/v1/head")).status == 401
+        page = await running.get("/?token=" + TOKEN)
+        assert page.status == 200
+        metrics = (await running.get("/metrics", TOKEN)).text
+        assert metric(metrics, "ethtwisted_store_up", '{store="sql"}') == 1
+        labels = '{chain_id="31337",client="node-two"}'
+        assert metric(metrics, "ethtwisted_client_lag_blocks", labels) == 3
+
+    metrics = (await server.get("/metrics", TOKEN)).text
+    assert metric(metrics, "ethtwisted_messages_received_total") == 15
+    assert metric(metrics, "ethtwisted_messages_stored_total") == 10
+    assert metric(metrics, "ethtwisted_messages_duplicate_total") == 5
+    assert metric(metrics, "ethtwisted_acks_sent_total") == 15
+    assert metric(metrics, "ethtwisted_connections_open") == 3
+    for s in (one, two, old):
+        s.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_sockets_with_sqlite(tmp_path: Path) -> None:
+    """
+    eth-server with --stats over SQLite, and eth-stats read-only beside it on the same file:
+    both answer every endpoint over real sockets, with the same answers.
+    """
+    db = f"sqlite:///{tmp_path / 'eth.sqlite'}"
+    server = await start_server(["--db", db, "--stats-token", TOKEN])
+    try:
+        reader = await start_stats(["--db", db], {"ETH_STATS_TOKEN": TOKEN})
+        try:
+            await feed_and_check(server, reader)
+        finally:
+            await reader.stop()
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_sockets_with_mysql_and_redis(mysql_db: MySQLDatabase, redis: Redis) -> None:
+    """
+    Over MariaDB and Redis: /_cat answers from Redis and agrees with what SQL says; eth-stats
+    reads the same stores; /healthz turns 503 naming Redis when Redis goes away.
+    """
+    environ = {"ETH_MYSQL_PASSWORD": mysql_db.password}
+    stores = ["--db", mysql_db.url, "--redis", redis.url, "--stats-token", TOKEN]
+    server = await start_server(stores, environ)
+    try:
+        reader = await start_stats(stores, environ)
+        try:
+            await feed_and_check(server, reader)
+            assert redis.execute("ZCARD", "eth:hashes") == 10
+            sql_only = await start_stats(stores[:2] + stores[4:], environ)
+            try:
+                for path in ("/_cat/hashes", "/_cat/clients"):
+                    from_redis = await reader.get(path)
+                    from_sql = await sql_only.get(path)
+                    assert from_redis.text == from_sql.text, path
+            finally:
+                await sql_only.stop()
+            redis.kill()
+            try:
+                health = await reader.get("/healthz")
+                assert health.status == 503
+                assert health.json()["checks"]["sql"] == "ok"
+                assert health.json()["checks"]["redis"] != "ok"
+                assert mysql_db.password not in health.text
+            finally:
+                redis.start()
+        finally:
+            await reader.stop()
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_eth_stats_waits_for_tables_then_fails_in_time(tmp_path: Path) -> None:
+    """
+    eth-stats never creates the database: over a missing SQLite file it waits up to --wait
+    seconds, then ends with one line naming the store.
+    """
+    path = tmp_path / "missing.sqlite"
+    failed: list[str] = []
+    options = StatsOptions()
+    options.environ = {}
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--db", f"sqlite:///{path}",
+                          "--wait", "0.5"])  # fmt: skip
+    service = stats_tap.makeService(options, reactor)
+    stats: Any = service.getServiceNamed("stats")
+    import ethtwisted.web
+
+    original = ethtwisted.web.fatal
+    ethtwisted.web.fatal = lambda _reactor, message: failed.append(message)  # type: ignore[assignment]
+    try:
+        with capturedLogs():
+            service.startService()
+            await until(lambda: bool(failed))
+    finally:
+        ethtwisted.web.fatal = original
+        await service.stopService()
+    assert failed[0].startswith(f"cannot reach sqlite:///{path} within 0.5 s")
+    assert not path.exists()
+    assert stats.ports == []
+
+
+def test_stats_options() -> None:
+    """
+    A bare port means loopback; the token comes from a flag, a file or $ETH_STATS_TOKEN, not
+    from two at once; a bad endpoint is a usage error.
+    """
+    options = StatsOptions()
+    options.environ = {"ETH_STATS_TOKEN": "from-env"}
+    options.parseOptions(["--listen", "8081"])
+    assert options["listen"] == "tcp:8081:interface=127.0.0.1"
+    assert options["stats_token"] == "from-env"
+    options = ServerOptions()
+    options.environ = {}
+    options.parseOptions(["--stats", "9090"])
+    assert options["stats"] == "tcp:9090:interface=127.0.0.1"
+    assert options["stats_token"] is None
+    options = ServerOptions()
+    options.environ = {}
+    options.parseOptions([])
+    assert options["stats"] is None
+    bad = (["--stats-token", "a", "--stats-token-file", "/nonexistent"], ["--listen", "nope:1"])
+    for args in bad:
+        options = StatsOptions()
+        options.environ = {}
+        with pytest.raises(SystemExit) as exit_info:
+            options.parseOptions(args)
+        assert str(exit_info.value.code).startswith("eth-stats: ")
