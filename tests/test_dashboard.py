@@ -1,0 +1,298 @@
+"""
+The dashboard for real: an anvil node, three eth-clients feeding an eth-server with --stats,
+and the page open in headless Chromium, driven over the DevTools protocol on a pipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+
+from ethtwisted import client_tap
+from ethtwisted.client import EthClient
+from tests.conftest import Anvil
+from tests.test_web import TIMEOUT, TOKEN, start_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+    "--window-size=1400,1000",
+]
+
+
+class DevToolsError(Exception):
+    """The browser answered a DevTools command with an error."""
+
+
+class Browser(ProcessProtocol):
+    """
+    Headless Chromium with the DevTools protocol on a pipe: commands (NUL-terminated JSON) go
+    to the browser's fd 3, answers and events come back on its fd 4.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.ids = count(1)
+        self.pending: dict[int, Deferred[Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.stderr = b""
+        self.ended: Deferred[None] = Deferred()
+        self.session: str | None = None
+
+    @classmethod
+    def launch(cls, profile: Path) -> Browser:
+        browser = cls()
+        if not Path(CHROMIUM).exists():
+            pytest.fail("chromium is not installed: run `make test`", pytrace=False)
+        reactor.spawnProcess(
+            browser,
+            CHROMIUM,
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile)},
+            childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"},
+        )
+        return browser
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd != 4:
+            self.stderr = (self.stderr + data)[-20000:]
+            return
+        self.buffer += data
+        while b"\0" in self.buffer:
+            message, self.buffer = self.buffer.split(b"\0", 1)
+            self._message(json.loads(message))
+
+    def _message(self, message: dict[str, Any]) -> None:
+        d = self.pending.pop(message.get("id", -1), None)
+        if d is None:
+            self.events.append(message)
+        elif "error" in message:
+            d.errback(DevToolsError(message["error"].get("message", "error")))
+        else:
+            d.callback(message.get("result", {}))
+
+    def processEnded(self, reason: Failure) -> None:
+        pending, self.pending = self.pending, {}
+        for d in pending.values():
+            d.errback(DevToolsError("the browser exited"))
+        self.ended.callback(None)
+
+    def send(self, method: str, **params: Any) -> Deferred[Any]:
+        """
+        One DevTools command, to the attached page unless it is a browser-wide one.
+        """
+        number = next(self.ids)
+        message: dict[str, Any] = {"id": number, "method": method, "params": params}
+        if self.session is not None and not method.startswith(("Target.", "Browser.")):
+            message["sessionId"] = self.session
+        d: Deferred[Any] = Deferred()
+        self.pending[number] = d
+        assert self.transport is not None
+        self.transport.writeToChild(3, json.dumps(message).encode() + b"\0")
+        return d.addTimeout(TIMEOUT, reactor)
+
+    async def open(self, url: str) -> None:
+        """
+        Open C{url} in a new page and attach to it.
+        """
+        target = await self.send("Target.createTarget", url="about:blank")
+        attached = await self.send(
+            "Target.attachToTarget", targetId=target["targetId"], flatten=True
+        )
+        self.session = attached["sessionId"]
+        await self.send("Runtime.enable")
+        await self.send("Log.enable")
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=1000,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await self.send("Page.navigate", url=url)
+
+    async def evaluate(self, expression: str) -> Any:
+        """
+        The value of a JavaScript expression in the page.
+        """
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise DevToolsError(result["exceptionDetails"].get("text", "exception"))
+        return result["result"].get("value")
+
+    async def screenshot(self, path: Path) -> None:
+        result = await self.send(
+            "Page.captureScreenshot", format="png", captureBeyondViewport=True
+        )
+        path.write_bytes(base64.b64decode(result["data"]))
+
+    def errors(self) -> list[str]:
+        """
+        Console errors and uncaught exceptions the page reported (CSP violations among them).
+        """
+        found = []
+        for event in self.events:
+            if event.get("method") == "Log.entryAdded":
+                entry = event["params"]["entry"]
+                if entry.get("level") == "error":
+                    found.append(entry.get("text", ""))
+            elif event.get("method") == "Runtime.exceptionThrown":
+                found.append(json.dumps(event["params"]["exceptionDetails"])[:500])
+        return found
+
+    async def close(self) -> None:
+        if self.ended.called:
+            return
+        try:
+            await self.send("Browser.close")
+        except Exception:
+            assert self.transport is not None
+            self.transport.signalProcess("KILL")
+        with contextlib.suppress(ProcessDone):
+            await self.ended.addTimeout(TIMEOUT, reactor)
+
+
+def start_client(node: str, port: int, name: str, *args: str) -> EthClient:
+    options = client_tap.Options()
+    options.environ = {}
+    options.parseOptions(
+        ["--node", node, "--server", f"tcp:host=127.0.0.1:port={port}", "--interval", "0.1",
+         "--name", name, *args]
+    )  # fmt: skip
+    service = client_tap.makeService(options, reactor)
+    assert isinstance(service, EthClient)
+    service.startService()
+    return service
+
+
+ROWS = """
+Array.from(document.querySelectorAll('#clients tbody tr[data-client]')).map(function (tr) {
+  return {client: tr.dataset.client, state: tr.className,
+          head: tr.querySelector('.head').textContent, lag: tr.querySelector('.lag').textContent};
+})
+"""
+HEAD = """
+(function () {
+  var n = document.querySelector('#heads .head[data-chain="31337"] .number');
+  return n ? n.textContent : null;
+})()
+"""
+
+
+def by_client(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {row["client"]: row for row in rows}
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_shows_clients_and_a_head_that_advances(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    """
+    With three clients following anvil (over IPC, WebSocket and HTTP) into eth-server, the
+    dashboard lists each client with its head, shows the chain's best head, and, while it
+    stays open, follows new blocks and marks in red the client that stopped and fell behind.
+    A screenshot is saved in the test's temporary folder.
+    """
+    await deferToThread(anvil.mine, 5)
+    server = await start_server(
+        ["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}", "--stats-token", TOKEN]
+    )
+    assert server.collector_port is not None
+    clients = {
+        "node-ipc": start_client(anvil.ipc_path, server.collector_port, "node-ipc"),
+        "node-ws": start_client(anvil.ws_url, server.collector_port, "node-ws"),
+        "node-http": start_client(anvil.http_url, server.collector_port, "node-http"),
+    }
+    profile = tmp_path / "chromium"
+    profile.mkdir()
+    browser = Browser.launch(profile)
+    try:
+
+        async def api_head() -> int | None:
+            heads = (await server.get("/api/v1/head", TOKEN)).json()["heads"]
+            return heads[0]["number"] if heads else None
+
+        async def clients_at(number: int) -> bool:
+            rows = (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
+            return {c["client"] for c in rows if c["last_block"] == number} == set(clients)
+
+        await until_async(lambda: clients_at(5))
+
+        await browser.open(f"{server.url}/?token={TOKEN}")
+        await until_async(lambda: page_shows(browser, "#5", 3))
+        rows = by_client(await browser.evaluate(ROWS))
+        assert set(rows) == set(clients)
+        assert all(row["head"] == "5" and row["state"] == "ok" for row in rows.values())
+        assert await browser.evaluate("location.search") == ""
+        assert await browser.evaluate("sessionStorage.getItem('ethtwisted-token')") == TOKEN
+
+        # One client stops; the chain moves on, and the page follows without a reload.
+        await clients.pop("node-http").stopService()
+        await deferToThread(anvil.mine, 3)
+        await until_async(lambda: clients_at(8))
+        assert await api_head() == 8
+        await until_async(lambda: page_shows(browser, "#8", 3))
+        rows = by_client(await browser.evaluate(ROWS))
+        assert rows["node-ipc"]["head"] == "8" and rows["node-ipc"]["state"] == "ok"
+        assert rows["node-ws"]["state"] == "ok"
+        assert (rows["node-http"]["head"], rows["node-http"]["lag"]) == ("5", "3")
+        assert rows["node-http"]["state"] == "bad"
+        assert await browser.evaluate("document.getElementById('status').textContent") == "live"
+        bars = await browser.evaluate("document.querySelectorAll('#chart rect.bar').length")
+        assert bars >= 1
+        recent = await browser.evaluate("document.querySelectorAll('#blocks tbody tr').length")
+        stored = (await server.get("/api/v1/blocks?limit=15", TOKEN)).json()["blocks"]
+        assert recent == len(stored) >= 4
+
+        screenshot = tmp_path / "dashboard.png"
+        await browser.screenshot(screenshot)
+        assert screenshot.stat().st_size > 10_000
+        assert browser.errors() == []
+    finally:
+        await browser.close()
+        for client in clients.values():
+            await client.stopService()
+        await server.stop()
+
+
+async def page_shows(browser: Browser, head: str, rows: int) -> bool:
+    """
+    Whether the page shows C{head} as the best head and C{rows} client rows.
+    """
+    shown = await browser.evaluate(HEAD)
+    listed = await browser.evaluate("document.querySelectorAll('#clients tr[data-client]').length")
+    return bool(shown == head and listed == rows)
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
+    """
+    Wait until the async C{condition()} holds, polling without blocking the reactor.
+    """
+    deadline = reactor.seconds() + timeout
+    while not await condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.1)
