@@ -216,6 +216,8 @@ class Stats:
         """
         try:
             result = await d.addTimeout(READ_TIMEOUT, self.reactor)
+        except CancelledError:
+            raise  # the caller went away
         except Exception as e:
             reason = _short_reason(e)
             if reason != self._said:
@@ -631,9 +633,13 @@ class DashboardResource(_Endpoint):
     def authorized(self, request: Request) -> bool:
         if super().authorized(request):
             return True
-        given = _query_arg(request, "token")
-        assert self.token is not None
-        return given is not None and hmac.compare_digest(given.encode("utf-8"), self.token)
+        try:
+            given = _query_arg(request, "token")
+        except HTTPError:
+            return False
+        if given is None or self.token is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8"), self.token)
 
     def unauthorized(self, request: Request) -> Response:
         return self.login.response(401)

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from treq.testing import StubTreq
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs
@@ -495,6 +495,22 @@ async def test_errors_are_json_without_tracebacks(sqlite_store: SQLStore, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
+async def test_reader_gone_is_not_a_store_failure(sqlite_store: SQLStore) -> None:
+    """
+    A read abandoned because its caller went away is cancelled quietly, not reported as a
+    store failure.
+    """
+    stats = stats_over(sqlite_store)
+    pending: Deferred[None] = Deferred()
+    with capturedLogs() as events:
+        reading = Deferred.fromCoroutine(stats.read(pending))
+        reading.cancel()
+        with pytest.raises(CancelledError):
+            await reading
+    assert list(events) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_token_guards_api_metrics_and_dashboard(sqlite_store: SQLStore) -> None:
     """
     With a token, the JSON API, /metrics and the dashboard need it as a bearer token (the
@@ -517,6 +533,7 @@ async def test_token_guards_api_metrics_and_dashboard(sqlite_store: SQLStore) ->
     assert "needs the stats token" in login.text
     assert "api/v1" not in login.text
     assert (await client.get("/?token=wrong")).status == 401
+    assert (await client.get("/?token=%FF")).status == 401
     page = await client.get("/?token=" + TOKEN)
     assert page.status == 200 and "<title>ethtwisted stats</title>" in page.text
     assert (await client.get("/", TOKEN)).status == 200
