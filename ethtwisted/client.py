@@ -205,7 +205,15 @@ class Follower:
                 )
             keep_below = lowest
         else:
-            if fork < last.number:
+            if fork < 0:
+                log.warn(
+                    "the node's chain is new from its genesis on (a restarted dev node?): "
+                    "{depth} blocks sent before are not in it; new head {number} {hash}",
+                    depth=last.number + 1,
+                    number=head.number,
+                    hash=head.hash,
+                )
+            elif fork < last.number:
                 log.info(
                     "reorg of depth {depth}: blocks {first} to {end} replaced after block "
                     "{fork}; new head {number} {hash}",

@@ -494,7 +494,8 @@ async def test_a_new_chain_from_genesis_is_followed(logs: Logs) -> None:
     f.node = fresh
     await f.follow()
     assert sink.blocks == fresh.canonical
-    assert logs.containing("depth 5")
+    assert logs.containing("new from its genesis on", LogLevel.warn)
+    assert logs.containing("5 blocks sent before")
     fresh.mine(1, salt="restarted")
     await f.follow()
     assert sink.blocks[-1] == fresh.tip

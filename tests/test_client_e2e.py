@@ -1,0 +1,444 @@
+"""
+eth-client for real: an anvil node over IPC, WebSocket and HTTP, the real eth-server on
+loopback storing into SQLite, and restarts of each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+import ethtwisted
+from ethtwisted import client_tap
+from ethtwisted.client import EthClient
+from ethtwisted.interfaces import Received
+from ethtwisted.protocol import Block
+from ethtwisted.server import CollectorService
+from ethtwisted.server_tap import Options as ServerOptions
+from ethtwisted.server_tap import makeService as make_server  # noqa: N813
+from tests.conftest import Anvil
+
+TIMEOUT = 30.0
+TRANSPORTS = ["ipc", "ws", "http"]
+
+
+def uri_of(anvil: Anvil, transport: str) -> str:
+    return {"ipc": anvil.ipc_path, "ws": anvil.ws_url, "http": anvil.http_url}[transport]
+
+
+def node_hashes(anvil: Anvil) -> dict[int, str]:
+    """
+    The node's canonical chain, block number to hash, from genesis to its head.
+    """
+    head = anvil.block_number()
+    return {n: anvil.rpc("eth_getBlockByNumber", hex(n), False)["hash"] for n in range(head + 1)}
+
+
+class Committed:
+    """
+    The blocks the server reports committed to SQL (through its ingest's observers), and
+    Deferreds that fire once given hashes are among them.
+    """
+
+    def __init__(self) -> None:
+        self.hashes: set[str] = set()
+        self._waiting: list[tuple[set[str], Deferred[None]]] = []
+
+    def __call__(self, batch: Sequence[Received], new: int) -> None:
+        for received in batch:
+            if isinstance(received.block, Block):
+                self.hashes.add(received.block.hash)
+        waiting, self._waiting = self._waiting, []
+        for wanted, d in waiting:
+            if wanted <= self.hashes:
+                # Not from inside the server's ingest: the test goes on in a turn of its own.
+                reactor.callLater(0, d.callback, None)
+            else:
+                self._waiting.append((wanted, d))
+
+    def wait_for(
+        self, hashes: Sequence[str] | set[str], timeout: float = TIMEOUT
+    ) -> Deferred[None]:
+        wanted = set(hashes)
+        d: Deferred[None] = Deferred()
+        if wanted <= self.hashes:
+            d.callback(None)
+            return d
+        self._waiting.append((wanted, d))
+
+        def missing(failure: Any) -> Any:
+            absent = sorted(wanted - self.hashes)
+            raise AssertionError(f"{len(absent)} blocks not committed in time: {absent[:3]}...")
+
+        return d.addTimeout(timeout, reactor).addErrback(missing)
+
+
+@dataclass
+class Server:
+    service: IService
+    collector: CollectorService
+    port: int
+    path: Path
+
+    async def stop(self) -> None:
+        """
+        Stop as the process would: the service, then the connections (which exiting closes).
+        """
+        await self.service.stopService()
+        for protocol in list(self.collector.factory.connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+
+async def start_server(path: Path, committed: Committed, port: int = 0) -> Server:
+    options = ServerOptions()
+    options.environ = {}
+    options.parseOptions(
+        ["--db", f"sqlite:///{path}", "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    )
+    service = make_server(options, reactor)
+    service.startService()
+    collector = service.getServiceNamed("collector")
+    assert isinstance(collector, CollectorService)
+    await collector.ready.addTimeout(TIMEOUT, reactor)
+    collector.factory.ingest.observers.append(committed)
+    return Server(service, collector, collector.ports[0].getHost().port, path)
+
+
+def stored_blocks(path: Path) -> list[tuple[int, str]]:
+    """
+    The (number, hash) of every block payload in the older table, one per row.
+    """
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT payload FROM ethereum_data").fetchall()
+    blocks = [json.loads(payload) for (payload,) in rows]
+    return sorted((b["number"], b["hash"]) for b in blocks)
+
+
+def start_client(node: str, port: int, *args: str) -> EthClient:
+    options = client_tap.Options()
+    options.environ = {}
+    options.parseOptions(
+        ["--node", node, "--server", f"tcp:host=127.0.0.1:port={port}", "--interval", "0.05",
+         "--name", "e2e", *args]
+    )  # fmt: skip
+    service = client_tap.makeService(options, reactor)
+    assert isinstance(service, EthClient)
+    service.startService()
+    return service
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds)
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged() -> Iterator[None]:
+    """
+    Errors and tracebacks logged by the client or the server fail the test.
+    """
+    with capturedLogs() as events:
+        yield
+    bad = [
+        formatEvent(e)
+        for e in events
+        if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
+    assert not bad, "errors logged:\n" + "\n".join(bad)
+
+
+@pytest_twisted.async_yield_fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[Server, Committed]]:
+    committed = Committed()
+    started = await start_server(tmp_path / "eth.sqlite", committed)
+    yield started, committed
+    if started.service.running:
+        await started.stop()
+
+
+def assert_chain_stored_once(path: Path, anvil: Anvil) -> None:
+    expected = sorted(node_hashes(anvil).items())
+    assert stored_blocks(path) == expected
+
+
+# -- every transport --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest_twisted.ensureDeferred
+async def test_every_block_reaches_sql_once(
+    anvil: Anvil, server: tuple[Server, Committed], transport: str
+) -> None:
+    """
+    Over each transport, node to client to server to SQL: every block from genesis to the
+    head, mined one at a time and in jumps, is stored exactly once, with the node's hashes.
+    """
+    srv, committed = server
+    client = start_client(uri_of(anvil, transport), srv.port)
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+        for _ in range(3):
+            anvil.mine()
+            await sleep(0.1)
+        anvil.mine(7)
+        anvil.mine()
+        await committed.wait_for(node_hashes(anvil).values())
+    finally:
+        await client.stopService()
+    assert anvil.block_number() == 11
+    assert_chain_stored_once(srv.path, anvil)
+    assert len(client.outbox) == 0
+
+
+# -- restarts ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_stopped_while_blocks_are_mined_loses_nothing(
+    anvil: Anvil, server: tuple[Server, Committed]
+) -> None:
+    """
+    Blocks mined while the server is down are kept by the client and stored once the server
+    is back on the same port.
+    """
+    srv, committed = server
+    client = start_client(anvil.ws_url, srv.port)
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+        anvil.mine(2)
+        await committed.wait_for(node_hashes(anvil).values())
+        await srv.stop()
+        for _ in range(5):
+            anvil.mine()
+            await sleep(0.1)
+        await sleep(0.5)
+        assert len(client.outbox) >= 5
+        restarted = await start_server(srv.path, committed, srv.port)
+        try:
+            await committed.wait_for(node_hashes(anvil).values())
+        finally:
+            await restarted.stop()
+    finally:
+        await client.stopService()
+    assert_chain_stored_once(srv.path, anvil)
+
+
+def twistd_client(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """
+    C{twistd -n eth-client} as a child process, running the ethtwisted under test.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
+    package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [package_root, *filter(None, [environ.get("PYTHONPATH")])]
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", f"--logfile={log}", "eth-client", *args],
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def spool_head(spool: Path) -> int | None:
+    try:
+        state = json.loads((spool / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(state["last"]["number"]) if state.get("last") else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_killed_and_restarted_with_spool_loses_nothing(
+    anvil: Anvil, server: tuple[Server, Committed], tmp_path: Path
+) -> None:
+    """
+    A client killed with SIGKILL while the server is down, holding unacknowledged blocks in its
+    spool, sends them when restarted, and backfills the blocks mined while it was down.
+    """
+    srv, committed = server
+    spool, log = tmp_path / "spool", tmp_path / "client.log"
+    args = ["--node", anvil.ipc_path, "--server", f"tcp:host=127.0.0.1:port={srv.port}",
+            "--interval", "0.05", "--spool", str(spool)]  # fmt: skip
+    process = twistd_client(log, *args)
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+        anvil.mine(2)
+        await committed.wait_for(node_hashes(anvil).values())
+        await srv.stop()
+        for _ in range(4):
+            head = anvil.mine()
+            await sleep(0.1)
+        deadline = reactor.seconds() + TIMEOUT
+        while spool_head(spool) != head:
+            assert reactor.seconds() < deadline, log.read_text()
+            await sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(TIMEOUT)
+        anvil.mine(3)
+        restarted = await start_server(srv.path, committed, srv.port)
+        process = twistd_client(log, *args)
+        try:
+            await committed.wait_for(node_hashes(anvil).values())
+        finally:
+            await restarted.stop()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert_chain_stored_once(srv.path, anvil)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_stopped_gracefully_keeps_its_backlog_in_the_spool(
+    anvil: Anvil, server: tuple[Server, Committed], tmp_path: Path
+) -> None:
+    """
+    A client stopped (as by SIGTERM) while the server is down keeps what was not acknowledged
+    in its spool; started again, it delivers it and what was mined meanwhile.
+    """
+    srv, committed = server
+    spool = str(tmp_path / "spool")
+    client = start_client(anvil.http_url, srv.port, "--spool", spool)
+    await committed.wait_for(node_hashes(anvil).values())
+    anvil.mine(2)
+    await committed.wait_for(node_hashes(anvil).values())
+    await srv.stop()
+    anvil.mine(3)
+    while len(client.outbox) < 3:
+        await sleep(0.05)
+    client.flush_timeout = 0.2
+    await client.stopService()
+    anvil.mine(2)
+    restarted = await start_server(srv.path, committed, srv.port)
+    client = start_client(anvil.http_url, srv.port, "--spool", spool)
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+    finally:
+        await client.stopService()
+        await restarted.stop()
+    assert_chain_stored_once(srv.path, anvil)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest_twisted.ensureDeferred
+async def test_node_restart_is_ridden_out(
+    anvil: Anvil, server: tuple[Server, Committed], transport: str
+) -> None:
+    """
+    When the node restarts (on a new chain), the client says once that it went away and once
+    that it is back, and follows the new chain.
+    """
+    srv, committed = server
+    with capturedLogs() as events:
+        client = start_client(uri_of(anvil, transport), srv.port)
+        try:
+            await committed.wait_for(node_hashes(anvil).values())
+            anvil.mine(3)
+            await committed.wait_for(node_hashes(anvil).values())
+            anvil.stop()
+            await sleep(0.5)
+            anvil.start()
+            # Past the old head: a new chain started within the same second can repeat the
+            # old blocks' hashes (same timestamps, no transactions).
+            anvil.mine(5)
+            await committed.wait_for(node_hashes(anvil).values())
+        finally:
+            await client.stopService()
+    texts = [formatEvent(e) for e in events]
+    assert len([t for t in texts if "does not serve us" in t]) == 1
+    assert len([t for t in texts if "answers again" in t]) == 1, texts
+    assert not [e for e in events if "log_failure" in e]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reorg_is_followed(anvil: Anvil, server: tuple[Server, Committed]) -> None:
+    """
+    After evm_revert to a snapshot and new blocks with other timestamps, the client walks back
+    to the fork, logs the depth and sends the new canonical blocks.
+    """
+    srv, committed = server
+    with capturedLogs() as events:
+        client = start_client(anvil.ws_url, srv.port)
+        try:
+            await committed.wait_for(node_hashes(anvil).values())
+            anvil.mine(3)
+            snapshot = anvil.rpc("evm_snapshot")
+            anvil.mine(3)
+            before = node_hashes(anvil)
+            await committed.wait_for(before.values())
+            assert anvil.rpc("evm_revert", snapshot) is True
+            anvil.rpc("evm_setNextBlockTimestamp", int(anvil.rpc("eth_getBlockByNumber",
+                      "latest", False)["timestamp"], 16) + 1000)  # fmt: skip
+            anvil.mine(4)
+            after = node_hashes(anvil)
+            assert after[4] != before[4]
+            await committed.wait_for(after.values())
+        finally:
+            await client.stopService()
+    reorgs = [formatEvent(e) for e in events if "reorg" in e.get("log_format", "")]
+    assert len(reorgs) == 1 and "depth 3" in reorgs[0] and "after block 3" in reorgs[0]
+    stored = stored_blocks(srv.path)
+    assert sorted(set(stored)) == stored
+    assert set(stored) == set(before.items()) | set(after.items())
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def run_twistd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    process = twistd_client(tmp_path / "client.log", *args)
+    out, _ = process.communicate(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(process.args, process.returncode, out)
+
+
+@pytest.mark.parametrize(
+    ("twistd_args", "args", "message"),
+    [
+        (["--reactor=select"], [], "needs the asyncio reactor, not SelectReactor"),
+        ([], ["--interval", "0.01"], "at least 0.05"),
+        ([], ["--node", "localhost:8545"], "no scheme"),
+    ],
+)
+def test_command_line_errors_end_with_one_line(
+    tmp_path: Path, twistd_args: list[str], args: list[str], message: str
+) -> None:
+    """
+    Under twistd, a non-asyncio reactor or a bad option ends the client at once with one line
+    on stderr and a non-zero status, without a traceback.
+    """
+    package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
+    environ["PYTHONPATH"] = package_root
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         *twistd_args, "-n", "--pidfile=", "eth-client", *args],
+        env=environ,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert b"Traceback" not in result.stdout + result.stderr
