@@ -256,19 +256,23 @@ class FrameProtocol(NetstringReceiver):
             return
         super().dataReceived(data)
         if self.brokenPeer and not self.dropped:
-            self.drop(self._framing_error())
+            self._framing_error()
 
-    def _framing_error(self) -> str:
+    def _framing_error(self) -> None:
         # NetstringReceiver swallows the reason of a parse error; the only one a well-meaning
         # peer runs into is the length cap, recognisable from the length that was refused.
         length = self._remainingData.split(b":", 1)[0]
         if length.isdigit() and int(length) > self.MAX_LENGTH:
-            return f"message of {int(length)} bytes is over the {self.MAX_LENGTH}-byte cap"
-        return "broken netstring framing"
+            cap = self.MAX_LENGTH
+            self.drop(f"message of {int(length)} bytes is over the {cap}-byte cap", "too_large")
+        else:
+            self.drop("broken netstring framing", "framing")
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: str, kind: str = "bad_message") -> None:
         """
-        Close this connection because of C{reason}, logged once.
+        Close this connection because of C{reason}, logged once.  C{kind} names the sort of
+        reason for counting: C{bad_message}, C{too_large}, C{framing}, C{idle},
+        C{unauthorized} or C{internal}.
         """
         if self.dropped:
             return
@@ -289,7 +293,7 @@ class FrameProtocol(NetstringReceiver):
             self.drop(str(e))
         except Exception:
             self.log.failure("bug while handling a message from {peer}", peer=self.peer)
-            self.drop("internal error")
+            self.drop("internal error", "internal")
 
     def send_control(self, frame: ControlFrame) -> None:
         self.sendString(encode_control(frame))

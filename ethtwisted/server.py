@@ -51,24 +51,6 @@ MAX_NAME_LENGTH = 255
 STOP_TIMEOUT = 10.0
 
 
-def drop_kind(reason: str) -> str:
-    """
-    The kind of a reason for dropping a connection, for counting: C{too_large}, C{framing},
-    C{idle}, C{unauthorized}, C{internal} or C{bad_message}.
-    """
-    if reason.startswith("message of ") and reason.endswith("-byte cap"):
-        return "too_large"
-    if reason == "broken netstring framing":
-        return "framing"
-    if reason.startswith("idle for "):
-        return "idle"
-    if "token" in reason:
-        return "unauthorized"
-    if reason == "internal error":
-        return "internal"
-    return "bad_message"
-
-
 class ConnectionObserver(Protocol):
     """
     Told what happens on the connections of a L{ServerFactory} (metrics).
@@ -81,7 +63,7 @@ class ConnectionObserver(Protocol):
         """An acknowledgement was sent."""
 
     def dropped(self, kind: str) -> None:
-        """A connection is being dropped; C{kind} is from L{drop_kind}."""
+        """A connection is being dropped; C{kind} as in L{FrameProtocol.drop}."""
 
 
 def describe(failure: Failure) -> str:
@@ -268,21 +250,21 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         if self.factory.ingest.paused:
             self.resetTimeout()  # quiet because we stopped reading, not because of the peer
             return
-        self.drop(f"idle for {self.factory.idle_timeout:g} seconds")
+        self.drop(f"idle for {self.factory.idle_timeout:g} seconds", "idle")
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: str, kind: str = "bad_message") -> None:
         if not self.dropped:
             for observer in self.factory.observers:
-                observer.dropped(drop_kind(reason))
-        super().drop(reason)
+                observer.dropped(kind)
+        super().drop(reason, kind)
 
     def refuse(self, reason: str) -> None:
         self.send_control(Refusal(reason))
-        self.drop(reason)
+        self.drop(reason, "unauthorized")
 
     def controlReceived(self, frame: ControlFrame) -> None:
         if not isinstance(frame, Hello):
