@@ -11,6 +11,7 @@ is not, with one line saying why.
 
 from __future__ import annotations
 
+import importlib
 import os
 import ssl
 import sys
@@ -28,6 +29,11 @@ ENDPOINT_OPTIONS = {
     "eth-client": "metrics",
 }
 """The option of each plugin naming the endpoint that answers C{/healthz}."""
+DEFAULT_ENDPOINTS = {
+    "eth-stats": ("ethtwisted.stats_tap", "DEFAULT_LISTEN"),
+    "eth-demo": ("ethtwisted.demo_tap", "DEFAULT_STATS"),
+}
+"""Where the default of that option is, for the plugins that serve HTTP by default."""
 # Addresses that mean "every interface" when listening; the check asks the loopback instead.
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}  # noqa: S104
 
@@ -130,10 +136,9 @@ def health_url(environ: Mapping[str, str], plugin: tuple[str, Sequence[str]] | N
     name, args = plugin
     option = ENDPOINT_OPTIONS[name]
     description = option_value(args, option) or environ.get(env_name(option))
-    if description is None and name == "eth-stats":
-        from ethtwisted.stats_tap import DEFAULT_LISTEN
-
-        description = DEFAULT_LISTEN
+    if description is None and name in DEFAULT_ENDPOINTS:
+        module, constant = DEFAULT_ENDPOINTS[name]
+        description = getattr(importlib.import_module(module), constant)
     return endpoint_url(description, "/healthz") if description else None
 
 

@@ -209,16 +209,29 @@ def test_secrets_are_not_in_the_files() -> None:
             assert key.endswith("_FILE"), (name, key)
 
 
-def test_dockerfile_targets() -> None:
+def test_dockerfile_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     The default target (the last stage) is the app image running eth-server; the geth target
-    runs the demo with no command, configured by its environment alone.
+    runs the demo on geth with no command, configured by its environment alone, with the
+    stats API reachable from outside the container.
     """
     stages = dockerfile_stages()
     assert list(stages)[-1] == "app"
     assert stages["app"]["cmd"] == ["eth-server"]
     parse("eth-server", [], {k: v for k, v in stages["app"]["env"].items() if k[:4] == "ETH_"})
-    assert stages["geth"]["cmd"] == ["eth-demo"]
+
+    plugin, *args = stages["geth"]["cmd"]
+    assert plugin == "eth-demo"
+    fake_geth = tmp_path / "geth"
+    fake_geth.write_text("#!/bin/sh\n")
+    fake_geth.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    environ = {k: v for k, v in stages["geth"]["env"].items() if k[:4] == "ETH_"}
+    demo = parse(plugin, args, environ)
+    assert demo["dev-node"] == "geth"
+    assert demo["node_argv"][0] == str(fake_geth)
+    assert str(demo["server"]["db_url"]) == "sqlite:////data/ethtwisted.sqlite"
+    assert demo["server"]["stats"] == "tcp:8080:interface=0.0.0.0"
 
 
 def test_dockerfile_lint() -> None:

@@ -288,6 +288,8 @@ def test_health_url_per_plugin(tmp_path: Path) -> None:
     stats = ("eth-stats", ["--listen", "tcp:8181"])
     assert url({"ETH_STATS": "tcp:80"}, stats) == "http://127.0.0.1:8181/healthz"
     assert url({}, ("eth-stats", [])) == "http://127.0.0.1:8080/healthz"
+    assert url({}, ("eth-demo", [])) == "http://127.0.0.1:8080/healthz"
+    assert url({"ETH_STATS": "tcp:80:interface=0.0.0.0"}, ("eth-demo", [])).endswith(":80/healthz")
     assert url({"ETH_HEALTHCHECK_URL": "http://x/"}, server) == "http://x/"
     assert url({"ETH_STATS": "tcp:80"}, None) is None
 

@@ -18,3 +18,9 @@ eth_stats = ServiceMaker(
     "Serve the stats API and dashboard over the stores of eth-servers, read-only.",
     "eth-stats",
 )
+eth_demo = ServiceMaker(
+    "ethtwisted demo",
+    "ethtwisted.demo_tap",
+    "Run a dev node, eth-server with its dashboard, and eth-client together, in one process.",
+    "eth-demo",
+)
