@@ -6,6 +6,7 @@
 #   make services  MariaDB, Redis and Chromium from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
 #   make clean     remove everything these targets and the tests generate
+#   make run       the whole demo in the foreground: dev node, eth-server, eth-client
 #
 # A target that runs the programs depends on `venv services node` and calls $(TWISTD).
 #
@@ -86,3 +87,14 @@ clean:
 	rm -rf $(VENV) node_modules build dist ./*.egg-info .mypy_cache .ruff_cache \
 		.pytest_cache _trial_temp twisted/plugins/dropin.cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The whole demo in the foreground (twistd eth-demo): an anvil dev node mining a block every
+# 2 s, eth-server on SQLite with its dashboard on http://127.0.0.1:8080/, and eth-client
+# following the node over IPC, all kept in ethtwisted-demo/.  Ctrl-C stops all three; a
+# second run resumes.  Options of `twistd eth-demo --help` go in RUN_ARGS, for instance
+# make run RUN_ARGS='--block-time 5 --stats 8081'.
+RUN_ARGS ?=
+
+.PHONY: run
+run: venv node
+	$(TWISTD) --nodaemon --pidfile= eth-demo $(RUN_ARGS)
