@@ -286,7 +286,7 @@ class DevNode:
         """
         Stop the node and wait until it has exited.
         """
-        if self.exited:
+        if self.exited or self.protocol.transport is None:
             return
         self._signal("TERM")
         clock: IReactorTime = self.reactor
