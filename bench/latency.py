@@ -6,7 +6,8 @@ port; prints one JSON object.
 
 C{node}: the round trip of C{block_number()} through L{ethtwisted.node.Web3Node}, per transport
 (IPC, WebSocket, HTTP), in milliseconds: median and 99th percentile over C{--calls} calls, or
-fewer if C{--max-seconds} runs out first.  C{end_to_end}: see L{end_to_end_latency}.
+fewer if C{--max-seconds} runs out first.  C{end_to_end}: see L{end_to_end_latency}
+(C{--blocks}, C{--rss-blocks}, C{--e2e-max-seconds}; C{--blocks 0} skips it).
 
 anvil is the test suite's (C{make node} installs it).
 """
@@ -16,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,14 +93,177 @@ async def node_latency(
     return results
 
 
+GOLDEN = (math.sqrt(5) - 1) / 2
+"""Steps of the phase sequence: multiples of the golden ratio, modulo 1."""
+
+
+class Commits:
+    """
+    When the server committed each block number (its ingest's observer, called after the SQL
+    commit), on this process's C{perf_counter} clock; Deferreds waiting for a number.
+    """
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        self.waiting: dict[int, Any] = {}
+
+    def __call__(self, batch: Sequence[Any], new: int) -> None:
+        from ethtwisted.protocol import Block
+
+        now = time.perf_counter()
+        for received in batch:
+            block = received.block
+            if isinstance(block, Block) and block.number not in self.at:
+                self.at[block.number] = now
+                waiting = self.waiting.pop(block.number, None)
+                if waiting is not None:
+                    waiting.callback(now)
+
+    def wait(self, reactor: Any, number: int, timeout: float) -> Any:
+        from twisted.internet.defer import Deferred, succeed
+
+        if number in self.at:
+            return succeed(self.at[number])
+        d: Deferred[float] = Deferred()
+        self.waiting[number] = d
+        return d.addTimeout(timeout, reactor)
+
+
+async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, int]:
+    """
+    An eth-server in this process, on a free loopback port, over SQLite.
+    """
+    from ethtwisted.server import CollectorService
+    from ethtwisted.server_tap import Options, makeService
+
+    options = Options()
+    options.environ = {}
+    options.parseOptions(["--db", f"sqlite:///{db}", "--listen", "tcp:0:interface=127.0.0.1"])
+    service = makeService(options, reactor)
+    service.startService()
+    collector = service.getServiceNamed("collector")
+    assert isinstance(collector, CollectorService)
+    await collector.ready
+    collector.factory.ingest.observers.append(commits)
+    return service, collector.ports[0].getHost().port
+
+
+def start_client(anvil: Anvil, port: int, interval: float, log: Path) -> subprocess.Popen[bytes]:
+    """
+    C{twistd -n eth-client} as its own process, following anvil over IPC.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", f"--logfile={log}", "eth-client",
+         "--node", anvil.ipc_path, "--server", f"tcp:host=127.0.0.1:port={port}",
+         "--interval", str(interval), "--name", "bench"],
+        env=environ,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_client(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+async def warm_up(reactor: Any, anvil: Anvil, commits: Commits) -> int:
+    """
+    Wait until a client just started delivers: a block mined now is committed once it polls.
+    """
+    head = anvil.mine()
+    await commits.wait(reactor, head, 60)
+    return head
+
+
 async def end_to_end_latency(
-    reactor: Any, anvil: Anvil, calls: int, max_seconds: float
+    reactor: Any,
+    anvil: Anvil,
+    blocks: int,
+    max_seconds: float,
+    rss_blocks: int = 10_000,
+    intervals: Sequence[float] = (0.05, 1.0),
 ) -> dict[str, Any] | None:
     """
-    From C{evm_mine} on the node to the block's row committed in SQL, through eth-client and
-    eth-server: not measured yet (L{None}).
+    Through a real eth-client process and an eth-server in this process over SQLite, following
+    anvil over IPC:
+
+      - C{interval_<s>}: the delay from C{evm_mine} returning to the block's row committed in
+        SQL, in milliseconds, median and 99th percentile over C{blocks} blocks (fewer if
+        C{max_seconds} runs out), at each client C{--interval}.  Blocks are mined one at a
+        time, each after a pause within one interval, so that they fall anywhere in the
+        client's polling cycle: the pauses are the fractions of a low-discrepancy sequence,
+        which covers the cycle evenly, so that 200 blocks estimate the median far closer than
+        random pauses would (their median would wander by some interval/30);
+      - C{client_rss}: the client's resident memory (and its peak) once it has delivered
+        C{rss_blocks} blocks, mined in jumps of 100 (each within C{--max-backfill}).
+
+    L{None} when C{blocks} is 0.
     """
-    return None
+    from twisted.internet.task import deferLater
+
+    if blocks <= 0:
+        return None
+    result: dict[str, Any] = {"transport": "ipc", "db": "sqlite"}
+    with tempfile.TemporaryDirectory(prefix="ethtwisted-e2e-") as tmp:
+        commits = Commits()
+        server, port = await start_server(reactor, Path(tmp) / "e2e.sqlite", commits)
+        try:
+            for interval in intervals:
+                process = start_client(anvil, port, interval, Path(tmp) / f"client-{interval}.log")
+                try:
+                    await warm_up(reactor, anvil, commits)
+                    delays = []
+                    deadline = time.perf_counter() + max_seconds
+                    while len(delays) < blocks and time.perf_counter() < deadline:
+                        phase = (len(delays) * GOLDEN) % 1.0
+                        await deferLater(reactor, phase * interval)
+                        number = anvil.block_number() + 1
+                        anvil.rpc("evm_mine")
+                        mined = time.perf_counter()
+                        committed = await commits.wait(reactor, number, interval + 30)
+                        delays.append(committed - mined)
+                finally:
+                    stop_client(process)
+                result[f"interval_{interval:g}"] = {
+                    "blocks": len(delays),
+                    **{k: v for k, v in summary(delays).items() if k != "calls"},
+                    "target_median_ms": round(interval / 2 * 1000 + 15, 1),
+                }
+            process = start_client(anvil, port, 0.05, Path(tmp) / "client-rss.log")
+            try:
+                first = await warm_up(reactor, anvil, commits)
+                at_start = rss_mb(process.pid)
+                while anvil.block_number() - first < rss_blocks:
+                    head = anvil.mine(min(100, rss_blocks - (anvil.block_number() - first)))
+                    await commits.wait(reactor, head, 60)
+                delivered = anvil.block_number() - first
+                missing = [n for n in range(first, first + delivered + 1) if n not in commits.at]
+                result["client_rss"] = {
+                    "blocks": delivered,
+                    "missing": len(missing),
+                    "rss_mb_at_start": at_start,
+                    "rss_mb": rss_mb(process.pid),
+                    "peak_rss_mb": rss_mb(process.pid, "VmHWM"),
+                }
+            finally:
+                stop_client(process)
+        finally:
+            await server.stopService()
+    return result
 
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
@@ -104,7 +271,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         result = {
             "node": await node_latency(reactor, anvil, options.calls, options.max_seconds),
             "end_to_end": await end_to_end_latency(
-                reactor, anvil, options.calls, options.max_seconds
+                reactor, anvil, options.blocks, options.e2e_max_seconds, options.rss_blocks
             ),
         }
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
@@ -114,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000, help="calls per measurement")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="cap per measurement")
+    parser.add_argument("--blocks", type=int, default=200, help="blocks per end-to-end interval")
+    parser.add_argument(
+        "--e2e-max-seconds", type=float, default=600.0, help="cap per end-to-end interval"
+    )
+    parser.add_argument("--rss-blocks", type=int, default=10_000, help="blocks before RSS")
     options = parser.parse_args(argv)
 
     from twisted.internet import asyncioreactor
