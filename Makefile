@@ -55,6 +55,9 @@ venv: $(VENV_PY)
 
 $(VENV_PY):
 	rm -rf $(VENV)
+	@# Debian's python3 keeps venv (ensurepip) in a package of its own.
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(APT_GET) update -qq && \
+		$(APT_GET) install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --disable-pip-version-check --no-input --progress-bar off \
 		--quiet --upgrade pip

@@ -85,7 +85,7 @@ class ServerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
-        pending.set_function(lambda: len(ingest.pending))
+        pending.set_function(lambda: ingest.unsettled)
         factory.observers.append(self)
         ingest.observers.append(self.committed)
 

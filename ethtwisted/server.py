@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
     IPushProducer,
@@ -110,6 +116,9 @@ class Ingest:
         self.max_batch = max_batch
         self.high_water_bytes = high_water_bytes
         self.pending: deque[_Entry] = deque()
+        """Received, not yet taken into a transaction."""
+        self.unsettled = 0
+        """Received, not yet stored and counted: pending or in a transaction under way."""
         self.pending_bytes = 0
         self.busy = False
         self.paused = False
@@ -126,6 +135,7 @@ class Ingest:
         """
         entry = _Entry(received, len(received.payload) + 200)
         self.pending.append(entry)
+        self.unsettled += 1
         self.pending_bytes += entry.size
         if not self.busy:
             self.busy = True
@@ -193,7 +203,7 @@ class Ingest:
         if reason != self.trouble:
             self.trouble = reason
             log.error("{reason}; holding {n} messages and retrying", reason=reason,
-                      n=len(group) + len(self.pending))  # fmt: skip
+                      n=self.unsettled)  # fmt: skip
         delay = min(0.1 * 2 ** min(self.failures - 1, 10), MAX_RETRY_DELAY)
         self.reactor.callLater(delay, again, group)
 
@@ -203,6 +213,7 @@ class Ingest:
             self.trouble = None
         self.failures = 0
         self.pending_bytes -= sum(e.size for e in group)
+        self.unsettled -= len(group)
         for e in group:
             e.done.callback(e.received.sha256)
         if self.paused and self.pending_bytes <= self.high_water_bytes // 2:
@@ -402,7 +413,7 @@ class CollectorService(Service):
         except TimeoutError:
             log.warn(
                 "stopping with {n} messages not stored; clients resend what was not acknowledged",
-                n=len(ingest.pending),
+                n=ingest.unsettled,
             )
         await ingest.store.close()
         if ingest.stats is not None:

@@ -77,7 +77,8 @@ def with_backlog(description: str) -> str:
     C{description} with an explicit listen backlog for TCP endpoints: Twisted's default of 50
     makes the kernel drop connections from a burst of one-shot clients.
     """
-    if description.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+    kind = description.removeprefix("haproxy:").split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
 

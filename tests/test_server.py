@@ -18,7 +18,13 @@ from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
 from ethtwisted.protocol import Ack, Hello, Refusal, block_html, encode_control, payload_hash
-from ethtwisted.server import Ingest, ServerFactory, ServerProtocol
+from ethtwisted.server import (
+    STOP_TIMEOUT,
+    CollectorService,
+    Ingest,
+    ServerFactory,
+    ServerProtocol,
+)
 from tests.test_protocol import feed, netstring
 
 
@@ -104,7 +110,7 @@ def test_messages_arriving_together_are_one_transaction() -> None:
     assert [len(c) for c in store.calls] == [3, 2]
     store.commit()
     assert acked == [payload_hash(f"m{i}".encode()) for i in range(5)]
-    assert not ingest.busy
+    assert not ingest.busy and ingest.unsettled == 0
     assert not clock.getDelayedCalls()
 
 
@@ -344,3 +350,26 @@ def test_tokens_required_refuse_older_and_wrong_clients() -> None:
     store.commit()
     assert not transport.disconnecting
     assert list(store.stored.values()) == ["payload"]
+
+
+def test_stop_gives_up_waiting_for_a_stuck_store() -> None:
+    """
+    Stopping waits for pending commits, but not for ever: past the stop timeout the service
+    stops anyway, says how many messages were not stored, and closes the stores.
+    """
+    clock, store = Clock(), FakeStore()
+    closed: list[bool] = []
+    store.close = lambda: closed.append(True) or succeed(None)  # type: ignore[method-assign]
+    factory = ServerFactory(Ingest(store, None, clock), clock, 1000, 60.0)
+    service = CollectorService(clock, factory, [], "the fake store", wait=0)  # type: ignore[arg-type]
+    service.startService()
+    assert service.ready.called
+    factory.ingest.submit(received("never committed"))
+    clock.advance(0)
+    with capturedLogs() as events:
+        stopped = service.stopService()
+        clock.advance(STOP_TIMEOUT - 1)
+        assert not stopped.called
+        clock.advance(1)
+    assert stopped.called and closed == [True]
+    assert [e["n"] for e in events if "not stored" in e.get("log_format", "")] == [1]
