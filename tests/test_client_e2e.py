@@ -206,6 +206,27 @@ async def test_every_block_reaches_sql_once(
     assert len(client.outbox) == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_oneshot_delivers_every_block(
+    anvil: Anvil, server: tuple[Server, Committed]
+) -> None:
+    """
+    With C{--oneshot} (a connection per message, as to an older server), every block still
+    reaches SQL once.
+    """
+    srv, committed = server
+    client = start_client(anvil.ipc_path, srv.port, "--oneshot")
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+        anvil.mine(4)
+        anvil.mine()
+        await committed.wait_for(node_hashes(anvil).values())
+    finally:
+        await client.stopService()
+    assert_chain_stored_once(srv.path, anvil)
+    assert len(client.outbox) == 0
+
+
 # -- restarts ---------------------------------------------------------------------------------
 
 
@@ -307,6 +328,49 @@ async def test_client_killed_and_restarted_with_spool_loses_nothing(
         if process.stdout is not None:
             process.stdout.close()
     assert_chain_stored_once(srv.path, anvil)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_stops_polling_flushes_briefly_and_keeps_the_rest(
+    anvil: Anvil, server: tuple[Server, Committed], tmp_path: Path
+) -> None:
+    """
+    SIGTERM to C{twistd eth-client} while the server is down: the client stops within its
+    flush timeout (and a margin), without a traceback, saying what it kept in the spool, where
+    the blocks are.
+    """
+    srv, committed = server
+    spool, log = tmp_path / "spool", tmp_path / "client.log"
+    process = twistd_client(
+        log, "--node", anvil.ws_url, "--server", f"tcp:host=127.0.0.1:port={srv.port}",
+        "--interval", "0.05", "--spool", str(spool),
+    )  # fmt: skip
+    try:
+        await committed.wait_for(node_hashes(anvil).values())
+        await srv.stop()
+        head = anvil.mine(3)
+        deadline = reactor.seconds() + TIMEOUT
+        while spool_head(spool) != head:
+            assert reactor.seconds() < deadline, log.read_text()
+            await sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        started = reactor.seconds()
+        while process.poll() is None:
+            assert reactor.seconds() - started < 10, log.read_text()
+            await sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert process.returncode == -signal.SIGTERM  # twistd ends by the signal it was given
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "3 unacknowledged messages kept in the spool" in text
+    batches = [json.loads(p.read_text()) for p in sorted(spool.glob("batch-*.json"))]
+    kept = [json.loads(payload)["number"] for b in batches for payload in b["payloads"]]
+    assert kept == [1, 2, 3]
 
 
 @pytest_twisted.ensureDeferred
