@@ -408,6 +408,11 @@ class CollectorService(Service):
         for port in self.ports:
             await maybeDeferred(port.stopListening)
         ingest = self.factory.ingest
+        # Read no more from anyone, but let what was read be stored and acknowledged.
+        for connection in self.factory.connections:
+            producer = IPushProducer(connection.transport)
+            ingest.remove_producer(producer)
+            producer.pauseProducing()
         try:
             await ingest.idle().addTimeout(STOP_TIMEOUT, self.factory.reactor)
         except TimeoutError:
@@ -415,6 +420,8 @@ class CollectorService(Service):
                 "stopping with {n} messages not stored; clients resend what was not acknowledged",
                 n=ingest.unsettled,
             )
+        for connection in list(self.factory.connections):
+            connection.transport.loseConnection()
         await ingest.store.close()
         if ingest.stats is not None:
             await ingest.stats.close()

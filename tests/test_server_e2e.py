@@ -335,11 +335,14 @@ async def test_tokens_required(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
     """
-    Stopping the server stops listening, then lets what it accepted be committed before the
-    stores close.
+    Stopping the server stops listening, lets what it accepted be committed before the
+    stores close, and then closes the connections of persistent clients.
     """
     path = tmp_path / "s.sqlite"
     server = await start_server(["--db", f"sqlite:///{path}"])
+    persistent = await connect(server.port)
+    persistent.sendString(encode_control(Hello("persistent")))
+    await persistent.send([b"acknowledged before the stop"])
 
     class OneShot(Protocol):
         def connectionMade(self) -> None:
@@ -347,8 +350,8 @@ async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
             self.transport.loseConnection()
 
     await connect(server.port, OneShot())
-    await until(
-        lambda: len(server.collector.factory.ingest.pending) > 0 or bool(sqlite_rows(path))
-    )
+    ingest = server.collector.factory.ingest
+    await until(lambda: ingest.unsettled > 0 or sha(b"last words") in sqlite_rows(path))
     await server.service.stopService()
-    assert set(sqlite_rows(path)) == {sha(b"last words")}
+    await persistent.lost.addTimeout(TIMEOUT, reactor)
+    assert set(sqlite_rows(path)) == {sha(b"last words"), sha(b"acknowledged before the stop")}
