@@ -1,0 +1,63 @@
+"""
+The README's option tables and links follow the code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from ethtwisted.tap import env_name
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def long_options(options: usage.Options) -> list[str]:
+    names = {name.rstrip("=") for name in options.longOpt}
+    names -= {"help", "version"}
+    return sorted(n for n in names if options.synonyms.get(n, n) == n)
+
+
+def readme_section(command: str) -> str:
+    start = README.index(f"### `twistd {command}`")
+    end = README.find("\n#", start + 1)
+    return README[start:end]
+
+
+@pytest.mark.parametrize(
+    ("module", "command"),
+    [
+        ("ethtwisted.server_tap", "eth-server"),
+        ("ethtwisted.client_tap", "eth-client"),
+        ("ethtwisted.stats_tap", "eth-stats"),
+        ("ethtwisted.demo_tap", "eth-demo"),
+    ],
+)
+def test_every_option_is_in_the_readme(module: str, command: str) -> None:
+    """
+    Each option of each plugin has a row in its README table, with its environment variable;
+    and the table has no row for an option that does not exist.
+    """
+    options = importlib.import_module(module).Options()
+    section = readme_section(command)
+    documented = set(re.findall(r"^\| `--([a-z-]+)", section, re.MULTILINE))
+    for name in long_options(options):
+        assert name in documented, f"--{name} of {command} is not in the README"
+        assert f"`{env_name(name)}`" in section
+    assert documented <= set(long_options(options))
+
+
+def test_links_point_at_files() -> None:
+    """
+    Every relative link of the README and docs/ names a file of the repository.
+    """
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
