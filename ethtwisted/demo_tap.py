@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -36,7 +36,7 @@ from ethtwisted import client_tap, server_tap
 from ethtwisted.healthcheck import endpoint_url
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.storage import StartupError
-from ethtwisted.tap import EnvOptions, fatal, positive_int
+from ethtwisted.tap import EnvOptions, StartingService, fatal, positive_int
 
 log = Logger(observer=log_observer)
 
@@ -308,32 +308,31 @@ class DevNode:
             transport.signalProcess(name)
 
 
-class DemoService(Service):
+class DemoService(StartingService):
     """
     The server at once, the client once the node answers; stopped the other way round.  A
     node that cannot start, or exits while the demo runs, ends the program with one line on
     stderr.
     """
 
+    what = "the demo"
+
     def __init__(
         self, reactor: Any, node: DevNode, server: IService, client: IService, dashboard: str
     ) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.node = node
         self.server = server
         self.client = client
         self.dashboard = dashboard
-        self.starting: Deferred[None] = Deferred()
         self.stopping = False
 
     def startService(self) -> None:
-        super().startService()
         self.server.startService()
         log.info("dashboard on {url}", url=self.dashboard)
-        self.starting = Deferred.fromCoroutine(self._start())
-        self.starting.addErrback(self._failed)
+        super().startService()
 
-    async def _start(self) -> None:
+    async def start_up(self) -> None:
         await self.node.start()
         self.node.ended().addCallback(self._node_ended)
         self.client.startService()
@@ -344,22 +343,13 @@ class DemoService(Service):
             status = "was killed" if code is None else f"exited with status {code}"
             fatal(self.reactor, f"{self.node.name} {status}{self.node.last_error()}")
 
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        if failure.check(StartupError):
-            fatal(self.reactor, str(failure.value))
-        else:
-            log.failure("starting the demo", failure)
-            fatal(self.reactor, "internal error while starting; see the log")
-
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.stopping = True
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self.starting.cancel()
+        self.ready.cancel()
         for service in (self.client, self.server):
             if service.running:
                 await service.stopService()

@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     TimeoutError,
     maybeDeferred,
@@ -44,8 +42,8 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
-from ethtwisted.storage import StartupError, wait_for
-from ethtwisted.tap import fatal
+from ethtwisted.storage import wait_for
+from ethtwisted.tap import StartingService, listen_on
 
 log = Logger(observer=log_observer)
 
@@ -352,12 +350,14 @@ class ServerFactory(Factory):
         return ServerProtocol(self)
 
 
-class CollectorService(Service):
+class CollectorService(StartingService):
     """
     Waits for the SQL store (up to C{wait} seconds), then listens on every endpoint; on stop,
-    stops listening and lets what is pending be committed.  A store that cannot be reached or
-    an endpoint that cannot be listened on ends the program with one line on stderr.
+    stops listening and reading, lets what was read be committed, then closes the connections
+    and the stores.
     """
+
+    what = "the collector"
 
     def __init__(
         self,
@@ -367,37 +367,17 @@ class CollectorService(Service):
         store_name: str,
         wait: float,
     ) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.factory = factory
         self.endpoints = endpoints
         self.store_name = store_name
         self.wait = wait
         self.ports: list[IListeningPort] = []
-        self.ready: Deferred[None] = Deferred()
 
-    def startService(self) -> None:
-        super().startService()
-        self.ready = Deferred.fromCoroutine(self._start())
-        self.ready.addErrback(self._failed)
-
-    async def _start(self) -> None:
-        ingest = self.factory.ingest
-        await wait_for(ingest.store.start, self.store_name, self.wait, self.factory.reactor)
-        for description, endpoint in self.endpoints:
-            try:
-                self.ports.append(await endpoint.listen(self.factory))
-            except Exception as e:
-                raise StartupError(f"cannot listen on {description}: {e}") from e
-            log.info("collecting on {description}", description=description)
-
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        if failure.check(StartupError):
-            fatal(self.reactor, str(failure.value))
-        else:
-            log.failure("starting the collector", failure)
-            fatal(self.reactor, "internal error while starting; see the log")
+    async def start_up(self) -> None:
+        store = self.factory.ingest.store
+        await wait_for(store.start, self.store_name, self.wait, self.factory.reactor)
+        self.ports = await listen_on(self.endpoints, self.factory, "collecting")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -421,7 +401,8 @@ class CollectorService(Service):
                 n=ingest.unsettled,
             )
         for connection in list(self.factory.connections):
-            connection.transport.loseConnection()
+            if connection.transport is not None:
+                connection.transport.loseConnection()
         await ingest.store.close()
         if ingest.stats is not None:
             await ingest.stats.close()

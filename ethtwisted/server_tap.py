@@ -20,7 +20,6 @@ from ethtwisted.tap import EnvOptions, check_endpoint, positive_float, positive_
 
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
 LISTEN_BACKLOG = 1024
-_LOOPBACK = ("127.", "::1", "localhost")
 
 log = Logger(observer=log_observer)
 
@@ -52,17 +51,6 @@ def stats_endpoint(description: str, option: str) -> str:
         description = f"tcp:{description}:interface=127.0.0.1"
     check_endpoint(description, option, server=True)
     return description
-
-
-def reachable_beyond_loopback(description: str) -> bool:
-    """
-    Whether a TCP or TLS endpoint description listens on more than the loopback interface.
-    """
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
-        return False
-    interfaces = [p.split("=", 1)[1] for p in parts if p.startswith("interface=")]
-    return not interfaces or not interfaces[0].startswith(_LOOPBACK)
 
 
 def non_negative_float(value: str) -> float:
@@ -254,16 +242,11 @@ def stats_service(
     from prometheus_client import CollectorRegistry
 
     from ethtwisted.metrics import ServerMetrics
-    from ethtwisted.web import Stats, StatsService, stats_site
+    from ethtwisted.web import Stats, serve_stats
 
     registry = CollectorRegistry()
     ServerMetrics(registry, factory, ingest)
     stats = Stats(reactor, store, store, redis, lambda: ingest.trouble, registry)
-    description = config["stats"]
-    if reachable_beyond_loopback(description) and config["stats_token"] is None:
-        log.warn("the stats API on {description} is open beyond this machine: no --stats-token",
-                 description=description)  # fmt: skip
-    site = stats_site(stats, config["stats_token"], reactor)
-    service = StatsService(reactor, site, [(description, serverFromString(reactor, description))])
+    service = serve_stats(reactor, stats, config["stats"], config["stats_token"])
     service.setName("stats")
     return service

@@ -8,20 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.server_tap import (
     STATS_TOKEN_OPTIONS,
     StoreOptions,
-    reachable_beyond_loopback,
     stats_endpoint,
     stats_token,
 )
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
-from ethtwisted.web import Stats, StatsService, stats_site
+from ethtwisted.web import Stats, serve_stats
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -62,18 +60,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         waits.append((str(config["redis_url"]), redis.ping))
         closes.append(redis.close)
     stats = Stats(reactor, store, store, redis)
-    description = config["listen"]
-    if reachable_beyond_loopback(description) and config["stats_token"] is None:
-        log.warn("the stats API on {description} is open beyond this machine: no --stats-token",
-                 description=description)  # fmt: skip
     service = MultiService()
-    web = StatsService(
-        reactor,
-        stats_site(stats, config["stats_token"], reactor),
-        [(description, serverFromString(reactor, description))],
-        waits,
-        config["wait"],
-        closes,
+    web = serve_stats(
+        reactor, stats, config["listen"], config["stats_token"], waits, config["wait"], closes
     )
     web.setName("stats")
     web.setServiceParent(service)

@@ -12,13 +12,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from ethtwisted.logs import log_observer
+from ethtwisted.storage import StartupError
 
 log = Logger(observer=log_observer)
 
@@ -138,6 +147,69 @@ def check_endpoint(description: str, option: str, *, server: bool) -> None:
         parse(MemoryReactor(), description)
     except Exception as e:
         raise usage.UsageError(f"--{option} {description!r}: {e}") from None
+
+
+class StartingService(Service):
+    """
+    A service whose start-up takes time (waiting for stores, listening): L{start_up} runs when
+    the service starts, and L{ready} fires once it is done.  If it fails, the program ends with
+    one line on stderr: the L{StartupError}'s message, or a pointer to the logged bug.
+    """
+
+    what = "the service"
+    """What is starting, for the log."""
+
+    def __init__(self, reactor: IReactorCore) -> None:
+        self.reactor = reactor
+        self.ready: Deferred[None] = Deferred()
+
+    async def start_up(self) -> None:
+        raise NotImplementedError()
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = Deferred.fromCoroutine(self.start_up())
+        self.ready.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(StartupError):
+            fatal(self.reactor, str(failure.value))
+        else:
+            log.failure("starting {what}", failure, what=self.what)
+            fatal(self.reactor, "internal error while starting; see the log")
+
+
+async def listen_on(
+    endpoints: Sequence[tuple[str, IStreamServerEndpoint]], factory: IProtocolFactory, what: str
+) -> list[IListeningPort]:
+    """
+    Listen with C{factory} on each C{(description, endpoint)}; raise L{StartupError} naming the
+    first endpoint that cannot be listened on.
+    """
+    ports = []
+    for description, endpoint in endpoints:
+        try:
+            ports.append(await endpoint.listen(factory))
+        except Exception as e:
+            raise StartupError(f"cannot listen on {description}: {e}") from e
+        log.info("{what} on {description}", what=what, description=description)
+    return ports
+
+
+LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+
+
+def reachable_beyond_loopback(description: str) -> bool:
+    """
+    Whether a TCP or TLS endpoint description listens on more than the loopback interface.
+    """
+    parts = description.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return False
+    interfaces = [p.split("=", 1)[1] for p in parts if p.startswith("interface=")]
+    return not interfaces or not interfaces[0].startswith(LOOPBACK_PREFIXES)
 
 
 def fatal(reactor: IReactorCore, message: str) -> None:

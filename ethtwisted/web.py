@@ -26,8 +26,8 @@ from importlib.resources import files
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
@@ -48,8 +48,8 @@ from ethtwisted.interfaces import (
 )
 from ethtwisted.logs import log_observer
 from ethtwisted.metrics import StoreMetrics
-from ethtwisted.storage import StartupError, wait_for
-from ethtwisted.tap import fatal
+from ethtwisted.storage import wait_for
+from ethtwisted.tap import StartingService, listen_on, reachable_beyond_loopback
 
 log = Logger(observer=log_observer)
 
@@ -710,13 +710,36 @@ def stats_site(stats: Stats, token: str | None = None, reactor: Any = None) -> S
 # -- the service ------------------------------------------------------------------------------
 
 
-class StatsService(Service):
+def serve_stats(
+    reactor: Any,
+    stats: Stats,
+    description: str,
+    token: str | None,
+    waits: Sequence[tuple[str, Callable[[], Deferred[None]]]] = (),
+    wait: float = 0.0,
+    closes: Sequence[Callable[[], Deferred[None]]] = (),
+) -> StatsService:
+    """
+    The stats site over C{stats}, served on the endpoint C{description}; a warning if it is
+    reachable from other machines without a token.
+    """
+    if token is None and reachable_beyond_loopback(description):
+        log.warn("the stats API on {description} is open beyond this machine: no token",
+                 description=description)  # fmt: skip
+    endpoint = serverFromString(reactor, description)
+    site = stats_site(stats, token, reactor)
+    return StatsService(reactor, site, [(description, endpoint)], waits, wait, closes)
+
+
+class StatsService(StartingService):
     """
     Waits for the stores (up to C{wait} seconds, each C{start} in C{waits}), then serves
     C{site} on every endpoint; on stop, stops listening and calls each of C{closes}.  A store
     that cannot be reached or an endpoint that cannot be listened on ends the program with one
     line on stderr.
     """
+
+    what = "the stats API"
 
     def __init__(
         self,
@@ -727,38 +750,18 @@ class StatsService(Service):
         wait: float = 0.0,
         closes: Sequence[Callable[[], Deferred[None]]] = (),
     ) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.site = site
         self.endpoints = endpoints
         self.waits = waits
         self.wait = wait
         self.closes = closes
         self.ports: list[IListeningPort] = []
-        self.ready: Deferred[None] = Deferred()
 
-    def startService(self) -> None:
-        super().startService()
-        self.ready = Deferred.fromCoroutine(self._start())
-        self.ready.addErrback(self._failed)
-
-    async def _start(self) -> None:
+    async def start_up(self) -> None:
         for what, start in self.waits:
             await wait_for(start, what, self.wait, IReactorTime(self.reactor))
-        for description, endpoint in self.endpoints:
-            try:
-                self.ports.append(await endpoint.listen(self.site))
-            except Exception as e:
-                raise StartupError(f"cannot listen on {description}: {e}") from e
-            log.info("stats API on {description}", description=description)
-
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        if failure.check(StartupError):
-            fatal(self.reactor, str(failure.value))
-        else:
-            log.failure("starting the stats API", failure)
-            fatal(self.reactor, "internal error while starting; see the log")
+        self.ports = await listen_on(self.endpoints, self.site, "stats API")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
