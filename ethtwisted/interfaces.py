@@ -66,6 +66,11 @@ class IStatsStore(Interface):
         Count C{batch}; fail (rather than wait forever) while the store is unreachable.
         """
 
+    def ping() -> Deferred[None]:
+        """
+        Fire once the store answers; fail if it does not.
+        """
+
     def close() -> Deferred[None]:
         """
         Disconnect.

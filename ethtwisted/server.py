@@ -375,8 +375,13 @@ class CollectorService(StartingService):
         self.ports: list[IListeningPort] = []
 
     async def start_up(self) -> None:
-        store = self.factory.ingest.store
-        await wait_for(store.start, self.store_name, self.wait, self.factory.reactor)
+        ingest = self.factory.ingest
+        await wait_for(ingest.store.start, self.store_name, self.wait, self.factory.reactor)
+        if ingest.stats is not None:
+            # Redis may come later: messages wait to be counted (and acknowledged) until then.
+            ingest.stats.ping().addErrback(
+                lambda f: log.warn("Redis does not answer yet: {reason}", reason=describe(f))
+            )
         self.ports = await listen_on(self.endpoints, self.factory, "collecting")
 
     def stopService(self) -> Deferred[None]:

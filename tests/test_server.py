@@ -72,6 +72,9 @@ class FakeStats:
         self.recorded.append(list(batch))
         return succeed(None)
 
+    def ping(self) -> Deferred[None]:
+        return fail(ConnectionError("Redis is down")) if self.down else succeed(None)
+
     def close(self) -> Deferred[None]:
         return succeed(None)
 
@@ -373,3 +376,18 @@ def test_stop_gives_up_waiting_for_a_stuck_store() -> None:
         clock.advance(1)
     assert stopped.called and closed == [True]
     assert [e["n"] for e in events if "not stored" in e.get("log_format", "")] == [1]
+
+
+def test_redis_down_at_start_is_a_warning() -> None:
+    """
+    Redis that does not answer at start-up is said once as a warning; the collector starts.
+    """
+    clock, store, stats = Clock(), FakeStore(), FakeStats()
+    stats.down = True
+    factory = ServerFactory(Ingest(store, stats, clock), clock, 1000, 60.0)
+    service = CollectorService(clock, factory, [], "the fake store", wait=0)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        service.startService()
+    assert service.ready.called
+    warnings = [e for e in events if "Redis does not answer" in e.get("log_format", "")]
+    assert len(warnings) == 1 and "Redis is down" in warnings[0]["reason"]
