@@ -155,6 +155,8 @@ class Follower:
         self.max_backfill = max_backfill
         self.remember = max(max_backfill, MIN_REMEMBERED)
         self.checkpoint = checkpoint or Checkpoint()
+        self.reorg_listeners: list[Callable[[int], None]] = []
+        """Called with the depth of each reorg followed."""
 
     async def follow(self) -> Block:
         """
@@ -214,6 +216,8 @@ class Follower:
                     hash=head.hash,
                 )
             elif fork < last.number:
+                for listener in self.reorg_listeners:
+                    listener(last.number - fork)
                 log.info(
                     "reorg of depth {depth}: blocks {first} to {end} replaced after block "
                     "{fork}; new head {number} {hash}",
@@ -548,6 +552,8 @@ class Outbox:
         self.spool = spool
         self.listeners: list[Callable[[Sequence[bytes]], None]] = []
         """Called with the payloads each L{put} adds."""
+        self.ack_listeners: list[Callable[[bytes], None]] = []
+        """Called with each payload acknowledged."""
         self.dropped = 0
         """Payloads dropped since the outbox last had room."""
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
@@ -651,6 +657,8 @@ class Outbox:
         if queued is None:
             return False
         self._release(queued.batch)
+        for listener in self.ack_listeners:
+            listener(queued.payload)
         if self.dropped:
             log.warn("dropped {n} of the oldest messages in all while the outbox was full",
                      n=self.dropped)  # fmt: skip
@@ -790,6 +798,8 @@ class Delivery:
         self.stopping = False
         self.unreachable: str | None = None
         self.refusal: str | None = None
+        self.connection_listeners: list[Callable[[bool], None]] = []
+        """Called with C{True} on each connection to the server, C{False} when it is lost."""
         outbox.listeners.append(self._queued)
 
     def factory(self) -> ClientFactory:
@@ -813,6 +823,8 @@ class Delivery:
     def connected(self, protocol: ClientProtocol) -> None:
         self.protocol = protocol
         self.unreachable = None
+        for listener in self.connection_listeners:
+            listener(True)
         pending = self.outbox.pending()
         (log.debug if self.refusal else log.info)(
             "connected to {server}; sending {n} unacknowledged messages",
@@ -827,6 +839,8 @@ class Delivery:
     def disconnected(self, protocol: ClientProtocol, reason: Failure) -> None:
         if self.protocol is protocol:
             self.protocol = None
+            for listener in self.connection_listeners:
+                listener(False)
         if self.stopping or self.refusal is not None:
             return
         log.warn(
@@ -1016,3 +1030,6 @@ class EthClient(MultiService):
         elif left:
             log.warn("{n} unacknowledged messages lost: no --spool given", n=left)
         self.outbox.close()
+        for service in self:
+            if service.running and service not in (self.poller, self.delivery):
+                await service.stopService()

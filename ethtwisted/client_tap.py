@@ -33,7 +33,15 @@ from ethtwisted.client import (
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
 from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
-from ethtwisted.tap import EnvOptions, check_endpoint, positive_int, read_lines
+from ethtwisted.tap import (
+    EnvOptions,
+    check_endpoint,
+    positive_int,
+    read_lines,
+    read_token,
+    token_options,
+    web_endpoint,
+)
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
 MAX_NAME_LENGTH = 255
@@ -105,6 +113,10 @@ class Options(EnvOptions):
         ["spool", None, None,
          "Directory keeping unacknowledged messages and the last block across restarts."],
         ["name", None, None, "This client's name, sent to the server (default: the host name)."],
+        ["metrics", None, None,
+         "Serve /metrics and /healthz on this endpoint, e.g. tcp:9100:interface=127.0.0.1"
+         " (a bare port means loopback; off if unset)."],
+        *token_options("metrics-token", "/metrics"),
         ["token-file", None, None, "File holding the token sent to the server with the name."],
         # The older command line's server flags.
         ["host", None, None, "The server's host (same as --server tcp:host=HOST:port=PORT)."],
@@ -159,6 +171,9 @@ class Options(EnvOptions):
                     f"--token-file: {self['token-file']} holds more than one token"
                 )
             self["token"] = tokens[0]
+        if self["metrics"]:
+            self["metrics"] = web_endpoint(self["metrics"], "metrics")
+        self["metrics_token"] = read_token(self, "metrics-token")
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -179,6 +194,15 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     outbox = Outbox(config["max-queue"], spool)
     checkpoint = outbox.restore()
     node = open_node(config["node"] or default_node_uris(os.environ), reactor)
+    metrics = None
+    if config["metrics"]:
+        from prometheus_client import CollectorRegistry
+
+        from ethtwisted.metrics import ClientMetrics
+
+        registry = CollectorRegistry()
+        metrics = ClientMetrics(registry, reactor, outbox)
+        node = metrics.measured(node)
     follower = Follower(
         node, queue_blocks(outbox, config["format"]), config["max-backfill"], checkpoint
     )
@@ -187,9 +211,19 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
     if config["oneshot"]:
         delivery = OneShotDelivery(outbox, endpoint, reactor, config["server"], retry)
-        return EthClient(poller, delivery, None, outbox, node, reactor)
-    connection = Delivery(outbox, config["server"], Hello(config["name"], config["token"]))
-    service = ReconnectingService(
-        connection.endpoint(endpoint), connection.factory(), retryPolicy=retry, clock=reactor
-    )
-    return EthClient(poller, service, connection, outbox, node, reactor)
+        client = EthClient(poller, delivery, None, outbox, node, reactor)
+    else:
+        connection = Delivery(outbox, config["server"], Hello(config["name"], config["token"]))
+        service = ReconnectingService(
+            connection.endpoint(endpoint), connection.factory(), retryPolicy=retry, clock=reactor
+        )
+        client = EthClient(poller, service, connection, outbox, node, reactor)
+    if metrics is not None:
+        from ethtwisted.web import serve_agent
+
+        metrics.watch(follower, client.connection)
+        web = serve_agent(reactor, registry, metrics.health, config["metrics"],
+                          config["metrics_token"])  # fmt: skip
+        web.setName("metrics")
+        web.setServiceParent(client)
+    return client

@@ -1,5 +1,6 @@
 """
-Prometheus metrics of the stats API, each service with its own L{CollectorRegistry}.
+Prometheus metrics, each service with its own L{CollectorRegistry}: the stats API's, and
+eth-client's (L{ClientMetrics}).
 
 L{ServerMetrics} counts what an eth-server's connections and L{Ingest} do, through their
 observer hooks; L{StoreMetrics} shows the stores' health and what each client last reported,
@@ -8,14 +9,21 @@ read from the durable store at each scrape (so eth-stats shows it too, for every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from ethtwisted.interfaces import ClientRecord, Head, Received
+from ethtwisted.interfaces import ClientRecord, Head, INode, Received
+from ethtwisted.protocol import Block, parse_block
 
 if TYPE_CHECKING:
+    from ethtwisted.client import Delivery, Follower, Outbox
     from ethtwisted.server import Ingest, ServerFactory
 
 NAMESPACE = "ethtwisted"
@@ -166,3 +174,184 @@ class StoreMetrics:
             head = best.get(c.chain_id)
             if head is not None:
                 self.client_lag.labels(c.client, chain).set(max(head - c.last_block, 0))
+
+
+# -- eth-client -------------------------------------------------------------------------------
+
+UNHEALTHY_AFTER = 30.0
+"""Seconds the node or the server may be unreachable before eth-client's /healthz says 503."""
+ROUND_TRIP_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
+
+_T = TypeVar("_T")
+
+
+class ClientMetrics:
+    """
+    eth-client's metrics and health.  The node is measured by wrapping it (L{measured}); the
+    rest is fed by the listener hooks of the follower, the outbox and the delivery
+    (L{watch}), or read at each scrape.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        clock: IReactorTime,
+        outbox: Outbox,
+        unhealthy_after: float | None = None,
+    ) -> None:
+        self.clock = clock
+        self.unhealthy_after = UNHEALTHY_AFTER if unhealthy_after is None else unhealthy_after
+        self.node_down_since: float | None = None
+        self.server_down_since: float | None = clock.seconds()
+        self.connections = 0
+
+        def metric(kind: Any, name: str, doc: str, **kwargs: Any) -> Any:
+            return kind(name, doc, namespace=NAMESPACE, registry=registry, **kwargs)
+
+        self.node_up = metric(Gauge, "node_up", "1 when the node answered the last call, else 0.")
+        self.node_round_trip = metric(
+            Histogram, "node_round_trip_seconds", "Seconds per call to the node that answered.",
+            buckets=ROUND_TRIP_BUCKETS,
+        )  # fmt: skip
+        self.head = metric(Gauge, "head_block", "Number of the node's head block, last seen.")
+        self.acknowledged = metric(
+            Gauge, "acknowledged_block", "Number of the last block the server acknowledged."
+        )
+        self.reconnects = metric(
+            Counter, "server_reconnects", "Connections to the server after the first."
+        )
+        self.reorgs = metric(Counter, "reorgs", "Reorgs followed.")
+        self.reorg_depth = metric(
+            Histogram, "reorg_depth_blocks", "Blocks replaced by each reorg followed.",
+            buckets=REORG_DEPTH_BUCKETS,
+        )  # fmt: skip
+        depth = metric(Gauge, "outbox_messages", "Messages not acknowledged by the server yet.")
+        depth.set_function(lambda: len(outbox))
+        spool = metric(
+            Gauge, "spool_bytes", "Bytes of the files in the spool directory (0 without one)."
+        )
+        spool.set_function(
+            lambda: _directory_bytes(outbox.spool.directory if outbox.spool else None)
+        )
+        outbox.ack_listeners.append(self._acknowledged)
+
+    def measured(self, node: INode) -> INode:
+        """
+        C{node}, with each call timed and its outcome noted.
+        """
+        return _MeasuredNode(node, self)
+
+    def watch(self, follower: Follower, delivery: Delivery | None) -> None:
+        """
+        Count the reorgs C{follower} follows and the connections C{delivery} makes (one-shot
+        delivery, C{None}, has no connection to watch).
+        """
+        follower.reorg_listeners.append(self._reorg)
+        if delivery is None:
+            self.server_down_since = None
+        else:
+            delivery.connection_listeners.append(self._connection)
+
+    def health(self) -> dict[str, str | None]:
+        """
+        C{/healthz}: the trouble with the node and with the server, or L{None} for each.
+        """
+        now = self.clock.seconds()
+
+        def trouble(since: float | None, what: str) -> str | None:
+            if since is None or now - since <= self.unhealthy_after:
+                return None
+            return f"{what} unreachable for {now - since:.0f} s"
+
+        return {
+            "node": trouble(self.node_down_since, "node"),
+            "server": trouble(self.server_down_since, "server"),
+        }
+
+    def node_answered(self, seconds: float) -> None:
+        self.node_round_trip.observe(seconds)
+        self.node_up.set(1)
+        self.node_down_since = None
+
+    def node_failed(self) -> None:
+        self.node_up.set(0)
+        if self.node_down_since is None:
+            self.node_down_since = self.clock.seconds()
+
+    def _acknowledged(self, payload: bytes) -> None:
+        block = parse_block(payload)
+        number = block.number if isinstance(block, Block) else block
+        if number is not None:
+            self.acknowledged.set(number)
+
+    def _reorg(self, depth: int) -> None:
+        self.reorgs.inc()
+        self.reorg_depth.observe(depth)
+
+    def _connection(self, up: bool) -> None:
+        if up:
+            self.connections += 1
+            if self.connections > 1:
+                self.reconnects.inc()
+            self.server_down_since = None
+        else:
+            self.server_down_since = self.clock.seconds()
+
+
+def _directory_bytes(directory: str | None) -> int:
+    if directory is None:
+        return 0
+    try:
+        with os.scandir(directory) as entries:
+            return sum(e.stat().st_size for e in entries if e.is_file())
+    except OSError:
+        return 0
+
+
+@implementer(INode)
+class _MeasuredNode:
+    def __init__(self, node: INode, metrics: ClientMetrics) -> None:
+        self.node = node
+        self.metrics = metrics
+
+    @property
+    def description(self) -> str:
+        return self.node.description
+
+    def _timed(self, call: Callable[[], Deferred[_T]]) -> Deferred[_T]:
+        clock, metrics = self.metrics.clock, self.metrics
+        start = clock.seconds()
+
+        def answered(result: _T) -> _T:
+            metrics.node_answered(clock.seconds() - start)
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                metrics.node_failed()
+            return failure
+
+        return call().addCallbacks(answered, failed)
+
+    def block_number(self) -> Deferred[int]:
+        return self._timed(self.node.block_number)
+
+    def head(self) -> Deferred[Block]:
+        def seen(block: Block) -> Block:
+            self.metrics.head.set(block.number)
+            return block
+
+        return self._timed(self.node.head).addCallback(seen)
+
+    def block_by_number(self, number: int) -> Deferred[Block | None]:
+        return self._timed(lambda: self.node.block_by_number(number))
+
+    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
+        return self._timed(lambda: self.node.block_by_hash(block_hash))
+
+    def finalized_number(self) -> Deferred[int | None]:
+        return self._timed(self.node.finalized_number)
+
+    def close(self) -> Deferred[None]:
+        return self.node.close()

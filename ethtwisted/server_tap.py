@@ -16,41 +16,23 @@ from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.server import CollectorService, Ingest, ServerFactory
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import DEFAULT_DB_URL, SQLStore, parse_db_url
-from ethtwisted.tap import EnvOptions, check_endpoint, positive_float, positive_int, read_lines
+from ethtwisted.tap import (
+    EnvOptions,
+    check_endpoint,
+    positive_float,
+    positive_int,
+    read_lines,
+    read_token,
+    token_options,
+    web_endpoint,
+)
 
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
 LISTEN_BACKLOG = 1024
 
 log = Logger(observer=log_observer)
 
-STATS_TOKEN_OPTIONS = [
-    ["stats-token", None, None,
-     "Token the stats JSON API, /metrics and dashboard require (Authorization: Bearer);"
-     " visible to other users: prefer $ETH_STATS_TOKEN or --stats-token-file."],
-    ["stats-token-file", None, None, "File holding the stats token."],
-]  # fmt: skip
-
-
-def stats_token(config: dict[str, Any]) -> str | None:
-    """
-    The stats token given by C{--stats-token} or C{--stats-token-file}, if any.
-    """
-    if config["stats-token"] and config["stats-token-file"]:
-        raise usage.UsageError("give either --stats-token or --stats-token-file, not both")
-    if config["stats-token-file"]:
-        return read_lines(config["stats-token-file"], "stats-token-file")[0]
-    return config["stats-token"] or None
-
-
-def stats_endpoint(description: str, option: str) -> str:
-    """
-    An endpoint for the stats API: a bare port number means that port on the loopback
-    interface.
-    """
-    if description.isdigit():
-        description = f"tcp:{description}:interface=127.0.0.1"
-    check_endpoint(description, option, server=True)
-    return description
+STATS_TOKEN_OPTIONS = token_options("stats-token", "the stats JSON API, /metrics and dashboard")
 
 
 def non_negative_float(value: str) -> float:
@@ -196,8 +178,8 @@ class Options(StoreOptions):
             read_lines(self["tokens-file"], "tokens-file") if self["tokens-file"] else None
         )
         if self["stats"]:
-            self["stats"] = stats_endpoint(self["stats"], "stats")
-        self["stats_token"] = stats_token(self)
+            self["stats"] = web_endpoint(self["stats"], "stats")
+        self["stats_token"] = read_token(self, "stats-token")
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:

@@ -14,11 +14,10 @@ from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.server_tap import (
     STATS_TOKEN_OPTIONS,
     StoreOptions,
-    stats_endpoint,
-    stats_token,
 )
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
+from ethtwisted.tap import read_token, web_endpoint
 from ethtwisted.web import Stats, serve_stats
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -43,8 +42,8 @@ class Options(StoreOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
-        self["listen"] = stats_endpoint(self["listen"], "listen")
-        self["stats_token"] = stats_token(self)
+        self["listen"] = web_endpoint(self["listen"], "listen")
+        self["stats_token"] = read_token(self, "stats-token")
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -147,6 +148,40 @@ def check_endpoint(description: str, option: str, *, server: bool) -> None:
         parse(MemoryReactor(), description)
     except Exception as e:
         raise usage.UsageError(f"--{option} {description!r}: {e}") from None
+
+
+def token_options(option: str, what: str) -> list[list[Any]]:
+    """
+    C{--option TOKEN} and C{--option-file FILE}: a bearer token that C{what} require.
+    """
+    return [
+        [option, None, None,
+         f"Bearer token required by {what} (off if unset); visible to other users: prefer"
+         f" ${env_name(option)} or --{option}-file."],
+        [f"{option}-file", None, None, f"File holding the {option.removesuffix('-token')} token."],
+    ]  # fmt: skip
+
+
+def read_token(config: Mapping[str, Any], option: str) -> str | None:
+    """
+    The token given by C{--option} or C{--option-file}, if any.
+    """
+    if config[option] and config[f"{option}-file"]:
+        raise usage.UsageError(f"give either --{option} or --{option}-file, not both")
+    if config[f"{option}-file"]:
+        return read_lines(config[f"{option}-file"], f"{option}-file")[0]
+    return config[option] or None
+
+
+def web_endpoint(description: str, option: str) -> str:
+    """
+    An endpoint for an HTTP service: a bare port number means that port on the loopback
+    interface.
+    """
+    if description.isdigit():
+        description = f"tcp:{description}:interface=127.0.0.1"
+    check_endpoint(description, option, server=True)
+    return description
 
 
 class StartingService(Service):

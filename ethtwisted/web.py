@@ -731,6 +731,25 @@ def serve_stats(
     return StatsService(reactor, site, [(description, endpoint)], waits, wait, closes)
 
 
+def serve_agent(
+    reactor: Any,
+    registry: CollectorRegistry,
+    check: HealthCheck,
+    description: str,
+    token: str | None,
+) -> StatsService:
+    """
+    An agent's own C{/metrics} and C{/healthz} (eth-client's), served on C{description}.
+    """
+    if token is None and reachable_beyond_loopback(description):
+        log.warn("the metrics on {description} are open beyond this machine: no token",
+                 description=description)  # fmt: skip
+    site = StatsSite(agent_resource(registry, check, token), reactor=reactor)
+    site.noisy = False
+    endpoint = serverFromString(reactor, description)
+    return StatsService(reactor, site, [(description, endpoint)], what="metrics")
+
+
 class StatsService(StartingService):
     """
     Waits for the stores (up to C{wait} seconds, each C{start} in C{waits}), then serves
@@ -749,8 +768,11 @@ class StatsService(StartingService):
         waits: Sequence[tuple[str, Callable[[], Deferred[None]]]] = (),
         wait: float = 0.0,
         closes: Sequence[Callable[[], Deferred[None]]] = (),
+        what: str = "stats API",
     ) -> None:
         super().__init__(reactor)
+        self.what = f"the {what}"
+        self.label = what
         self.site = site
         self.endpoints = endpoints
         self.waits = waits
@@ -761,7 +783,7 @@ class StatsService(StartingService):
     async def start_up(self) -> None:
         for what, start in self.waits:
             await wait_for(start, what, self.wait, IReactorTime(self.reactor))
-        self.ports = await listen_on(self.endpoints, self.site, "stats API")
+        self.ports = await listen_on(self.endpoints, self.site, self.label)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

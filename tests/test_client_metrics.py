@@ -1,0 +1,169 @@
+"""
+eth-client's --metrics: what /metrics counts and when /healthz turns 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client import CollectorRegistry
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+
+import ethtwisted.metrics
+from ethtwisted import client_tap
+from ethtwisted.client import Delivery, EthClient, Follower, Outbox, queue_blocks
+from ethtwisted.metrics import ClientMetrics
+from ethtwisted.protocol import block_html, block_json, payload_hash
+from tests.conftest import Anvil, free_port
+from tests.test_client import FakeNode
+from tests.test_client_e2e import Committed, start_server
+
+TIMEOUT = 30.0
+
+
+def sample(registry: CollectorRegistry, name: str) -> float | None:
+    return registry.get_sample_value(f"ethtwisted_{name}")
+
+
+def test_node_calls_are_timed_and_the_head_recorded() -> None:
+    """
+    Each call through the measured node is a round-trip sample; the head's number is kept,
+    and a failing node sets node_up to 0.
+    """
+    registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
+    node.mine(4)
+    metrics = ClientMetrics(registry, clock, Outbox())
+    measured = metrics.measured(node)
+    assert measured.description == "fake-node"
+    heads: list[int] = []
+    measured.head().addCallback(lambda b: heads.append(b.number))
+    assert heads == [4]
+    assert sample(registry, "head_block") == 4
+    assert sample(registry, "node_up") == 1
+    assert sample(registry, "node_round_trip_seconds_count") == 1
+    node.down = "connection refused"
+    errors: list[Failure] = []
+    measured.block_number().addErrback(errors.append)
+    assert len(errors) == 1
+    assert sample(registry, "node_up") == 0
+    assert sample(registry, "node_round_trip_seconds_count") == 1
+
+
+def test_healthz_turns_503_after_the_threshold() -> None:
+    """
+    /healthz reports the node only once it has been unreachable longer than the threshold,
+    and clears as soon as it answers again; likewise the server connection.
+    """
+    clock, node = Clock(), FakeNode()
+    outbox = Outbox()
+    metrics = ClientMetrics(CollectorRegistry(), clock, outbox, unhealthy_after=30)
+    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    metrics.watch(Follower(node, queue_blocks(outbox, "json")), delivery)
+    measured = metrics.measured(node)
+    for listener in delivery.connection_listeners:
+        listener(True)
+    assert metrics.health() == {"node": None, "server": None}
+    node.down = "connection refused"
+    measured.head().addErrback(lambda _: None)
+    clock.advance(30)
+    assert metrics.health()["node"] is None
+    clock.advance(1)
+    assert metrics.health()["node"] == "node unreachable for 31 s"
+    node.down = None
+    measured.head()
+    assert metrics.health()["node"] is None
+    for listener in delivery.connection_listeners:
+        listener(False)
+    clock.advance(45)
+    assert metrics.health() == {"node": None, "server": "server unreachable for 45 s"}
+
+
+def test_reconnects_reorgs_and_acknowledged_block() -> None:
+    """
+    Connections after the first count as reconnects; each reorg followed is counted with its
+    depth; an acknowledgement sets the last acknowledged block, for either payload format.
+    """
+    registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
+    outbox = Outbox()
+    metrics = ClientMetrics(registry, clock, outbox)
+    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    follower = Follower(node, queue_blocks(outbox, "json"))
+    metrics.watch(follower, delivery)
+    for up in (True, False, True, False, True):
+        for listener in delivery.connection_listeners:
+            listener(up)
+    assert sample(registry, "server_reconnects_total") == 2
+    Deferred.fromCoroutine(follower.follow())
+    node.mine(5)
+    Deferred.fromCoroutine(follower.follow())
+    node.reorg(3)
+    Deferred.fromCoroutine(follower.follow())
+    assert sample(registry, "reorgs_total") == 1
+    assert sample(registry, "reorg_depth_blocks_sum") == 3
+    assert sample(registry, "outbox_messages") == len(outbox) > 0
+    payload = block_json(node.tip)
+    outbox.ack(payload_hash(payload))
+    assert sample(registry, "acknowledged_block") == node.tip.number
+    outbox.put([block_html(77)])
+    outbox.ack(payload_hash(block_html(77)))
+    assert sample(registry, "acknowledged_block") == 77
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_served_by_a_real_client(
+    anvil: Anvil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A client started with --metrics serves /metrics whose head and acknowledged block match
+    the node, and /healthz that turns 503 once the server has been gone past the threshold.
+    """
+    monkeypatch.setattr(ethtwisted.metrics, "UNHEALTHY_AFTER", 0.5)
+    anvil.mine(3)
+    committed = Committed()
+    server = await start_server(tmp_path / "eth.sqlite", committed)
+    port = free_port()
+    options = client_tap.Options()
+    options.environ = {}
+    options.parseOptions(
+        ["--node", anvil.ipc_path, "--server", f"tcp:host=127.0.0.1:port={server.port}",
+         "--interval", "0.05", "--metrics", str(port), "--spool", str(tmp_path / "spool")]
+    )  # fmt: skip
+    client = client_tap.makeService(options, reactor)
+    assert isinstance(client, EthClient)
+    client.startService()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        head = anvil.rpc("eth_getBlockByNumber", "latest", False)["hash"]
+        await committed.wait_for([head])
+        await until_true(lambda: len(client.outbox) == 0)
+        text = await (await treq.get(f"{base}/metrics")).text()
+        assert "ethtwisted_head_block 3.0" in text
+        assert "ethtwisted_acknowledged_block 3.0" in text
+        assert "ethtwisted_node_up 1.0" in text
+        assert (await treq.get(f"{base}/healthz")).code == 200
+        await server.stop()
+        deadline = reactor.seconds() + TIMEOUT
+        while (response := await treq.get(f"{base}/healthz")).code != 503:
+            assert reactor.seconds() < deadline, "/healthz never turned 503"
+            await deferLater(reactor, 0.1)
+        assert "server unreachable" in await response.text()
+    finally:
+        await client.stopService()
+        if server.service.running:
+            await server.stop()
+    # Stopping the client stops its metrics too.
+    assert not client.getServiceNamed("metrics").running
+
+
+async def until_true(condition: Callable[[], bool]) -> None:
+    deadline = reactor.seconds() + TIMEOUT
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.02)
