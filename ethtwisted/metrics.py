@@ -205,6 +205,7 @@ class ClientMetrics:
         self.node_down_since: float | None = None
         self.server_down_since: float | None = clock.seconds()
         self.connections = 0
+        self.delivery: Delivery | None = None
 
         def metric(kind: Any, name: str, doc: str, **kwargs: Any) -> Any:
             return kind(name, doc, namespace=NAMESPACE, registry=registry, **kwargs)
@@ -248,6 +249,7 @@ class ClientMetrics:
         delivery, C{None}, has no connection to watch).
         """
         follower.reorg_listeners.append(self._reorg)
+        self.delivery = delivery
         if delivery is None:
             self.server_down_since = None
         else:
@@ -255,7 +257,9 @@ class ClientMetrics:
 
     def health(self) -> dict[str, str | None]:
         """
-        C{/healthz}: the trouble with the node and with the server, or L{None} for each.
+        C{/healthz}: the trouble with the node and with the server, or L{None} for each.  A
+        server that refuses this client (a bad or missing token) is trouble at once: waiting
+        does not mend it.
         """
         now = self.clock.seconds()
 
@@ -264,10 +268,10 @@ class ClientMetrics:
                 return None
             return f"{what} unreachable for {now - since:.0f} s"
 
-        return {
-            "node": trouble(self.node_down_since, "node"),
-            "server": trouble(self.server_down_since, "server"),
-        }
+        server = trouble(self.server_down_since, "server")
+        if self.delivery is not None and self.delivery.refusal is not None:
+            server = f"server refuses this client: {self.delivery.refusal}"
+        return {"node": trouble(self.node_down_since, "node"), "server": server}
 
     def node_answered(self, seconds: float) -> None:
         self.node_round_trip.observe(seconds)
