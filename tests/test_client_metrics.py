@@ -4,6 +4,10 @@ eth-client's --metrics: what /metrics counts and when /healthz turns 503.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from ethtwisted import client_tap
 from ethtwisted.client import Delivery, EthClient, Follower, Outbox, queue_blocks
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
-from tests.conftest import Anvil, free_port
+from tests.conftest import LOOPBACK, Anvil, free_port
 from tests.test_client import FakeNode
 from tests.test_client_e2e import Committed, start_server
 
@@ -85,6 +89,23 @@ def test_healthz_turns_503_after_the_threshold() -> None:
     assert metrics.health() == {"node": None, "server": "server unreachable for 45 s"}
 
 
+def test_a_refusing_server_is_unhealthy_at_once() -> None:
+    """
+    A server that refuses this client (a bad token) makes /healthz say so without waiting for
+    the threshold, until the server acknowledges again.
+    """
+    clock, outbox = Clock(), Outbox()
+    metrics = ClientMetrics(CollectorRegistry(), clock, outbox)
+    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    metrics.watch(Follower(FakeNode(), queue_blocks(outbox, "json")), delivery)
+    for listener in delivery.connection_listeners:
+        listener(True)
+    delivery.refused("bad or missing token")
+    assert metrics.health()["server"] == "server refuses this client: bad or missing token"
+    delivery.acked("0" * 64)
+    assert metrics.health()["server"] is None
+
+
 def test_reconnects_reorgs_and_acknowledged_block() -> None:
     """
     Connections after the first count as reconnects; each reorg followed is counted with its
@@ -140,12 +161,14 @@ async def test_metrics_served_by_a_real_client(
     client.startService()
     base = f"http://127.0.0.1:{port}"
     try:
-        head = anvil.rpc("eth_getBlockByNumber", "latest", False)["hash"]
-        await committed.wait_for([head])
+        head = anvil.rpc("eth_getBlockByNumber", "latest", False)
+        number = int(head["number"], 16)
+        assert number == 3
+        await committed.wait_for([head["hash"]])
         await until_true(lambda: len(client.outbox) == 0)
         text = await (await treq.get(f"{base}/metrics")).text()
-        assert "ethtwisted_head_block 3.0" in text
-        assert "ethtwisted_acknowledged_block 3.0" in text
+        assert f"ethtwisted_head_block {number}.0" in text
+        assert f"ethtwisted_acknowledged_block {number}.0" in text
         assert "ethtwisted_node_up 1.0" in text
         assert (await treq.get(f"{base}/healthz")).code == 200
         await server.stop()
@@ -167,3 +190,53 @@ async def until_true(condition: Callable[[], bool]) -> None:
     while not condition():
         assert reactor.seconds() < deadline, "condition not met in time"
         await deferLater(reactor, 0.02)
+
+
+def test_metrics_options() -> None:
+    """
+    --metrics takes a bare port as that port on loopback; the token comes from
+    --metrics-token, --metrics-token-file or $ETH_METRICS_TOKEN, never from two of them.
+    """
+    options = client_tap.Options()
+    options.environ = {"ETH_METRICS_TOKEN": "s3cret"}
+    options.parseOptions(["--metrics", "9100"])
+    assert options["metrics"] == "tcp:9100:interface=127.0.0.1"
+    assert options["metrics_token"] == "s3cret"
+    options = client_tap.Options()
+    options.environ = {}
+    options.parseOptions([])
+    assert options["metrics"] is None
+    assert options["metrics_token"] is None
+    options = client_tap.Options()
+    options.environ = {}
+    with pytest.raises(SystemExit, match="not both"):
+        options.parseOptions(["--metrics-token", "a", "--metrics-token-file", "/dev/null"])
+
+
+def test_metrics_port_in_use_ends_with_one_line(tmp_path: Path) -> None:
+    """
+    Under twistd, a --metrics port already taken ends the client with one line on stderr and
+    status 1, without a traceback.
+    """
+    package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
+    environ["PYTHONPATH"] = package_root
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", f"--logfile={tmp_path / 'client.log'}", "eth-client",
+             "--node", f"http://{LOOPBACK}:{free_port()}", "--server",
+             f"tcp:host={LOOPBACK}:port={free_port()}", "--metrics", str(port)],
+            env=environ,
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )  # fmt: skip
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 1 and f"cannot listen on tcp:{port}:" in lines[0], result.stderr
+    assert "Address already in use" in lines[0]
+    assert b"Traceback" not in result.stdout + result.stderr
