@@ -31,6 +31,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DROP_KINDS = ("too_large", "framing", "bad_message", "unauthorized", "idle", "internal")
 
 
+def _metric(
+    kind: Any, registry: CollectorRegistry, name: str, doc: str, *args: Any, **kwargs: Any
+) -> Any:
+    """
+    A metric of C{kind} named C{ethtwisted_<name>} in C{registry}.
+    """
+    return kind(name, doc, *args, namespace=NAMESPACE, registry=registry, **kwargs)
+
+
 class ServerMetrics:
     """
     The collector's counters, fed by L{ServerFactory.observers} and L{Ingest.observers}.
@@ -40,58 +49,53 @@ class ServerMetrics:
         self, registry: CollectorRegistry, factory: ServerFactory, ingest: Ingest
     ) -> None:
         self.reactor = ingest.reactor
-        self.messages_received = Counter(
+        self.messages_received = _metric(
+            Counter,
+            registry,
             "messages_received",
             "Payloads received from clients (every send, duplicates included).",
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.messages_stored = Counter(
+        self.messages_stored = _metric(
+            Counter,
+            registry,
             "messages_stored",
             "Payloads committed to SQL that were new.",
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.messages_duplicate = Counter(
+        self.messages_duplicate = _metric(
+            Counter,
+            registry,
             "messages_duplicate",
             "Payloads committed to SQL that were already stored.",
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.rejected = Counter(
+        self.rejected = _metric(
+            Counter,
+            registry,
             "rejected",
             "Connections dropped by the server, by reason.",
             ["reason"],
-            namespace=NAMESPACE,
-            registry=registry,
         )
         for kind in DROP_KINDS:
             self.rejected.labels(kind)
-        self.acks_sent = Counter(
+        self.acks_sent = _metric(
+            Counter,
+            registry,
             "acks_sent",
             "Acknowledgements sent to clients.",
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.store_latency = Histogram(
+        self.store_latency = _metric(
+            Histogram,
+            registry,
             "store_latency_seconds",
             "Seconds from a payload's arrival until it is committed to SQL.",
-            namespace=NAMESPACE,
-            registry=registry,
             buckets=LATENCY_BUCKETS,
         )
-        connections = Gauge(
-            "connections_open",
-            "Client connections open now.",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        connections = _metric(Gauge, registry, "connections_open", "Client connections open now.")
         connections.set_function(lambda: len(factory.connections))
-        pending = Gauge(
+        pending = _metric(
+            Gauge,
+            registry,
             "messages_pending",
             "Payloads received and not yet committed.",
-            namespace=NAMESPACE,
-            registry=registry,
         )
         pending.set_function(lambda: ingest.unsettled)
         factory.observers.append(self)
@@ -120,35 +124,35 @@ class StoreMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, stores: Sequence[str]) -> None:
-        self.store_up = Gauge(
+        self.store_up = _metric(
+            Gauge,
+            registry,
             "store_up",
             "1 when the store answered the last check, else 0.",
             ["store"],
-            namespace=NAMESPACE,
-            registry=registry,
         )
         for store in stores:
             self.store_up.labels(store)
-        self.client_last_block = Gauge(
+        self.client_last_block = _metric(
+            Gauge,
+            registry,
             "client_last_block",
             "The last block number each client reported.",
             ["client", "chain_id"],
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.client_lag = Gauge(
+        self.client_lag = _metric(
+            Gauge,
+            registry,
             "client_lag_blocks",
             "How many blocks each client's last report is behind the best head of its chain.",
             ["client", "chain_id"],
-            namespace=NAMESPACE,
-            registry=registry,
         )
-        self.client_last_seen = Gauge(
+        self.client_last_seen = _metric(
+            Gauge,
+            registry,
             "client_last_seen_timestamp_seconds",
             "Unix time of each client's last message.",
             ["client"],
-            namespace=NAMESPACE,
-            registry=registry,
         )
 
     def update_health(self, checks: dict[str, str | None]) -> None:
@@ -207,30 +211,45 @@ class ClientMetrics:
         self.connections = 0
         self.delivery: Delivery | None = None
 
-        def metric(kind: Any, name: str, doc: str, **kwargs: Any) -> Any:
-            return kind(name, doc, namespace=NAMESPACE, registry=registry, **kwargs)
-
-        self.node_up = metric(Gauge, "node_up", "1 when the node answered the last call, else 0.")
-        self.node_round_trip = metric(
-            Histogram, "node_round_trip_seconds", "Seconds per call to the node that answered.",
+        self.node_up = _metric(
+            Gauge, registry, "node_up", "1 when the node answered the last call, else 0."
+        )
+        self.node_round_trip = _metric(
+            Histogram,
+            registry,
+            "node_round_trip_seconds",
+            "Seconds per call to the node that answered.",
             buckets=ROUND_TRIP_BUCKETS,
-        )  # fmt: skip
-        self.head = metric(Gauge, "head_block", "Number of the node's head block, last seen.")
-        self.acknowledged = metric(
-            Gauge, "acknowledged_block", "Number of the last block the server acknowledged."
         )
-        self.reconnects = metric(
-            Counter, "server_reconnects", "Connections to the server after the first."
+        self.head = _metric(
+            Gauge, registry, "head_block", "Number of the node's head block, last seen."
         )
-        self.reorgs = metric(Counter, "reorgs", "Reorgs followed.")
-        self.reorg_depth = metric(
-            Histogram, "reorg_depth_blocks", "Blocks replaced by each reorg followed.",
+        self.acknowledged = _metric(
+            Gauge,
+            registry,
+            "acknowledged_block",
+            "Number of the last block the server acknowledged.",
+        )
+        self.reconnects = _metric(
+            Counter, registry, "server_reconnects", "Connections to the server after the first."
+        )
+        self.reorgs = _metric(Counter, registry, "reorgs", "Reorgs followed.")
+        self.reorg_depth = _metric(
+            Histogram,
+            registry,
+            "reorg_depth_blocks",
+            "Blocks replaced by each reorg followed.",
             buckets=REORG_DEPTH_BUCKETS,
-        )  # fmt: skip
-        depth = metric(Gauge, "outbox_messages", "Messages not acknowledged by the server yet.")
+        )
+        depth = _metric(
+            Gauge, registry, "outbox_messages", "Messages not acknowledged by the server yet."
+        )
         depth.set_function(lambda: len(outbox))
-        spool = metric(
-            Gauge, "spool_bytes", "Bytes of the files in the spool directory (0 without one)."
+        spool = _metric(
+            Gauge,
+            registry,
+            "spool_bytes",
+            "Bytes of the files in the spool directory (0 without one).",
         )
         spool.set_function(
             lambda: _directory_bytes(outbox.spool.directory if outbox.spool else None)
