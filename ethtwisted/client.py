@@ -17,20 +17,29 @@ import fcntl
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
@@ -123,10 +132,11 @@ class Checkpoint:
         return cls(last, dict(sorted(recent.items())))
 
 
-Sink = Callable[[Sequence[Block], Checkpoint], None]
+Sink = Callable[[Sequence[Block], Checkpoint], Awaitable[object] | None]
 """
-Takes the blocks to send, in order, and the checkpoint that holds once they are queued.  It
-raises when they could not be queued; the follower then stays where it was.
+Takes the blocks to send, in order, and the checkpoint that holds once they are queued; what it
+returns, if anything, is awaited.  It raises (or its result fails) when they could not be
+queued; the follower then stays where it was.
 """
 
 
@@ -176,7 +186,7 @@ class Follower:
                     old=last.chain_id,
                     number=head.number,
                 )
-            self._advance([head], Checkpoint(head, {head.number: head.hash}))
+            await self._advance([head], Checkpoint(head, {head.number: head.hash}))
             return head
         recent = self.checkpoint.recent
         fork: int | None
@@ -231,7 +241,7 @@ class Follower:
             keep_below = fork + 1
         kept = [(n, h) for n, h in recent.items() if n < keep_below]
         kept += [(b.number, b.hash) for b in chain]
-        self._advance(chain, Checkpoint(head, dict(kept[-self.remember :])))
+        await self._advance(chain, Checkpoint(head, dict(kept[-self.remember :])))
         return head
 
     async def _walk_back(
@@ -276,8 +286,10 @@ class Follower:
                                 f"of block {block.number}")  # fmt: skip
             chain.append(parent)
 
-    def _advance(self, blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
-        self.sink(blocks, checkpoint)
+    async def _advance(self, blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+        queued = self.sink(blocks, checkpoint)
+        if queued is not None:
+            await queued
         self.checkpoint = checkpoint
 
 
@@ -428,12 +440,18 @@ class Spool:
     Each group of payloads queued together is one file, C{batch-<sequence>.json}, removed once
     all its payloads are acknowledged (or dropped); the checkpoint is C{state.json}.  Every
     file is replaced atomically.  A lock file keeps a second client off the same directory.
+
+    The methods that touch files block.  Once the reactor runs, they go through L{call}: one
+    thread of the spool's own runs them one at a time, in the order they were asked for.
+    C{reactor} is the one their results go back to.
     """
 
     STATE = "state.json"
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, reactor: Any) -> None:
         self.directory = os.path.abspath(directory)
+        self.reactor = reactor
+        self._thread = ThreadPool(1, 1, "spool")
         try:
             os.makedirs(self.directory, exist_ok=True)
             self._lock: IO[bytes] | None = open(  # noqa: SIM115 -- held until close()
@@ -500,13 +518,16 @@ class Spool:
         )
 
     def remove_batch(self, sequence: int) -> None:
+        """
+        Remove a batch (gone already is fine); L{SpoolError} if it cannot be.
+        """
         try:
             os.unlink(self._path(f"batch-{sequence:012d}.json"))
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warn("cannot remove acknowledged spool batch {sequence}: {reason}",
-                     sequence=sequence, reason=e.strerror)  # fmt: skip
+            raise SpoolError(f"cannot remove acknowledged spool batch {sequence}: "
+                             f"{e.strerror}") from None  # fmt: skip
 
     def load_state(self) -> Any:
         """
@@ -526,7 +547,27 @@ class Spool:
     def write_state(self, state: Any) -> None:
         self._write(self.STATE, state)
 
-    def close(self) -> None:
+    def call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{f(*args)} on the spool's thread after everything asked for before; the
+        Deferred fires with its result (in the reactor thread).
+        """
+        if self._lock is None:
+            return fail(SpoolError(f"{self.directory}: the spool is closed"))
+        if not self._thread.started:
+            self._thread.start()
+        return deferToThreadPool(self.reactor, self._thread, f, *args)
+
+    def close(self) -> Deferred[None]:
+        """
+        Once everything asked for is done: stop the spool's thread and unlock the directory.
+        """
+        done: Deferred[None] = self.call(lambda: None) if self._thread.started else succeed(None)
+        return done.addCallback(self._closed)
+
+    def _closed(self, _: None) -> None:
+        if self._thread.started:
+            self._thread.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -543,8 +584,9 @@ class Outbox:
     The payloads the server has not acknowledged yet, oldest first, each once.
 
     At most C{max_queue} are kept: past it the oldest are dropped, with a warning.  With a
-    L{Spool}, what is queued is on disk before L{put} returns, and the follower's checkpoint
-    with it.
+    L{Spool}, what is queued is on disk before it is queued (and sent), and the follower's
+    checkpoint after it, before L{put}'s Deferred fires; a payload leaves the disk after its
+    acknowledgement.
     """
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE, spool: Spool | None = None) -> None:
@@ -581,8 +623,8 @@ class Outbox:
             if added:
                 self._batches[sequence] = added
             else:
-                self.spool.remove_batch(sequence)
-        self._trim()
+                self._remove(sequence, now=True)
+        self._trim(now=True)
         if self._queued:
             log.info("{n} unacknowledged messages restored from the spool", n=len(self))
         state = self.spool.load_state()
@@ -595,21 +637,33 @@ class Outbox:
                       reason=str(e))  # fmt: skip
             return None
 
-    def put(self, payloads: Sequence[bytes], checkpoint: Checkpoint | None = None) -> list[bytes]:
+    def put(
+        self, payloads: Sequence[bytes], checkpoint: Checkpoint | None = None
+    ) -> Deferred[list[bytes]]:
         """
-        Queue the C{payloads} not queued yet, in order, and return them.  With a spool, they
-        and then C{checkpoint} are on disk when this returns; L{SpoolError} if not.
+        Queue the C{payloads} not queued yet, in order; the Deferred fires with them.  With a
+        spool, they are queued once on disk, and it fires once C{checkpoint} is too; it fails
+        with L{SpoolError} if either could not be written (and nothing is queued if they
+        could not).
         """
+        return Deferred.fromCoroutine(self._put(payloads, checkpoint))
+
+    async def _put(self, payloads: Sequence[bytes], checkpoint: Checkpoint | None) -> list[bytes]:
         new: dict[str, bytes] = {}
         for payload in payloads:
             sha256 = payload_hash(payload)
             if sha256 not in self._queued:
                 new[sha256] = payload
         batch = self._next_batch
-        if self.spool is not None and new:
-            self.spool.write_batch(batch, list(new.values()))
         if new:
             self._next_batch += 1
+        if self.spool is not None and new:
+            await self.spool.call(self.spool.write_batch, batch, list(new.values()))
+            # Queued meanwhile by another put: that one counts them, this batch holds copies.
+            new = {s: p for s, p in new.items() if s not in self._queued}
+            if not new:
+                self._remove(batch)
+        if new:
             self._batches[batch] = len(new)
             for sha256, payload in new.items():
                 self._queued[sha256] = _Queued(payload, batch)
@@ -621,14 +675,14 @@ class Outbox:
         if self.spool is not None and checkpoint is not None:
             # After the payloads: a crash in between makes the follower queue them again,
             # which the outbox and the server both take once.
-            self.spool.write_state(checkpoint.to_json())
+            await self.spool.call(self.spool.write_state, checkpoint.to_json())
         return added
 
-    def _trim(self) -> None:
+    def _trim(self, now: bool = False) -> None:
         count = 0
         while len(self._queued) > self.max_queue:
             _, queued = self._queued.popitem(last=False)
-            self._release(queued.batch)
+            self._release(queued.batch, now)
             count += 1
         if count:
             if not self.dropped:
@@ -640,14 +694,28 @@ class Outbox:
                 )
             self.dropped += count
 
-    def _release(self, batch: int) -> None:
+    def _release(self, batch: int, now: bool = False) -> None:
         left = self._batches[batch] - 1
         if left:
             self._batches[batch] = left
             return
         del self._batches[batch]
         if self.spool is not None:
-            self.spool.remove_batch(batch)
+            self._remove(batch, now)
+
+    def _remove(self, batch: int, now: bool = False) -> None:
+        """
+        Remove a batch from the spool: at once while restoring, else on the spool's thread.
+        """
+        assert self.spool is not None
+        call = maybeDeferred if now else self.spool.call
+        call(self.spool.remove_batch, batch).addErrback(self._not_removed)
+
+    def _not_removed(self, failure: Failure) -> None:
+        if failure.check(SpoolError):
+            log.warn("{reason}", reason=describe(failure))
+        else:
+            log.failure("bug while removing a spool batch", failure)
 
     def ack(self, sha256: str) -> bool:
         """
@@ -690,9 +758,13 @@ class Outbox:
         self._empty.append(d)
         return d
 
-    def close(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
+    def close(self) -> Deferred[None]:
+        """
+        Close the spool, once what was asked of it is done.
+        """
+        if self.spool is None:
+            return succeed(None)
+        return self.spool.close()
 
 
 def queue_blocks(outbox: Outbox, payload_format: PayloadFormat) -> Sink:
@@ -700,10 +772,13 @@ def queue_blocks(outbox: Outbox, payload_format: PayloadFormat) -> Sink:
     The sink that queues each block in C{outbox} as a payload of C{payload_format}.
     """
 
-    def sink(blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
-        outbox.put([encode_payload(b, payload_format) for b in blocks], checkpoint)
+    async def queue(blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+        await outbox.put([encode_payload(b, payload_format) for b in blocks], checkpoint)
         for b in blocks:
             log.debug("queued block {number} {hash}", number=b.number, hash=b.hash)
+
+    def sink(blocks: Sequence[Block], checkpoint: Checkpoint) -> Deferred[None]:
+        return Deferred.fromCoroutine(queue(blocks, checkpoint))
 
     return sink
 
@@ -1029,7 +1104,7 @@ class EthClient(MultiService):
                      directory=self.outbox.spool.directory)  # fmt: skip
         elif left:
             log.warn("{n} unacknowledged messages lost: no --spool given", n=left)
-        self.outbox.close()
+        await self.outbox.close()
         for service in self:
             if service.running and service not in (self.poller, self.delivery):
                 await service.stopService()

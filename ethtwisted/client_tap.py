@@ -188,7 +188,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     set_verbose(config["verbose"])
     try:
-        spool = Spool(config["spool"]) if config["spool"] else None
+        spool = Spool(config["spool"], reactor) if config["spool"] else None
     except SpoolError as e:
         raise SystemExit(f"{config.command}: --spool: {e}") from None
     outbox = Outbox(config["max-queue"], spool)

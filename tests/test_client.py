@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -293,6 +293,39 @@ def json_payload(block: Block) -> bytes:
 
 def payloads(n: int, prefix: str = "m") -> list[bytes]:
     return [f"{prefix}{i}".encode() for i in range(n)]
+
+
+def fired(d: Deferred[Any]) -> Any:
+    """
+    The result of a Deferred that has fired already.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    [result] = results
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+async def until(reactor: Any, condition: Callable[[], bool]) -> None:
+    """
+    Let the real reactor run (the spool's thread answers there) until C{condition} holds.
+    """
+    for _ in range(10_000):
+        if condition():
+            return
+        await deferLater(reactor, 0.001)
+    pytest.fail("waited 10 s in vain")
+
+
+@pytest.fixture
+def reactor() -> Any:
+    """
+    The reactor pytest-twisted runs, for the spool's thread to report back to.
+    """
+    from twisted.internet import reactor
+
+    return reactor
 
 
 # -- following the chain ----------------------------------------------------------------------
@@ -672,8 +705,8 @@ def test_outbox_keeps_order_and_each_payload_once(logs: Logs) -> None:
     outbox = Outbox(10)
     seen: list[bytes] = []
     outbox.listeners.append(seen.extend)
-    assert outbox.put([b"a", b"b"]) == [b"a", b"b"]
-    assert outbox.put([b"b", b"c"]) == [b"c"]
+    assert fired(outbox.put([b"a", b"b"])) == [b"a", b"b"]
+    assert fired(outbox.put([b"b", b"c"])) == [b"c"]
     assert outbox.pending() == [b"a", b"b", b"c"] == seen
     assert outbox.ack(payload_hash(b"b"))
     assert not outbox.ack(payload_hash(b"b"))
@@ -721,7 +754,8 @@ def test_outbox_empty_fires_when_all_are_acknowledged() -> None:
     assert waiting.called
 
 
-def test_spool_round_trip(tmp_path: Path, logs: Logs) -> None:
+@pytest_twisted.ensureDeferred
+async def test_spool_round_trip(tmp_path: Path, logs: Logs, reactor: Any) -> None:
     """
     What is queued with a spool, and the checkpoint, come back in a new outbox over the same
     directory, in order, without the groups acknowledged whole (a payload acknowledged in a
@@ -730,51 +764,55 @@ def test_spool_round_trip(tmp_path: Path, logs: Logs) -> None:
     node = FakeNode()
     node.mine(2)
     checkpoint = Checkpoint(node.tip, {b.number: b.hash for b in node.canonical})
-    outbox = Outbox(100, Spool(str(tmp_path)))
-    outbox.put([b"a", b"b"], Checkpoint())
-    outbox.put([b"c"], checkpoint)
+    outbox = Outbox(100, Spool(str(tmp_path), reactor))
+    await outbox.put([b"a", b"b"], Checkpoint())
+    await outbox.put([b"c"], checkpoint)
     outbox.ack(payload_hash(b"b"))
-    outbox.close()
+    await outbox.close()
 
-    again = Outbox(100, Spool(str(tmp_path)))
+    again = Outbox(100, Spool(str(tmp_path), reactor))
     assert again.restore() == checkpoint
     assert again.pending() == [b"a", b"b", b"c"]
-    again.put([b"d"])
+    await again.put([b"d"])
     for payload in [b"a", b"b", b"c", b"d"]:
         again.ack(payload_hash(payload))
-    again.close()
+    await again.close()
     assert sorted(os.listdir(tmp_path)) == ["lock", "state.json"]
     assert logs.containing("3 unacknowledged messages restored")
 
 
-def test_spool_restore_applies_the_bound(tmp_path: Path, logs: Logs) -> None:
+@pytest_twisted.ensureDeferred
+async def test_spool_restore_applies_the_bound(tmp_path: Path, logs: Logs, reactor: Any) -> None:
     """
     A spool holding more than C{max_queue} payloads gives back the newest C{max_queue}.
     """
-    outbox = Outbox(100, Spool(str(tmp_path)))
+    outbox = Outbox(100, Spool(str(tmp_path), reactor))
     for i in range(4):
-        outbox.put(payloads(3, f"b{i}-"))
-    outbox.close()
-    again = Outbox(5, Spool(str(tmp_path)))
+        await outbox.put(payloads(3, f"b{i}-"))
+    await outbox.close()
+    again = Outbox(5, Spool(str(tmp_path), reactor))
     assert again.restore() is None
     assert again.pending() == [b"b2-1", b"b2-2", b"b3-0", b"b3-1", b"b3-2"]
     assert len(os.listdir(tmp_path)) == 1 + 2
-    again.close()
+    await again.close()
 
 
-def test_spool_survives_an_interrupted_write(tmp_path: Path, logs: Logs) -> None:
+@pytest_twisted.ensureDeferred
+async def test_spool_survives_an_interrupted_write(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
     """
     A temporary file left by a crash mid-write is discarded and the files it was replacing are
     intact; an unreadable batch is set aside with an error, the rest restored.
     """
-    outbox = Outbox(100, Spool(str(tmp_path)))
-    outbox.put([b"a"], Checkpoint())
-    outbox.put([b"b"])
-    outbox.close()
+    outbox = Outbox(100, Spool(str(tmp_path), reactor))
+    await outbox.put([b"a"], Checkpoint())
+    await outbox.put([b"b"])
+    await outbox.close()
     (tmp_path / "state.json.tmp").write_bytes(b'{"vers')
     (tmp_path / "batch-000000000002.json.tmp").write_bytes(b"")
     (tmp_path / "batch-000000000001.json").write_bytes(b'{"payloads": ["b"')
-    again = Outbox(100, Spool(str(tmp_path)))
+    again = Outbox(100, Spool(str(tmp_path), reactor))
     logs.allowed_errors = 1
     assert again.restore() == Checkpoint()
     assert again.pending() == [b"a"]
@@ -785,26 +823,29 @@ def test_spool_survives_an_interrupted_write(tmp_path: Path, logs: Logs) -> None
         "lock",
         "state.json",
     ]
-    again.close()
+    await again.close()
 
 
 def test_spool_is_locked_against_a_second_client(tmp_path: Path) -> None:
     """
     Two clients cannot share a spool directory; the second is refused with a clear reason.
     """
-    first = Spool(str(tmp_path / "spool"))
+    first = Spool(str(tmp_path / "spool"), None)
     with pytest.raises(SpoolError, match="in use by another eth-client"):
-        Spool(str(tmp_path / "spool"))
-    first.close()
-    Spool(str(tmp_path / "spool")).close()
+        Spool(str(tmp_path / "spool"), None)
+    assert fired(first.close()) is None
+    assert fired(Spool(str(tmp_path / "spool"), None).close()) is None
 
 
-def test_spool_writes_payloads_before_the_checkpoint(tmp_path: Path, logs: Logs) -> None:
+@pytest_twisted.ensureDeferred
+async def test_spool_writes_payloads_before_the_checkpoint(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
     """
     When the checkpoint cannot be written, the payloads are queued already: a crash between
     the two writes costs a duplicate, never a block.
     """
-    spool = Spool(str(tmp_path))
+    spool = Spool(str(tmp_path), reactor)
     outbox = Outbox(100, spool)
 
     def full(state: Any) -> None:
@@ -812,13 +853,121 @@ def test_spool_writes_payloads_before_the_checkpoint(tmp_path: Path, logs: Logs)
 
     spool.write_state = full  # type: ignore[method-assign]
     with pytest.raises(SpoolError):
-        outbox.put([b"a"], Checkpoint())
+        await outbox.put([b"a"], Checkpoint())
     assert outbox.pending() == [b"a"]
-    outbox.close()
-    again = Outbox(100, Spool(str(tmp_path)))
+    await outbox.close()
+    again = Outbox(100, Spool(str(tmp_path), reactor))
     assert again.restore() is None
     assert again.pending() == [b"a"]
-    again.close()
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_spool_queues_nothing_it_could_not_write(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
+    """
+    When a batch cannot be written, nothing is queued or sent and the checkpoint is not
+    written: the follower hands the same blocks over again.
+    """
+    spool = Spool(str(tmp_path), reactor)
+    outbox = Outbox(100, spool)
+    sent: list[bytes] = []
+    outbox.listeners.append(sent.extend)
+
+    def full(sequence: int, payloads: Sequence[bytes]) -> None:
+        raise SpoolError("batch: No space left on device")
+
+    spool.write_batch = full  # type: ignore[method-assign]
+    with pytest.raises(SpoolError):
+        await outbox.put([b"a"], Checkpoint())
+    assert outbox.pending() == [] == sent
+    await outbox.close()
+    assert sorted(os.listdir(tmp_path)) == ["lock"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spool_that_cannot_be_written_is_reported_once(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
+    """
+    A batch the spool cannot write (a full disk) is one error about the spool from the
+    poller, which keeps retrying; once the disk takes it, the blocks are queued and on disk.
+    """
+    clock, node = Clock(), FakeNode()
+    spool = Spool(str(tmp_path), reactor)
+    outbox = Outbox(100, spool)
+    f = Follower(node, queue_blocks(outbox, "json"))
+    poller = Poller(f, clock, interval=1.0)
+    write_batch = spool.write_batch
+
+    def full(sequence: int, payloads: Sequence[bytes]) -> None:
+        raise SpoolError("batch: No space left on device")
+
+    spool.write_batch = full  # type: ignore[method-assign]
+    logs.allowed_errors = 1
+    try:
+        poller.startService()
+        await until(reactor, lambda: poller.failures == 1)
+        assert len(outbox) == 0 and f.checkpoint.last is None
+        spool.write_batch = write_batch  # type: ignore[method-assign]
+        for _ in range(20):
+            clock.advance(1.0)
+            await deferLater(reactor, 0.02)
+        assert f.checkpoint.last == node.tip and outbox.pending() == [json_payload(node.tip)]
+        [error] = logs.texts(LogLevel.error)
+        assert "cannot write the spool: batch: No space left on device" in error
+        await poller.stopService()
+    finally:
+        await outbox.close()
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("batch-")]) == 1
+    assert not clock.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_spool_writes_off_the_reactor_thread_in_order(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
+    """
+    The spool's files are written and removed on one thread that is not the reactor's, in
+    the order asked for: after many puts (all in flight at once) and acknowledgements, the
+    disk holds every unacknowledged payload in order, no batch acknowledged whole, and the
+    last checkpoint.
+    """
+    import threading
+
+    spool = Spool(str(tmp_path), reactor)
+    outbox = Outbox(10_000, spool)
+    threads: set[int] = set()
+    write = spool._write
+
+    def recorded(name: str, obj: Any) -> None:
+        threads.add(threading.get_ident())
+        write(name, obj)
+
+    spool._write = recorded  # type: ignore[method-assign]
+    node = FakeNode()
+    node.mine(1)
+    last = Checkpoint(node.tip, {b.number: b.hash for b in node.canonical})
+    puts = [outbox.put(payloads(3, f"p{i}-"), Checkpoint()) for i in range(199)]
+    puts.append(outbox.put([b"last"], last))
+    acked = 0
+    for i, d in enumerate(puts):
+        await d
+        for payload in outbox.pending()[: i % 3]:
+            assert outbox.ack(payload_hash(payload))
+            acked += 1
+    left = outbox.pending()
+    await outbox.close()
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    again = Outbox(10_000, Spool(str(tmp_path), reactor))
+    assert again.restore() == last
+    restored = again.pending()
+    assert [p for p in restored if p in left] == left and len(left) == 598 - acked > 0
+    # Only the batches acknowledged whole are gone (the rest come back whole).
+    groups = {p.split(b"-")[0] for p in left}
+    assert {p.split(b"-")[0] for p in restored} == groups
+    await again.close()
 
 
 def test_queue_blocks_encodes_each_format() -> None:
@@ -1065,9 +1214,9 @@ class StoppableDelivery(Service):
 
 
 def whole_client(
-    tmp_path: Path, node: FakeNode, peer: AckingPeer, clock: Clock
+    tmp_path: Path, node: FakeNode, peer: AckingPeer, clock: Clock, reactor: Any
 ) -> tuple[EthClient, Outbox, StoppableDelivery]:
-    spool = Spool(str(tmp_path / "spool"))
+    spool = Spool(str(tmp_path / "spool"), reactor)
     outbox = Outbox(100, spool)
     f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore())
     poller = Poller(f, clock, interval=1.0)
@@ -1076,8 +1225,16 @@ def whole_client(
     return EthClient(poller, connection, delivery, outbox, node, clock, 5.0), outbox, connection
 
 
-def test_stop_flushes_for_a_while_then_keeps_the_rest_in_the_spool(
-    tmp_path: Path, logs: Logs
+async def followed(reactor: Any, client: EthClient, node: FakeNode) -> None:
+    """
+    Wait until the client has queued the node's head and saved it in its spool.
+    """
+    await until(reactor, lambda: client.poller.follower.checkpoint.last == node.tip)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_flushes_for_a_while_then_keeps_the_rest_in_the_spool(
+    tmp_path: Path, logs: Logs, reactor: Any
 ) -> None:
     """
     Stopping stops polling, waits up to the flush timeout for acknowledgements, closes the
@@ -1085,12 +1242,14 @@ def test_stop_flushes_for_a_while_then_keeps_the_rest_in_the_spool(
     backfills the blocks made while it was down.
     """
     clock, node, peer = Clock(), FakeNode(), AckingPeer(ack=False)
-    client, outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client, outbox, connection = whole_client(tmp_path, node, peer, clock, reactor)
     client.startService()
+    await followed(reactor, client, node)
     assert connection.pump is not None
     connection.pump.flush()
     node.mine()
     clock.advance(1.0)
+    await followed(reactor, client, node)
     connection.pump.flush()
     assert peer.payloads == [json_payload(b) for b in node.canonical]
     stopped = client.stopService()
@@ -1099,37 +1258,45 @@ def test_stop_flushes_for_a_while_then_keeps_the_rest_in_the_spool(
     clock.advance(4.9)
     assert not stopped.called and len(node.calls) == 2
     clock.advance(0.1)
-    assert stopped.called and node.closed
+    await stopped
+    assert node.closed
     assert logs.containing("2 unacknowledged messages kept in the spool")
     assert not clock.getDelayedCalls()
 
     node.mine(2)
     peer = AckingPeer()
-    client, outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client, outbox, connection = whole_client(tmp_path, node, peer, clock, reactor)
     client.startService()
+    await followed(reactor, client, node)
     assert connection.pump is not None
     connection.pump.flush()
     assert peer.payloads == [json_payload(b) for b in node.canonical]
     assert len(outbox) == 0
-    stopped = client.stopService()
-    assert stopped.called
+    await client.stopService()
+    assert sorted(os.listdir(tmp_path / "spool")) == ["lock", "state.json"]
     assert not clock.getDelayedCalls()
 
 
-def test_stop_ends_as_soon_as_everything_is_acknowledged(tmp_path: Path, logs: Logs) -> None:
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_as_soon_as_everything_is_acknowledged(
+    tmp_path: Path, logs: Logs, reactor: Any
+) -> None:
     """
-    A stop waiting for acknowledgements ends when the last one arrives, not at the timeout.
+    A stop waiting for acknowledgements ends when the last one arrives, not at the timeout,
+    once the spool has done what was asked of it.
     """
     clock, node, peer = Clock(), FakeNode(), AckingPeer(ack=False)
-    client, _outbox, connection = whole_client(tmp_path, node, peer, clock)
+    client, _outbox, connection = whole_client(tmp_path, node, peer, clock, reactor)
     client.startService()
+    await followed(reactor, client, node)
     assert connection.pump is not None
     connection.pump.flush()
     stopped = client.stopService()
     assert not stopped.called
     peer.send_control(Ack(payload_hash(peer.payloads[0])))
     connection.pump.flush()
-    assert stopped.called
+    await stopped
+    assert sorted(os.listdir(tmp_path / "spool")) == ["lock", "state.json"]
     assert not clock.getDelayedCalls()
 
 
