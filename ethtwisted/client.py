@@ -555,8 +555,20 @@ class Spool:
         if self._lock is None:
             return fail(SpoolError(f"{self.directory}: the spool is closed"))
         if not self._thread.started:
-            self._thread.start()
+            self._start_thread()
         return deferToThreadPool(self.reactor, self._thread, f, *args)
+
+    def _start_thread(self) -> None:
+        self._thread.start()
+        # The thread is not a daemon: should the spool not be closed (a stop that failed),
+        # stopping it at shutdown, as adbapi does with its pool, lets the process exit.
+        self._shutdown = self.reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_thread
+        )
+
+    def _stop_thread(self) -> None:
+        if self._thread.started:
+            self._thread.stop()
 
     def close(self) -> Deferred[None]:
         """
@@ -567,7 +579,8 @@ class Spool:
 
     def _closed(self, _: None) -> None:
         if self._thread.started:
-            self._thread.stop()
+            self.reactor.removeSystemEventTrigger(self._shutdown)
+            self._stop_thread()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

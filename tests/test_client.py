@@ -1419,3 +1419,43 @@ def test_make_service_builds_the_client(tmp_path: Path) -> None:
     service = client_tap.makeService(config, clock)
     assert isinstance(service, EthClient) and isinstance(service.delivery, OneShotDelivery)
     assert not clock.getDelayedCalls()
+
+
+def test_spool_thread_is_stopped_at_shutdown_if_the_spool_was_not_closed(
+    tmp_path: Path,
+) -> None:
+    """
+    A spool whose client never closed it (a stop that failed half-way) still lets the process
+    exit: its thread is stopped during the reactor's shutdown; a spool closed as usual leaves
+    no such trigger behind.
+    """
+
+    class Triggers:
+        def __init__(self) -> None:
+            self.triggers: dict[int, tuple[str, str, Callable[[], None]]] = {}
+
+        def addSystemEventTrigger(self, phase: str, event: str, f: Callable[[], None]) -> int:
+            self.triggers[len(self.triggers)] = (phase, event, f)
+            return len(self.triggers) - 1
+
+        def removeSystemEventTrigger(self, trigger: int) -> None:
+            del self.triggers[trigger]
+
+    reactor = Triggers()
+    spool = Spool(str(tmp_path / "spool"), reactor)
+    spool._start_thread()
+    assert spool._thread.started
+    [(phase, event, stop)] = reactor.triggers.values()
+    assert (phase, event) == ("during", "shutdown")
+    stop()
+    assert not spool._thread.started
+    assert all(not t.is_alive() for t in spool._thread.threads)
+    spool._closed(None)
+    assert spool._lock is None
+
+    reactor.triggers.clear()
+    closed = Spool(str(tmp_path / "other"), reactor)
+    closed._start_thread()
+    closed._closed(None)
+    assert reactor.triggers == {}
+    assert not closed._thread.started
