@@ -174,28 +174,21 @@ def connection_pool(
     """
     if url.dialect == "sqlite":
         if read_only:
-            return adbapi.ConnectionPool(
-                "sqlite3",
-                # mode=rw: the file must exist; WAL readers still write its shared-memory index.
-                Path(url.path).absolute().as_uri() + "?mode=rw",
-                uri=True,
-                timeout=_TIMEOUT,
-                check_same_thread=False,
-                cp_min=1,
-                cp_max=1,
-                cp_openfun=_sqlite_open_read_only,
-                cp_reconnect=True,
-                cp_reactor=reactor,
-            )
+            # mode=rw: the file must exist; WAL readers still write its shared-memory index.
+            target = Path(url.path).absolute().as_uri() + "?mode=rw"
+            opener = _sqlite_open_read_only
+        else:
+            target, opener = url.path, _sqlite_open
         return adbapi.ConnectionPool(
             "sqlite3",
-            url.path,
+            target,
+            uri=read_only,
             timeout=_TIMEOUT,
             # adbapi closes connections from the reactor thread at shutdown.
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=_sqlite_open,
+            cp_openfun=opener,
             cp_reconnect=True,
             cp_reactor=reactor,
         )
