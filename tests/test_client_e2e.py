@@ -260,23 +260,50 @@ async def test_server_stopped_while_blocks_are_mined_loses_nothing(
     assert_chain_stored_once(srv.path, anvil)
 
 
-def twistd_client(log: Path, *args: str) -> subprocess.Popen[bytes]:
+def twistd_environ() -> dict[str, str]:
     """
-    C{twistd -n eth-client} as a child process, running the ethtwisted under test.
+    The environment of a child twistd: this one without ETH_* variables, with the ethtwisted
+    under test importable.
     """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
     package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
     environ["PYTHONPATH"] = os.pathsep.join(
         [package_root, *filter(None, [environ.get("PYTHONPATH")])]
     )
+    return environ
+
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def twistd_client(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """
+    C{twistd -n eth-client} as a child process, running the ethtwisted under test.
+    """
     return subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-         "-n", "--pidfile=", f"--logfile={log}", "eth-client", *args],
-        env=environ,
+        [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", "eth-client", *args],
+        env=twistd_environ(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
+
+
+def twistd_client_fails(*args: str, twistd_args: Sequence[str] = ()) -> list[str]:
+    """
+    Run C{twistd -n eth-client} to its end, which must be a failure; return its stderr lines
+    after checking there is no traceback.
+    """
+    result = subprocess.run(
+        [*TWISTD, *twistd_args, "-n", "--pidfile=", "eth-client", *args],
+        env=twistd_environ(),
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert b"Traceback" not in result.stdout + result.stderr
+    return result.stderr.decode().strip().splitlines()
 
 
 def spool_head(spool: Path) -> int | None:
@@ -470,12 +497,6 @@ async def test_a_reorg_is_followed(anvil: Anvil, server: tuple[Server, Committed
 # -- the command line -------------------------------------------------------------------------
 
 
-def run_twistd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    process = twistd_client(tmp_path / "client.log", *args)
-    out, _ = process.communicate(timeout=TIMEOUT)
-    return subprocess.CompletedProcess(process.args, process.returncode, out)
-
-
 @pytest.mark.parametrize(
     ("twistd_args", "args", "message"),
     [
@@ -491,18 +512,5 @@ def test_command_line_errors_end_with_one_line(
     Under twistd, a non-asyncio reactor or a bad option ends the client at once with one line
     on stderr and a non-zero status, without a traceback.
     """
-    package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
-    environ["PYTHONPATH"] = package_root
-    result = subprocess.run(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-         *twistd_args, "-n", "--pidfile=", "eth-client", *args],
-        env=environ,
-        capture_output=True,
-        timeout=TIMEOUT,
-        check=False,
-    )  # fmt: skip
-    lines = result.stderr.decode().strip().splitlines()
-    assert result.returncode == 1
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert b"Traceback" not in result.stdout + result.stderr
+    lines = twistd_client_fails(*args, twistd_args=twistd_args)
+    assert len(lines) == 1 and message in lines[0], lines
