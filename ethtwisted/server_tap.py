@@ -19,6 +19,7 @@ from ethtwisted.storage.sql_store import DEFAULT_DB_URL, SQLStore, parse_db_url
 from ethtwisted.tap import (
     EnvOptions,
     check_endpoint,
+    non_negative_float,
     positive_float,
     positive_int,
     read_lines,
@@ -33,13 +34,6 @@ LISTEN_BACKLOG = 1024
 log = Logger(observer=log_observer)
 
 STATS_TOKEN_OPTIONS = token_options("stats-token", "the stats JSON API, /metrics and dashboard")
-
-
-def non_negative_float(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError(f"must not be negative, not {value}")
-    return number
 
 
 def with_backlog(description: str) -> str:

@@ -53,6 +53,16 @@ def positive_float(value: str) -> float:
     return number
 
 
+def non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, not {value!r}") from None
+    if not number >= 0:
+        raise ValueError(f"must not be negative, not {value}")
+    return number
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
