@@ -43,7 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import describe, log_observer
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import (
     Ack,
@@ -71,15 +71,6 @@ ONESHOT_TIMEOUT = 30.0
 """Seconds an older server has to take one message (connect, send, close)."""
 MIN_REMEMBERED = 64
 """Block hashes remembered at least, to recognise a reorg."""
-
-
-def describe(failure: Failure | BaseException) -> str:
-    """
-    A one-line reason for people.
-    """
-    value = failure.value if isinstance(failure, Failure) else failure
-    text = str(value).strip()
-    return text.splitlines()[0] if text else type(value).__name__
 
 
 # -- following the chain ----------------------------------------------------------------------

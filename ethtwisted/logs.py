@@ -5,12 +5,15 @@ so that debug messages appear only with C{--verbose}, whichever log twistd write
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
 )
+from twisted.python.failure import Failure
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 log_observer = FilteringLogObserver(globalLogPublisher, [_levels])
@@ -21,3 +24,15 @@ def set_verbose(verbose: bool) -> None:
     Let debug messages through, or not.
     """
     _levels.setLogLevelForNamespace("", LogLevel.debug if verbose else LogLevel.info)
+
+
+def describe(error: Failure | BaseException) -> str:
+    """
+    A one-line reason for people: the first line of the error's message (looking through the
+    wrapper of a failed Deferred list), or its type's name when it has none.
+    """
+    value: Any = error.value if isinstance(error, Failure) else error
+    while hasattr(value, "subFailure"):
+        value = value.subFailure.value
+    text = str(value).strip() or type(value).__name__
+    return text.splitlines()[0]

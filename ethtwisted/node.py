@@ -34,7 +34,7 @@ from websockets.exceptions import WebSocketException
 from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import describe, log_observer
 from ethtwisted.protocol import Block
 
 log = Logger(observer=log_observer)
@@ -289,7 +289,7 @@ def _reason(exc: BaseException) -> str:
             return os.strerror(exc.errno)  # not asyncio's "Connect call failed (...)"
         if exc.strerror:
             return exc.strerror
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = describe(exc)
     if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | BadResponseFormat):
         text = f"unexpected answer: {text}"
     return _shorten(text)

@@ -30,7 +30,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import describe, log_observer
 from ethtwisted.protocol import (
     Ack,
     ControlFrame,
@@ -68,17 +68,6 @@ class ConnectionObserver(Protocol):
 
     def dropped(self, kind: str) -> None:
         """A connection is being dropped; C{kind} as in L{FrameProtocol.drop}."""
-
-
-def describe(failure: Failure) -> str:
-    """
-    A one-line reason for a store failure, looking through the wrappers of Deferred lists.
-    """
-    value: Any = failure.value
-    while hasattr(value, "subFailure"):
-        value = value.subFailure.value
-    text = str(value).strip() or type(value).__name__
-    return text.splitlines()[0]
 
 
 @dataclass

@@ -46,7 +46,7 @@ from ethtwisted.interfaces import (
     IBlockReader,
     IStatsReader,
 )
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import describe, log_observer
 from ethtwisted.metrics import StoreMetrics
 from ethtwisted.storage import wait_for
 from ethtwisted.tap import StartingService, listen_on, reachable_beyond_loopback
@@ -174,8 +174,7 @@ def _short_reason(failure: Failure | BaseException) -> str:
     value = failure.value if isinstance(failure, Failure) else failure
     if isinstance(value, CancelledError | TimeoutError):
         return "timed out"
-    text = (str(value).strip() or type(value).__name__).splitlines()[0]
-    return text[:200]
+    return describe(failure)[:200]
 
 
 class Stats:

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import describe, log_observer
 
 log = Logger(observer=log_observer)
 
@@ -39,7 +39,7 @@ async def wait_for(
         except CancelledError:
             raise
         except Exception as e:
-            reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+            reason = describe(e)
         if reactor.seconds() + delay > deadline:
             raise StartupError(f"cannot reach {what} within {wait:g} s: {reason}")
         if reason != said:
