@@ -5,6 +5,7 @@
 #   make venv      .venv with a regular (non-editable) install of '.[test]'
 #   make services  MariaDB, Redis and Chromium from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
+#   make fuzz      the property tests with many more random examples (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
 #   make run       the whole demo in the foreground: dev node, eth-server, eth-client
 #
@@ -34,10 +35,15 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Tim
 # npm's marker of a completed install; newer than the lock file once `npm ci` has run.
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: test lint venv services node clean
+.PHONY: test lint venv services node clean fuzz
 
 test: lint services node
 	$(VENV_PY) -P -m pytest $(PYTEST_ARGS)
+
+# The property tests (marked `property`) with the `fuzz` profile of tests/conftest.py: fresh
+# random examples, many more of them; each test still stops at the suite's timeout.
+fuzz: venv services node
+	HYPOTHESIS_PROFILE=fuzz $(VENV_PY) -P -m pytest -m property -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check

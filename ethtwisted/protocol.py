@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,51 @@ class ProtocolError(Exception):
     """
     The peer sent something this protocol does not accept; the message says what.
     """
+
+
+# -- parsing outside input --------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted from outside (a node, a peer, a file)."""
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth_over(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """
+    Whether the JSON text C{data} nests arrays and objects more than C{limit} deep (brackets
+    inside strings do not count).  Cheap: most texts have fewer brackets than the limit.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    for bracket in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        if bracket in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def loads_bounded(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """
+    Parse JSON that came from outside, or raise L{ProtocolError}.
+
+    Nesting is bounded before parsing: web3 imports C{py_ecc}, which raises Python's recursion
+    limit so far that C{json}'s C decoder overflows the C stack (the process dies with SIGSEGV)
+    on input nested some 80,000 deep, before its own recursion guard trips.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if json_depth_over(raw, limit):
+        raise ProtocolError(f"JSON nested more than {limit} deep")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        # ValueError covers malformed JSON, bad UTF-8 and integers of over 4,300 digits.
+        raise ProtocolError(f"malformed JSON: {type(e).__name__}") from None
 
 
 # -- payloads ---------------------------------------------------------------------------------
@@ -106,7 +152,7 @@ def parse_block(payload: bytes) -> Block | int | None:
     """
     if payload.startswith(b"{"):
         try:
-            obj = json.loads(payload)
+            obj = loads_bounded(payload)
             block = Block(
                 chain_id=obj["chain_id"],
                 number=obj["number"],
@@ -114,7 +160,7 @@ def parse_block(payload: bytes) -> Block | int | None:
                 parent_hash=obj["parent_hash"],
                 timestamp=obj["timestamp"],
             )
-        except (ValueError, KeyError, TypeError):
+        except (ProtocolError, KeyError, TypeError):
             return None
         if not all(isinstance(v, int) for v in (block.chain_id, block.number, block.timestamp)):
             return None
@@ -203,7 +249,7 @@ def decode_control(data: bytes) -> ControlFrame:
     Parse a control frame (starting with C{CONTROL_MARK}), or raise L{ProtocolError}.
     """
     try:
-        obj = json.loads(data[len(CONTROL_MARK) :])
+        obj = loads_bounded(data[len(CONTROL_MARK) :])
         kind = obj["type"]
         if kind == "hello":
             name, token = obj["name"], obj.get("token")
@@ -217,7 +263,7 @@ def decode_control(data: bytes) -> ControlFrame:
             reason = obj["reason"]
             if isinstance(reason, str):
                 return Refusal(reason=reason)
-    except (ValueError, KeyError, TypeError):
+    except (ProtocolError, KeyError, TypeError):
         pass
     raise ProtocolError("malformed control frame")
 

@@ -38,6 +38,25 @@ from typing import IO, Any, Protocol
 
 import pymysql
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: `make test` runs a fixed, bounded set of examples (the same every run);
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs many more, with fresh random seeds.
+settings.register_profile(
+    "default",
+    derandomize=True,
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    max_examples=20_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import web3  # noqa: F401  -- imported for its side effect: py_ecc raises the recursion limit
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
@@ -25,6 +28,8 @@ from ethtwisted.protocol import (
     decode_control,
     encode_control,
     encode_payload,
+    json_depth_over,
+    loads_bounded,
     parse_block,
     payload_hash,
 )
@@ -225,3 +230,64 @@ def test_bug_in_handler_is_logged_and_costs_only_the_connection() -> None:
         feed(protocol, netstring(b"x"))
     assert transport.disconnecting
     assert any(e.get("log_failure") is not None for e in events)
+
+
+# -- bounded JSON -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deep_json_is_a_protocol_error_not_a_crash(opener: bytes) -> None:
+    """
+    JSON nested 100,000 deep (deep enough to overflow the C stack once web3 has raised the
+    recursion limit) is refused with ProtocolError before it is parsed.
+    """
+    closer = b"]" if opener == b"[" else b"}"
+    with pytest.raises(ProtocolError, match="nested more than"):
+        loads_bounded(opener * 100_000 + b"1" + closer * 100_000)
+    with pytest.raises(ProtocolError):
+        decode_control(CONTROL_MARK + opener * 100_000)
+    assert parse_block(b"{" + b'"a":{' * 100_000) is None
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    """
+    Brackets inside JSON strings (escaped quotes included) are not nesting.
+    """
+    text = json.dumps({"a": "[" * 1000 + '\\"' + "{" * 1000}).encode()
+    assert not json_depth_over(text)
+    assert loads_bounded(text) == json.loads(text)
+
+
+def test_huge_integer_is_a_protocol_error() -> None:
+    """
+    An integer of more digits than Python converts is malformed JSON, not a ValueError.
+    """
+    with pytest.raises(ProtocolError, match="malformed JSON"):
+        loads_bounded(b"[" + b"9" * 5000 + b"]")
+
+
+@pytest.mark.property
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+    )
+)
+def test_bounded_depth_agrees_with_the_parser(value: object) -> None:
+    """
+    For any JSON value, json_depth_over agrees with the nesting the value really has, and
+    loads_bounded returns what json.loads does whenever the value is within the bound.
+    """
+
+    def depth(v: object) -> int:
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        return 0
+
+    text = json.dumps(value).encode()
+    for limit in (1, 3, 32):
+        assert json_depth_over(text, limit) == (depth(value) > limit)
+    if depth(value) <= 32:
+        assert loads_bounded(text) == value
