@@ -94,6 +94,30 @@ class Block:
     timestamp: int
 
 
+MAX_BLOCK_INT = 2**63 - 1
+"""Largest chain id, block number or timestamp taken as a block's (SQL's signed BIGINT)."""
+_BLOCK_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def block_problem(block: Block) -> str | None:
+    """
+    Why C{block} cannot be a real block (as a short phrase), or L{None} when it can: its
+    integers are non-negative and fit a signed 64-bit column, its hashes are 32 bytes of hex.
+    Both sides use it: the client on what its node answers, the server on what a payload says.
+    """
+    for name in ("chain_id", "number", "timestamp"):
+        value = getattr(block, name)
+        if type(value) is not int:
+            return f"{name} is not an integer"
+        if not 0 <= value <= MAX_BLOCK_INT:
+            return f"{name} is out of range"
+    for name in ("hash", "parent_hash"):
+        value = getattr(block, name)
+        if not isinstance(value, str) or not _BLOCK_HASH.fullmatch(value):
+            return f"{name} is not 32 bytes of 0x-prefixed hex"
+    return None
+
+
 _HTML_PAGE = """<!doctype html>
 <html class="no-js" lang="">
     <head>
@@ -162,16 +186,14 @@ def parse_block(payload: bytes) -> Block | int | None:
             )
         except (ProtocolError, KeyError, TypeError):
             return None
-        if not all(isinstance(v, int) for v in (block.chain_id, block.number, block.timestamp)):
-            return None
-        if not all(isinstance(v, str) for v in (block.hash, block.parent_hash)):
-            return None
-        return block
+        return None if block_problem(block) else block
     text = payload.decode("utf-8", "replace")
     if text.startswith(_HTML_PREFIX) and text.endswith(_HTML_SUFFIX):
         middle = text[len(_HTML_PREFIX) : len(text) - len(_HTML_SUFFIX)]
-        if middle.isdigit() and middle.isascii():
-            return int(middle)
+        if middle.isascii() and middle.isdigit() and len(middle) <= len(str(MAX_BLOCK_INT)):
+            number = int(middle)
+            if number <= MAX_BLOCK_INT:
+                return number
     return None
 
 

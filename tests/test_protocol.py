@@ -291,3 +291,42 @@ def test_bounded_depth_agrees_with_the_parser(value: object) -> None:
         assert json_depth_over(text, limit) == (depth(value) > limit)
     if depth(value) <= 32:
         assert loads_bounded(text) == value
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"number": 10**30},
+        {"chain_id": 10**20},
+        {"timestamp": 10**26},
+        {"number": -1},
+        {"number": True},
+        {"hash": "0x" + "ab" * 51},
+        {"parent_hash": "0xzz" + "ab" * 31},
+    ],
+)
+def test_block_fields_out_of_range_make_an_opaque_payload(change: dict[str, object]) -> None:
+    """
+    A canonical-looking payload whose block fields no SQL column can hold (integers past a
+    signed 64-bit, negative, booleans, hashes that are not 32 bytes of hex) says nothing about a
+    block: it is stored as an opaque payload instead of failing the store.
+    """
+    fields = {
+        "chain_id": 1,
+        "number": 4242,
+        "hash": "0x" + "ab" * 32,
+        "parent_hash": "0x" + "cd" * 32,
+        "timestamp": 1_700_000_000,
+    }
+    assert isinstance(parse_block(json.dumps(fields).encode()), Block)
+    fields.update(change)
+    assert parse_block(json.dumps(fields).encode()) is None
+
+
+def test_older_page_with_a_huge_number_is_opaque() -> None:
+    """
+    The older page with a block number past a signed 64-bit integer is an opaque payload.
+    """
+    assert parse_block(block_html(2**63 - 1)) == 2**63 - 1
+    assert parse_block(block_html(2**63)) is None
+    assert parse_block(block_html(10**30)) is None
