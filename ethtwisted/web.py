@@ -61,6 +61,10 @@ MAX_LIMIT = 1000
 MAX_CLIENTS = 1000
 MAX_CHAINS = 100
 MAX_MINUTES = 24 * 60
+MAX_DIGITS = 9
+"""The most digits a number in a query argument may have (C{?limit=}, C{?minutes=})."""
+MAX_ARG_BYTES = 1024
+"""The longest query argument value read at all: a cursor is 64 characters, a token fits."""
 CHECK_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
@@ -298,11 +302,12 @@ class _Endpoint(Resource):
     def authorized(self, request: Request) -> bool:
         if self.token is None:
             return True
-        header = request.getHeader("authorization") or ""
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer":
+        # As bytes: a header need not be UTF-8, and one that is not is simply not the token.
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer":
             return False
-        return hmac.compare_digest(given.strip().encode("utf-8"), self.token)
+        return hmac.compare_digest(given.strip(), self.token)
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD"):
@@ -364,6 +369,8 @@ def _query_arg(request: Request, name: str) -> str | None:
     values = (request.args or {}).get(name.encode("ascii"))
     if not values:
         return None
+    if len(values[-1]) > MAX_ARG_BYTES:
+        raise HTTPError(400, f"{name} is too long")
     try:
         return values[-1].decode("utf-8")
     except UnicodeDecodeError:
@@ -372,13 +379,13 @@ def _query_arg(request: Request, name: str) -> str | None:
 
 def _int_arg(request: Request, name: str, default: int, cap: int) -> int:
     """
-    A positive integer query argument, capped at C{cap}.
+    A positive integer query argument of at most L{MAX_DIGITS} digits, capped at C{cap}.
     """
     text = _query_arg(request, name)
     if text is None:
         return default
-    if not text.isdigit() or not text.isascii() or int(text) < 1:
-        raise HTTPError(400, f"{name} must be a positive integer")
+    if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise HTTPError(400, f"{name} must be a positive integer of at most {MAX_DIGITS} digits")
     return min(int(text), cap)
 
 
@@ -649,22 +656,31 @@ class DashboardResource(_Endpoint):
         return self.page.response()
 
 
-class StatsRoot(Resource):
+class _Root(Resource):
     """
-    The root of the stats site; unknown paths are a JSON 404.
+    The root of a site of ours: unknown paths are a JSON 404 with the usual headers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_found = NotFound(None)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return self.not_found
+
+
+class StatsRoot(_Root):
+    """
+    The root of the stats site.
     """
 
     def __init__(self, stats: Stats, token: str | None = None) -> None:
         super().__init__()
-        self.not_found = NotFound(None)
         self.putChild(b"", DashboardResource(token))
         self.putChild(b"_cat", CatResource(stats))
         self.putChild(b"api", ApiResource(stats, token))
         self.putChild(b"metrics", MetricsResource(stats.registry, token, stats.refresh_metrics))
         self.putChild(b"healthz", HealthResource(stats.check))
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        return self.not_found
 
 
 def agent_resource(
@@ -674,7 +690,7 @@ def agent_resource(
     C{/metrics} from C{registry} and C{/healthz} from C{check}, for an agent (eth-client)
     that serves only its own metrics.
     """
-    root = Resource()
+    root = _Root()
     root.putChild(b"metrics", MetricsResource(registry, token))
     root.putChild(b"healthz", HealthResource(check))
     return root

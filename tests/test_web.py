@@ -12,25 +12,35 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import prometheus_client
 import pytest
 import pytest_twisted
 import treq
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from treq.testing import StubTreq
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import deferLater
-from twisted.logger import capturedLogs
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted import server_tap, stats_tap
-from ethtwisted.interfaces import IBlockReader, IStatsReader, Received
+from ethtwisted.interfaces import (
+    BlockRecord,
+    ClientRecord,
+    Head,
+    IBlockReader,
+    IStatsReader,
+    Received,
+)
 from ethtwisted.metrics import ServerMetrics
 from ethtwisted.protocol import (
     Ack,
@@ -48,7 +58,13 @@ from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
-from ethtwisted.web import Stats, StatsRoot, StatsService, agent_resource, plain_table
+from ethtwisted.web import (
+    Stats,
+    StatsRoot,
+    StatsService,
+    agent_resource,
+    plain_table,
+)
 from tests.conftest import MySQLDatabase, Redis
 
 TIMEOUT = 30.0
@@ -107,7 +123,7 @@ class Client:
         return done[0]
 
     async def request(
-        self, method: str, path: str, headers: Mapping[str, str] | None = None
+        self, method: str, path: str, headers: Mapping[Any, Any] | None = None
     ) -> Reply:
         response = await self._settle(
             self.stub.request(method, "http://stats.test" + path, headers=dict(headers or {}))
@@ -373,9 +389,9 @@ async def test_api_blocks_newest_first_with_cursor(sqlite_store: SQLStore) -> No
 
     assert (await client.get("/api/v1/blocks?limit=5000")).json()["limit"] == 1000
     for query, message in [
-        ("limit=0", "limit must be a positive integer"),
-        ("limit=-3", "limit must be a positive integer"),
-        ("limit=ten", "limit must be a positive integer"),
+        ("limit=0", "limit must be a positive integer of at most 9 digits"),
+        ("limit=-3", "limit must be a positive integer of at most 9 digits"),
+        ("limit=ten", "limit must be a positive integer of at most 9 digits"),
         ("before=123", "before must be the sha256 of a block: 64 hex"),
         (f"before={'0' * 64}", "before names no stored block"),
     ]:
@@ -542,6 +558,98 @@ async def test_token_guards_api_metrics_and_dashboard(sqlite_store: SQLStore) ->
     assert (await client.get("/healthz")).status == 200
 
 
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+
+def has_security_headers(reply: Reply) -> bool:
+    return all(reply.headers.get(k) == v for k, v in SECURITY_HEADERS.items())
+
+
+def above_debug(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """
+    The events of C{events} logged at info level or above (anything but an access log line).
+    """
+    return [formatEvent(e) for e in events if e.get("log_level") != LogLevel.debug]
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_query_arguments_are_a_400(sqlite_store: SQLStore) -> None:
+    """
+    A number of thousands of digits in ?limit= or ?minutes=, a number of more than 9 digits,
+    or any query argument past 1 KiB is a 400 saying what is wrong, with the usual headers,
+    and nothing is logged.
+    """
+    await fill(sqlite_store)
+    client = Client(StatsRoot(stats_over(sqlite_store)))
+    digits = "9" * 5000
+    with capturedLogs() as events:
+        for path, message in [
+            (f"/api/v1/blocks?limit={digits}", "limit is too long"),
+            (f"/api/v1/clients?limit={digits}", "limit is too long"),
+            (f"/api/v1/arrivals?minutes={digits}", "minutes is too long"),
+            (f"/api/v1/blocks?before={'a' * 5000}", "before is too long"),
+            ("/api/v1/blocks?limit=" + "9" * 1000,
+             "limit must be a positive integer of at most 9 digits"),
+            ("/api/v1/arrivals?minutes=0000000001",
+             "minutes must be a positive integer of at most 9 digits"),
+        ]:  # fmt: skip
+            reply = await client.get(path)
+            assert (reply.status, reply.json()) == (400, {"error": message, "status": 400})
+            assert has_security_headers(reply)
+        reply = await client.get("/api/v1/arrivals?minutes=999999999")
+        assert reply.status == 200
+    assert above_debug(events) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_undecodable_authorization_is_unauthorized(sqlite_store: SQLStore) -> None:
+    """
+    With a token, an Authorization header that is not UTF-8 (or the token with bytes added)
+    is refused like any wrong token: 401 with the usual headers, and nothing is logged.
+    """
+    stats_root = StatsRoot(stats_over(sqlite_store), TOKEN)
+    agent = agent_resource(CollectorRegistry(), lambda: {}, token=TOKEN)
+    values = [
+        b"Bearer \xff\xfe",
+        b"\xff\xfe",
+        b"Bearer " + TOKEN.encode() + b"\xe9",
+        b"b\xe9arer x",
+    ]
+    with capturedLogs() as events:
+        for root, path in [(stats_root, "/api/v1/head"), (stats_root, "/metrics"),
+                           (stats_root, "/"), (agent, "/metrics")]:  # fmt: skip
+            client = Client(root)
+            for value in values:
+                reply = await client.request("GET", path, {b"Authorization": [value]})
+                assert reply.status == 401, (path, value)
+                assert has_security_headers(reply), (path, value)
+                if path == "/":
+                    assert "needs the stats token" in reply.text
+                else:
+                    assert reply.headers["www-authenticate"].startswith("Bearer")
+            reply = await client.get(path, TOKEN)
+            assert reply.status == 200
+    assert above_debug(events) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_agent_unknown_paths_are_our_404() -> None:
+    """
+    The agent's site (eth-client's) answers an unknown path, its root included, with the
+    stats site's JSON 404 and the usual headers, not Twisted's HTML page.
+    """
+    client = Client(agent_resource(CollectorRegistry(), lambda: {}))
+    for path in ("/", "/nope", "/%FF", "/healthz/../x"):
+        reply = await client.get(path)
+        assert (reply.status, reply.json()) == (404, {"error": "not found", "status": 404})
+        assert has_security_headers(reply), path
+
+
 @pytest_twisted.ensureDeferred
 async def test_dashboard_page_is_self_contained(sqlite_store: SQLStore) -> None:
     """
@@ -673,6 +781,141 @@ async def test_agent_resource_serves_a_given_registry_and_check() -> None:
     client = Client(agent_resource(registry, lambda: checks, token=TOKEN))
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", TOKEN)).status == 200
+
+
+# -- hostile requests -------------------------------------------------------------------------
+
+SHA = payload_hash(b"the one payload")
+
+
+@implementer(IBlockReader, IStatsReader)
+class Frozen:
+    """
+    Stores holding one payload that answer at once: the site in memory without threads.
+    """
+
+    record = BlockRecord(SHA, T0, "alpha", 1, 7, "0x" + "ab" * 32, "0x" + "cd" * 32, 1_600_000_007)
+
+    def ping(self) -> Deferred[None]:
+        return succeed(None)
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        return succeed([(SHA, T0)])
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        return succeed([("10.0.0.1", 3)])
+
+    def payload(self, sha256: str) -> Deferred[str | None]:
+        return succeed("the one payload" if sha256 == SHA else None)
+
+    def blocks(self, limit: int, before: str | None = None) -> Deferred[list[BlockRecord] | None]:
+        return succeed(None if before not in (None, SHA) else [] if before else [self.record])
+
+    def block(self, sha256: str) -> Deferred[BlockRecord | None]:
+        return succeed(self.record if sha256 == SHA else None)
+
+    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
+        return succeed([ClientRecord("alpha", "10.0.0.1", 3, T0, T0 + 1, 1, 7)])
+
+    def heads(self, limit: int) -> Deferred[list[Head]]:
+        return succeed([Head(1, 7, self.record.block_hash, T0)])
+
+    def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
+        return succeed([(T0, 1)])
+
+
+def hostile_sites(clock: Clock) -> dict[str, Any]:
+    frozen = Frozen()
+    stats = Stats(clock, frozen, frozen, frozen, lambda: None)
+    registry = CollectorRegistry()
+    return {
+        "open": StatsRoot(stats),
+        "token": StatsRoot(stats, TOKEN),
+        "agent": agent_resource(registry, lambda: {"node": None}),
+        "agent-token": agent_resource(registry, lambda: {"node": None}, TOKEN),
+    }
+
+
+# What Twisted's HTTP parser itself refuses (before any resource of ours is asked) is left out.
+header_bytes = st.binary(max_size=100).map(lambda b: b.translate(None, b"\x00\r\n"))
+segments = st.sampled_from(
+    ["", "api", "v1", "blocks", "clients", "head", "arrivals", "_cat", "hashes", "metrics",
+     "healthz", SHA, SHA.upper(), "..", "%"]
+).map(str.encode) | st.binary(max_size=80)  # fmt: skip
+routes = st.sampled_from(
+    [[], ["api", "v1"], ["api", "v1", "blocks"], ["api", "v1", "blocks", SHA],
+     ["api", "v1", "clients"], ["api", "v1", "head"], ["api", "v1", "arrivals"], ["_cat"],
+     ["_cat", "hashes"], ["_cat", "hashes", SHA], ["_cat", "clients"], ["metrics"], ["healthz"]]
+).map(lambda route: [s.encode() for s in route])  # fmt: skip
+paths = (
+    routes
+    | st.builds(lambda route, tail: route + tail, routes, st.lists(segments, max_size=2))
+    | st.lists(segments, max_size=6)
+)
+argument_names = st.sampled_from([b"limit", b"minutes", b"before", b"token"]) | st.binary(
+    max_size=9
+)
+argument_values = (
+    st.binary(max_size=60)
+    | st.sampled_from([TOKEN, SHA, "0", "1", "-1", "1e3", "\u0663", "\ud800"]).map(
+        lambda t: t.encode("utf-8", "surrogatepass")
+    )
+    | st.integers(1, 5000).map(lambda n: b"9" * n)
+)
+headers = st.lists(
+    st.tuples(
+        st.sampled_from([b"Authorization", b"Accept", b"X-Forwarded-For", b"Cookie"]),
+        header_bytes
+        | st.sampled_from([b"Bearer ", b"bearer  "]).map(lambda scheme: scheme + TOKEN.encode())
+        | header_bytes.map(lambda b: b"Bearer " + b),
+    ),
+    max_size=4,
+)
+
+
+@pytest.mark.property
+@given(
+    site=st.sampled_from(["open", "token", "agent", "agent-token"]),
+    method=st.sampled_from(["GET", "HEAD"])
+    | st.sampled_from(["POST", "PUT", "DELETE", "OPTIONS", "BREW"]),
+    path=paths,
+    query=st.lists(st.tuples(argument_names, argument_values), max_size=2),
+    header_list=headers,
+)
+def test_hostile_requests_cost_only_a_4xx(
+    site: str,
+    method: str,
+    path: list[bytes],
+    query: list[tuple[bytes, bytes]],
+    header_list: list[tuple[bytes, bytes]],
+) -> None:
+    """
+    Whatever the path, query string and header bytes, every site of ours answers below 500,
+    with the security headers, logging nothing above debug and leaving no timer behind.
+    """
+    clock = Clock()
+    stub = StubTreq(hostile_sites(clock)[site])
+    url = "http://stats.test/" + "/".join(quote(p, safe="") for p in path)
+    if query:
+        url += "?" + "&".join(quote(k, safe="") + "=" + quote(v, safe="") for k, v in query)
+    request_headers: dict[bytes, list[bytes]] = {}
+    for name, value in header_list:
+        request_headers.setdefault(name, []).append(value)
+    with capturedLogs() as events:
+        answers: list[Any] = []
+        stub.request(method, url, headers=request_headers).addBoth(answers.append)
+        stub.flush()
+        (response,) = answers
+        assert not isinstance(response, Failure), response
+        bodies: list[Any] = []
+        stub.content(response).addBoth(bodies.append)
+        stub.flush()
+        assert len(bodies) == 1 and isinstance(bodies[0], bytes)
+    flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+    assert response.code < 500, (response.code, bodies[0][:200])
+    assert has_security_headers(Reply(response.code, flat, bodies[0])), flat
+    assert above_debug(events) == []
+    assert not clock.getDelayedCalls()
 
 
 # -- over real sockets ------------------------------------------------------------------------
