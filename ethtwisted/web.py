@@ -234,7 +234,7 @@ class Stats:
 
     def check(self) -> Deferred[Mapping[str, str | None]]:
         """
-        Ping every store: C{{"sql": None, "redis": "timed out", ...}}.
+        Ping every store: C{{"sql": None, "redis": "timed out after 5 s", ...}}.
         """
         return Deferred.fromCoroutine(self._check())
 

@@ -59,6 +59,8 @@ from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web import (
+    CHECK_TIMEOUT,
+    READ_TIMEOUT,
     Stats,
     StatsRoot,
     StatsService,
@@ -709,6 +711,48 @@ async def test_healthz(sqlite_store: SQLStore) -> None:
     assert (await client.get("/healthz")).json()["checks"]["ingest"] == trouble[0]
     reply = await client.get("/_cat/clients")
     assert (reply.status, reply.text) == (503, "store unavailable\n")
+
+
+class Hanging(Unreachable):
+    """A store that never answers, as Redis does while its host is unreachable."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ping(self) -> Deferred[None]:
+        self.calls += 1
+        return Deferred()
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        self.calls += 1
+        return Deferred()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_does_not_answer_times_out_in_words(sqlite_store: SQLStore) -> None:
+    """
+    A store that does not answer is "timed out after 5 s" in /healthz (not the repr of
+    Twisted's TimeoutError), and a read from it that times out is logged the same way.
+    """
+    clock = Clock()
+    hanging = Hanging()
+    client = Client(StatsRoot(Stats(clock, sqlite_store, sqlite_store, hanging)))
+    with capturedLogs() as events:
+        replying = Deferred.fromCoroutine(client.get("/healthz"))
+        # Redis asked, and SQL answered: only the Redis ping's timer is left.
+        await until(lambda: hanging.calls == 1 and len(clock.getDelayedCalls()) == 1)
+        clock.advance(CHECK_TIMEOUT)
+        reply = await replying
+        assert reply.status == 503
+        assert reply.json()["checks"] == {"sql": "ok", "redis": "timed out after 5 s"}
+
+        replying = Deferred.fromCoroutine(client.get("/_cat/hashes"))
+        await until(lambda: hanging.calls == 2 and len(clock.getDelayedCalls()) == 1)
+        clock.advance(READ_TIMEOUT)
+        reply = await replying
+        assert (reply.status, reply.text) == (503, "store unavailable\n")
+    assert above_debug(events) == ["stats: a store read failed: timed out after 10 s"]
+    assert not clock.getDelayedCalls()
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
