@@ -1,19 +1,20 @@
 """
 The collector without a network or a database: grouping, acknowledgement after commit,
-retries, back-pressure, and what each connection may send.  The stores here are fakes of our
-own storage interfaces; the real ones are exercised in test_server_e2e.py.
+retries, back-pressure, and what each connection may send.  The stores here are the in-memory
+ones, the durable one holding each commit until the test completes it; the real ones are
+exercised in test_server_e2e.py and test_storage_contract.py.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
@@ -25,24 +26,20 @@ from ethtwisted.server import (
     ServerFactory,
     ServerProtocol,
 )
+from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from tests.test_protocol import feed, netstring
 
 
-@implementer(IBlockStore)
-class FakeStore:
+class HeldStore(MemoryStore):
     """
-    A store whose commits are completed by the test.
+    The in-memory store, with each commit held until the test completes it (L{commit}) or
+    fails it (C{results[i].errback}).
     """
-
-    max_payload_bytes = 1000
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[list[Received]] = []
         self.results: list[Deferred[int]] = []
-        self.stored: dict[str, str] = {}
-
-    def start(self) -> Deferred[None]:
-        return succeed(None)
 
     def store(self, batch: Sequence[Received]) -> Deferred[int]:
         self.calls.append(list(batch))
@@ -51,44 +48,23 @@ class FakeStore:
         return d
 
     def commit(self, index: int = -1) -> None:
-        batch = self.calls[index]
-        new = len({r.sha256 for r in batch} - set(self.stored))
-        self.stored.update((r.sha256, r.payload) for r in batch)
-        self.results[index].callback(new)
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
+        super().store(self.calls[index]).chainDeferred(self.results[index])
 
 
-@implementer(IStatsStore)
-class FakeStats:
-    def __init__(self) -> None:
-        self.down = False
-        self.recorded: list[list[Received]] = []
-
-    def record(self, batch: Sequence[Received]) -> Deferred[None]:
-        if self.down:
-            return fail(ConnectionError("Redis is down"))
-        self.recorded.append(list(batch))
-        return succeed(None)
-
-    def ping(self) -> Deferred[None]:
-        return fail(ConnectionError("Redis is down")) if self.down else succeed(None)
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
+REDIS_DOWN = ConnectionError("Redis is down")
 
 
 def received(text: str, client: str = "c") -> Received:
     return Received(payload_hash(text.encode()), text, "127.0.0.1", client, 0.0, None)
 
 
-def test_fakes_provide_the_interfaces() -> None:
+def test_stores_here_provide_the_interfaces() -> None:
     """
-    The fakes implement the same interfaces as the real stores, so these tests mean something.
+    The stores used here implement the same interfaces as the real ones, so these tests mean
+    something.
     """
-    assert verifyObject(IBlockStore, FakeStore())
-    assert verifyObject(IStatsStore, FakeStats())
+    assert verifyObject(IBlockStore, HeldStore())
+    assert verifyObject(IStatsStore, MemoryCounters())
 
 
 def test_messages_arriving_together_are_one_transaction() -> None:
@@ -96,7 +72,7 @@ def test_messages_arriving_together_are_one_transaction() -> None:
     What arrives in one turn is committed as one group; what arrives during that commit goes
     into the next group; acks wait for the commit.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock)
     acked: list[str] = []
     for i in range(3):
@@ -121,7 +97,7 @@ def test_group_size_is_bounded() -> None:
     """
     A backlog is committed in groups of at most C{max_batch}.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock, max_batch=4)
     for i in range(10):
         ingest.submit(received(f"m{i}"))
@@ -136,7 +112,7 @@ def test_sql_failure_is_retried_with_backoff_and_logged_once() -> None:
     A failing commit is retried, the same group again, with growing delays; the outage is
     logged once and its end once; nothing is acknowledged before the commit.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock)
     acked: list[str] = []
     ingest.submit(received("a")).addCallback(acked.append)
@@ -162,9 +138,9 @@ def test_redis_failure_retries_only_the_counting() -> None:
     When SQL committed but Redis failed, only Redis is tried again (the client counts would
     double otherwise), and the ack waits for both.
     """
-    clock, store, stats = Clock(), FakeStore(), FakeStats()
+    clock, store, stats = Clock(), HeldStore(), MemoryCounters()
     ingest = Ingest(store, stats, clock)
-    stats.down = True
+    stats.down = REDIS_DOWN
     acked: list[str] = []
     ingest.submit(received("a")).addCallback(acked.append)
     clock.advance(0)
@@ -172,11 +148,11 @@ def test_redis_failure_retries_only_the_counting() -> None:
     assert acked == []
     clock.advance(0.1)
     clock.advance(0.2)
-    stats.down = False
+    stats.down = None
     clock.advance(0.4)
     assert acked == [payload_hash(b"a")]
     assert len(store.calls) == 1
-    assert len(stats.recorded) == 1
+    assert stats.messages == Counter({"127.0.0.1": 1})
     assert not clock.getDelayedCalls()
 
 
@@ -199,7 +175,7 @@ def test_readers_pause_past_high_water_and_resume_below_half() -> None:
     While the store is stuck, readers are paused once the pending bytes pass the high-water
     mark (new ones too), and resumed when the backlog has drained.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock, max_batch=10, high_water_bytes=4800)
     early = Producer()
     ingest.add_producer(early)
@@ -220,7 +196,7 @@ def test_idle_fires_when_everything_pending_is_stored() -> None:
     """
     C{idle()} lets a stopping server wait for what it has accepted.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock)
     assert ingest.idle().called
     ingest.submit(received("a"))
@@ -233,8 +209,8 @@ def test_idle_fires_when_everything_pending_is_stored() -> None:
 
 def server_connection(
     tokens: Sequence[str] | None = None, idle_timeout: float = 60.0
-) -> tuple[ServerProtocol, StringTransport, FakeStore, Clock]:
-    clock, store = Clock(), FakeStore()
+) -> tuple[ServerProtocol, StringTransport, HeldStore, Clock]:
+    clock, store = Clock(), HeldStore()
     factory = ServerFactory(Ingest(store, None, clock), clock, 1000, idle_timeout, tokens)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=None)
@@ -275,7 +251,7 @@ def test_oneshot_client_that_closes_at_once_is_stored() -> None:
     transport.loseConnection()
     clock.advance(0)
     store.commit()
-    assert list(store.stored.values()) == ["<html>page</html>"]
+    assert list(store.tables.payloads.values()) == ["<html>page</html>"]
 
 
 @pytest.mark.parametrize(
@@ -352,7 +328,7 @@ def test_tokens_required_refuse_older_and_wrong_clients() -> None:
     clock.advance(0)
     store.commit()
     assert not transport.disconnecting
-    assert list(store.stored.values()) == ["payload"]
+    assert list(store.tables.payloads.values()) == ["payload"]
 
 
 def test_stop_gives_up_waiting_for_a_stuck_store() -> None:
@@ -360,7 +336,7 @@ def test_stop_gives_up_waiting_for_a_stuck_store() -> None:
     Stopping waits for pending commits, but not for ever: past the stop timeout the service
     stops anyway, says how many messages were not stored, and closes the stores.
     """
-    clock, store = Clock(), FakeStore()
+    clock, store = Clock(), HeldStore()
     closed: list[bool] = []
     store.close = lambda: closed.append(True) or succeed(None)  # type: ignore[method-assign]
     factory = ServerFactory(Ingest(store, None, clock), clock, 1000, 60.0)
@@ -382,8 +358,8 @@ def test_redis_down_at_start_is_a_warning() -> None:
     """
     Redis that does not answer at start-up is said once as a warning; the collector starts.
     """
-    clock, store, stats = Clock(), FakeStore(), FakeStats()
-    stats.down = True
+    clock, store, stats = Clock(), HeldStore(), MemoryCounters()
+    stats.down = REDIS_DOWN
     factory = ServerFactory(Ingest(store, stats, clock), clock, 1000, 60.0)
     service = CollectorService(clock, factory, [], "the fake store", wait=0)  # type: ignore[arg-type]
     with capturedLogs() as events:

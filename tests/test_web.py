@@ -24,19 +24,15 @@ from prometheus_client import CollectorRegistry, Counter
 from treq.testing import StubTreq
 from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted import server_tap, stats_tap
 from ethtwisted.interfaces import (
-    BlockRecord,
-    ClientRecord,
-    Head,
     IBlockReader,
     IStatsReader,
     Received,
@@ -56,6 +52,7 @@ from ethtwisted.protocol import (
 from ethtwisted.server import Ingest, ServerFactory
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
+from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web import (
@@ -674,20 +671,6 @@ async def test_dashboard_page_is_self_contained(sqlite_store: SQLStore) -> None:
 # -- /metrics and /healthz --------------------------------------------------------------------
 
 
-@implementer(IStatsReader)
-class Unreachable:
-    """A store that fails every call, as Redis does while it is down."""
-
-    def ping(self) -> Deferred[None]:
-        return fail(ConnectionRefusedError("Connection refused"))
-
-    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
-        return fail(ConnectionRefusedError("Connection refused"))
-
-    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
-        return fail(ConnectionRefusedError("Connection refused"))
-
-
 @pytest_twisted.ensureDeferred
 async def test_healthz(sqlite_store: SQLStore) -> None:
     """
@@ -699,7 +682,9 @@ async def test_healthz(sqlite_store: SQLStore) -> None:
     assert (reply.status, reply.json()) == (200, {"status": "ok", "checks": {"sql": "ok"}})
 
     trouble: list[str | None] = [None]
-    stats = Stats(reactor, sqlite_store, sqlite_store, Unreachable(), lambda: trouble[0])
+    redis = MemoryCounters()
+    redis.down = ConnectionRefusedError("Connection refused")
+    stats = Stats(reactor, sqlite_store, sqlite_store, redis, lambda: trouble[0])
     client = Client(StatsRoot(stats))
     reply = await client.get("/healthz")
     assert reply.status == 503
@@ -713,10 +698,11 @@ async def test_healthz(sqlite_store: SQLStore) -> None:
     assert (reply.status, reply.text) == (503, "store unavailable\n")
 
 
-class Hanging(Unreachable):
+class Hanging(MemoryCounters):
     """A store that never answers, as Redis does while its host is unreachable."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     def ping(self) -> Deferred[None]:
@@ -832,45 +818,19 @@ async def test_agent_resource_serves_a_given_registry_and_check() -> None:
 SHA = payload_hash(b"the one payload")
 
 
-@implementer(IBlockReader, IStatsReader)
-class Frozen:
+def one_payload_store() -> MemoryStore:
     """
-    Stores holding one payload that answer at once: the site in memory without threads.
+    A store holding one payload that answers at once: the site in memory without threads.
     """
-
-    record = BlockRecord(SHA, T0, "alpha", 1, 7, "0x" + "ab" * 32, "0x" + "cd" * 32, 1_600_000_007)
-
-    def ping(self) -> Deferred[None]:
-        return succeed(None)
-
-    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
-        return succeed([(SHA, T0)])
-
-    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
-        return succeed([("10.0.0.1", 3)])
-
-    def payload(self, sha256: str) -> Deferred[str | None]:
-        return succeed("the one payload" if sha256 == SHA else None)
-
-    def blocks(self, limit: int, before: str | None = None) -> Deferred[list[BlockRecord] | None]:
-        return succeed(None if before not in (None, SHA) else [] if before else [self.record])
-
-    def block(self, sha256: str) -> Deferred[BlockRecord | None]:
-        return succeed(self.record if sha256 == SHA else None)
-
-    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
-        return succeed([ClientRecord("alpha", "10.0.0.1", 3, T0, T0 + 1, 1, 7)])
-
-    def heads(self, limit: int) -> Deferred[list[Head]]:
-        return succeed([Head(1, 7, self.record.block_hash, T0)])
-
-    def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
-        return succeed([(T0, 1)])
+    store = MemoryStore()
+    one = Block(1, 7, "0x" + "ab" * 32, "0x" + "cd" * 32, 1_600_000_007)
+    store.store([Received(SHA, "the one payload", "10.0.0.1", "alpha", T0, one)])
+    return store
 
 
 def hostile_sites(clock: Clock) -> dict[str, Any]:
-    frozen = Frozen()
-    stats = Stats(clock, frozen, frozen, frozen, lambda: None)
+    store = one_payload_store()
+    stats = Stats(clock, store, store, store, lambda: None)
     registry = CollectorRegistry()
     return {
         "open": StatsRoot(stats),

@@ -1,5 +1,6 @@
 """
-Where received payloads go: SQL (durable, L{sql_store}) and Redis (counters, L{redis_store}).
+Where received payloads go: SQL (durable, L{sql_store}) and Redis (counters, L{redis_store});
+L{memory_store} answers as both do, in memory, for tests.
 """
 
 from __future__ import annotations

@@ -1,0 +1,263 @@
+"""
+The stores in memory: L{MemoryStore} answers as L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}
+does and L{MemoryCounters} as L{RedisStats<ethtwisted.storage.redis_store.RedisStats>} does, for
+the same traffic (tests/test_storage_contract.py holds them to it).  Every call answers at once;
+while C{down} holds an exception, every call but C{close} fails with it, as a store that cannot
+be reached does.  For unit tests, and for anything else that needs a store without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ethtwisted.interfaces import (
+    BlockRecord,
+    ClientRecord,
+    Head,
+    IBlockReader,
+    IBlockStore,
+    IStatsReader,
+    IStatsStore,
+    Received,
+)
+from ethtwisted.protocol import Block
+
+T = TypeVar("T")
+
+
+class _Answering:
+    down: BaseException | None = None
+    """While set, every call but C{close} fails with this exception."""
+
+    def _answer(self, compute: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self.down is not None:
+            return fail(self.down)
+        try:
+            return succeed(compute(*args))
+        except Exception as e:
+            return fail(e)
+
+    def ping(self) -> Deferred[None]:
+        return self._answer(lambda: None)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@dataclass
+class Tables:
+    """
+    What the SQL tables hold: C{created} once a writing store has started on them.
+    """
+
+    created: bool = False
+    payloads: dict[str, str] = field(default_factory=dict)
+    """C{ethereum_data}: SHA256 → payload."""
+    blocks: dict[str, BlockRecord] = field(default_factory=dict)
+    """C{eth_blocks}: SHA256 → its record."""
+    clients: dict[str, ClientRecord] = field(default_factory=dict)
+    """C{eth_clients}: client → its record."""
+
+
+class ReadOnlyError(Exception):
+    """
+    A read-only store was asked to write.
+    """
+
+
+@implementer(IBlockStore, IStatsReader, IBlockReader)
+class MemoryStore(_Answering):
+    """
+    L{IBlockStore} and its readers over L{Tables} in memory.  With C{read_only} it never
+    writes, and L{start} fails unless a writing store has started on the same C{tables}.
+    """
+
+    max_payload_bytes = 2**30
+
+    def __init__(self, tables: Tables | None = None, read_only: bool = False) -> None:
+        self.tables = Tables() if tables is None else tables
+        self.read_only = read_only
+
+    def start(self) -> Deferred[None]:
+        return self._answer(self._start)
+
+    def _start(self) -> None:
+        if not self.read_only:
+            self.tables.created = True
+        elif not self.tables.created:
+            raise LookupError("no such table: ethereum_data")
+
+    def store(self, batch: Sequence[Received]) -> Deferred[int]:
+        return self._answer(self._store, batch)
+
+    def _store(self, batch: Sequence[Received]) -> int:
+        if self.read_only:
+            raise ReadOnlyError("the store is read-only")
+        t = self.tables
+        new = 0
+        for r in batch:
+            if r.sha256 not in t.payloads:
+                new += 1
+                t.payloads[r.sha256] = r.payload
+                t.blocks[r.sha256] = _record(r)
+        # As the SQL upsert: a client's row takes its batch's last address and time, and its
+        # last block report (the chain id only where one was given).
+        rows: dict[str, ClientRecord] = {}
+        for r in batch:
+            chain_id, number = _chain_and_number(r.block)
+            row = rows.get(r.client)
+            if row is None:
+                rows[r.client] = ClientRecord(
+                    r.client, r.address, 1, r.received, r.received, chain_id, number
+                )
+            else:
+                if number is None:
+                    chain_id, number = row.chain_id, row.last_block
+                rows[r.client] = ClientRecord(
+                    r.client,
+                    r.address,
+                    row.messages + 1,
+                    row.first_seen,
+                    r.received,
+                    chain_id,
+                    number,
+                )
+        for name, row in rows.items():
+            old = t.clients.get(name)
+            if old is not None:
+                row = ClientRecord(
+                    name,
+                    row.address,
+                    old.messages + row.messages,
+                    old.first_seen,
+                    row.last_seen,
+                    old.chain_id if row.chain_id is None else row.chain_id,
+                    old.last_block if row.last_block is None else row.last_block,
+                )
+            t.clients[name] = row
+        return new
+
+    def _newest_first(self) -> list[BlockRecord]:
+        blocks = self.tables.blocks.values()
+        return sorted(blocks, key=lambda b: (b.first_seen, b.sha256), reverse=True)
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        newest = [(b.sha256, b.first_seen) for b in self._newest_first()]
+        return self._answer(lambda: newest[:limit])
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        return self._answer(self._address_counts, limit)
+
+    def _address_counts(self, limit: int) -> list[tuple[str, int]]:
+        counts: Counter[str] = Counter()
+        for c in self.tables.clients.values():
+            counts[c.address] += c.messages
+        return sorted(counts.items(), key=lambda r: (-r[1], r[0]))[:limit]
+
+    def payload(self, sha256: str) -> Deferred[str | None]:
+        return self._answer(self.tables.payloads.get, sha256)
+
+    def blocks(self, limit: int, before: str | None = None) -> Deferred[list[BlockRecord] | None]:
+        return self._answer(self._blocks, limit, before)
+
+    def _blocks(self, limit: int, before: str | None) -> list[BlockRecord] | None:
+        ordered = self._newest_first()
+        if before is None:
+            return ordered[:limit]
+        cursor = self.tables.blocks.get(before)
+        if cursor is None:
+            return None
+        start = ordered.index(cursor) + 1
+        return ordered[start : start + limit]
+
+    def block(self, sha256: str) -> Deferred[BlockRecord | None]:
+        return self._answer(self.tables.blocks.get, sha256)
+
+    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
+        recent = sorted(self.tables.clients.values(), key=lambda c: (-c.last_seen, c.client))
+        return self._answer(lambda: recent[:limit])
+
+    def heads(self, limit: int) -> Deferred[list[Head]]:
+        return self._answer(self._heads, limit)
+
+    def _heads(self, limit: int) -> list[Head]:
+        reported = {c.chain_id for c in self.tables.clients.values() if c.last_block is not None}
+        chains = sorted(reported, key=lambda chain: (chain is not None, chain or 0))[:limit]
+        heads = []
+        for chain_id in chains:
+            numbered = [
+                b
+                for b in self.tables.blocks.values()
+                if b.chain_id == chain_id and b.number is not None
+            ]
+            if not numbered:
+                continue
+            number = max(b.number for b in numbered if b.number is not None)
+            best = max(
+                (b for b in numbered if b.number == number),
+                key=lambda b: (b.block_hash is not None, b.first_seen, b.block_hash or ""),
+            )
+            heads.append(Head(chain_id, number, best.block_hash, best.first_seen))
+        return heads
+
+    def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
+        return self._answer(self._arrivals, since, bucket)
+
+    def _arrivals(self, since: float, bucket: int) -> list[tuple[float, int]]:
+        counts = Counter(
+            float(math.floor(b.first_seen / bucket) * bucket)
+            for b in self.tables.blocks.values()
+            if b.first_seen >= since
+        )
+        return sorted(counts.items())
+
+
+@implementer(IStatsStore, IStatsReader)
+class MemoryCounters(_Answering):
+    """
+    L{IStatsStore} and its L{IStatsReader} in memory: first sightings and messages per address.
+    """
+
+    def __init__(self) -> None:
+        self.first_seen: dict[str, float] = {}
+        """SHA256 → unix time first seen (C{eth:hashes})."""
+        self.messages: Counter[str] = Counter()
+        """Client IP address → messages sent (C{eth:ip_addresses})."""
+
+    def record(self, batch: Sequence[Received]) -> Deferred[None]:
+        return self._answer(self._record, batch)
+
+    def _record(self, batch: Sequence[Received]) -> None:
+        for r in batch:
+            self.first_seen.setdefault(r.sha256, r.received)
+            self.messages[r.address] += 1
+
+    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        newest = sorted(self.first_seen.items(), key=lambda r: (r[1], r[0]), reverse=True)
+        return self._answer(lambda: newest[:limit])
+
+    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        busiest = sorted(self.messages.items(), key=lambda r: (-r[1], r[0]))
+        return self._answer(lambda: busiest[:limit])
+
+
+def _chain_and_number(block: Block | int | None) -> tuple[int | None, int | None]:
+    if isinstance(block, Block):
+        return block.chain_id, block.number
+    return None, block
+
+
+def _record(r: Received) -> BlockRecord:
+    b = r.block
+    if not isinstance(b, Block):
+        return BlockRecord(r.sha256, r.received, r.client, None, b, None, None, None)
+    return BlockRecord(
+        r.sha256, r.received, r.client, b.chain_id, b.number, b.hash, b.parent_hash, b.timestamp
+    )
