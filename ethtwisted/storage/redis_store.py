@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -114,6 +114,8 @@ class RedisStats:
         return self.command("PING").addCallback(lambda _: None)
 
     def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
+        if limit < 1:
+            return succeed([])  # ZREVRANGE would read "0 to -1" as everything
         d = self.command("ZREVRANGE", self.hashes_key, 0, limit - 1, "WITHSCORES")
         return d.addCallback(_pairs, float)
 
