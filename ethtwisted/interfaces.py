@@ -176,7 +176,8 @@ class IBlockReader(Interface):
 
     def heads(limit: int) -> Deferred[list[Head]]:
         """
-        The best head of each chain that clients currently report, by chain id.
+        The best head of each chain that clients currently report, by chain id: its highest
+        block; of several at that height, the one first seen last, then the highest hash.
         """
 
     def arrivals(since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:

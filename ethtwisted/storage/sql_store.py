@@ -392,7 +392,7 @@ class SQLStore:
             number = int(row[0])
             txn.execute(
                 f"SELECT block_hash, first_seen FROM eth_blocks WHERE {chain} AND number = {p}"
-                " ORDER BY block_hash IS NULL, first_seen DESC LIMIT 1",
+                " ORDER BY block_hash IS NULL, first_seen DESC, block_hash DESC LIMIT 1",
                 (*args, number),
             )
             block_hash, first_seen = txn.fetchone()
