@@ -20,8 +20,9 @@ CREATE TABLE IF NOT EXISTS eth_blocks (
 ) DEFAULT CHARSET = utf8mb4;
 
 -- Each client (its hello name, or its address): messages sent and the last block it reported.
+-- Names compare as SQLite compares them (by code point), so "Node-A" and "node-a" stay two.
 CREATE TABLE IF NOT EXISTS eth_clients (
-    client VARCHAR(255) NOT NULL PRIMARY KEY,
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
     address VARCHAR(64) NOT NULL,
     messages BIGINT NOT NULL,
     first_seen DOUBLE NOT NULL,
