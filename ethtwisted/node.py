@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -35,7 +36,15 @@ from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
 from ethtwisted.logs import describe, log_observer
-from ethtwisted.protocol import Block
+from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
+
+# Importing web3 imports py_ecc, which raises the recursion limit to 100,000: json's C decoder
+# then overflows the C stack (SIGSEGV, no exception) on JSON nested some 80,000 deep, and web3
+# parses every node answer with it before we see it.  At Python's default limit the decoder
+# raises RecursionError instead, which is node trouble like any other garbage.  This is the
+# one module that imports web3, so the one place to put the limit back.
+SAFE_RECURSION_LIMIT = 1000
+sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
 log = Logger(observer=log_observer)
 
@@ -74,6 +83,7 @@ _NODE_TROUBLE: tuple[type[BaseException], ...] = (
     TypeError,
     KeyError,
     AttributeError,
+    RecursionError,
 )
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -299,29 +309,53 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _shown(value: object) -> str:
+    """
+    A node's value in a message: itself when short, else what it is.
+    """
+    if type(value) is int and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__} of {len(text)} characters"
+
+
+def _as_int(what: str, value: object) -> int:
+    """
+    C{value} if it is an integer a block can hold (0 to a signed 64-bit's largest), else
+    L{NodeError} naming C{what}.
+    """
+    if type(value) is not int or not 0 <= value <= MAX_BLOCK_INT:
+        raise NodeError(f"node answered an unusable {what}: {_shown(value)}")
+    return value
+
+
 def _as_block(chain_id: int, data: BlockData) -> Block:
     """
     The part of web3's block we keep; L{NodeError} if the node's answer does not fit.
     """
+    if not isinstance(data, Mapping):
+        raise NodeError(f"node answered an unusable block: {_shown(data)}")
     try:
         number, block_hash = data["number"], data["hash"]
         parent_hash, timestamp = data["parentHash"], data["timestamp"]
     except KeyError as e:
         raise NodeError(f"block without {e.args[0]}") from None
-    if not isinstance(number, int) or not isinstance(timestamp, int):
-        raise NodeError("block with a number or timestamp that is not a number")
     hashes = []
     for value in (block_hash, parent_hash):
         if not isinstance(value, bytes) or len(value) != 32:
             raise NodeError("block with a hash that is not 32 bytes")
         hashes.append(HexBytes(value).to_0x_hex().lower())
-    return Block(
+    block = Block(
         chain_id=chain_id,
-        number=number,
+        number=_as_int("block number", number),
         hash=hashes[0],
         parent_hash=hashes[1],
-        timestamp=timestamp,
+        timestamp=_as_int("block timestamp", timestamp),
     )
+    problem = block_problem(block)
+    if problem is not None:
+        raise NodeError(f"node answered an unusable block: {problem}")
+    return block
 
 
 @implementer(INode)
@@ -356,7 +390,7 @@ class Web3Node:
 
     def block_number(self) -> Deferred[int]:
         async def fetch(connection: _Connection) -> int:
-            return int(await connection.w3.eth.block_number)
+            return _as_int("block number", await connection.w3.eth.block_number)
 
         return self._call("eth_blockNumber", fetch)
 
@@ -400,10 +434,9 @@ class Web3Node:
                     reason=_reason(e),
                 )
                 return None
-            number = data.get("number")
-            if not isinstance(number, int):
+            if not isinstance(data, Mapping) or "number" not in data:
                 raise NodeError("finalized block without a number")
-            return number
+            return _as_int("finalized block number", data["number"])
 
         return self._call("finalized block", fetch)
 
@@ -419,7 +452,7 @@ class Web3Node:
 
     async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
         if connection.chain_id is None:
-            connection.chain_id = int(await connection.w3.eth.chain_id)
+            connection.chain_id = _as_int("chain id", await connection.w3.eth.chain_id)
         try:
             data = await connection.w3.eth.get_block(which)
         except BlockNotFound:
