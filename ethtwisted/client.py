@@ -52,8 +52,12 @@ from ethtwisted.protocol import (
     FrameProtocol,
     Hello,
     PayloadFormat,
+    ProtocolError,
     Refusal,
+    block_problem,
     encode_payload,
+    loads_bounded,
+    parse_block,
     payload_hash,
 )
 
@@ -113,10 +117,18 @@ class Checkpoint:
             last = None
             if obj["last"] is not None:
                 last = Block(**obj["last"])
-                if not isinstance(last.number, int) or not isinstance(last.hash, str):
-                    raise ValueError("malformed last block")
-            recent = {int(number): str(block_hash) for number, block_hash in obj["recent"]}
-        except (KeyError, TypeError) as e:
+                problem = block_problem(last)
+                if problem is not None:
+                    raise ValueError(f"malformed last block: {problem}")
+            recent = {}
+            for number, block_hash in obj["recent"]:
+                seen = Block(chain_id=0, number=number, hash=block_hash,
+                             parent_hash=block_hash, timestamp=0)  # fmt: skip
+                problem = block_problem(seen)
+                if problem is not None:
+                    raise ValueError(f"malformed recent block: {problem}")
+                recent[number] = block_hash
+        except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed checkpoint: {e}") from None
         if last is not None:
             recent[last.number] = last.hash
@@ -284,6 +296,14 @@ class Follower:
         self.checkpoint = checkpoint
 
 
+_RECOVERED = {
+    "node": "{node} answers again after {n} failed polls; its head is block {number}",
+    "spool": "the spool can be written again after {n} failed polls; the head of {node} is "
+    "block {number}",
+    "bug": "following {node} again after {n} failed polls; its head is block {number}",
+}
+
+
 class Poller(Service):
     """
     Runs L{Follower.follow} every C{interval} seconds, never two at once.  A poll never fails:
@@ -303,6 +323,8 @@ class Poller(Service):
         self.interval = interval
         self.max_backoff = max(max_backoff, interval)
         self.trouble: str | None = None
+        self.trouble_kind: str | None = None
+        """Whose the trouble is: C{node}, C{spool} or C{bug}."""
         self.failures = 0
         self.polls = 0
         self._loop: LoopingCall | None = None
@@ -350,13 +372,13 @@ class Poller(Service):
         except CancelledError:
             return
         except NodeError as e:
-            self._failed(describe(e))
+            self._failed(describe(e), "node")
         except SpoolError as e:
-            self._failed(f"cannot write the spool: {e}", node=False)
+            self._failed(f"cannot write the spool: {e}", "spool")
         except Exception:
-            if self.trouble is None:
+            if self.trouble_kind != "bug":
                 log.failure("bug while following {node}", node=self.node)
-            self._failed("internal error")
+            self._failed("internal error", "bug")
         else:
             self._answered(head)
             return
@@ -367,35 +389,33 @@ class Poller(Service):
             return
 
     def _answered(self, head: Block) -> None:
-        if self.trouble is not None:
-            log.info(
-                "{node} answers again after {n} failed polls; its head is block {number}",
-                node=self.node,
-                n=self.failures,
-                number=head.number,
-            )
+        if self.trouble_kind is not None:
+            log.info(_RECOVERED[self.trouble_kind], node=self.node, n=self.failures,
+                     number=head.number)  # fmt: skip
         elif self.polls == 1:
             log.info("following {node}; its head is block {number}", node=self.node,
                      number=head.number)  # fmt: skip
         self.trouble = None
+        self.trouble_kind = None
         self.failures = 0
 
-    def _failed(self, reason: str, node: bool = True) -> None:
+    def _failed(self, reason: str, kind: str) -> None:
         self.failures += 1
-        if self.trouble is None:
-            if node:
+        if self.trouble is None or kind != self.trouble_kind:
+            if kind == "node":
                 log.warn(
                     "node {node} does not serve us: {reason}; retrying (every {cap:g} s at most)",
                     node=self.node,
                     reason=reason,
                     cap=self.max_backoff,
                 )
-            else:
+            elif kind == "spool":
                 log.error("{reason}; retrying (every {cap:g} s at most)", reason=reason,
                           cap=self.max_backoff)  # fmt: skip
         else:
             log.debug("poll failed again: {reason}", reason=reason)
         self.trouble = reason
+        self.trouble_kind = kind
 
 
 # -- the outbox and its spool -----------------------------------------------------------------
@@ -415,13 +435,26 @@ def _write_atomically(path: str, data: bytes) -> None:
     temporary = path + ".tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _unusable_block(payload: bytes) -> bool:
+    """
+    Whether C{payload} is a JSON block message (all the client sends starting with C{{}) that
+    does not hold a block which can be real.
+    """
+    return payload.startswith(b"{") and parse_block(payload) is None
 
 
 class Spool:
@@ -492,14 +525,20 @@ class Spool:
             try:
                 sequence = int(name[len("batch-") : -len(".json")])
                 with open(path, "rb") as f:
-                    obj = json.load(f)
+                    obj = loads_bounded(f.read())
                 payloads = [p.encode("utf-8") for p in obj["payloads"]]
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            except (OSError, ProtocolError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.error("unreadable spool file {path} ({reason}): set aside as .bad",
                           path=path, reason=describe(e))  # fmt: skip
                 os.replace(path, path + ".bad")
                 continue
-            batches.append((sequence, payloads))
+            # An older client may have spooled a block message built from a node's absurd
+            # answer (a 160-bit chain id, say), which a server cannot store as a block.
+            usable = [p for p in payloads if not _unusable_block(p)]
+            if len(usable) < len(payloads):
+                log.warn("spool file {path}: dropped {n} block messages that hold no usable "
+                         "block", path=path, n=len(payloads) - len(usable))  # fmt: skip
+            batches.append((sequence, usable))
         batches.sort()
         return batches
 
@@ -527,10 +566,10 @@ class Spool:
         path = self._path(self.STATE)
         try:
             with open(path, "rb") as f:
-                return json.load(f)
+                return loads_bounded(f.read())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ProtocolError) as e:
             log.error("unreadable spool file {path} ({reason}): starting from the node's head",
                       path=path, reason=describe(e))  # fmt: skip
             return None
