@@ -36,6 +36,7 @@ from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
 from ethtwisted.tap import (
     EnvOptions,
     check_endpoint,
+    port_number,
     positive_int,
     read_lines,
     read_token,
@@ -120,7 +121,7 @@ class Options(EnvOptions):
         ["token-file", None, None, "File holding the token sent to the server with the name."],
         # The older command line's server flags.
         ["host", None, None, "The server's host (same as --server tcp:host=HOST:port=PORT)."],
-        ["port", None, None, "The server's TCP port (default 9999).", positive_int],
+        ["port", None, None, "The server's TCP port (default 9999).", port_number],
     ]  # fmt: skip
     optFlags = [
         ["oneshot", None,

@@ -36,7 +36,7 @@ from ethtwisted import client_tap, server_tap
 from ethtwisted.healthcheck import endpoint_url
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.storage import StartupError
-from ethtwisted.tap import EnvOptions, StartingService, fatal, positive_int
+from ethtwisted.tap import EnvOptions, StartingService, fatal, port_number, positive_int
 
 log = Logger(observer=log_observer)
 
@@ -127,7 +127,7 @@ class Options(EnvOptions):
         ["dev-node-binary", None, None,
          "The dev node's program (default: anvil from ./node_modules, else on the PATH)."],
         ["block-time", None, 2, "Seconds between two blocks.", positive_int],
-        ["port", None, 9999, "Port of the collector, on 127.0.0.1.", positive_int],
+        ["port", None, 9999, "Port of the collector, on 127.0.0.1.", port_number],
         ["stats", None, DEFAULT_STATS,
          "Endpoint of the stats API and dashboard (a bare port means loopback)."],
     ]  # fmt: skip

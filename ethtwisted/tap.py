@@ -73,6 +73,19 @@ def positive_int(value: str) -> int:
     return number
 
 
+MAX_PORT = 65535
+
+
+def port_number(value: str) -> int:
+    """
+    A TCP port to connect to or listen on, 1 to 65535.
+    """
+    number = positive_int(value)
+    if number > MAX_PORT:
+        raise ValueError(f"must be 1 to {MAX_PORT}, not {value}")
+    return number
+
+
 class EnvOptions(usage.Options):
     """
     Options that fall back to C{ETH_*} environment variables; a flag on the command line
@@ -155,9 +168,17 @@ def check_endpoint(description: str, option: str, *, server: bool) -> None:
     try:
         # Parsing builds the endpoint without connecting or listening; a memory reactor
         # keeps option parsing from choosing the process's reactor.
-        parse(MemoryReactor(), description)
+        endpoint = parse(MemoryReactor(), description)
     except Exception as e:
         raise usage.UsageError(f"--{option} {description!r}: {e}") from None
+    # The parsers take any integer as a port; only connecting refuses one out of range, and a
+    # client would retry that for ever.  TLS endpoints wrap the TCP one.
+    port = getattr(getattr(endpoint, "_wrappedEndpoint", endpoint), "_port", None)
+    lowest = 0 if server else 1
+    if isinstance(port, int) and not lowest <= port <= MAX_PORT:
+        raise usage.UsageError(
+            f"--{option} {description!r}: port {port} is not {lowest} to {MAX_PORT}"
+        )
 
 
 def token_options(option: str, what: str) -> list[list[Any]]:
