@@ -503,6 +503,8 @@ async def test_a_reorg_is_followed(anvil: Anvil, server: tuple[Server, Committed
         (["--reactor=select"], [], "needs the asyncio reactor, not SelectReactor"),
         ([], ["--interval", "0.01"], "at least 0.05"),
         ([], ["--node", "localhost:8545"], "no scheme"),
+        ([], ["--port", "99999"], "must be 1 to 65535, not 99999"),
+        ([], ["--server", "tcp:host=127.0.0.1:port=99999"], "port 99999 is not 1 to 65535"),
     ],
 )
 def test_command_line_errors_end_with_one_line(

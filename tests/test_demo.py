@@ -93,6 +93,7 @@ def test_node_arguments(tmp_path: Path) -> None:
         (["--dev-node-binary", "/nonexistent/anvil"], "is not an executable program"),
         (["--state-dir", "/tmp/" + "x" * 120], "too long a path for a socket"),
         (["--block-time", "0"], "must be at least 1"),
+        (["--port", "99999"], "must be 1 to 65535, not 99999"),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
