@@ -220,7 +220,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         )
         client = EthClient(poller, service, connection, outbox, node, reactor)
     if metrics is not None:
-        from ethtwisted.web import serve_agent
+        from ethtwisted.web.site import serve_agent
 
         metrics.watch(follower, client.connection)
         web = serve_agent(reactor, registry, metrics.health, config["metrics"],

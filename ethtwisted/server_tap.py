@@ -218,7 +218,8 @@ def stats_service(
     from prometheus_client import CollectorRegistry
 
     from ethtwisted.metrics import ServerMetrics
-    from ethtwisted.web import Stats, serve_stats
+    from ethtwisted.web.reads import Stats
+    from ethtwisted.web.site import serve_stats
 
     registry = CollectorRegistry()
     ServerMetrics(registry, factory, ingest)

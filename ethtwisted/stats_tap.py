@@ -18,7 +18,8 @@ from ethtwisted.server_tap import (
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.tap import read_token, web_endpoint
-from ethtwisted.web import Stats, serve_stats
+from ethtwisted.web.reads import Stats
+from ethtwisted.web.site import serve_stats
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 

@@ -55,15 +55,9 @@ from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
-from ethtwisted.web import (
-    CHECK_TIMEOUT,
-    READ_TIMEOUT,
-    Stats,
-    StatsRoot,
-    StatsService,
-    agent_resource,
-    plain_table,
-)
+from ethtwisted.web.cat import plain_table
+from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Stats
+from ethtwisted.web.site import StatsRoot, StatsService, agent_resource
 from tests.conftest import MySQLDatabase, Redis
 
 TIMEOUT = 30.0

@@ -1,0 +1,128 @@
+"""
+What the web endpoints read, and how: the durable store (SQL), the counters (Redis,
+optional) and the collector's own trouble, each read bounded in time; a store that fails is
+a 503 to the caller and one warning in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ethtwisted.interfaces import IBlockReader, IStatsReader
+from ethtwisted.logs import describe, log_observer
+from ethtwisted.metrics import StoreMetrics
+from ethtwisted.web.resource import HTTPError
+
+log = Logger(observer=log_observer)
+
+MAX_CLIENTS = 1000
+MAX_CHAINS = 100
+CHECK_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+
+
+def _short_reason(failure: Failure | BaseException) -> str:
+    value = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(value, CancelledError | TimeoutError):
+        return "timed out"
+    return describe(failure)[:200]
+
+
+class Stats:
+    """
+    What the stats resources read: the durable store (SQL), the counters (Redis, optional)
+    and, inside eth-server, the collector's own trouble.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        sql: IBlockReader,
+        sql_stats: IStatsReader,
+        redis: IStatsReader | None = None,
+        trouble: Callable[[], str | None] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.sql = sql
+        self.sql_stats = sql_stats
+        self.redis = redis
+        self.trouble = trouble
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.store_metrics = StoreMetrics(
+            self.registry, ["sql", "redis"] if redis is not None else ["sql"]
+        )
+        self._said: str | None = None
+
+    @property
+    def counters(self) -> IStatsReader:
+        """Where C{/_cat} reads: Redis when configured, else SQL."""
+        return self.redis if self.redis is not None else self.sql_stats
+
+    async def read(self, d: Deferred[Any]) -> Any:
+        """
+        Wait for a store read; a store that fails or does not answer in time becomes a 503
+        (its reason logged once, not shown to the caller).
+        """
+        try:
+            result = await d.addTimeout(READ_TIMEOUT, self.reactor)
+        except CancelledError:
+            raise  # the caller went away
+        except Exception as e:
+            reason = _short_reason(e)
+            if reason != self._said:
+                self._said = reason
+                log.warn("stats: a store read failed: {reason}", reason=reason)
+            raise HTTPError(503, "store unavailable") from None
+        if self._said is not None:
+            log.info("stats: store reads work again")
+            self._said = None
+        return result
+
+    def check(self) -> Deferred[Mapping[str, str | None]]:
+        """
+        Ping every store: C{{"sql": None, "redis": "timed out after 5 s", ...}}.
+        """
+        return Deferred.fromCoroutine(self._check())
+
+    async def _check(self) -> Mapping[str, str | None]:
+        stores: list[tuple[str, IStatsReader]] = [("sql", self.sql_stats)]
+        if self.redis is not None:
+            stores.append(("redis", self.redis))
+        results = await gatherResults(
+            [self._ping(reader) for _, reader in stores], consumeErrors=True
+        )
+        checks: dict[str, str | None] = dict(zip([n for n, _ in stores], results, strict=True))
+        if self.trouble is not None:
+            checks["ingest"] = self.trouble()
+        self.store_metrics.update_health({n: checks[n] for n, _ in stores})
+        return checks
+
+    def _ping(self, reader: IStatsReader) -> Deferred[str | None]:
+        d = reader.ping().addTimeout(CHECK_TIMEOUT, self.reactor)
+        return d.addCallbacks(lambda _: None, _short_reason)
+
+    async def refresh_metrics(self) -> None:
+        """
+        Bring the store gauges up to date before a scrape.
+        """
+        checks = await self.check()
+        if checks["sql"] is not None:
+            return
+        reading_clients = self.sql.clients(MAX_CLIENTS).addTimeout(READ_TIMEOUT, self.reactor)
+        reading_heads = self.sql.heads(MAX_CHAINS).addTimeout(READ_TIMEOUT, self.reactor)
+        try:
+            clients = await reading_clients
+            heads = await reading_heads
+        except Exception as e:
+            log.warn("stats: cannot read the clients for metrics: {reason}",
+                     reason=_short_reason(e))  # fmt: skip
+            return
+        self.store_metrics.update_clients(clients, heads)
