@@ -218,12 +218,12 @@ def stats_service(
     from prometheus_client import CollectorRegistry
 
     from ethtwisted.metrics import ServerMetrics
-    from ethtwisted.web.reads import Stats
+    from ethtwisted.web.reads import Reads
     from ethtwisted.web.site import serve_stats
 
     registry = CollectorRegistry()
     ServerMetrics(registry, factory, ingest)
-    stats = Stats(reactor, store, store, redis, lambda: ingest.trouble, registry)
-    service = serve_stats(reactor, stats, config["stats"], config["stats_token"])
+    reads = Reads(reactor, store, store, redis, lambda: ingest.trouble, registry)
+    service = serve_stats(reactor, reads, config["stats"], config["stats_token"])
     service.setName("stats")
     return service

@@ -18,7 +18,7 @@ from ethtwisted.server_tap import (
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.tap import read_token, web_endpoint
-from ethtwisted.web.reads import Stats
+from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import serve_stats
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -59,10 +59,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         redis = RedisStats(config["redis_url"], reactor, config["redis-prefix"])
         waits.append((str(config["redis_url"]), redis.ping))
         closes.append(redis.close)
-    stats = Stats(reactor, store, store, redis)
+    reads = Reads(reactor, store, store, redis)
     service = MultiService()
     web = serve_stats(
-        reactor, stats, config["listen"], config["stats_token"], waits, config["wait"], closes
+        reactor, reads, config["listen"], config["stats_token"], waits, config["wait"], closes
     )
     web.setName("stats")
     web.setServiceParent(service)

@@ -56,8 +56,8 @@ from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web.cat import plain_table
-from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Stats
-from ethtwisted.web.site import StatsRoot, StatsService, agent_resource
+from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
+from ethtwisted.web.site import StatsRoot, WebService, agent_resource
 from tests.conftest import MySQLDatabase, Redis
 
 TIMEOUT = 30.0
@@ -182,8 +182,8 @@ async def fill(store: SQLStore) -> dict[str, Any]:
     return {"received": batches}
 
 
-def stats_over(store: SQLStore, registry: CollectorRegistry | None = None) -> Stats:
-    return Stats(reactor, store, store, registry=registry)
+def reads_over(store: SQLStore, registry: CollectorRegistry | None = None) -> Reads:
+    return Reads(reactor, store, store, registry=registry)
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -266,7 +266,7 @@ async def test_cat_index_and_tables_from_sql(sqlite_store: SQLStore) -> None:
     /_cat/clients shows each address with its message count, busiest first.
     """
     history = await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
 
     index = await client.get("/_cat")
     assert index.status == 200
@@ -300,7 +300,7 @@ async def test_cat_hashes_lists_the_latest_hundred(sqlite_store: SQLStore) -> No
     However many payloads there are, /_cat/hashes lists the 100 most recent.
     """
     await sqlite_store.store([received(f"payload {i}".encode(), "c", T0 + i) for i in range(130)])
-    rows = table_rows((await Client(StatsRoot(stats_over(sqlite_store))).get("/_cat/hashes")).text)
+    rows = table_rows((await Client(StatsRoot(reads_over(sqlite_store))).get("/_cat/hashes")).text)
     assert len(rows) == 101
     assert rows[1] == [payload_hash(b"payload 129"), f"{T0 + 129:.3f}"]
     assert rows[-1] == [payload_hash(b"payload 30"), f"{T0 + 30:.3f}"]
@@ -313,7 +313,7 @@ async def test_cat_hash_shows_the_stored_payload(sqlite_store: SQLStore) -> None
     hash is 404 and anything that is not 64 hex characters 400, both "Hash not found".
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     page = block_html(4242)
     reply = await client.get(f"/_cat/hashes/{payload_hash(page)}")
     assert (reply.status, reply.body) == (200, page)
@@ -339,7 +339,7 @@ async def test_api_blocks_newest_first_with_cursor(sqlite_store: SQLStore) -> No
     at 1,000) and ?before= continues after a given payload, so paging visits each once.
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     everything = (await client.get("/api/v1/blocks")).json()
     assert everything["next"] is None
     blocks = everything["blocks"]
@@ -400,7 +400,7 @@ async def test_api_one_block_with_its_payload(sqlite_store: SQLStore) -> None:
     malformed a JSON 400.
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     payload = block_json(block(1, 3))
     body = (await client.get(f"/api/v1/blocks/{payload_hash(payload)}")).json()
     assert body["payload"] == payload.decode()
@@ -420,7 +420,7 @@ async def test_api_clients_and_heads(sqlite_store: SQLStore) -> None:
     and last sighting, last block and its lag behind the best head of its chain.
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     heads = (await client.get("/api/v1/head")).json()
     assert isinstance(heads["now"], float)
     assert heads["heads"] == [
@@ -458,7 +458,7 @@ async def test_api_arrivals_per_minute(sqlite_store: SQLStore) -> None:
             for i, t in enumerate([now, now, minute - 1, now - 7200])
         ]
     )
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     body = (await client.get("/api/v1/arrivals")).json()
     assert body["bucket"] == 60
     assert body["since"] == minute - 59 * 60
@@ -476,7 +476,7 @@ async def test_errors_are_json_without_tracebacks(sqlite_store: SQLStore, tmp_pa
     Unknown paths are JSON 404s, other methods 405, and a store that fails a read is a 503
     saying only "store unavailable" (logged once as a warning, not as a bug).
     """
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     for path in ("/nope", "/api/v2/blocks", "/api/v1/nothing", "/api/v1/head/extra"):
         reply = await client.get(path)
         assert (reply.status, reply.json()) == (404, {"error": "not found", "status": 404})
@@ -509,10 +509,10 @@ async def test_reader_gone_is_not_a_store_failure(sqlite_store: SQLStore) -> Non
     A read abandoned because its caller went away is cancelled quietly, not reported as a
     store failure.
     """
-    stats = stats_over(sqlite_store)
+    reads = reads_over(sqlite_store)
     pending: Deferred[None] = Deferred()
     with capturedLogs() as events:
-        reading = Deferred.fromCoroutine(stats.read(pending))
+        reading = Deferred.fromCoroutine(reads.read(pending))
         reading.cancel()
         with pytest.raises(CancelledError):
             await reading
@@ -526,7 +526,7 @@ async def test_token_guards_api_metrics_and_dashboard(sqlite_store: SQLStore) ->
     dashboard also as ?token=); /_cat and /healthz stay open.
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store), TOKEN))
+    client = Client(StatsRoot(reads_over(sqlite_store), TOKEN))
     for path in ("/api/v1/head", "/api/v1/blocks", "/metrics"):
         for token in (None, "wrong", TOKEN + "x"):
             reply = await client.get(path, token)
@@ -578,7 +578,7 @@ async def test_oversized_query_arguments_are_a_400(sqlite_store: SQLStore) -> No
     and nothing is logged.
     """
     await fill(sqlite_store)
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     digits = "9" * 5000
     with capturedLogs() as events:
         for path, message in [
@@ -605,7 +605,7 @@ async def test_undecodable_authorization_is_unauthorized(sqlite_store: SQLStore)
     With a token, an Authorization header that is not UTF-8 (or the token with bytes added)
     is refused like any wrong token: 401 with the usual headers, and nothing is logged.
     """
-    stats_root = StatsRoot(stats_over(sqlite_store), TOKEN)
+    stats_root = StatsRoot(reads_over(sqlite_store), TOKEN)
     agent = agent_resource(CollectorRegistry(), lambda: {}, token=TOKEN)
     values = [
         b"Bearer \xff\xfe",
@@ -649,7 +649,7 @@ async def test_dashboard_page_is_self_contained(sqlite_store: SQLStore) -> None:
     The dashboard is one HTML page loading nothing from elsewhere; its policy allows exactly
     its own inline script and style.
     """
-    reply = await Client(StatsRoot(stats_over(sqlite_store))).get("/")
+    reply = await Client(StatsRoot(reads_over(sqlite_store))).get("/")
     assert reply.status == 200
     assert reply.headers["content-type"] == "text/html; charset=utf-8"
     assert not re.search(r"(src|href)=\"(https?:)?//", reply.text)
@@ -671,15 +671,15 @@ async def test_healthz(sqlite_store: SQLStore) -> None:
     /healthz is 200 when every store answers, 503 naming the failing store (and the
     collector's own trouble) otherwise.
     """
-    client = Client(StatsRoot(stats_over(sqlite_store)))
+    client = Client(StatsRoot(reads_over(sqlite_store)))
     reply = await client.get("/healthz")
     assert (reply.status, reply.json()) == (200, {"status": "ok", "checks": {"sql": "ok"}})
 
     trouble: list[str | None] = [None]
     redis = MemoryCounters()
     redis.down = ConnectionRefusedError("Connection refused")
-    stats = Stats(reactor, sqlite_store, sqlite_store, redis, lambda: trouble[0])
-    client = Client(StatsRoot(stats))
+    reads = Reads(reactor, sqlite_store, sqlite_store, redis, lambda: trouble[0])
+    client = Client(StatsRoot(reads))
     reply = await client.get("/healthz")
     assert reply.status == 503
     assert reply.json() == {
@@ -716,7 +716,7 @@ async def test_a_store_that_does_not_answer_times_out_in_words(sqlite_store: SQL
     """
     clock = Clock()
     hanging = Hanging()
-    client = Client(StatsRoot(Stats(clock, sqlite_store, sqlite_store, hanging)))
+    client = Client(StatsRoot(Reads(clock, sqlite_store, sqlite_store, hanging)))
     with capturedLogs() as events:
         replying = Deferred.fromCoroutine(client.get("/healthz"))
         # Redis asked, and SQL answered: only the Redis ping's timer is left.
@@ -759,7 +759,7 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     metrics.acknowledged("0" * 64)
     metrics.dropped("too_large")
     metrics.committed([received(b"x", "c", reactor.seconds() - 0.02)] * 3, 1)
-    client = Client(StatsRoot(stats_over(sqlite_store, registry)))
+    client = Client(StatsRoot(reads_over(sqlite_store, registry)))
     reply = await client.get("/metrics")
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("text/plain; version=")
@@ -824,11 +824,11 @@ def one_payload_store() -> MemoryStore:
 
 def hostile_sites(clock: Clock) -> dict[str, Any]:
     store = one_payload_store()
-    stats = Stats(clock, store, store, store, lambda: None)
+    reads = Reads(clock, store, store, store, lambda: None)
     registry = CollectorRegistry()
     return {
-        "open": StatsRoot(stats),
-        "token": StatsRoot(stats, TOKEN),
+        "open": StatsRoot(reads),
+        "token": StatsRoot(reads, TOKEN),
         "agent": agent_resource(registry, lambda: {"node": None}),
         "agent-token": agent_resource(registry, lambda: {"node": None}, TOKEN),
     }
@@ -956,7 +956,7 @@ async def sender(port: int, name: str | None = None) -> Sender:
 @dataclass
 class Running:
     service: IService
-    stats: StatsService
+    stats: WebService
     collector_port: int | None
 
     @property

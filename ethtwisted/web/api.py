@@ -12,7 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.web.server import Request
 
 from ethtwisted.interfaces import BlockRecord, ClientRecord, Head
-from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Stats
+from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Reads
 from ethtwisted.web.resource import (
     Endpoint,
     HTTPError,
@@ -74,9 +74,9 @@ class ApiResource(Endpoint):
 
     protected = True
 
-    def __init__(self, stats: Stats, token: str | None) -> None:
+    def __init__(self, reads: Reads, token: str | None) -> None:
         super().__init__(token)
-        self.stats = stats
+        self.reads = reads
 
     async def handle(self, request: Request, path: list[str]) -> Response:
         if path[:1] != ["v1"]:
@@ -105,12 +105,12 @@ class ApiResource(Endpoint):
         return await handler(request, path[1:])
 
     async def blocks(self, request: Request, rest: list[str]) -> Response:
-        sql = self.stats.sql
+        sql = self.reads.sql
         if len(rest) == 1:
             sha256 = valid_sha256(rest[0])
             if sha256 is None:
                 raise HTTPError(400, "a block is named by the SHA256 of its payload: 64 hex")
-            record, payload = await self.stats.read(
+            record, payload = await self.reads.read(
                 gatherResults([sql.block(sha256), sql.payload(sha256)], consumeErrors=True)
             )
             if record is None and payload is None:
@@ -126,7 +126,7 @@ class ApiResource(Endpoint):
             before = valid_sha256(before)
             if before is None:
                 raise HTTPError(400, "before must be the sha256 of a block: 64 hex")
-        records = await self.stats.read(sql.blocks(limit, before))
+        records = await self.reads.read(sql.blocks(limit, before))
         if records is None:
             raise HTTPError(400, "before names no stored block")
         following = records[-1].sha256 if len(records) == limit else None
@@ -138,32 +138,32 @@ class ApiResource(Endpoint):
         if rest:
             raise HTTPError(404, "not found")
         limit = int_arg(request, "limit", MAX_CLIENTS, MAX_CLIENTS)
-        clients, heads = await self.stats.read(
+        clients, heads = await self.reads.read(
             gatherResults(
-                [self.stats.sql.clients(limit), self.stats.sql.heads(MAX_CHAINS)],
+                [self.reads.sql.clients(limit), self.reads.sql.heads(MAX_CHAINS)],
                 consumeErrors=True,
             )
         )
         best = {h.chain_id: h.number for h in heads}
         return json_response(
-            {"now": self.stats.reactor.seconds(), "clients": [_client(c, best) for c in clients]}
+            {"now": self.reads.reactor.seconds(), "clients": [_client(c, best) for c in clients]}
         )
 
     async def head(self, request: Request, rest: list[str]) -> Response:
         if rest:
             raise HTTPError(404, "not found")
-        heads = await self.stats.read(self.stats.sql.heads(MAX_CHAINS))
+        heads = await self.reads.read(self.reads.sql.heads(MAX_CHAINS))
         return json_response(
-            {"now": self.stats.reactor.seconds(), "heads": [_head(h) for h in heads]}
+            {"now": self.reads.reactor.seconds(), "heads": [_head(h) for h in heads]}
         )
 
     async def arrivals(self, request: Request, rest: list[str]) -> Response:
         if rest:
             raise HTTPError(404, "not found")
         minutes = int_arg(request, "minutes", 60, MAX_MINUTES)
-        now = self.stats.reactor.seconds()
+        now = self.reads.reactor.seconds()
         since = (int(now) // 60 - minutes + 1) * 60
-        counts = await self.stats.read(self.stats.sql.arrivals(since, 60))
+        counts = await self.reads.read(self.reads.sql.arrivals(since, 60))
         return json_response(
             {
                 "now": now,

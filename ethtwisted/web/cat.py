@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from ethtwisted.web.reads import Stats
+from ethtwisted.web.reads import Reads
 from ethtwisted.web.resource import Endpoint, HTTPError, Response, text_response, valid_sha256
 
 CAT_HASHES = 100
@@ -52,25 +52,25 @@ class CatResource(Endpoint):
 
     json_errors = False
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, reads: Reads) -> None:
         super().__init__(None)
-        self.stats = stats
+        self.reads = reads
 
     async def handle(self, request: Request, path: list[str]) -> Response:
         if not path:
             return text_response("=^.^=\n/_cat/hashes\n/_cat/hashes/{hash}\n/_cat/clients\n")
         if path == ["hashes"]:
-            rows = await self.stats.read(self.stats.counters.latest_hashes(CAT_HASHES))
+            rows = await self.reads.read(self.reads.counters.latest_hashes(CAT_HASHES))
             return text_response(plain_table(["hash", "timestamp"], rows))
         if path[0] == "hashes" and len(path) == 2:
             sha256 = valid_sha256(path[1])
             if sha256 is None:
                 return text_response("Hash not found", 400)
-            payload = await self.stats.read(self.stats.sql.payload(sha256))
+            payload = await self.reads.read(self.reads.sql.payload(sha256))
             if payload is None:
                 return text_response("Hash not found", 404)
             return text_response(payload)
         if path == ["clients"]:
-            rows = await self.stats.read(self.stats.counters.address_counts(CAT_CLIENTS))
+            rows = await self.reads.read(self.reads.counters.address_counts(CAT_CLIENTS))
             return text_response(plain_table(["client", "count"], rows))
         raise HTTPError(404, "not found")

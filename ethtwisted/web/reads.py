@@ -35,24 +35,25 @@ def _short_reason(failure: Failure | BaseException) -> str:
     return describe(failure)[:200]
 
 
-class Stats:
+class Reads:
     """
-    What the stats resources read: the durable store (SQL), the counters (Redis, optional)
-    and, inside eth-server, the collector's own trouble.
+    What the web endpoints read, each read bounded in time: the durable store (SQL), the
+    counters (Redis when configured, else SQL's) and, inside eth-server, the collector's own
+    trouble.
     """
 
     def __init__(
         self,
         reactor: IReactorTime,
         sql: IBlockReader,
-        sql_stats: IStatsReader,
+        sql_counters: IStatsReader,
         redis: IStatsReader | None = None,
         trouble: Callable[[], str | None] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.reactor = reactor
         self.sql = sql
-        self.sql_stats = sql_stats
+        self.sql_counters = sql_counters
         self.redis = redis
         self.trouble = trouble
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -64,7 +65,7 @@ class Stats:
     @property
     def counters(self) -> IStatsReader:
         """Where C{/_cat} reads: Redis when configured, else SQL."""
-        return self.redis if self.redis is not None else self.sql_stats
+        return self.redis if self.redis is not None else self.sql_counters
 
     async def read(self, d: Deferred[Any]) -> Any:
         """
@@ -93,7 +94,7 @@ class Stats:
         return Deferred.fromCoroutine(self._check())
 
     async def _check(self) -> Mapping[str, str | None]:
-        stores: list[tuple[str, IStatsReader]] = [("sql", self.sql_stats)]
+        stores: list[tuple[str, IStatsReader]] = [("sql", self.sql_counters)]
         if self.redis is not None:
             stores.append(("redis", self.redis))
         results = await gatherResults(

@@ -29,7 +29,7 @@ from ethtwisted.web.api import ApiResource
 from ethtwisted.web.cat import CatResource
 from ethtwisted.web.dashboard import DashboardResource
 from ethtwisted.web.health import HealthCheck, HealthResource, MetricsResource
-from ethtwisted.web.reads import Stats
+from ethtwisted.web.reads import Reads
 from ethtwisted.web.resource import Root
 
 log = Logger(observer=log_observer)
@@ -40,13 +40,13 @@ class StatsRoot(Root):
     The root of the stats site.
     """
 
-    def __init__(self, stats: Stats, token: str | None = None) -> None:
+    def __init__(self, reads: Reads, token: str | None = None) -> None:
         super().__init__()
         self.putChild(b"", DashboardResource(token))
-        self.putChild(b"_cat", CatResource(stats))
-        self.putChild(b"api", ApiResource(stats, token))
-        self.putChild(b"metrics", MetricsResource(stats.registry, token, stats.refresh_metrics))
-        self.putChild(b"healthz", HealthResource(stats.check))
+        self.putChild(b"_cat", CatResource(reads))
+        self.putChild(b"api", ApiResource(reads, token))
+        self.putChild(b"metrics", MetricsResource(reads.registry, token, reads.refresh_metrics))
+        self.putChild(b"healthz", HealthResource(reads.check))
 
 
 def agent_resource(
@@ -62,7 +62,7 @@ def agent_resource(
     return root
 
 
-class StatsSite(Site):
+class QuietSite(Site):
     """
     A L{Site} that logs requests at debug level, by path only: a query string may carry the
     dashboard's token, and a dashboard polls too often for an access log at info level.
@@ -79,11 +79,11 @@ class StatsSite(Site):
         )
 
 
-def stats_site(stats: Stats, token: str | None = None, reactor: Any = None) -> StatsSite:
+def stats_site(reads: Reads, token: str | None = None, reactor: Any = None) -> QuietSite:
     """
-    The whole stats site over C{stats}.
+    The whole stats site over C{reads}.
     """
-    site = StatsSite(StatsRoot(stats, token), reactor=reactor)
+    site = QuietSite(StatsRoot(reads, token), reactor=reactor)
     site.noisy = False
     return site
 
@@ -93,23 +93,23 @@ def stats_site(stats: Stats, token: str | None = None, reactor: Any = None) -> S
 
 def serve_stats(
     reactor: Any,
-    stats: Stats,
+    reads: Reads,
     description: str,
     token: str | None,
     waits: Sequence[tuple[str, Callable[[], Deferred[None]]]] = (),
     wait: float = 0.0,
     closes: Sequence[Callable[[], Deferred[None]]] = (),
-) -> StatsService:
+) -> WebService:
     """
-    The stats site over C{stats}, served on the endpoint C{description}; a warning if it is
+    The stats site over C{reads}, served on the endpoint C{description}; a warning if it is
     reachable from other machines without a token.
     """
     if token is None and reachable_beyond_loopback(description):
         log.warn("the stats API on {description} is open beyond this machine: no token",
                  description=description)  # fmt: skip
     endpoint = serverFromString(reactor, description)
-    site = stats_site(stats, token, reactor)
-    return StatsService(reactor, site, [(description, endpoint)], waits, wait, closes)
+    site = stats_site(reads, token, reactor)
+    return WebService(reactor, site, [(description, endpoint)], waits, wait, closes)
 
 
 def serve_agent(
@@ -118,20 +118,20 @@ def serve_agent(
     check: HealthCheck,
     description: str,
     token: str | None,
-) -> StatsService:
+) -> WebService:
     """
     An agent's own C{/metrics} and C{/healthz} (eth-client's), served on C{description}.
     """
     if token is None and reachable_beyond_loopback(description):
         log.warn("the metrics on {description} are open beyond this machine: no token",
                  description=description)  # fmt: skip
-    site = StatsSite(agent_resource(registry, check, token), reactor=reactor)
+    site = QuietSite(agent_resource(registry, check, token), reactor=reactor)
     site.noisy = False
     endpoint = serverFromString(reactor, description)
-    return StatsService(reactor, site, [(description, endpoint)], what="metrics")
+    return WebService(reactor, site, [(description, endpoint)], what="metrics")
 
 
-class StatsService(StartingService):
+class WebService(StartingService):
     """
     Waits for the stores (up to C{wait} seconds, each C{start} in C{waits}), then serves
     C{site} on every endpoint; on stop, stops listening and calls each of C{closes}.  A store
