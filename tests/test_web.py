@@ -33,6 +33,7 @@ from zope.interface.verify import verifyObject
 
 from ethtwisted import server_tap, stats_tap
 from ethtwisted.interfaces import (
+    ClientRecord,
     IBlockReader,
     IStatsReader,
     Received,
@@ -805,6 +806,31 @@ async def test_agent_resource_serves_a_given_registry_and_check() -> None:
     client = Client(agent_resource(registry, lambda: checks, token=TOKEN))
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", TOKEN)).status == 200
+
+
+class SlowClients(MemoryStore):
+    """A store in memory whose clients query never answers."""
+
+    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
+        return Deferred()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrape_gone_is_not_a_metrics_failure() -> None:
+    """
+    A metrics refresh abandoned because the scraper went away is cancelled quietly, not
+    logged as a failure to read the clients.
+    """
+    clock = Clock()
+    store = SlowClients()
+    reads = Reads(clock, store, store)
+    with capturedLogs() as events:
+        refreshing = Deferred.fromCoroutine(reads.refresh_metrics())
+        refreshing.cancel()
+        with pytest.raises(CancelledError):
+            await refreshing
+    assert above_debug(events) == []
+    assert not clock.getDelayedCalls()
 
 
 # -- hostile requests -------------------------------------------------------------------------

@@ -28,11 +28,12 @@ CHECK_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 
 
-def _short_reason(failure: Failure | BaseException) -> str:
-    value = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(value, CancelledError | TimeoutError):
-        return "timed out"
-    return describe(failure)[:200]
+MAX_REASON = 200
+"""The most characters of a store's trouble said in C{/healthz} or the log."""
+
+
+def _reason(failure: Failure | BaseException) -> str:
+    return describe(failure)[:MAX_REASON]
 
 
 class Reads:
@@ -77,7 +78,7 @@ class Reads:
         except CancelledError:
             raise  # the caller went away
         except Exception as e:
-            reason = _short_reason(e)
+            reason = _reason(e)
             if reason != self._said:
                 self._said = reason
                 log.warn("stats: a store read failed: {reason}", reason=reason)
@@ -108,7 +109,7 @@ class Reads:
 
     def _ping(self, reader: IStatsReader) -> Deferred[str | None]:
         d = reader.ping().addTimeout(CHECK_TIMEOUT, self.reactor)
-        return d.addCallbacks(lambda _: None, _short_reason)
+        return d.addCallbacks(lambda _: None, _reason)
 
     async def refresh_metrics(self) -> None:
         """
@@ -122,8 +123,10 @@ class Reads:
         try:
             clients = await reading_clients
             heads = await reading_heads
+        except CancelledError:
+            raise  # the scraper went away
         except Exception as e:
             log.warn("stats: cannot read the clients for metrics: {reason}",
-                     reason=_short_reason(e))  # fmt: skip
+                     reason=_reason(e))  # fmt: skip
             return
         self.store_metrics.update_clients(clients, heads)
