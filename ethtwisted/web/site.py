@@ -64,11 +64,13 @@ def agent_resource(
 
 class QuietSite(Site):
     """
-    A L{Site} that logs requests at debug level, by path only: a query string may carry the
-    dashboard's token, and a dashboard polls too often for an access log at info level.
+    A L{Site} that logs requests at debug level, by path only (a query string may carry the
+    dashboard's token, and a dashboard polls too often for an access log at info level), and
+    not its own starts and stops.
     """
 
     displayTracebacks = False
+    noisy = False
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         log.debug(
@@ -83,9 +85,7 @@ def stats_site(reads: Reads, token: str | None = None, reactor: Any = None) -> Q
     """
     The whole stats site over C{reads}.
     """
-    site = QuietSite(StatsRoot(reads, token), reactor=reactor)
-    site.noisy = False
-    return site
+    return QuietSite(StatsRoot(reads, token), reactor=reactor)
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -126,7 +126,6 @@ def serve_agent(
         log.warn("the metrics on {description} are open beyond this machine: no token",
                  description=description)  # fmt: skip
     site = QuietSite(agent_resource(registry, check, token), reactor=reactor)
-    site.noisy = False
     endpoint = serverFromString(reactor, description)
     return WebService(reactor, site, [(description, endpoint)], what="metrics")
 
@@ -138,8 +137,6 @@ class WebService(StartingService):
     that cannot be reached or an endpoint that cannot be listened on ends the program with one
     line on stderr.
     """
-
-    what = "the stats API"
 
     def __init__(
         self,
