@@ -28,7 +28,18 @@ if TYPE_CHECKING:
 
 NAMESPACE = "ethtwisted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DROP_KINDS = ("too_large", "framing", "bad_message", "unauthorized", "idle", "internal")
+DROP_KINDS = (
+    "too_large",
+    "framing",
+    "bad_message",
+    "unauthorized",
+    "idle",
+    "no_hello",
+    "slow_reader",
+    "too_many_connections",
+    "buffered_bytes",
+    "internal",
+)
 
 
 def _metric(

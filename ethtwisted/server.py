@@ -18,6 +18,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
     IPushProducer,
     IReactorCore,
@@ -28,6 +29,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
 from ethtwisted.logs import describe, log_observer
@@ -53,6 +55,11 @@ LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
 MAX_RETRY_DELAY = 5.0
 MAX_NAME_LENGTH = 255
 STOP_TIMEOUT = 10.0
+MAX_UNREAD_ACK_BYTES = 256 * 1024
+"""Acks a peer may leave unread beyond its transport's write buffer before it is dropped."""
+DEFAULT_HELLO_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 
 
 class ConnectionObserver(Protocol):
@@ -221,44 +228,168 @@ class Ingest:
         return d
 
 
+@implementer(IPushProducer)
+class _ForTheStores:
+    """
+    What L{Ingest} pauses and resumes: reading from one connection, for the stores' sake.
+    """
+
+    def __init__(self, connection: ServerProtocol) -> None:
+        self.connection = connection
+
+    def pauseProducing(self) -> None:
+        self.connection.pause_reading("stores")
+
+    def resumeProducing(self) -> None:
+        self.connection.resume_reading("stores")
+
+    def stopProducing(self) -> None:
+        """Ingest never stops a connection; the connection ends by itself."""
+
+
+@implementer(IPushProducer)
 class ServerProtocol(FrameProtocol, TimeoutMixin):
     """
     One client connection: payloads in, acknowledgements out.
+
+    Reading stops while the stores are behind (L{Ingest} pauses every connection) and while
+    this peer leaves its acknowledgements unread (the transport, whose producer this is,
+    pauses it once its write buffer is full); it resumes once neither holds.  A peer that
+    leaves more than C{MAX_UNREAD_ACK_BYTES} of acknowledgements unread beyond that buffer,
+    or reads none for the idle timeout, is dropped.
     """
 
     factory: ServerFactory
+    transport: Any
+    """A TCP or TLS transport: also a consumer and a push producer, and it can abort."""
 
     def __init__(self, factory: ServerFactory) -> None:
         super().__init__(factory.max_message_bytes)
         self.factory = factory
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
         self.hello: Hello | None = None
+        self.sent_payload = False
+        self.for_the_stores = _ForTheStores(self)
+        self.paused_for: set[str] = set()
+        """Why reading is paused: C{stores}, C{acks} (the peer is slow), C{stopping}."""
+        self.unread_ack_bytes: int | None = None
+        """Acks written since the transport's buffer filled up; None while it has room."""
+        self.counted = 0
+        """Bytes of this connection in the factory's L{ServerFactory.buffered_bytes}."""
+        self.hello_deadline: IDelayedCall | None = None
+
+    @property
+    def held(self) -> int:
+        """
+        Bytes held for this peer: its partial message and the acks it has left unread.
+        """
+        return self.buffered + (self.unread_ack_bytes or 0)
 
     def connectionMade(self) -> None:
-        self.factory.connections.add(self)
-        self.factory.ingest.add_producer(IPushProducer(self.transport))
+        if not self.factory.admit(self):
+            self.dropped = "too many connections"
+            self.transport.abortConnection()
+            return
+        self.transport.registerProducer(self, True)
+        self.factory.ingest.add_producer(self.for_the_stores)
         self.setTimeout(self.factory.idle_timeout)
+        if self.factory.tokens is not None:
+            self.hello_deadline = self.factory.reactor.callLater(
+                self.factory.hello_timeout, self._no_hello
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
-        self.factory.connections.discard(self)
-        self.factory.ingest.remove_producer(IPushProducer(self.transport))
+        if self.hello_deadline is not None and self.hello_deadline.active():
+            self.hello_deadline.cancel()
+        self.factory.ingest.remove_producer(self.for_the_stores)
+        self.factory.gone(self)
+
+    def _no_hello(self) -> None:
+        if self.paused_for:  # we are not reading: the hello may be waiting for us
+            self.hello_deadline = self.factory.reactor.callLater(
+                self.factory.hello_timeout, self._no_hello
+            )
+            return
+        self.drop(f"no hello within {self.factory.hello_timeout:g} seconds", "no_hello")
 
     def timeoutConnection(self) -> None:
-        if self.factory.ingest.paused:
+        if self.unread_ack_bytes is not None:
+            idle = self.factory.idle_timeout
+            self.drop(f"read no acknowledgement for {idle:g} seconds", "slow_reader")
+        elif self.factory.ingest.paused:
             self.resetTimeout()  # quiet because we stopped reading, not because of the peer
-            return
-        self.drop(f"idle for {self.factory.idle_timeout:g} seconds", "idle")
+        else:
+            self.drop(f"idle for {self.factory.idle_timeout:g} seconds", "idle")
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        self.factory.account(self)
+
+    def pause_reading(self, reason: str) -> None:
+        """
+        Stop reading from this peer because of C{reason}, until it is resumed.
+        """
+        if not self.paused_for and not self.dropped and self.transport is not None:
+            self.transport.pauseProducing()
+        self.paused_for.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        """
+        C{reason} no longer holds: read again, unless another reason still does.
+        """
+        if reason not in self.paused_for:
+            return
+        self.paused_for.discard(reason)
+        if not self.paused_for and not self.dropped and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: the peer is not reading its acks.
+        """
+        if self.unread_ack_bytes is None:
+            self.unread_ack_bytes = 0
+            self.pause_reading("acks")
+            self.setTimeout(self.factory.idle_timeout)
+
+    def resumeProducing(self) -> None:
+        """
+        The transport's write buffer has room again.
+        """
+        if self.unread_ack_bytes is not None:
+            self.unread_ack_bytes = None
+            self.factory.account(self)
+            self.setTimeout(None if self.hello else self.factory.idle_timeout)
+            self.resume_reading("acks")
+
+    def stopProducing(self) -> None:
+        """The connection is closing; L{connectionLost} tidies up."""
+
+    def sendString(self, string: bytes) -> None:
+        super().sendString(string)
+        if self.unread_ack_bytes is not None and not self.dropped:
+            self.unread_ack_bytes += len(string) + len(str(len(string))) + 2
+            if self.unread_ack_bytes > MAX_UNREAD_ACK_BYTES:
+                self.drop(
+                    f"left over {MAX_UNREAD_ACK_BYTES} bytes of acknowledgements unread",
+                    "slow_reader",
+                )
+            else:
+                self.factory.account(self)
 
     def drop(self, reason: str, kind: str = "bad_message") -> None:
-        if not self.dropped:
-            for observer in self.factory.observers:
-                observer.dropped(kind)
+        if self.dropped:
+            return
+        for observer in self.factory.observers:
+            observer.dropped(kind)
         super().drop(reason, kind)
+        if self.unread_ack_bytes is not None and self.transport is not None:
+            # The peer reads nothing: closing would wait for it for ever.
+            self.transport.abortConnection()
+        self.unread_ack_bytes = None
+        self.factory.account(self)
 
     def refuse(self, reason: str) -> None:
         self.send_control(Refusal(reason))
@@ -269,12 +400,16 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
         if self.hello is not None:
             raise ProtocolError("second hello")
+        if self.sent_payload:
+            raise ProtocolError("hello after payloads: it must come first")
         if not frame.name or len(frame.name) > MAX_NAME_LENGTH:
             raise ProtocolError(f"client name must be 1 to {MAX_NAME_LENGTH} characters")
         if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
             self.refuse(f"client {frame.name!r}: missing or invalid token")
             return
         self.hello = frame
+        if self.hello_deadline is not None and self.hello_deadline.active():
+            self.hello_deadline.cancel()
         # A client that said hello keeps its connection open between blocks by design.
         self.setTimeout(None)
         log.debug("{peer} is client {name}", peer=self.peer, name=frame.name)
@@ -283,6 +418,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         if self.factory.tokens is not None and self.hello is None:
             self.refuse("a token is required: send a hello with a token first")
             return
+        self.sent_payload = True
         text = check_payload(payload)
         address = self.peer_host
         received = Received(
@@ -308,7 +444,10 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
 class ServerFactory(Factory):
     """
-    Builds L{ServerProtocol}s sharing one L{Ingest}.
+    Builds L{ServerProtocol}s sharing one L{Ingest}, and bounds what they hold together: at
+    most C{max_connections} at a time (one more is closed at once), at most
+    C{max_buffered_bytes} of partial messages and unread acks (past it, the connection
+    holding the most is dropped).
     """
 
     noisy = False
@@ -320,14 +459,24 @@ class ServerFactory(Factory):
         max_message_bytes: int,
         idle_timeout: float,
         tokens: Sequence[str] | None = None,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> None:
         self.ingest = ingest
         self.reactor = reactor
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.tokens = list(tokens) if tokens is not None else None
+        self.hello_timeout = hello_timeout
+        self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
         self.connections: set[ServerProtocol] = set()
         self.observers: list[ConnectionObserver] = []
+        self.turned_away = 0
+        """Connections closed at once since the last one was let in (the cap was reached)."""
+        self.buffered_bytes = 0
+        """What the connections hold together: partial messages and unread acks."""
 
     def token_valid(self, token: str | None) -> bool:
         if token is None or self.tokens is None:
@@ -337,6 +486,48 @@ class ServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ServerProtocol:  # type: ignore[override]
         return ServerProtocol(self)
+
+    def admit(self, connection: ServerProtocol) -> bool:
+        """
+        Whether C{connection} may stay: fewer than C{max_connections} are open.  A burst of
+        connections turned away is logged once, and once when one is let in again.
+        """
+        if len(self.connections) >= self.max_connections:
+            for observer in self.observers:
+                observer.dropped("too_many_connections")
+            if not self.turned_away:
+                log.warn("{n} connections open, the most allowed: closing new ones at once",
+                         n=len(self.connections))  # fmt: skip
+            self.turned_away += 1
+            return False
+        if self.turned_away:
+            log.info("accepting connections again; closed {n} meanwhile", n=self.turned_away)
+            self.turned_away = 0
+        self.connections.add(connection)
+        return True
+
+    def gone(self, connection: ServerProtocol) -> None:
+        self.connections.discard(connection)
+        self.buffered_bytes -= connection.counted
+        connection.counted = 0
+
+    def account(self, connection: ServerProtocol) -> None:
+        """
+        Count what C{connection} holds now; past C{max_buffered_bytes} in all, drop the
+        connection that holds the most (this one or another) until under it again.
+        """
+        if connection not in self.connections:
+            return
+        held = 0 if connection.dropped else connection.held
+        self.buffered_bytes += held - connection.counted
+        connection.counted = held
+        while self.buffered_bytes > self.max_buffered_bytes:
+            largest = max(self.connections, key=lambda c: c.counted)
+            largest.drop(
+                f"holding {largest.counted} bytes, the most, while connections hold"
+                f" {self.buffered_bytes} in all, over the {self.max_buffered_bytes}-byte bound",
+                "buffered_bytes",
+            )
 
 
 class CollectorService(StartingService):
@@ -384,9 +575,8 @@ class CollectorService(StartingService):
         ingest = self.factory.ingest
         # Read no more from anyone, but let what was read be stored and acknowledged.
         for connection in self.factory.connections:
-            producer = IPushProducer(connection.transport)
-            ingest.remove_producer(producer)
-            producer.pauseProducing()
+            ingest.remove_producer(connection.for_the_stores)
+            connection.pause_reading("stopping")
         try:
             await ingest.idle().addTimeout(STOP_TIMEOUT, self.factory.reactor)
         except TimeoutError:

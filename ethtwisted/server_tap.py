@@ -13,7 +13,14 @@ from twisted.python import usage
 
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from ethtwisted.server import CollectorService, Ingest, ServerFactory
+from ethtwisted.server import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    CollectorService,
+    Ingest,
+    ServerFactory,
+)
 from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
 from ethtwisted.storage.sql_store import DEFAULT_DB_URL, SQLStore, parse_db_url
 from ethtwisted.tap import (
@@ -139,6 +146,14 @@ class Options(StoreOptions):
          positive_float],
         ["tokens-file", None, None,
          "File of client tokens, one a line: clients must present one in their hello."],
+        ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT,
+         "With --tokens-file: drop a connection that has not said hello this many seconds"
+         " after it opened.", positive_float],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Most client connections open at a time; one more is closed at once.", positive_int],
+        ["max-buffered-bytes", None, DEFAULT_MAX_BUFFERED_BYTES,
+         "Most bytes all connections may hold together (partial messages, unread acks);"
+         " past it the connection holding the most is dropped.", positive_int],
         ["stats", None, None,
          "Serve the stats API, /metrics and the dashboard on this endpoint, e.g."
          " tcp:8080:interface=127.0.0.1 (a bare port means loopback; off if unset)."],
@@ -168,6 +183,8 @@ class Options(StoreOptions):
         self["listen"] = [with_backlog(d) for d in self["listen"] or [DEFAULT_LISTEN]]
         for description in self["listen"]:
             check_endpoint(description, "listen", server=True)
+        if self["max-buffered-bytes"] < self["max-message-bytes"]:
+            raise usage.UsageError("--max-buffered-bytes must be at least --max-message-bytes")
         self["tokens"] = (
             read_lines(self["tokens-file"], "tokens-file") if self["tokens-file"] else None
         )
@@ -191,6 +208,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         max_message_bytes=min(config["max-message-bytes"], store.max_payload_bytes),
         idle_timeout=config["idle-timeout"],
         tokens=config["tokens"],
+        hello_timeout=config["hello-timeout"],
+        max_connections=config["max-connections"],
+        max_buffered_bytes=config["max-buffered-bytes"],
     )
     endpoints = [(d, serverFromString(reactor, d)) for d in config["listen"]]
     service = MultiService()

@@ -5,6 +5,7 @@ servers of conftest.py, including their restarts.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -17,14 +18,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
-from ethtwisted.server import CollectorService
+from ethtwisted.server import MAX_UNREAD_ACK_BYTES, CollectorService
 from ethtwisted.server_tap import Options, makeService
 from tests.conftest import MySQLDatabase, Redis
 
@@ -355,3 +356,170 @@ async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
     await server.service.stopService()
     await persistent.lost.addTimeout(TIMEOUT, reactor)
     assert set(sqlite_rows(path)) == {sha(b"last words"), sha(b"acknowledged before the stop")}
+
+
+# -- hostile peers over real sockets -------------------------------------------------------------
+
+
+class Raw(Protocol):
+    """
+    A peer that writes what it is told and records what happens to its connection.
+    """
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.data:
+            self.transport.write(self.data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost.callback(None)
+
+
+def bugs(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events that log a traceback or a critical error."""
+    return [e for e in events if e.get("log_failure") is not None or e.get("isError")]
+
+
+def drops(events: Sequence[dict[str, Any]]) -> list[str]:
+    return [e["reason"] for e in events if "dropping connection" in e.get("log_format", "")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_length_prefix_of_thousands_of_digits(sqlite_server: tuple[Server, Path]) -> None:
+    """
+    A length prefix of 5,000 digits in one segment costs its connection, with one line and no
+    traceback; an honest client is acked right after.
+    """
+    server, _ = sqlite_server
+    with capturedLogs() as events:
+        hostile = await connect(server.port, Raw(b"9" * 5000 + b":x"))
+        await hostile.lost.addTimeout(TIMEOUT, reactor)
+        honest = await connect(server.port)
+        await honest.send([b"right after"]).addTimeout(TIMEOUT, reactor)
+    assert bugs(events) == [] and len(drops(events)) == 1
+    honest.transport.loseConnection()
+
+
+class NeverReads(Raw):
+    """
+    Sends the same tiny payload as fast as the server takes it, on a 4 KB receive buffer it
+    never reads: its acks pile up on the server's side.
+    """
+
+    CHUNK = b"3:dup," * 10_000
+    LIMIT = 200  # chunks, 12 MB in all: far more acks than the server may hold
+
+    def connectionMade(self) -> None:
+        handle = self.transport.getHandle()
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.transport.pauseProducing()  # read nothing, ever
+        self.sent = 0
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.sent < self.LIMIT and self.transport.connected:
+            self.sent += 1
+            self.transport.write(self.CHUNK)
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_that_never_reads_its_acks_is_dropped(
+    sqlite_server: tuple[Server, Path],
+) -> None:
+    """
+    A client that floods duplicates and never reads its acks is read from no more once its
+    acks back up, and dropped: what the server holds for it stays bounded, it is not served
+    the rest of its flood, and an honest client is acked right after.
+    """
+    server, _ = sqlite_server
+    factory = server.collector.factory
+    held: list[int] = []
+    with capturedLogs() as events:
+        hostile = await connect(server.port, NeverReads())
+        honest = await connect(server.port)
+        honest.sendString(encode_control(Hello("honest")))  # as eth-client does
+        while not hostile.lost.called:
+            assert len(held) < TIMEOUT / 0.02, "the peer was never dropped"
+            held.append(factory.buffered_bytes)
+            await deferLater(reactor, 0.02)
+        await honest.send([b"right after"]).addTimeout(TIMEOUT, reactor)
+    assert bugs(events) == []
+    assert [r for r in drops(events) if "acknowledgement" in r] != []
+    assert max(held) <= MAX_UNREAD_ACK_BYTES + factory.max_message_bytes
+    assert hostile.sent < NeverReads.LIMIT
+    honest.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_trickling_hello_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """
+    With tokens required, a peer trickling a byte every 0.1 s is dropped once the hello
+    timeout has passed, although it never fell silent; a client with a token is served.
+    """
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret\n")
+    path = tmp_path / "t.sqlite"
+    server = await start_server(
+        ["--db", f"sqlite:///{path}", "--tokens-file", str(tokens), "--hello-timeout", "1"]
+    )
+    endless = iter(b"60000:" + encode_control(Hello("x" * 59_990)))
+    try:
+        with capturedLogs() as events:
+            trickler = await connect(server.port, Raw())
+            started = reactor.seconds()
+            trickle = LoopingCall(lambda: trickler.transport.write(bytes([next(endless)])))
+            trickle.clock = reactor
+            trickle.start(0.1)
+            await trickler.lost.addTimeout(TIMEOUT, reactor)
+            trickle.stop()
+            assert reactor.seconds() - started >= 1
+            good = await connect(server.port)
+            good.sendString(encode_control(Hello("node", token="secret")))
+            await good.send([b"with token"]).addTimeout(TIMEOUT, reactor)
+        assert bugs(events) == []
+        assert [r for r in drops(events) if "no hello within 1 seconds" in r] != []
+        good.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
+    """
+    With --max-connections 3, a fourth connection is closed at once while three clients are
+    served; once one leaves, a new one is accepted and acked.
+    """
+    path = tmp_path / "c.sqlite"
+    server = await start_server(["--db", f"sqlite:///{path}", "--max-connections", "3"])
+    try:
+        with capturedLogs() as events:
+            peers = [await connect(server.port) for _ in range(3)]
+            for i, peer in enumerate(peers):
+                peer.sendString(encode_control(Hello(f"node-{i}")))
+                await peer.send([b"served %d" % i]).addTimeout(TIMEOUT, reactor)
+            extra = await connect(server.port, Raw())
+            await extra.lost.addTimeout(TIMEOUT, reactor)
+            await peers[0].send([b"still served"]).addTimeout(TIMEOUT, reactor)
+            peers[0].transport.loseConnection()
+            await peers[0].lost
+            await until(lambda: len(server.collector.factory.connections) == 2)
+            late = await connect(server.port)
+            await late.send([b"late"]).addTimeout(TIMEOUT, reactor)
+        assert bugs(events) == []
+        warned = [e for e in events if "the most allowed" in e.get("log_format", "")]
+        assert len(warned) == 1
+        for peer in [*peers[1:], late]:
+            peer.transport.loseConnection()
+    finally:
+        await server.service.stopService()
