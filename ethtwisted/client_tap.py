@@ -14,22 +14,13 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.python import usage
 
-from ethtwisted.client import (
-    DEFAULT_INTERVAL,
-    DEFAULT_MAX_BACKFILL,
-    DEFAULT_MAX_QUEUE,
-    MIN_INTERVAL,
-    Delivery,
-    EthClient,
-    Follower,
-    OneShotDelivery,
-    Outbox,
-    Poller,
-    ReconnectingService,
-    Spool,
-    SpoolError,
-    queue_blocks,
-)
+from ethtwisted.client import EthClient
+from ethtwisted.client.delivery import Delivery, ReconnectingService
+from ethtwisted.client.follower import DEFAULT_MAX_BACKFILL, Follower
+from ethtwisted.client.oneshot import OneShotDelivery
+from ethtwisted.client.outbox import DEFAULT_MAX_QUEUE, Outbox, queue_blocks
+from ethtwisted.client.poller import DEFAULT_INTERVAL, MIN_INTERVAL, Poller
+from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
 from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat

@@ -23,7 +23,9 @@ from ethtwisted.interfaces import ClientRecord, Head, INode, Received
 from ethtwisted.protocol import Block, parse_block
 
 if TYPE_CHECKING:
-    from ethtwisted.client import Delivery, Follower, Outbox
+    from ethtwisted.client.delivery import Delivery
+    from ethtwisted.client.follower import Follower
+    from ethtwisted.client.outbox import Outbox
     from ethtwisted.server import Ingest, ServerFactory
 
 NAMESPACE = "ethtwisted"

@@ -30,21 +30,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted import client_tap
-from ethtwisted.client import (
-    Checkpoint,
-    ClientFactory,
-    ClientProtocol,
-    Delivery,
-    EthClient,
-    Follower,
-    OneShotDelivery,
-    Outbox,
-    Poller,
-    ReconnectingService,
-    Spool,
-    SpoolError,
-    queue_blocks,
-)
+from ethtwisted.client import EthClient
+from ethtwisted.client.delivery import ClientFactory, ClientProtocol, Delivery, ReconnectingService
+from ethtwisted.client.follower import Checkpoint, Follower
+from ethtwisted.client.oneshot import OneShotDelivery
+from ethtwisted.client.outbox import Outbox, queue_blocks
+from ethtwisted.client.poller import Poller
+from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.interfaces import INode
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import (

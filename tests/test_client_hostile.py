@@ -26,16 +26,11 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ethtwisted.client import (
-    Checkpoint,
-    ClientProtocol,
-    Delivery,
-    Follower,
-    Outbox,
-    Poller,
-    Spool,
-    queue_blocks,
-)
+from ethtwisted.client.delivery import ClientProtocol, Delivery
+from ethtwisted.client.follower import Checkpoint, Follower
+from ethtwisted.client.outbox import Outbox, queue_blocks
+from ethtwisted.client.poller import Poller
+from ethtwisted.client.spool import Spool
 from ethtwisted.node import NodeError, Web3Node
 from ethtwisted.protocol import (
     CONTROL_MARK,

@@ -19,7 +19,10 @@ from twisted.python.failure import Failure
 
 import ethtwisted.metrics
 from ethtwisted import client_tap
-from ethtwisted.client import Delivery, EthClient, Follower, Outbox, queue_blocks
+from ethtwisted.client import EthClient
+from ethtwisted.client.delivery import Delivery
+from ethtwisted.client.follower import Follower
+from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
 from tests.conftest import LOOPBACK, Anvil, free_port

@@ -1,0 +1,146 @@
+"""
+Polling: L{Poller} runs the follower every interval and rides out node and spool trouble.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from ethtwisted.client.follower import Follower
+from ethtwisted.client.spool import SpoolError
+from ethtwisted.logs import describe, log_observer
+from ethtwisted.node import NodeError
+from ethtwisted.protocol import Block
+
+log = Logger(namespace="ethtwisted.client", observer=log_observer)
+
+DEFAULT_INTERVAL = 1.0
+MIN_INTERVAL = 0.05
+MAX_NODE_BACKOFF = 10.0
+"""Longest wait, in seconds, between two polls of a node that does not answer."""
+
+
+_RECOVERED = {
+    "node": "{node} answers again after {n} failed polls; its head is block {number}",
+    "spool": "the spool can be written again after {n} failed polls; the head of {node} is "
+    "block {number}",
+    "bug": "following {node} again after {n} failed polls; its head is block {number}",
+}
+
+
+class Poller(Service):
+    """
+    Runs L{Follower.follow} every C{interval} seconds, never two at once.  A poll never fails:
+    when the node does not answer, the next polls wait longer (doubling, up to
+    C{max_backoff}); the node going away and coming back are logged once each.
+    """
+
+    def __init__(
+        self,
+        follower: Follower,
+        clock: IReactorTime,
+        interval: float = DEFAULT_INTERVAL,
+        max_backoff: float = MAX_NODE_BACKOFF,
+    ) -> None:
+        self.follower = follower
+        self.clock = clock
+        self.interval = interval
+        self.max_backoff = max(max_backoff, interval)
+        self.trouble: str | None = None
+        self.trouble_kind: str | None = None
+        """Whose the trouble is: C{node}, C{spool} or C{bug}."""
+        self.failures = 0
+        self.polls = 0
+        self._loop: LoopingCall | None = None
+        self._finished: Deferred[None] = succeed(None)
+        self._current: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = self.clock
+        finished = self._loop.start(self.interval, now=True)
+        self._finished = finished.addCallback(lambda _: None)
+        self._finished.addErrback(lambda f: log.failure("the poller stopped", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._current is not None:
+            self._current.cancel()
+        return self._finished
+
+    def poll(self) -> Deferred[None]:
+        """
+        One poll, and the wait after it when the node is in trouble; never fails.
+        """
+        d = Deferred.fromCoroutine(self._poll())
+        if not d.called:
+            self._current = d
+            d.addBoth(self._polled)
+        return d
+
+    def _polled(self, result: object) -> object:
+        self._current = None
+        return result
+
+    @property
+    def node(self) -> str:
+        return str(self.follower.node.description)
+
+    async def _poll(self) -> None:
+        self.polls += 1
+        try:
+            head = await self.follower.follow()
+        except CancelledError:
+            return
+        except NodeError as e:
+            self._failed(describe(e), "node")
+        except SpoolError as e:
+            self._failed(f"cannot write the spool: {e}", "spool")
+        except Exception:
+            if self.trouble_kind != "bug":
+                log.failure("bug while following {node}", node=self.node)
+            self._failed("internal error", "bug")
+        else:
+            self._answered(head)
+            return
+        delay = min(self.interval * 2 ** (self.failures - 1), self.max_backoff)
+        try:
+            await deferLater(self.clock, delay)
+        except CancelledError:
+            return
+
+    def _answered(self, head: Block) -> None:
+        if self.trouble_kind is not None:
+            log.info(_RECOVERED[self.trouble_kind], node=self.node, n=self.failures,
+                     number=head.number)  # fmt: skip
+        elif self.polls == 1:
+            log.info("following {node}; its head is block {number}", node=self.node,
+                     number=head.number)  # fmt: skip
+        self.trouble = None
+        self.trouble_kind = None
+        self.failures = 0
+
+    def _failed(self, reason: str, kind: str) -> None:
+        self.failures += 1
+        if self.trouble is None or kind != self.trouble_kind:
+            if kind == "node":
+                log.warn(
+                    "node {node} does not serve us: {reason}; retrying (every {cap:g} s at most)",
+                    node=self.node,
+                    reason=reason,
+                    cap=self.max_backoff,
+                )
+            elif kind == "spool":
+                log.error("{reason}; retrying (every {cap:g} s at most)", reason=reason,
+                          cap=self.max_backoff)  # fmt: skip
+        else:
+            log.debug("poll failed again: {reason}", reason=reason)
+        self.trouble = reason
+        self.trouble_kind = kind
