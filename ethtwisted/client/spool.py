@@ -98,6 +98,14 @@ class Spool:
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
 
+    def _batch_path(self, sequence: int) -> str:
+        return self._path(f"batch-{sequence:012d}.json")
+
+    @staticmethod
+    def _read(path: str) -> Any:
+        with open(path, "rb") as f:
+            return loads_bounded(f.read())
+
     def _sync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -105,13 +113,13 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _write(self, name: str, obj: Any) -> None:
+    def _write(self, path: str, obj: Any) -> None:
         data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
         try:
-            _write_atomically(self._path(name), data)
+            _write_atomically(path, data)
             self._sync_directory()
         except OSError as e:
-            raise SpoolError(f"{self._path(name)}: {e.strerror}") from None
+            raise SpoolError(f"{path}: {e.strerror}") from None
 
     def load_batches(self) -> list[tuple[int, list[bytes]]]:
         """
@@ -127,8 +135,7 @@ class Spool:
                 continue
             try:
                 sequence = int(name[len("batch-") : -len(".json")])
-                with open(path, "rb") as f:
-                    obj = loads_bounded(f.read())
+                obj = self._read(path)
                 payloads = [p.encode("utf-8") for p in obj["payloads"]]
             except (OSError, ProtocolError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.error("unreadable spool file {path} ({reason}): set aside as .bad",
@@ -147,7 +154,7 @@ class Spool:
 
     def write_batch(self, sequence: int, payloads: Sequence[bytes]) -> None:
         self._write(
-            f"batch-{sequence:012d}.json", {"payloads": [p.decode("utf-8") for p in payloads]}
+            self._batch_path(sequence), {"payloads": [p.decode("utf-8") for p in payloads]}
         )
 
     def remove_batch(self, sequence: int) -> None:
@@ -155,7 +162,7 @@ class Spool:
         Remove a batch (gone already is fine); L{SpoolError} if it cannot be.
         """
         try:
-            os.unlink(self._path(f"batch-{sequence:012d}.json"))
+            os.unlink(self._batch_path(sequence))
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -168,8 +175,7 @@ class Spool:
         """
         path = self._path(self.STATE)
         try:
-            with open(path, "rb") as f:
-                return loads_bounded(f.read())
+            return self._read(path)
         except FileNotFoundError:
             return None
         except (OSError, ProtocolError) as e:
@@ -178,7 +184,7 @@ class Spool:
             return None
 
     def write_state(self, state: Any) -> None:
-        self._write(self.STATE, state)
+        self._write(self._path(self.STATE), state)
 
     def call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
