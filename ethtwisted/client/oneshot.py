@@ -73,7 +73,6 @@ class OneShotDelivery(Service):
         self.server = server
         self.retry_policy = retry_policy
         self.timeout = timeout
-        self.stopping = False
         self._sending: Deferred[None] | None = None
         outbox.listeners.append(self._kick)
 
