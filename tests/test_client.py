@@ -1085,7 +1085,8 @@ def test_a_server_sending_payloads_loses_the_connection(logs: Logs) -> None:
 def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
     """
     The connection is made by C{ClientService}: refusals are retried with growing, capped,
-    jittered delays, logged once; the connection, once made, gets hello and the backlog.
+    jittered delays, logged once (C{ClientService}'s own note on each retry is a debug
+    message); the connection, once made, gets hello and the backlog.
     """
     clock, endpoint = Clock(), FakeEndpoint()
     outbox = Outbox(10)
@@ -1104,6 +1105,8 @@ def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
         clock.advance(delays[-1])
     assert delays == [1.0, 1.5, 2.5, 4.5, 4.5, 4.5, 4.5, 4.5]
     assert len(logs.containing("cannot connect to test-server", LogLevel.warn)) == 1
+    retry_notes = [e for e in logs.events if "Scheduling retry" in e.get("log_format", "")]
+    assert all(e["log_level"] == LogLevel.debug for e in retry_notes)
     peer = AckingPeer()
     _, pump = endpoint.accept(peer)
     assert peer.hellos == [Hello("c1")] and peer.payloads == [b"a"]
