@@ -7,9 +7,11 @@ options.  The real node and server are exercised in test_client_e2e.py.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
 import os
+import pkgutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -318,6 +320,18 @@ def reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def test_every_client_module_logs_as_the_client() -> None:
+    """
+    Every module of the client package logs in the namespace C{ethtwisted.client}, so the
+    lines twistd writes read C{[ethtwisted.client#level]} whichever module they come from.
+    """
+    package = importlib.import_module("ethtwisted.client")
+    names = [m.name for m in pkgutil.iter_modules(package.__path__, "ethtwisted.client.")]
+    assert len(names) >= 6
+    for name in ["ethtwisted.client", *names]:
+        assert importlib.import_module(name).log.namespace == "ethtwisted.client", name
 
 
 # -- following the chain ----------------------------------------------------------------------
