@@ -48,7 +48,7 @@ fuzz: venv services node
 lint: venv
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
-	$(VENV)/bin/mypy ethtwisted
+	$(VENV)/bin/mypy ethtwisted bench
 
 # The package is reinstalled on every run: a regular install is what twistd's plugin
 # discovery needs, and a stale build/ would carry deleted modules into the wheel.

@@ -42,7 +42,8 @@ epollreactor.install()
 from twisted.internet import reactor, task, threads  # noqa: E402
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
-from twisted.internet.protocol import Protocol  # noqa: E402
+from twisted.internet.protocol import Protocol, connectionDone  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from ethtwisted.protocol import (  # noqa: E402  # noqa: E402
     Ack,
@@ -93,6 +94,7 @@ class Sender(FrameProtocol):
             self.sendString(payload)
         if not self.unacked and not self.done.called:
             self.done.callback(None)
+            assert self.transport is not None
             self.transport.loseConnection()
 
     def controlReceived(self, frame: ControlFrame) -> None:
@@ -107,10 +109,11 @@ class OneShot(Protocol):
         self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"%d:%s," % (len(self.payload), self.payload))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
 
@@ -156,7 +159,7 @@ async def run(
     deadline = start + args.deadline
     if args.mode == "persistent":
         shares = [messages[i :: args.connections] for i in range(args.connections)]
-        done = [Deferred() for _ in shares]
+        done: list[Deferred[None]] = [Deferred() for _ in shares]
         for share, d in zip(shares, done, strict=True):
             await connectProtocol(endpoint, Sender(share, args.window, d))
         await DeferredList(done).addTimeout(args.deadline, reactor)

@@ -81,7 +81,7 @@ async def node_latency(
         try:
             for _ in range(10):  # connect, and warm up
                 await node.block_number()
-            times = []
+            times: list[float] = []
             deadline = time.perf_counter() + max_seconds
             while len(times) < calls and time.perf_counter() < deadline:
                 start = time.perf_counter()
@@ -133,6 +133,9 @@ async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, i
     """
     An eth-server in this process, on a free loopback port, over SQLite.
     """
+    from twisted.application.service import MultiService
+    from twisted.internet.address import IPv4Address
+
     from ethtwisted.server import CollectorService
     from ethtwisted.server_tap import Options, makeService
 
@@ -140,12 +143,15 @@ async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, i
     options.environ = {}
     options.parseOptions(["--db", f"sqlite:///{db}", "--listen", "tcp:0:interface=127.0.0.1"])
     service = makeService(options, reactor)
+    assert isinstance(service, MultiService)
     service.startService()
     collector = service.getServiceNamed("collector")
     assert isinstance(collector, CollectorService)
     await collector.ready
     collector.factory.ingest.observers.append(commits)
-    return service, collector.ports[0].getHost().port
+    address = collector.ports[0].getHost()
+    assert isinstance(address, IPv4Address)
+    return service, address.port
 
 
 def start_client(anvil: Anvil, port: int, interval: float, log: Path) -> subprocess.Popen[bytes]:
@@ -226,7 +232,7 @@ async def end_to_end_latency(
                 process = start_client(anvil, port, interval, Path(tmp) / f"client-{interval}.log")
                 try:
                     await warm_up(reactor, anvil, commits)
-                    delays = []
+                    delays: list[float] = []
                     deadline = time.perf_counter() + max_seconds
                     while len(delays) < blocks and time.perf_counter() < deadline:
                         phase = (len(delays) * GOLDEN) % 1.0
