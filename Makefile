@@ -1,8 +1,10 @@
 # Development and CI tasks for ethtwisted (GNU make, Debian 12).
 #
 #   make test      install what the tests need, lint, then run the whole test suite
+#   make test-all  the same, with the suite run on each of Python 3.11, 3.12 and 3.13 (CI)
 #   make lint      ruff check, ruff format --check, mypy
-#   make venv      .venv with a regular (non-editable) install of '.[test]'
+#   make venv      .venv: the locked dependencies, and the checkout on its sys.path
+#   make lock      refresh requirements.lock and requirements-test.lock from setup.cfg's ranges
 #   make services  MariaDB, Redis and Chromium from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
 #   make fuzz      the property tests with many more random examples (minutes, bounded)
@@ -11,9 +13,10 @@
 #
 # A target that runs the programs depends on `venv services node` and calls $(TWISTD).
 #
-# Every target is idempotent: on a machine that already has everything, `make test` spends
-# its time reinstalling the package into .venv (so tests and twistd see the current source)
-# and running the checks.  Extra pytest arguments: make test PYTEST_ARGS='-k sql -x'.
+# Every target is idempotent: on a machine that already has everything, `make test` only runs
+# the checks.  A venv is made again from scratch when the lock files or setup.cfg change; the
+# code itself is never installed into it: tests, twistd and the benchmarks run the checkout.
+# Extra pytest arguments: make test PYTEST_ARGS='-k sql -x'.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -26,6 +29,16 @@ VENV_PY := $(VENV)/bin/python
 TWISTD := $(VENV)/bin/twistd
 PYTEST_ARGS ?=
 
+# The Python versions supported, each tested by `make test-all` in a venv of its own (.venv-3.12).
+PYTHON_VERSIONS := 3.11 3.12 3.13
+# Exact versions of every dependency, for all of PYTHON_VERSIONS: what the package needs to run
+# (the images install this one) and that plus setup.cfg's `test` extra (the venvs install this).
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+# What a venv is made from: when one of these changes, the venv is made again.
+VENV_INPUTS := $(LOCK) $(TEST_LOCK) setup.cfg pyproject.toml setup.py
+PIP := -m pip install --disable-pip-version-check --no-input --progress-bar off --quiet
+
 # Binaries the tests start, and the Debian packages that provide them.
 SERVICE_BINARIES := mariadbd mariadb-install-db redis-server redis-cli chromium
 APT_PACKAGES := mariadb-server redis-server chromium
@@ -35,38 +48,81 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Tim
 # npm's marker of a completed install; newer than the lock file once `npm ci` has run.
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: test lint venv services node clean fuzz
+.PHONY: test test-all lint venv lock services node clean fuzz
 
 test: lint services node
-	$(VENV_PY) -P -m pytest $(PYTEST_ARGS)
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# One run of the suite per Python version, one after the other (the timing-sensitive tests
+# share two cores); all run even when one fails, and the last line names those that failed.
+test-all: lint services node $(PYTHON_VERSIONS:%=$(VENV)-%/.installed)
+	@failed=""; \
+	for version in $(PYTHON_VERSIONS); do \
+		echo "== the test suite on Python $$version"; \
+		$(VENV)-$$version/bin/python -m pytest $(PYTEST_ARGS) || failed="$$failed $$version"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "the test suite failed on Python$$failed" >&2; exit 1; fi
 
 # The property tests (marked `property`) with the `fuzz` profile of tests/conftest.py: fresh
 # random examples, many more of them; each test still stops at the suite's timeout.
 fuzz: venv services node
-	HYPOTHESIS_PROFILE=fuzz $(VENV_PY) -P -m pytest -m property -p no:cacheprovider $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(VENV_PY) -m pytest -m property -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
 	$(VENV)/bin/mypy ethtwisted bench
 
-# The package is reinstalled on every run: a regular install is what twistd's plugin
-# discovery needs, and a stale build/ would carry deleted modules into the wheel.
-venv: $(VENV_PY)
-	rm -rf build ./*.egg-info
-	$(VENV_PY) -m pip install --disable-pip-version-check --no-input --progress-bar off \
-		--quiet '.[test]'
-	rm -rf build ./*.egg-info
-	$(VENV_PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+venv: $(VENV)/.installed
 
-$(VENV_PY):
+# No install of the package: a .pth naming the checkout puts it on sys.path, where twistd looks
+# for plugins (setuptools' editable install maps it by an import hook, which twistd never sees).
+# $(call fill_venv,DIR): the locked dependencies into the new venv DIR, then the checkout; and
+# check that its twistd, run from another folder, offers the plugins.
+define fill_venv
+$(1)/bin/python $(PIP) --requirement $(TEST_LOCK)
+site_packages="$$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"; \
+	echo "$(CURDIR)" >"$$site_packages/ethtwisted-checkout.pth"
+cd / && $(CURDIR)/$(1)/bin/twistd --help | grep eth-server >/dev/null \
+	|| { echo "$(1)/bin/twistd offers no eth-server" >&2; exit 1; }
+touch $(1)/.installed
+endef
+
+$(VENV)/.installed: $(VENV_INPUTS)
 	rm -rf $(VENV)
 	@# Debian's python3 keeps venv (ensurepip) in a package of its own.
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(APT_GET) update -qq && \
 		$(APT_GET) install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(VENV_PY) -m pip install --disable-pip-version-check --no-input --progress-bar off \
-		--quiet --upgrade pip
+	$(call fill_venv,$(VENV))
+
+# Python X.Y is pythonX.Y on PATH when that runs (pyenv's shim of a version not selected is on
+# PATH but does not run), else the newest X.Y.N that pyenv holds.  Neither Debian 12 nor any
+# registry reachable here has other versions: a machine without one stops here, saying so.
+$(VENV)-%/.installed: $(VENV_INPUTS)
+	rm -rf $(VENV)-$*
+	@python=""; \
+	if python$* -c '' 2>/dev/null; then python="$$(command -v python$*)"; else \
+		root="$$(pyenv root 2>/dev/null || echo "$${PYENV_ROOT:-$$HOME/.pyenv}")"; \
+		python="$$(ls -d "$$root"/versions/$*.*/bin/python$* 2>/dev/null \
+			| grep -E '/versions/$(subst .,\.,$*)\.[0-9]+/' | sort -V | tail -n 1 || true)"; \
+	fi; \
+	if [ -z "$$python" ]; then \
+		echo "Python $* not found: no python$* on PATH runs, and pyenv has no $*.N" \
+			"(pyenv install $*)" >&2; \
+		exit 1; \
+	fi; \
+	echo "$$python -m venv $(VENV)-$*"; \
+	"$$python" -m venv $(VENV)-$*
+	$(call fill_venv,$(VENV)-$*)
+
+# Exact versions, the newest that setup.cfg's ranges allow, resolved once for every supported
+# Python and platform; the test lock keeps the versions of the runtime lock.
+UV_COMPILE = $(VENV)/bin/uv pip compile setup.cfg --universal --python-version $(firstword \
+	$(PYTHON_VERSIONS)) --upgrade --quiet --custom-compile-command 'make lock'
+lock: venv
+	$(UV_COMPILE) --output-file $(LOCK)
+	$(UV_COMPILE) --extra test --constraint $(LOCK) --output-file $(TEST_LOCK)
 
 services:
 	@missing=""; \
@@ -93,8 +149,8 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules build dist ./*.egg-info .mypy_cache .ruff_cache \
-		.pytest_cache _trial_temp twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(PYTHON_VERSIONS:%=$(VENV)-%) node_modules build dist ./*.egg-info \
+		.mypy_cache .ruff_cache .pytest_cache .hypothesis _trial_temp twisted/plugins/dropin.cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The whole demo in the foreground (twistd eth-demo): an anvil dev node mining a block every

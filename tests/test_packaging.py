@@ -1,10 +1,11 @@
 """
-How ethtwisted is installed and started: the wheel (what the image installs), the older
-C{eth} command line, and the container health check.
+How ethtwisted is installed and started: the wheel (what the image installs), the locks of
+its dependencies, the older C{eth} command line, and the container health check.
 """
 
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,14 @@ import sysconfig
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from importlib import metadata
 from pathlib import Path
 from threading import Thread
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ethtwisted import healthcheck, legacy_cli
 from tests.conftest import REPO_ROOT, free_port
@@ -188,6 +193,78 @@ def test_eth_command_unknown(venv: Path, elsewhere: Path) -> None:
 
 def translate(*args: str, **environ: str) -> list[str]:
     return legacy_cli.translate(args, environ).argv
+
+
+# The locks: exact versions within setup.cfg's ranges, what the venvs and the images install.
+
+
+def locked(name: str) -> dict[str, tuple[str, str | None]]:
+    """
+    The pins of the lock file C{name}: canonical name to version and environment marker.
+    """
+    pins = {}
+    for line in (REPO_ROOT / name).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", line
+            marker = str(requirement.marker) if requirement.marker else None
+            pins[canonicalize_name(requirement.name)] = (specifier.version, marker)
+    return pins
+
+
+def setup_requirements(extra: str | None = None) -> list[Requirement]:
+    """
+    The requirements that setup.cfg declares: the package's own, or those of one extra.
+    """
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / "setup.cfg", encoding="utf-8")
+    if extra is None:
+        text = config["options"]["install_requires"]
+    else:
+        text = config["options.extras_require"][extra]
+    return [Requirement(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("lock", "requirements"),
+    [
+        ("requirements.lock", setup_requirements()),
+        ("requirements-test.lock", setup_requirements() + setup_requirements("test")),
+    ],
+)
+def test_lock_pins_within_setup_ranges(lock: str, requirements: list[Requirement]) -> None:
+    """
+    Every dependency that setup.cfg declares is pinned in the lock at a version its range
+    allows: a range changed without C{make lock} fails here.
+    """
+    pins = locked(lock)
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} pins no {name}: run make lock"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock} pins {name}=={version} outside {requirement}: run make lock"
+        )
+
+
+def test_test_lock_keeps_the_runtime_versions() -> None:
+    """
+    The tests run with the very versions the images install: the test lock pins every package
+    of the runtime lock at the same version.
+    """
+    runtime, test = locked("requirements.lock"), locked("requirements-test.lock")
+    assert {name: test.get(name) for name in runtime} == runtime
+
+
+def test_environment_is_the_lock() -> None:
+    """
+    The environment under test holds exactly the locked version of each dependency that
+    applies to it (a venv made before the lock changed fails here: make venv).
+    """
+    for name, (version, marker) in locked("requirements-test.lock").items():
+        if marker is None or Marker(marker).evaluate():
+            assert metadata.version(name) == version, name
 
 
 def test_eth_server_runs_twistd_in_the_foreground() -> None:
