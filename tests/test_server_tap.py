@@ -14,6 +14,7 @@ import pytest
 from ethtwisted.server_tap import Options
 from ethtwisted.storage.redis_store import RedisURL
 from ethtwisted.storage.sql_store import DatabaseURL
+from tests.conftest import MySQLDatabase
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -175,3 +176,27 @@ def test_twistd_exits_when_database_unreachable(tmp_path: Path) -> None:
     assert lines[0].startswith("cannot reach mysql://eth@127.0.0.1:1/blocks within 0.5 s")
     assert "Traceback" not in result.stdout + result.stderr
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_twistd_refuses_a_latin1_table_in_one_line(
+    tmp_path: Path, mysql_db: MySQLDatabase
+) -> None:
+    """
+    An older server's ethereum_data in latin1 ends eth-server at once with one line on stderr
+    saying how to convert it, and status 1, without a traceback.
+    """
+    mysql_db.query(
+        "CREATE TABLE ethereum_data (id INTEGER PRIMARY KEY AUTO_INCREMENT,"
+        " hash VARCHAR(64) NOT NULL UNIQUE, payload TEXT) DEFAULT CHARSET = latin1"
+    )
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "eth-server", "--db", mysql_db.url,
+         "--listen", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        env={"ETH_MYSQL_PASSWORD": mysql_db.password, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "ALTER TABLE ethereum_data CONVERT TO CHARACTER SET utf8mb4" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr

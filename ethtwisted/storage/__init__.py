@@ -5,12 +5,16 @@ L{memory_store} answers as both do, in memory, for tests.
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ethtwisted.logs import describe, log_observer
 
@@ -19,8 +23,58 @@ log = Logger(observer=log_observer)
 
 class StartupError(Exception):
     """
-    A store could not be reached in time; the message is the one line to show.
+    A store could not be reached in time, or cannot be used as it is; the message is the one
+    line to show.
     """
+
+
+class RejectedError(Exception):
+    """
+    A store refused a message for what it holds (not for an outage); the message says why.
+    """
+
+
+_MYSQL_REJECTIONS = frozenset({1048, 1264, 1265, 1292, 1300, 1366, 1406, 4025})
+"""MySQL errors about a value: NULL in a NOT NULL column, out of range, truncated, incorrect
+value or string, too long, CHECK constraint failed."""
+
+_REDIS_REJECTIONS = (
+    "ERR hash value is not an integer",
+    "ERR increment or decrement would overflow",
+)
+"""Redis error replies about a value (a client's count); any other reply is about Redis."""
+
+
+def is_rejection(error: Failure | BaseException) -> bool:
+    """
+    Whether C{error}, from the SQL store or Redis, refuses the data it was given (retrying the
+    same data cannot succeed) rather than tells of an outage (connection refused, lost or timed
+    out, read-only, locked, busy: worth retrying).  What is not known to be about the data is
+    an outage: retrying it is what the collector always did.
+    """
+    value: Any = error.value if isinstance(error, Failure) else error
+    while hasattr(value, "subFailure"):  # the first failure of a Deferred list
+        value = value.subFailure.value
+    if isinstance(value, RejectedError | UnicodeError | OverflowError):
+        # Our own checks; a lone surrogate cannot be encoded; an int too large to bind.
+        return True
+    if isinstance(value, sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    if isinstance(value, sqlite3.Error):
+        # Binding a value the driver cannot take, a text over SQLite's length limit.
+        text = str(value)
+        return "binding parameter" in text or "too big" in text
+    mysql = sys.modules.get("pymysql.err")
+    if mysql is not None and isinstance(value, mysql.MySQLError):
+        if isinstance(value, mysql.DataError | mysql.IntegrityError):
+            return True
+        return bool(value.args) and value.args[0] in _MYSQL_REJECTIONS
+    redis = sys.modules.get("txredisapi")
+    if redis is not None and isinstance(value, redis.InvalidData):
+        return True
+    if redis is not None and isinstance(value, redis.ResponseError):
+        return str(value).startswith(_REDIS_REJECTIONS)
+    return False
 
 
 async def wait_for(
@@ -28,7 +82,8 @@ async def wait_for(
 ) -> None:
     """
     Call C{start} until it succeeds, with capped backoff, for up to C{wait} seconds; then raise
-    L{StartupError} with the last reason.
+    L{StartupError} with the last reason.  A L{StartupError} from C{start} itself (a store that
+    answers but cannot be used) ends the wait at once.
     """
     deadline = reactor.seconds() + wait
     delay = 0.25
@@ -37,7 +92,7 @@ async def wait_for(
         try:
             await start()
             return
-        except CancelledError:
+        except (CancelledError, StartupError):
             raise
         except Exception as e:
             reason = describe(e)

@@ -31,10 +31,16 @@ from ethtwisted.interfaces import (
     IStatsReader,
     Received,
 )
-from ethtwisted.protocol import Block
+from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
+from ethtwisted.storage import RejectedError, StartupError
 
 DEFAULT_DB_URL = "sqlite:///ethtwisted.sqlite"
 MYSQL_TEXT_BYTES = 65535
+MAX_CLIENT_LENGTH = 255
+"""Characters in a client name (C{VARCHAR(255)})."""
+MAX_ADDRESS_LENGTH = 64
+MYSQL_MODE = "TRADITIONAL"
+"""Strict: a value a column cannot hold is an error, never a warning and a changed value."""
 _TIMEOUT = 30
 _TABLES = ("ethereum_data", "eth_blocks", "eth_clients")
 _BLOCK_COLUMNS = "hash, first_seen, client, chain_id, number, block_hash, parent_hash, block_time"
@@ -103,17 +109,23 @@ class _Dialect:
     The statements that differ between SQLite and MySQL.
     """
 
-    def __init__(self, name: str, placeholder: str, ignore: str, upsert: str, bucket: str) -> None:
+    def __init__(
+        self, name: str, placeholder: str, skip_duplicate: str, upsert: str, bucket: str
+    ) -> None:
         self.name = name
         self.placeholder = placeholder
         self.bucket = bucket
         """The start of the C{{bucket}}-second interval holding C{first_seen}, in this dialect."""
+        # Only a duplicate hash is skipped; any other problem with a row is an error (SQLite's
+        # OR IGNORE and MySQL's INSERT IGNORE would hide, or silently change, much more).
         p = ", ".join([placeholder] * 2)
-        self.insert_data = f"{ignore} INTO ethereum_data (hash, payload) VALUES ({p})"
+        self.insert_data = (
+            f"INSERT INTO ethereum_data (hash, payload) VALUES ({p}) {skip_duplicate}"
+        )
         p = ", ".join([placeholder] * 8)
         self.insert_block = (
-            f"{ignore} INTO eth_blocks (hash, first_seen, client, chain_id, number,"
-            f" block_hash, parent_hash, block_time) VALUES ({p})"
+            "INSERT INTO eth_blocks (hash, first_seen, client, chain_id, number,"
+            f" block_hash, parent_hash, block_time) VALUES ({p}) {skip_duplicate}"
         )
         p = ", ".join([placeholder] * 7)
         self.upsert_client = (
@@ -130,7 +142,7 @@ class _Dialect:
 SQLITE = _Dialect(
     "sqlite",
     "?",
-    "INSERT OR IGNORE",
+    "ON CONFLICT (hash) DO NOTHING",
     "ON CONFLICT (client) DO UPDATE SET address = excluded.address,"
     " messages = messages + excluded.messages, last_seen = excluded.last_seen,"
     " chain_id = COALESCE(excluded.chain_id, chain_id),"
@@ -140,7 +152,7 @@ SQLITE = _Dialect(
 MYSQL = _Dialect(
     "mysql",
     "%s",
-    "INSERT IGNORE",
+    "ON DUPLICATE KEY UPDATE hash = hash",
     "ON DUPLICATE KEY UPDATE address = VALUES(address),"
     " messages = messages + VALUES(messages), last_seen = VALUES(last_seen),"
     " chain_id = COALESCE(VALUES(chain_id), chain_id),"
@@ -201,6 +213,7 @@ def connection_pool(
         password=url.password or "",
         database=url.database,
         charset="utf8mb4",
+        sql_mode=MYSQL_MODE,
         connect_timeout=10,
         read_timeout=_TIMEOUT,
         write_timeout=_TIMEOUT,
@@ -210,6 +223,26 @@ def connection_pool(
         cp_reactor=reactor,
         **extra,
     )
+
+
+def _check_charset(txn: Any) -> None:
+    """
+    Raise L{StartupError} if one of our tables keeps text in a character set other than
+    utf8mb4 (an older server's latin1 table): MySQL would refuse, or change, what it cannot
+    represent, and the stored payload would no longer match its SHA256.
+    """
+    txn.execute(
+        "SELECT table_name, MIN(character_set_name) FROM information_schema.columns"
+        " WHERE table_schema = DATABASE() AND table_name IN (%s, %s, %s)"
+        " AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4'"
+        " GROUP BY table_name ORDER BY table_name",
+        _TABLES,
+    )
+    rows = txn.fetchall()
+    if rows:
+        tables = ", ".join(f"{t} ({charset})" for t, charset in rows)
+        fix = "; ".join(f"ALTER TABLE {t} CONVERT TO CHARACTER SET utf8mb4" for t, _ in rows)
+        raise StartupError(f"tables not in utf8mb4: {tables}; convert them first: {fix}")
 
 
 def _block_columns(block: Block | int | None) -> tuple[Any, ...]:
@@ -262,6 +295,8 @@ class SQLStore:
     def _create(self, txn: Any) -> None:
         for statement in self.dialect.schema():
             txn.execute(statement)
+        if self.dialect is MYSQL:
+            _check_charset(txn)
 
     def store(self, batch: Sequence[Received]) -> Deferred[int]:
         return self.pool.runInteraction(self._store, batch)
@@ -270,6 +305,9 @@ class SQLStore:
         first: dict[str, Received] = {}
         clients: dict[str, list[Any]] = {}
         for r in batch:
+            problem = self.row_problem(r)
+            if problem is not None:
+                raise RejectedError(problem)
             first.setdefault(r.sha256, r)
             chain_id, number = _block_columns(r.block)[:2]
             row = clients.get(r.client)
@@ -293,6 +331,28 @@ class SQLStore:
         )
         txn.executemany(self.dialect.upsert_client, [clients[c] for c in sorted(clients)])
         return new
+
+    def row_problem(self, r: Received) -> str | None:
+        """
+        Why C{r} cannot be stored as it is, or L{None}: what a column of one backend could not
+        hold, refused alike on both (SQLite would keep it, MySQL would refuse it).
+        """
+        try:
+            size = len(r.payload.encode("utf-8"))
+            r.client.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not valid Unicode (a lone surrogate)"
+        if size > self.max_payload_bytes:
+            return f"payload over {self.max_payload_bytes} bytes"
+        if not 0 < len(r.client) <= MAX_CLIENT_LENGTH:
+            return f"client name not 1 to {MAX_CLIENT_LENGTH} characters"
+        if len(r.address) > MAX_ADDRESS_LENGTH:
+            return f"address over {MAX_ADDRESS_LENGTH} characters"
+        if isinstance(r.block, Block):
+            return block_problem(r.block)
+        if isinstance(r.block, int) and not 0 <= r.block <= MAX_BLOCK_INT:
+            return "number is out of range"
+        return None
 
     def close(self) -> Deferred[None]:
         self.pool.close()
