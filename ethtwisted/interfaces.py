@@ -47,7 +47,10 @@ class IBlockStore(Interface):
 
     def store(batch: Sequence[Received]) -> Deferred[int]:
         """
-        Commit C{batch} in one transaction; fire with how many payloads were new.
+        Commit C{batch} in one transaction; fire with how many payloads were new.  Fail with
+        an error that L{ethtwisted.storage.is_rejection} recognises when the batch holds a value
+        the store cannot take (nothing of it is then committed), with any other when the store
+        is unavailable.
         """
 
     def close() -> Deferred[None]:
@@ -61,9 +64,10 @@ class IStatsStore(Interface):
     Counters kept beside the durable store (Redis): first sightings and messages per client.
     """
 
-    def record(batch: Sequence[Received]) -> Deferred[None]:
+    def record(batch: Sequence[Received], group: str) -> Deferred[None]:
         """
-        Count C{batch}; fail (rather than wait forever) while the store is unreachable.
+        Count C{batch}, named C{group}; fail (rather than wait forever) while the store is
+        unreachable.  Recording a group again (its first reply was lost) counts nothing more.
         """
 
     def ping() -> Deferred[None]:

@@ -1,7 +1,8 @@
 """
 The counters, in Redis through txredisapi: the sorted set C{eth:hashes} (payload SHA256 → unix
 time first seen, set only if absent) and the hash C{eth:ip_addresses} (client IP → messages
-sent), as the older servers kept them.
+sent), as the older servers kept them; each group of messages is counted once, by a script
+that first sets C{eth:group:<id>} (kept for ten minutes).
 
 txredisapi queues commands for as long as Redis is away; every call here has a timeout so
 that the caller sees the outage instead.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -25,6 +26,24 @@ DEFAULT_PREFIX = "eth:"
 TIMEOUT = 5.0
 SCAN_LIMIT = 10000
 """The most client addresses read for one answer of L{RedisStats.address_counts}."""
+GROUP_TTL = 600
+"""Seconds a counted group is remembered, so that counting it again changes nothing."""
+
+_COUNT_GROUP = """
+-- KEYS: the group's marker, the first-seen sorted set, the per-address counts.
+-- ARGV: the marker's TTL, n, then n (score, member) pairs, then (address, count) pairs.
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+    return 0
+end
+local n = tonumber(ARGV[2])
+for i = 3, 2 + 2 * n, 2 do
+    redis.call('ZADD', KEYS[2], 'NX', ARGV[i], ARGV[i + 1])
+end
+for i = 3 + 2 * n, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,7 @@ class RedisStats:
         self.reactor = reactor
         self.hashes_key = f"{prefix}hashes"
         self.addresses_key = f"{prefix}ip_addresses"
+        self.group_prefix = f"{prefix}group:"
         # txredisapi takes the global reactor when imported: import it only once it is used.
         import txredisapi
 
@@ -91,16 +111,17 @@ class RedisStats:
         d: Deferred[Any] = self.redis.execute_command(*args)
         return d.addTimeout(TIMEOUT, self.reactor)
 
-    def record(self, batch: Sequence[Received]) -> Deferred[None]:
+    def record(self, batch: Sequence[Received], group: str) -> Deferred[None]:
+        # One script, run atomically by Redis: a group whose reply was lost (a timeout) and that
+        # is therefore counted again finds its marker and changes nothing.
         first_seen: dict[str, float] = {}
         for r in batch:
             first_seen.setdefault(r.sha256, r.received)
-        # Commands issued in one turn of the reactor leave in one write: a pipeline.
         scored = [x for sha, when in first_seen.items() for x in (when, sha)]
-        calls = [self.redis.execute_command("ZADD", self.hashes_key, "NX", *scored)]
-        for address, count in Counter(r.address for r in batch).items():
-            calls.append(self.redis.execute_command("HINCRBY", self.addresses_key, address, count))
-        d: Deferred[Any] = gatherResults(calls, consumeErrors=True)
+        counts = [x for pair in Counter(r.address for r in batch).items() for x in pair]
+        keys = [self.group_prefix + group, self.hashes_key, self.addresses_key]
+        args = [GROUP_TTL, len(first_seen), *scored, *counts]
+        d: Deferred[Any] = maybeDeferred(self.redis.eval, _COUNT_GROUP, keys, args)
         d.addTimeout(TIMEOUT, self.reactor)
         return d.addCallback(lambda _: None)
 
