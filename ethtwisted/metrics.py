@@ -41,6 +41,7 @@ DROP_KINDS = (
     "too_many_connections",
     "buffered_bytes",
     "internal",
+    "rejected",
 )
 
 

@@ -6,6 +6,8 @@ what arrives together in one transaction and acknowledges each payload once it i
 from __future__ import annotations
 
 import hmac
+import unicodedata
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
-from ethtwisted.storage import wait_for
+from ethtwisted.storage import RejectedError, is_rejection, wait_for
 from ethtwisted.tap import StartingService, listen_on
 
 log = Logger(observer=log_observer)
@@ -91,9 +93,11 @@ class Ingest:
     Whatever arrives while a transaction is being committed goes into the next one, so a lone
     message is committed at once and a busy server commits in large groups.  A group is
     committed to SQL, then counted in Redis (when configured); only then is each payload's
-    Deferred fired and its sender acknowledged.  A store that fails is retried with capped
-    backoff, the same group again; meanwhile readers are paused past a high-water mark of
-    pending bytes and resumed below half of it.
+    Deferred fired and its sender acknowledged.  A store that is unavailable is retried with
+    capped backoff, the same group again; meanwhile readers are paused past a high-water mark
+    of pending bytes and resumed below half of it.  A store that rejects what a group holds
+    (L{is_rejection}) has the group split in halves, tried again at once, until the message it
+    rejects is alone: that message's Deferred fails with L{RejectedError}, the others are stored.
     """
 
     def __init__(
@@ -111,6 +115,9 @@ class Ingest:
         self.high_water_bytes = high_water_bytes
         self.pending: deque[_Entry] = deque()
         """Received, not yet taken into a transaction."""
+        self.halves: deque[tuple[list[_Entry], Callable[[list[_Entry]], None]]] = deque()
+        """Parts of a rejected group, each with the step to try it again at, before anything
+        pending."""
         self.unsettled = 0
         """Received, not yet stored and counted: pending or in a transaction under way."""
         self.pending_bytes = 0
@@ -152,6 +159,10 @@ class Ingest:
         self.producers.discard(producer)
 
     def _next(self) -> None:
+        if self.halves:
+            group, step = self.halves.popleft()
+            step(group)
+            return
         if not self.pending:
             self.busy = False
             idle, self._idle = self._idle, []
@@ -165,7 +176,7 @@ class Ingest:
         d = self.store.store([e.received for e in group])
         d.addCallbacks(
             lambda new: self._stored(group, new),
-            lambda f: self._retry(group, "SQL", f, self._store),
+            lambda f: self._failed(group, "SQL", f, self._store),
         )
         d.addErrback(lambda f: log.failure("storing a group", f))
 
@@ -174,16 +185,42 @@ class Ingest:
             observer([e.received for e in group], new)
         self._record(group)
 
-    def _record(self, group: list[_Entry]) -> None:
+    def _record(self, group: list[_Entry], name: str | None = None) -> None:
         if self.stats is None:
             self._done(group)
             return
-        d = self.stats.record([e.received for e in group])
+        # A retry keeps the group's name, so that Redis counts it once however often it is sent.
+        name = name or uuid.uuid4().hex
+        d = self.stats.record([e.received for e in group], name)
         d.addCallbacks(
             lambda _: self._done(group),
-            lambda f: self._retry(group, "Redis", f, self._record),
+            lambda f: self._failed(group, "Redis", f, lambda g: self._record(g, name)),
         )
         d.addErrback(lambda f: log.failure("counting a group", f))
+
+    def _failed(
+        self,
+        group: list[_Entry],
+        store: str,
+        failure: Failure,
+        again: Callable[[list[_Entry]], None],
+    ) -> None:
+        if not is_rejection(failure):
+            self._retry(group, store, failure, again)
+            return
+        if len(group) > 1:
+            # Redis halves are counted under names of their own: the whole was not counted.
+            step = self._store if store == "SQL" else self._record
+            middle = len(group) // 2
+            self.halves.extendleft([(group[middle:], step), (group[:middle], step)])
+            log.debug("{store} store rejects a group of {n}: trying its halves", store=store,
+                      n=len(group))  # fmt: skip
+        else:
+            entry = group[0]
+            self._settle(group)
+            entry.done.errback(RejectedError(f"the {store} store refuses it: {describe(failure)}"))
+        # At once, but from the reactor: a store failing synchronously must not recurse.
+        self.reactor.callLater(0, self._next)
 
     def _retry(
         self,
@@ -206,16 +243,19 @@ class Ingest:
             log.info("stores are back after {n} failed attempts", n=self.failures)
             self.trouble = None
         self.failures = 0
-        self.pending_bytes -= sum(e.size for e in group)
-        self.unsettled -= len(group)
+        self._settle(group)
         for e in group:
             e.done.callback(e.received.sha256)
+        self._next()
+
+    def _settle(self, group: list[_Entry]) -> None:
+        self.pending_bytes -= sum(e.size for e in group)
+        self.unsettled -= len(group)
         if self.paused and self.pending_bytes <= self.high_water_bytes // 2:
             self.paused = False
             log.info("resuming {n} readers", n=len(self.producers))
             for producer in self.producers:
                 producer.resumeProducing()
-        self._next()
 
     def idle(self) -> Deferred[None]:
         """
@@ -226,6 +266,27 @@ class Ingest:
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
+
+
+_NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Unicode categories a client name may not contain: control characters, surrogates, line
+and paragraph separators."""
+
+
+def name_problem(name: str) -> str | None:
+    """
+    Why C{name} cannot be a client's name (a phrase), or L{None}: it must be 1 to
+    L{MAX_NAME_LENGTH} characters (a C{VARCHAR(255)} in utf8mb4 holds any 255), encodable as
+    UTF-8 (no lone surrogate, which JSON's C{"\\ud800"} can carry), without control characters
+    or line breaks, and without spaces around it (MySQL compares names without trailing spaces).
+    """
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"must be 1 to {MAX_NAME_LENGTH} characters"
+    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
+        return "must not contain control characters, line breaks or lone surrogates"
+    if name != name.strip():
+        return "must not begin or end with spaces"
+    return None
 
 
 @implementer(IPushProducer)
@@ -402,8 +463,9 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             raise ProtocolError("second hello")
         if self.sent_payload:
             raise ProtocolError("hello after payloads: it must come first")
-        if not frame.name or len(frame.name) > MAX_NAME_LENGTH:
-            raise ProtocolError(f"client name must be 1 to {MAX_NAME_LENGTH} characters")
+        problem = name_problem(frame.name)
+        if problem is not None:
+            raise ProtocolError(f"client name {problem}")
         if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
             self.refuse(f"client {frame.name!r}: missing or invalid token")
             return
@@ -432,8 +494,13 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         for observer in self.factory.observers:
             observer.received(received)
         d = self.factory.ingest.submit(received)
-        d.addCallback(self._acknowledge)
+        d.addCallbacks(self._acknowledge, self._rejected, errbackArgs=(received.sha256,))
         d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))
+
+    def _rejected(self, failure: Failure, sha256: str) -> None:
+        failure.trap(RejectedError)
+        # Said once with the connection's end, even when the peer has already closed it.
+        self.drop(f"message {sha256} refused: {failure.value}", "rejected")
 
     def _acknowledge(self, sha256: str) -> None:
         if self.connected and not self.dropped:

@@ -7,11 +7,15 @@ exercised in test_server_e2e.py and test_storage_contract.py.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -26,6 +30,7 @@ from ethtwisted.server import (
     ServerFactory,
     ServerProtocol,
 )
+from ethtwisted.storage import RejectedError
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from tests.test_protocol import feed, netstring
 
@@ -52,6 +57,24 @@ class HeldStore(MemoryStore):
 
 
 REDIS_DOWN = ConnectionError("Redis is down")
+
+
+class NamedCounters(MemoryCounters):
+    """
+    The in-memory counters, noting the name of every group they are asked to count, and
+    rejecting (as Redis would a count it cannot take) any group holding a C{poison} payload.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.poison: set[str] = set()
+
+    def record(self, batch: Sequence[Received], group: str) -> Deferred[None]:
+        self.names.append(group)
+        if self.down is None and any(r.payload in self.poison for r in batch):
+            return fail(RejectedError("a count the store cannot take"))
+        return super().record(batch, group)
 
 
 def received(text: str, client: str = "c") -> Received:
@@ -367,3 +390,233 @@ def test_redis_down_at_start_is_a_warning() -> None:
     assert service.ready.called
     warnings = [e for e in events if "Redis does not answer" in e.get("log_format", "")]
     assert len(warnings) == 1 and "Redis is down" in warnings[0]["reason"]
+
+
+POISON = sqlite3.IntegrityError("CHECK constraint failed: payload NOT LIKE '%poison%'")
+
+
+def drive(store: HeldStore, clock: Clock, poison: set[str], limit: int = 100) -> None:
+    """
+    Answer every commit the store is asked for, rejecting those that hold a poisoned payload,
+    until nothing more is asked (bounded).
+    """
+    for _ in range(limit):
+        clock.advance(0)
+        if not store.results or store.results[-1].called:
+            return
+        if any(r.payload in poison for r in store.calls[-1]):
+            store.results[-1].errback(POISON)
+        else:
+            store.commit()
+    raise AssertionError("the ingest kept asking the store")
+
+
+def test_rejected_group_is_split_until_the_rejected_message_is_alone() -> None:
+    """
+    A group the store rejects (not an outage) is split in halves, tried again at once, until
+    the one message it rejects is alone: that one fails with L{RejectedError}, the others are
+    stored and acknowledged, and no retry delay is ever waited.
+    """
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock)
+    acked: list[str] = []
+    refused: list[RejectedError] = []
+    for text in ["m0", "m1", "m2", "poison", "m4"]:
+        d = ingest.submit(received(text))
+        d.addCallbacks(acked.append, lambda f: refused.append(f.trap(RejectedError) and f.value))
+    with capturedLogs() as events:
+        drive(store, clock, {"poison"})
+    assert [[r.payload for r in c] for c in store.calls] == [
+        ["m0", "m1", "m2", "poison", "m4"],
+        ["m0", "m1"],
+        ["m2", "poison", "m4"],
+        ["m2"],
+        ["poison", "m4"],
+        ["poison"],
+        ["m4"],
+    ]
+    assert acked == [payload_hash(t.encode()) for t in ["m0", "m1", "m2", "m4"]]
+    assert len(refused) == 1 and "CHECK constraint failed" in str(refused[0])
+    assert set(store.tables.payloads.values()) == {"m0", "m1", "m2", "m4"}
+    assert ingest.unsettled == 0 and ingest.pending_bytes == 0 and not ingest.busy
+    assert clock.seconds() == 0 and not clock.getDelayedCalls()
+    assert ingest.trouble is None
+    assert not [e for e in events if e.get("log_level") and e["log_level"].name == "critical"]
+
+
+def test_outage_is_retried_whole_not_split() -> None:
+    """
+    A locked SQLite database is an outage: the same group is tried again after a delay, not
+    split, and nothing is refused.
+    """
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock)
+    results: list[object] = []
+    for text in ["a", "b"]:
+        ingest.submit(received(text)).addBoth(results.append)
+    clock.advance(0)
+    with capturedLogs():
+        store.results[-1].errback(sqlite3.OperationalError("database is locked"))
+        clock.advance(0)
+        assert len(store.calls) == 1 and results == []
+        clock.advance(0.1)
+    assert [r.payload for r in store.calls[1]] == ["a", "b"]
+    store.commit()
+    assert results == [payload_hash(b"a"), payload_hash(b"b")]
+
+
+def test_redis_retry_keeps_the_group_name_and_a_rejection_is_split() -> None:
+    """
+    Counting a group again after a Redis outage uses the same group name (so that Redis, which
+    may have counted it already, counts it once); a group Redis rejects is split like a SQL
+    one, its halves named anew.
+    """
+    clock, store, stats = Clock(), HeldStore(), NamedCounters()
+    ingest = Ingest(store, stats, clock)
+    stats.down = REDIS_DOWN
+    results: list[object] = []
+    ingest.submit(received("a")).addBoth(results.append)
+    clock.advance(0)
+    with capturedLogs():
+        store.commit()
+        clock.advance(0.1)
+        clock.advance(0.2)
+    stats.down = None
+    clock.advance(0.4)
+    assert results == [payload_hash(b"a")]
+    assert len(stats.names) == 4 and len(set(stats.names)) == 1
+
+    stats.poison = {"bad"}
+    refused: list[RejectedError] = []
+    for text in ["b", "bad"]:
+        ingest.submit(received(text)).addCallbacks(
+            results.append, lambda f: refused.append(f.trap(RejectedError) and f.value)
+        )
+    clock.advance(0)
+    store.commit()
+    clock.advance(0)
+    assert results[1:] == [payload_hash(b"b")] and len(refused) == 1
+    assert "Redis store refuses it" in str(refused[0])
+    assert len(set(stats.names[4:])) == 3
+    assert not clock.getDelayedCalls()
+
+
+@pytest.mark.property
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=60),
+    poisoned=st.sets(st.integers(0, 59)),
+    bursts=st.lists(st.integers(1, 20), min_size=1, max_size=10),
+    max_batch=st.integers(1, 40),
+)
+def test_only_rejected_messages_are_refused(
+    texts: list[str], poisoned: set[int], bursts: list[int], max_batch: int
+) -> None:
+    """
+    For any messages (repeats included), arriving in any bursts, of which any subset is
+    rejected by a store that commits all of a transaction or none of it: every other message is
+    stored and acknowledged once, after its commit; every rejected one fails once with
+    L{RejectedError}; nothing is lost, and the ingest ends idle.
+    """
+    poison = {t for i, t in enumerate(texts) if i in poisoned}
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock, max_batch=max_batch)
+    outcomes: dict[int, list[object]] = {i: [] for i in range(len(texts))}
+
+    def acked(sha256: str, i: int) -> None:
+        assert store.tables.payloads.get(sha256) == texts[i], "acknowledged before its commit"
+        outcomes[i].append(sha256)
+
+    def refused(failure: object, i: int) -> None:
+        outcomes[i].append(failure.trap(RejectedError))  # type: ignore[attr-defined]
+
+    start = 0
+    for size in bursts * (len(texts) // len(bursts) + 1):
+        for i in range(start, min(start + size, len(texts))):
+            d = ingest.submit(received(texts[i]))
+            d.addCallbacks(acked, refused, callbackArgs=(i,), errbackArgs=(i,))
+        start += size
+        drive(store, clock, poison, limit=1000)
+        if start >= len(texts):
+            break
+    for i, text in enumerate(texts):
+        expected = RejectedError if text in poison else payload_hash(text.encode())
+        assert outcomes[i] == [expected]
+    assert set(store.tables.payloads.values()) == set(texts) - poison
+    assert ingest.unsettled == 0 and ingest.pending_bytes == 0 and not ingest.busy
+    assert not clock.getDelayedCalls()
+
+
+def test_message_the_store_rejects_costs_its_connection_only() -> None:
+    """
+    A message the store rejects drops its own connection, once, counted as C{rejected}, with
+    no traceback; a message on another connection in the same group is stored and acked.
+    """
+    clock, store = Clock(), HeldStore()
+    factory = ServerFactory(Ingest(store, None, clock), clock, 1000, 60.0)
+    drops: list[str] = []
+    factory.observers.append(
+        type("O", (), {"received": lambda *a: None, "acknowledged": lambda *a: None,
+                       "dropped": lambda self, kind: drops.append(kind)})()
+    )  # fmt: skip
+    hostile, honest = factory.buildProtocol(None), factory.buildProtocol(None)
+    transports = [StringTransport(), StringTransport()]
+    hostile.makeConnection(transports[0])
+    honest.makeConnection(transports[1])
+    with capturedLogs() as events:
+        feed(hostile, netstring(b"poison"))
+        feed(honest, netstring(b"honest"))
+        drive(store, clock, {"poison"})
+    assert transports[0].disconnecting and not transports[1].disconnecting
+    assert sent_frames(transports[1]) == [encode_control(Ack(payload_hash(b"honest")))]
+    assert sent_frames(transports[0]) == []
+    assert drops == ["rejected"]
+    dropping = [e for e in events if "dropping connection" in e.get("log_format", "")]
+    assert len(dropping) == 1 and "refused" in dropping[0]["reason"]
+    assert "CHECK constraint failed" in dropping[0]["reason"]
+    assert not [e for e in events if "log_failure" in e]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "1 to 255 characters"),
+        ("x" * 256, "1 to 255 characters"),
+        ("\ud800", "lone surrogates"),
+        ("node\udfff-1", "lone surrogates"),
+        ("a\nb", "control characters"),
+        ("a\u0000b", "control characters"),
+        ("a\u0085b", "control characters"),
+        ("a\u2028b", "line breaks"),
+        (" node", "spaces"),
+        ("node ", "spaces"),
+    ],
+)
+def test_hello_with_a_name_that_cannot_be_stored_is_refused(name: str, reason: str) -> None:
+    """
+    A hello whose name no column could hold as it is (empty, too long, a lone surrogate sent
+    as a JSON escape, control characters or line breaks, spaces around it) costs the
+    connection; nothing with that name reaches the store.
+    """
+    protocol, transport, store, clock = server_connection()
+    # As JSON escapes: a lone surrogate can only arrive as one.
+    frame = b"\xff" + json.dumps({"type": "hello", "name": name}).encode("ascii")
+    with capturedLogs() as events:
+        feed(protocol, netstring(frame) + netstring(b"payload"))
+    clock.advance(0)
+    assert transport.disconnecting and store.calls == []
+    drops = [e for e in events if "dropping connection" in e.get("log_format", "")]
+    assert len(drops) == 1 and "client name" in drops[0]["reason"]
+    assert reason in drops[0]["reason"]
+
+
+@pytest.mark.parametrize("name", ["node-1", "ñandú ☃ 😀", "a" * 254 + "😀", "a b"])
+def test_hello_with_any_storable_name_is_accepted(name: str) -> None:
+    """
+    Names of 1 to 255 characters of any script, emoji included, are accepted and carried by
+    the client's messages.
+    """
+    protocol, transport, store, clock = server_connection()
+    feed(protocol, netstring(encode_control(Hello(name))) + netstring(b"payload"))
+    clock.advance(0)
+    assert not transport.disconnecting
+    assert store.calls[0][0].client == name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.application.service import IService
 from twisted.internet import reactor
@@ -521,5 +522,96 @@ async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
         assert len(warned) == 1
         for peer in [*peers[1:], late]:
             peer.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@dataclass
+class Backend:
+    """eth-server's --db on SQLite or MySQL, and a way to read back what it stored."""
+
+    args: list[str]
+    environ: dict[str, str]
+    create: Callable[[str], None]
+    """Run one statement in the database before the server starts."""
+    hashes: Callable[[], set[str]]
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: Any, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        path = tmp_path / "b.sqlite"
+
+        def create(statement: str) -> None:
+            with sqlite3.connect(path) as db:
+                db.execute(statement.replace("AUTO_INCREMENT", "AUTOINCREMENT"))
+
+        return Backend(["--db", f"sqlite:///{path}"], {}, create, lambda: set(sqlite_rows(path)))
+    db: MySQLDatabase = request.getfixturevalue("mysql_db")
+    return Backend(
+        ["--db", db.url],
+        {"ETH_MYSQL_PASSWORD": db.password},
+        lambda statement: db.query(statement) and None,
+        lambda: {h for (h,) in db.query("SELECT hash FROM ethereum_data")},
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_the_store_rejects_costs_only_its_connection(backend: Backend) -> None:
+    """
+    A payload the database refuses (here a CHECK constraint of an existing table) arriving in
+    the same group as an honest client's message costs only its own connection, logged once;
+    the honest client is acknowledged right after, and its messages are stored.
+    """
+    await deferToThread(
+        backend.create,
+        "CREATE TABLE ethereum_data (id INTEGER PRIMARY KEY AUTO_INCREMENT,"
+        " hash VARCHAR(64) NOT NULL UNIQUE, payload TEXT CHECK (payload NOT LIKE '%poison%'))",
+    )
+    server = await start_server(backend.args, backend.environ)
+    try:
+        honest = await connect(server.port)
+        await honest.send([b"before"]).addTimeout(TIMEOUT, reactor)
+        hostile = await connect(server.port)
+        with capturedLogs() as events:
+            hostile.sendString(b"a poison pill")
+            await honest.send([b"beside it"]).addTimeout(TIMEOUT, reactor)
+            await hostile.lost.addTimeout(TIMEOUT, reactor)
+            await honest.send([b"after"]).addTimeout(5, reactor)
+        assert bugs(events) == []
+        reasons = drops(events)
+        assert len(reasons) == 1 and "refused" in reasons[0]
+        assert hostile.acked == [] and not honest.lost.called
+        stored = await deferToThread(backend.hashes)
+        assert stored == {sha(b"before"), sha(b"beside it"), sha(b"after")}
+        honest.transport.loseConnection()
+    finally:
+        await server.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hello_name_that_cannot_be_stored_costs_only_its_connection(
+    backend: Backend,
+) -> None:
+    """
+    A hello naming the client with a lone surrogate (a JSON escape) costs that connection at
+    the hello, before any of its payloads reaches the store; an honest client is acknowledged
+    right after.
+    """
+    server = await start_server(backend.args, backend.environ)
+    try:
+        honest = await connect(server.port)
+        await honest.send([b"before"]).addTimeout(TIMEOUT, reactor)
+        hostile = await connect(server.port)
+        with capturedLogs() as events:
+            hostile.sendString(b'\xff{"type":"hello","name":"node-\\ud800"}')
+            hostile.sendString(b"from a nameless one")
+            await hostile.lost.addTimeout(TIMEOUT, reactor)
+            await honest.send([b"after"]).addTimeout(5, reactor)
+        assert bugs(events) == []
+        reasons = drops(events)
+        assert len(reasons) == 1 and "client name" in reasons[0]
+        assert await deferToThread(backend.hashes) == {sha(b"before"), sha(b"after")}
+        honest.transport.loseConnection()
     finally:
         await server.service.stopService()

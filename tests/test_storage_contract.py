@@ -13,6 +13,7 @@ Where two backends answer the same traffic differently, one of them is wrong.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +231,11 @@ class Counters:
         Count C{batch}: the SQL-shaped stores count what they store, the others what they record.
         """
         reader = self.reader if reader is None else reader
-        return reader.store(batch) if IBlockStore.providedBy(reader) else reader.record(batch)
+        return (
+            reader.store(batch)
+            if IBlockStore.providedBy(reader)
+            else reader.record(batch, uuid.uuid4().hex)
+        )
 
 
 @pytest_twisted.async_yield_fixture(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -17,8 +17,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ethtwisted.logs import describe, log_observer
+from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
+
+if TYPE_CHECKING:
+    from ethtwisted.interfaces import Received
 
 log = Logger(observer=log_observer)
+
+MAX_CLIENT_LENGTH = 255
+"""Characters in a client name (C{VARCHAR(255)})."""
+MAX_ADDRESS_LENGTH = 64
 
 
 class StartupError(Exception):
@@ -75,6 +83,29 @@ def is_rejection(error: Failure | BaseException) -> bool:
     if redis is not None and isinstance(value, redis.ResponseError):
         return str(value).startswith(_REDIS_REJECTIONS)
     return False
+
+
+def row_problem(r: Received, max_payload_bytes: int) -> str | None:
+    """
+    Why C{r} cannot be stored as it is, or L{None}: what a column of one backend could not
+    hold, refused alike by every store (SQLite would keep it, MySQL would refuse it).
+    """
+    try:
+        size = len(r.payload.encode("utf-8"))
+        r.client.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text that is not valid Unicode (a lone surrogate)"
+    if size > max_payload_bytes:
+        return f"payload over {max_payload_bytes} bytes"
+    if not 0 < len(r.client) <= MAX_CLIENT_LENGTH:
+        return f"client name not 1 to {MAX_CLIENT_LENGTH} characters"
+    if len(r.address) > MAX_ADDRESS_LENGTH:
+        return f"address over {MAX_ADDRESS_LENGTH} characters"
+    if isinstance(r.block, Block):
+        return block_problem(r.block)
+    if isinstance(r.block, int) and not 0 <= r.block <= MAX_BLOCK_INT:
+        return "number is out of range"
+    return None
 
 
 async def wait_for(

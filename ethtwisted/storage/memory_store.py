@@ -28,6 +28,7 @@ from ethtwisted.interfaces import (
     Received,
 )
 from ethtwisted.protocol import Block
+from ethtwisted.storage import RejectedError, row_problem
 
 T = TypeVar("T")
 
@@ -100,6 +101,10 @@ class MemoryStore(_Answering):
     def _store(self, batch: Sequence[Received]) -> int:
         if self.read_only:
             raise ReadOnlyError("the store is read-only")
+        for r in batch:
+            problem = row_problem(r, self.max_payload_bytes)
+            if problem is not None:
+                raise RejectedError(problem)
         t = self.tables
         new = 0
         for r in batch:
@@ -230,11 +235,16 @@ class MemoryCounters(_Answering):
         """SHA256 → unix time first seen (C{eth:hashes})."""
         self.messages: Counter[str] = Counter()
         """Client IP address → messages sent (C{eth:ip_addresses})."""
+        self.groups: set[str] = set()
+        """The names of the groups counted (C{eth:group:<id>}), each counted once."""
 
-    def record(self, batch: Sequence[Received]) -> Deferred[None]:
-        return self._answer(self._record, batch)
+    def record(self, batch: Sequence[Received], group: str) -> Deferred[None]:
+        return self._answer(self._record, batch, group)
 
-    def _record(self, batch: Sequence[Received]) -> None:
+    def _record(self, batch: Sequence[Received], group: str) -> None:
+        if group in self.groups:
+            return
+        self.groups.add(group)
         for r in batch:
             self.first_seen.setdefault(r.sha256, r.received)
             self.messages[r.address] += 1

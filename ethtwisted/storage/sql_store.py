@@ -31,14 +31,11 @@ from ethtwisted.interfaces import (
     IStatsReader,
     Received,
 )
-from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
-from ethtwisted.storage import RejectedError, StartupError
+from ethtwisted.protocol import Block
+from ethtwisted.storage import RejectedError, StartupError, row_problem
 
 DEFAULT_DB_URL = "sqlite:///ethtwisted.sqlite"
 MYSQL_TEXT_BYTES = 65535
-MAX_CLIENT_LENGTH = 255
-"""Characters in a client name (C{VARCHAR(255)})."""
-MAX_ADDRESS_LENGTH = 64
 MYSQL_MODE = "TRADITIONAL"
 """Strict: a value a column cannot hold is an error, never a warning and a changed value."""
 _TIMEOUT = 30
@@ -305,7 +302,7 @@ class SQLStore:
         first: dict[str, Received] = {}
         clients: dict[str, list[Any]] = {}
         for r in batch:
-            problem = self.row_problem(r)
+            problem = row_problem(r, self.max_payload_bytes)
             if problem is not None:
                 raise RejectedError(problem)
             first.setdefault(r.sha256, r)
@@ -331,28 +328,6 @@ class SQLStore:
         )
         txn.executemany(self.dialect.upsert_client, [clients[c] for c in sorted(clients)])
         return new
-
-    def row_problem(self, r: Received) -> str | None:
-        """
-        Why C{r} cannot be stored as it is, or L{None}: what a column of one backend could not
-        hold, refused alike on both (SQLite would keep it, MySQL would refuse it).
-        """
-        try:
-            size = len(r.payload.encode("utf-8"))
-            r.client.encode("utf-8")
-        except UnicodeEncodeError:
-            return "text that is not valid Unicode (a lone surrogate)"
-        if size > self.max_payload_bytes:
-            return f"payload over {self.max_payload_bytes} bytes"
-        if not 0 < len(r.client) <= MAX_CLIENT_LENGTH:
-            return f"client name not 1 to {MAX_CLIENT_LENGTH} characters"
-        if len(r.address) > MAX_ADDRESS_LENGTH:
-            return f"address over {MAX_ADDRESS_LENGTH} characters"
-        if isinstance(r.block, Block):
-            return block_problem(r.block)
-        if isinstance(r.block, int) and not 0 <= r.block <= MAX_BLOCK_INT:
-            return "number is out of range"
-        return None
 
     def close(self) -> Deferred[None]:
         self.pool.close()
