@@ -7,7 +7,7 @@
 #   make lock      refresh requirements.lock and requirements-test.lock from setup.cfg's ranges
 #   make services  MariaDB, Redis and Chromium from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
-#   make fuzz      the property tests with many more random examples (minutes, bounded)
+#   make fuzz      the property tests with fresh random examples, 5,000 each (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
 #   make run       the whole demo in the foreground: dev node, eth-server, eth-client
 #

@@ -52,7 +52,7 @@ settings.register_profile(
 settings.register_profile(
     "fuzz",
     derandomize=False,
-    max_examples=20_000,
+    max_examples=5_000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
