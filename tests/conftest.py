@@ -53,6 +53,7 @@ settings.register_profile(
     "fuzz",
     derandomize=False,
     max_examples=5_000,
+    print_blob=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
