@@ -4,9 +4,9 @@ port; prints one JSON object.
 
   python bench/latency.py [--calls 1000] [--max-seconds 20]
 
-C{node}: the round trip of C{block_number()} through L{ethtwisted.node.Web3Node}, per transport
-(IPC, WebSocket, HTTP), in milliseconds: median and 99th percentile over C{--calls} calls, or
-fewer if C{--max-seconds} runs out first.  C{end_to_end}: see L{end_to_end_latency}
+C{node}: the round trip of C{block_number()} through L{ethtwisted.node.web3_node.Web3Node}, per
+transport (IPC, WebSocket, HTTP), in milliseconds: median and 99th percentile over C{--calls}
+calls, or fewer if C{--max-seconds} runs out first.  C{end_to_end}: see L{end_to_end_latency}
 (C{--blocks}, C{--rss-blocks}, C{--e2e-max-seconds}; C{--blocks 0} skips it).
 
 anvil is the test suite's (C{make node} installs it).
@@ -69,7 +69,7 @@ async def node_latency(
     """
     The round trip of C{block_number()} through L{Web3Node}, per transport.
     """
-    from ethtwisted.node import Web3Node
+    from ethtwisted.node.web3_node import Web3Node
 
     results = {}
     for transport, uri in (

@@ -31,7 +31,8 @@ from ethtwisted.client.follower import Checkpoint, Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.spool import Spool
-from ethtwisted.node import NodeError, Web3Node
+from ethtwisted.node import NodeError
+from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import (
     CONTROL_MARK,
     Ack,

@@ -26,14 +26,14 @@ from zope.interface.verify import verifyObject
 from ethtwisted.interfaces import INode
 from ethtwisted.node import (
     DEFAULT_HTTP_URI,
-    FailoverNode,
     NodeError,
-    Web3Node,
     default_node_uris,
     open_node,
     parse_node_uri,
     redact_uri,
 )
+from ethtwisted.node.failover import FailoverNode
+from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 
 reactor: IReactorTime = global_reactor  # type: ignore[assignment]

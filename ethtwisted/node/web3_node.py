@@ -1,13 +1,13 @@
 """
-Ethereum nodes reached through web3's asynchronous API, as L{INode}s.
+One Ethereum node reached through web3's asynchronous API, as an L{INode}.
 
 L{Web3Node} talks to one node over IPC (C{AsyncIPCProvider}), WebSocket (C{WebSocketProvider})
 or HTTP (C{AsyncHTTPProvider}).  web3's coroutines run as asyncio tasks on the loop under
 Twisted's asyncio reactor, which must be the running reactor; every call is bounded by a
 timeout on the injected reactor, and anything that goes wrong on the way to the node becomes
 one L{NodeError} with a short reason.  A connection that failed is dropped and the next call
-opens a new one, so a restarted node is reached again.  L{FailoverNode} puts several nodes
-behind one L{INode}, and L{open_node} builds either from the C{--node} URIs.
+opens a new one, so a restarted node is reached again.  Every answer is checked here, where it
+enters.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import ClientConnectorError, ClientError, ClientTimeout
 from hexbytes import HexBytes
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +35,8 @@ from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
 from ethtwisted.logs import describe, log_observer
+from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
+from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 
 # Importing web3 imports py_ecc, which raises the recursion limit to 100,000: json's C decoder
@@ -46,27 +47,9 @@ from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 SAFE_RECURSION_LIMIT = 1000
 sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
-log = Logger(observer=log_observer)
+log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
 
 _T = TypeVar("_T")
-
-DEFAULT_TIMEOUT = 10.0
-"""Seconds a node has to answer one call (connecting included)."""
-
-DEFAULT_RETRY_AFTER = 30.0
-"""Seconds a L{FailoverNode} waits before it tries a preferred node again."""
-
-DEFAULT_HTTP_URI = "http://127.0.0.1:8545"
-
-Transport = Literal["ipc", "ws", "http"]
-
-_SCHEMES: dict[str, Transport] = {
-    "ipc": "ipc",
-    "ws": "ws",
-    "wss": "ws",
-    "http": "http",
-    "https": "http",
-}
 
 # What web3 and the libraries under it raise when the node is down, hangs up, or answers
 # something that is not JSON-RPC: all of it means "this node does not serve us now".
@@ -87,147 +70,6 @@ _NODE_TROUBLE: tuple[type[BaseException], ...] = (
 )
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
-_HOST_PORT = re.compile(r"[\w.-]+:\d+")
-# A path segment or query value this long and this shaped is an API key (Infura, Alchemy...).
-_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{20,}")
-
-
-class NodeError(Exception):
-    """
-    The node is unreachable, did not answer in time, or answered something unusable; the
-    message is a short reason for people.
-    """
-
-
-# -- URIs -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeURI:
-    """
-    A validated C{--node} value.
-    """
-
-    transport: Transport
-    target: str = field(repr=False)
-    """The IPC path, or the URL given to web3 (which may hold credentials)."""
-    description: str
-    """The same with credentials redacted: safe for logs and error messages."""
-
-
-def redact_uri(uri: str) -> str:
-    """
-    C{uri} without credentials: user and password, query values and path segments that look
-    like API keys become C{***}.
-    """
-    try:
-        parts = urlsplit(uri)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return "<malformed URL>"
-    if "://" not in uri or parts.scheme in ("", "ipc", "file"):
-        return uri
-    netloc = host or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    if parts.username is not None or parts.password is not None:
-        netloc = f"***@{netloc}"
-    path = "/".join("***" if _TOKEN_LIKE.fullmatch(s) else s for s in parts.path.split("/"))
-    query = "&".join(
-        f"{item.split('=', 1)[0]}=***" if "=" in item else "***"
-        for item in parts.query.split("&")
-        if item
-    )
-    return urlunsplit(SplitResult(parts.scheme, netloc, path, query, ""))
-
-
-def parse_node_uri(uri: str) -> NodeURI:
-    """
-    Validate one C{--node} value: a filesystem path or C{ipc://} URL (IPC), a C{ws://} or
-    C{wss://} URL, or an C{http://} or C{https://} URL.  Raise L{ValueError} with a message for
-    people (without credentials) when it is none of these.
-    """
-    text = uri.strip()
-    if not text:
-        raise ValueError("empty node URI")
-    if "://" not in text:
-        if _HOST_PORT.fullmatch(text):
-            raise ValueError(
-                f"node {text!r} has no scheme: write http://{text} or ws://{text}, "
-                "or a path for IPC"
-            )
-        path = os.path.abspath(os.path.expanduser(text))
-        return NodeURI("ipc", path, path)
-    scheme = text.split("://", 1)[0].lower()
-    shown = redact_uri(text)
-    transport = _SCHEMES.get(scheme)
-    if transport is None:
-        raise ValueError(
-            f"unsupported node URI scheme {scheme!r} in {shown}: use a path or ipc:// for IPC, "
-            "ws:// or wss:// for WebSocket, http:// or https:// for HTTP"
-        )
-    if transport == "ipc":
-        rest = text.split("://", 1)[1]
-        if not rest:
-            raise ValueError(f"node URI {text!r} names no IPC path")
-        path = os.path.abspath(os.path.expanduser(rest))
-        return NodeURI("ipc", path, path)
-    if any(c.isspace() for c in text):
-        raise ValueError(f"malformed node URL {shown!r}: it contains white space")
-    try:
-        parts = urlsplit(text)
-        host = parts.hostname
-        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
-    except ValueError as e:
-        raise ValueError(f"malformed node URL {shown!r}: {e}") from None
-    if not host:
-        raise ValueError(f"malformed node URL {shown!r}: no host")
-    return NodeURI(transport, text, shown)
-
-
-def default_node_uris(environ: Mapping[str, str], home: str | None = None) -> list[str]:
-    """
-    The nodes to try when none is given: the usual geth IPC sockets that exist (in C{home}'s
-    and root's C{.ethereum}, and geth C{--dev}'s in C{$TMPDIR} or C{/tmp}), then the local
-    HTTP port.
-    """
-    home = home if home is not None else environ.get("HOME", os.path.expanduser("~"))
-    candidates = [
-        os.path.join(home, ".ethereum", "geth.ipc"),
-        "/root/.ethereum/geth.ipc",
-        os.path.join(environ.get("TMPDIR") or "/tmp", "geth.ipc"),  # noqa: S108 -- geth --dev
-    ]
-    uris: list[str] = []
-    for path in candidates:
-        if path not in uris and os.path.exists(path):
-            uris.append(path)
-    uris.append(DEFAULT_HTTP_URI)
-    return uris
-
-
-def open_node(
-    uris: Sequence[str],
-    reactor: IReactorTime,
-    timeout: float = DEFAULT_TIMEOUT,
-    retry_after: float = DEFAULT_RETRY_AFTER,
-) -> INode:
-    """
-    Check every URI (L{ValueError} for the first bad one) and return the node behind them: a
-    L{Web3Node} for one, a L{FailoverNode} over several, preferred in the order given.
-    """
-    if not uris:
-        raise ValueError("no node URI given")
-    parsed = [parse_node_uri(uri) for uri in uris]
-    nodes = [Web3Node(p, reactor, timeout=timeout) for p in parsed]
-    if len(nodes) == 1:
-        return nodes[0]
-    return FailoverNode(nodes, reactor, retry_after=retry_after)
-
-
-# -- one node ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -405,7 +247,7 @@ class Web3Node:
 
     def block_by_number(self, number: int) -> Deferred[Block | None]:
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-            return _failed(ValueError(f"not a block number: {number!r}"))
+            return fail(ValueError(f"not a block number: {number!r}"))
 
         async def fetch(connection: _Connection) -> Block | None:
             return await self._block(connection, number)
@@ -414,7 +256,7 @@ class Web3Node:
 
     def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
         if not isinstance(block_hash, str) or not _HASH.fullmatch(block_hash):
-            return _failed(ValueError(f"not a block hash: {block_hash!r}"))
+            return fail(ValueError(f"not a block hash: {block_hash!r}"))
 
         async def fetch(connection: _Connection) -> Block | None:
             return await self._block(connection, HexBytes(block_hash))
@@ -465,7 +307,7 @@ class Web3Node:
         L{NodeError} when the node does, and after C{timeout} seconds at the latest.
         """
         if self._closed:
-            return _failed(NodeError(f"{self.description} is closed"))
+            return fail(NodeError(f"{self.description} is closed"))
         task = asyncio.ensure_future(self._attempt(fetch))
 
         def cancel(_: Deferred[_T]) -> None:
@@ -600,106 +442,3 @@ class Web3Node:
                 node=self.description,
                 reason=_reason(e),
             )
-
-
-def _failed(exc: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(exc)
-    return d
-
-
-# -- several nodes ----------------------------------------------------------------------------
-
-
-@implementer(INode)
-class FailoverNode:
-    """
-    Several nodes behind one L{INode}: calls go to the first that answers.  When the node in use
-    fails, the others are tried in order and the first that answers takes over; every
-    C{retry_after} seconds the nodes given before it are tried again.  Each switch is logged
-    once.  A call fails (with L{NodeError}) only when no node answers it.
-    """
-
-    def __init__(
-        self,
-        nodes: Sequence[INode],
-        reactor: IReactorTime,
-        retry_after: float = DEFAULT_RETRY_AFTER,
-    ) -> None:
-        if not nodes:
-            raise ValueError("no nodes to fail over between")
-        self.nodes = list(nodes)
-        self._reactor = reactor
-        self._retry_after = retry_after
-        self._current = 0
-        self._retry_at = 0.0
-
-    @property
-    def description(self) -> str:
-        """
-        The node in use.
-        """
-        return self.nodes[self._current].description
-
-    def block_number(self) -> Deferred[int]:
-        return self._call(lambda node: node.block_number())
-
-    def head(self) -> Deferred[Block]:
-        return self._call(lambda node: node.head())
-
-    def block_by_number(self, number: int) -> Deferred[Block | None]:
-        return self._call(lambda node: node.block_by_number(number))
-
-    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
-        return self._call(lambda node: node.block_by_hash(block_hash))
-
-    def finalized_number(self) -> Deferred[int | None]:
-        return self._call(lambda node: node.finalized_number())
-
-    def close(self) -> Deferred[None]:
-        closed = gatherResults([node.close() for node in self.nodes], consumeErrors=True)
-        return closed.addCallback(lambda _: None)
-
-    def _call(self, call: Callable[[INode], Deferred[_T]]) -> Deferred[_T]:
-        return Deferred.fromCoroutine(self._failover(call))
-
-    async def _failover(self, call: Callable[[INode], Deferred[_T]]) -> _T:
-        start = self._current
-        count = len(self.nodes)
-        now = self._reactor.seconds()
-        if start and now >= self._retry_at:
-            # Time to see whether a preferred node is back.
-            order = list(range(count))
-            self._retry_at = now + self._retry_after
-        else:
-            order = [(start + i) % count for i in range(count)]
-        failures: dict[int, str] = {}
-        for index in order:
-            try:
-                result = await call(self.nodes[index])
-            except NodeError as e:
-                failures[index] = str(e)
-                continue
-            self._switch(start, index, failures.get(start))
-            return result
-        raise NodeError(
-            "no node answers: "
-            + "; ".join(f"{self.nodes[i].description}: {failures[i]}" for i in order)
-        )
-
-    def _switch(self, start: int, index: int, reason: str | None) -> None:
-        if index == start or self._current != start:
-            return
-        self._current = index
-        old, new = self.nodes[start].description, self.nodes[index].description
-        if reason is not None:
-            log.warn(
-                "node {old} unreachable: {reason}; now using {new}",
-                old=old,
-                reason=reason,
-                new=new,
-            )
-        else:
-            log.info("node {new} answers again; now using it instead of {old}", old=old, new=new)
-        if index:
-            self._retry_at = self._reactor.seconds() + self._retry_after

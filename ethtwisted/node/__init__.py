@@ -1,0 +1,74 @@
+"""
+Ethereum nodes, as L{INode}s: C{uri} says what a C{--node} value may be, C{web3_node} talks to
+one node through web3's asynchronous API, C{failover} puts several behind one, and C{measured}
+times each call for the metrics.  L{open_node} builds the node behind the C{--node} values.
+
+Importing this package or C{uri} does not import web3 (half a second, and the recursion limit
+that C{web3_node} puts back): only building a node does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from ethtwisted.interfaces import INode
+from ethtwisted.node.uri import (
+    DEFAULT_HTTP_URI,
+    NodeURI,
+    default_node_uris,
+    parse_node_uri,
+    redact_uri,
+)
+
+__all__ = [
+    "DEFAULT_HTTP_URI",
+    "DEFAULT_RETRY_AFTER",
+    "DEFAULT_TIMEOUT",
+    "NodeError",
+    "NodeURI",
+    "default_node_uris",
+    "open_node",
+    "parse_node_uri",
+    "redact_uri",
+]
+
+LOG_NAMESPACE = "ethtwisted.node"
+"""The namespace every module of the package logs under (what log lines show)."""
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a node has to answer one call (connecting included)."""
+
+DEFAULT_RETRY_AFTER = 30.0
+"""Seconds a L{FailoverNode} waits before it tries a preferred node again."""
+
+
+class NodeError(Exception):
+    """
+    The node is unreachable, did not answer in time, or answered something unusable; the
+    message is a short reason for people.
+    """
+
+
+def open_node(
+    uris: Sequence[str],
+    reactor: IReactorTime,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry_after: float = DEFAULT_RETRY_AFTER,
+) -> INode:
+    """
+    Check every URI (L{ValueError} for the first bad one) and return the node behind them: a
+    L{Web3Node} for one, a L{FailoverNode} over several, preferred in the order given.
+    """
+    # Imported here, not above: the options that call parse_node_uri load without web3.
+    from ethtwisted.node.failover import FailoverNode
+    from ethtwisted.node.web3_node import Web3Node
+
+    if not uris:
+        raise ValueError("no node URI given")
+    parsed = [parse_node_uri(uri) for uri in uris]
+    nodes = [Web3Node(p, reactor, timeout=timeout) for p in parsed]
+    if len(nodes) == 1:
+        return nodes[0]
+    return FailoverNode(nodes, reactor, retry_after=retry_after)
