@@ -7,7 +7,7 @@ Twisted's asyncio reactor, which must be the running reactor; every call is boun
 timeout on the injected reactor, and anything that goes wrong on the way to the node becomes
 one L{NodeError} with a short reason.  A connection that failed is dropped and the next call
 opens a new one, so a restarted node is reached again.  Every answer is checked here, where it
-enters.
+enters (C{answers}).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from twisted.python.failure import Failure
 from web3 import AsyncHTTPProvider, AsyncIPCProvider, AsyncWeb3, WebSocketProvider
 from web3.exceptions import BadResponseFormat, BlockNotFound, Web3Exception, Web3RPCError
 from web3.providers.persistent import PersistentConnectionProvider
-from web3.types import BlockData, BlockIdentifier
+from web3.types import BlockIdentifier
 from websockets.exceptions import WebSocketException
 from zope.interface import implementer
 
 from ethtwisted.interfaces import INode
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
+from ethtwisted.node.answers import as_block, as_int
 from ethtwisted.node.uri import NodeURI, parse_node_uri
-from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
+from ethtwisted.protocol import Block
 
 # Importing web3 imports py_ecc, which raises the recursion limit to 100,000: json's C decoder
 # then overflows the C stack (SIGSEGV, no exception) on JSON nested some 80,000 deep, and web3
@@ -151,55 +152,6 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _shown(value: object) -> str:
-    """
-    A node's value in a message: itself when short, else what it is.
-    """
-    if type(value) is int and value.bit_length() > 64:
-        return f"a {value.bit_length()}-bit number"
-    text = repr(value)
-    return text if len(text) <= 40 else f"a {type(value).__name__} of {len(text)} characters"
-
-
-def _as_int(what: str, value: object) -> int:
-    """
-    C{value} if it is an integer a block can hold (0 to a signed 64-bit's largest), else
-    L{NodeError} naming C{what}.
-    """
-    if type(value) is not int or not 0 <= value <= MAX_BLOCK_INT:
-        raise NodeError(f"node answered an unusable {what}: {_shown(value)}")
-    return value
-
-
-def _as_block(chain_id: int, data: BlockData) -> Block:
-    """
-    The part of web3's block we keep; L{NodeError} if the node's answer does not fit.
-    """
-    if not isinstance(data, Mapping):
-        raise NodeError(f"node answered an unusable block: {_shown(data)}")
-    try:
-        number, block_hash = data["number"], data["hash"]
-        parent_hash, timestamp = data["parentHash"], data["timestamp"]
-    except KeyError as e:
-        raise NodeError(f"block without {e.args[0]}") from None
-    hashes = []
-    for value in (block_hash, parent_hash):
-        if not isinstance(value, bytes) or len(value) != 32:
-            raise NodeError("block with a hash that is not 32 bytes")
-        hashes.append(HexBytes(value).to_0x_hex().lower())
-    block = Block(
-        chain_id=chain_id,
-        number=_as_int("block number", number),
-        hash=hashes[0],
-        parent_hash=hashes[1],
-        timestamp=_as_int("block timestamp", timestamp),
-    )
-    problem = block_problem(block)
-    if problem is not None:
-        raise NodeError(f"node answered an unusable block: {problem}")
-    return block
-
-
 @implementer(INode)
 class Web3Node:
     """
@@ -232,7 +184,7 @@ class Web3Node:
 
     def block_number(self) -> Deferred[int]:
         async def fetch(connection: _Connection) -> int:
-            return _as_int("block number", await connection.w3.eth.block_number)
+            return as_int("block number", await connection.w3.eth.block_number)
 
         return self._call("eth_blockNumber", fetch)
 
@@ -278,7 +230,7 @@ class Web3Node:
                 return None
             if not isinstance(data, Mapping) or "number" not in data:
                 raise NodeError("finalized block without a number")
-            return _as_int("finalized block number", data["number"])
+            return as_int("finalized block number", data["number"])
 
         return self._call("finalized block", fetch)
 
@@ -294,12 +246,12 @@ class Web3Node:
 
     async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
         if connection.chain_id is None:
-            connection.chain_id = _as_int("chain id", await connection.w3.eth.chain_id)
+            connection.chain_id = as_int("chain id", await connection.w3.eth.chain_id)
         try:
             data = await connection.w3.eth.get_block(which)
         except BlockNotFound:
             return None
-        return _as_block(connection.chain_id, data)
+        return as_block(connection.chain_id, data)
 
     def _call(self, what: str, fetch: Callable[[_Connection], Awaitable[_T]]) -> Deferred[_T]:
         """
