@@ -10,16 +10,14 @@ read from the durable store at each scrape (so eth-stats shows it too, for every
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ethtwisted.interfaces import ClientRecord, Head, INode, Received
+from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import Block, parse_block
 
 if TYPE_CHECKING:
@@ -201,8 +199,6 @@ UNHEALTHY_AFTER = 30.0
 ROUND_TRIP_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
 
-_T = TypeVar("_T")
-
 
 class ClientMetrics:
     """
@@ -274,7 +270,7 @@ class ClientMetrics:
         """
         C{node}, with each call timed and its outcome noted.
         """
-        return _MeasuredNode(node, self)
+        return MeasuredNode(node, self.clock, self.node_answered, self.node_failed, self.head.set)
 
     def watch(self, follower: Follower, delivery: Delivery | None) -> None:
         """
@@ -344,51 +340,3 @@ def _directory_bytes(directory: str | None) -> int:
             return sum(e.stat().st_size for e in entries if e.is_file())
     except OSError:
         return 0
-
-
-@implementer(INode)
-class _MeasuredNode:
-    def __init__(self, node: INode, metrics: ClientMetrics) -> None:
-        self.node = node
-        self.metrics = metrics
-
-    @property
-    def description(self) -> str:
-        return self.node.description
-
-    def _timed(self, call: Callable[[], Deferred[_T]]) -> Deferred[_T]:
-        clock, metrics = self.metrics.clock, self.metrics
-        start = clock.seconds()
-
-        def answered(result: _T) -> _T:
-            metrics.node_answered(clock.seconds() - start)
-            return result
-
-        def failed(failure: Failure) -> Failure:
-            if not failure.check(CancelledError):
-                metrics.node_failed()
-            return failure
-
-        return call().addCallbacks(answered, failed)
-
-    def block_number(self) -> Deferred[int]:
-        return self._timed(self.node.block_number)
-
-    def head(self) -> Deferred[Block]:
-        def seen(block: Block) -> Block:
-            self.metrics.head.set(block.number)
-            return block
-
-        return self._timed(self.node.head).addCallback(seen)
-
-    def block_by_number(self, number: int) -> Deferred[Block | None]:
-        return self._timed(lambda: self.node.block_by_number(number))
-
-    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
-        return self._timed(lambda: self.node.block_by_hash(block_hash))
-
-    def finalized_number(self) -> Deferred[int | None]:
-        return self._timed(self.node.finalized_number)
-
-    def close(self) -> Deferred[None]:
-        return self.node.close()
