@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from traceback import walk_tb
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from ethtwisted.node import (
     open_node,
     parse_node_uri,
     redact_uri,
+    web3_node,
 )
 from ethtwisted.node.failover import FailoverNode
 from ethtwisted.node.web3_node import Web3Node
@@ -380,6 +382,42 @@ async def test_rpc_error_is_a_node_error_with_its_message() -> None:
         lambda method, params: {"error": {"code": -32000, "message": "the node is syncing"}},
         check,
     )
+
+
+GOOD_BLOCK = {
+    "number": "0x1",
+    "hash": "0x" + "ab" * 32,
+    "parentHash": "0x" + "cd" * 32,
+    "timestamp": "0x0",
+}
+
+
+@pytest.mark.parametrize("bug", [TypeError, KeyError, AttributeError])
+@pytest_twisted.ensureDeferred
+async def test_a_bug_of_ours_is_not_node_trouble(
+    monkeypatch: pytest.MonkeyPatch, bug: type[Exception]
+) -> None:
+    """
+    A TypeError, KeyError or AttributeError raised by our own code (here, checking a good
+    answer) fails the call with that exception and its traceback, for the caller to log as a
+    bug: not a NodeError, which would be said as the node's trouble.
+    """
+
+    def broken(chain_id: int, data: object) -> Block:
+        raise bug("ours")
+
+    monkeypatch.setattr(web3_node, "as_block", broken)
+
+    def answer(method: str, params: list[Any]) -> dict[str, Any]:
+        return {"result": "0x7a69"} if method == "eth_chainId" else {"result": GOOD_BLOCK}
+
+    async def check(node: Web3Node) -> None:
+        error = await failure_of(node.head())
+        assert type(error) is bug, error
+        assert error.__traceback__ is not None
+        assert broken.__code__ in [frame.f_code for frame, _ in walk_tb(error.__traceback__)]
+
+    await with_fake_rpc(answer, check)
 
 
 # -- failover without a network ---------------------------------------------------------------

@@ -52,23 +52,15 @@ log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
 
 _T = TypeVar("_T")
 
-# What web3 and the libraries under it raise when the node is down, hangs up, or answers
-# something that is not JSON-RPC: all of it means "this node does not serve us now".
-_NODE_TROUBLE: tuple[type[BaseException], ...] = (
-    Web3Exception,
-    OSError,
-    EOFError,
-    TimeoutError,
-    asyncio.TimeoutError,
-    asyncio.IncompleteReadError,
-    ClientError,
-    WebSocketException,
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-    RecursionError,
-)
+# Transport, timeout and JSON-RPC trouble: what web3 and the libraries under it raise when the
+# node is down, hangs up, does not answer in time, or answers an error or something that is not
+# JSON-RPC.  All of it means "this node does not serve us now".
+_NODE_TROUBLE = (Web3Exception, OSError, EOFError, TimeoutError, ClientError, WebSocketException)
+
+# What web3 raises from inside its own decoding and formatting when an answer is not what it
+# expects (JSON it cannot parse or nested too deep, a field of the wrong type or missing).  Only
+# around web3's calls (L{_answer}) is this the node's fault; raised by our code, it is a bug.
+_UNDECODABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
@@ -152,6 +144,19 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+async def _answer(call: Awaitable[_T]) -> _T:
+    """
+    What web3 makes of the node's answer to C{call}; L{NodeError} when web3 cannot make sense
+    of it.
+    """
+    try:
+        return await call
+    except _NODE_TROUBLE:
+        raise
+    except _UNDECODABLE as e:
+        raise NodeError(_reason(e)) from e
+
+
 @implementer(INode)
 class Web3Node:
     """
@@ -184,7 +189,7 @@ class Web3Node:
 
     def block_number(self) -> Deferred[int]:
         async def fetch(connection: _Connection) -> int:
-            return as_int("block number", await connection.w3.eth.block_number)
+            return as_int("block number", await _answer(connection.w3.eth.block_number))
 
         return self._call("eth_blockNumber", fetch)
 
@@ -218,7 +223,7 @@ class Web3Node:
     def finalized_number(self) -> Deferred[int | None]:
         async def fetch(connection: _Connection) -> int | None:
             try:
-                data = await connection.w3.eth.get_block("finalized")
+                data = await _answer(connection.w3.eth.get_block("finalized"))
             except Web3RPCError as e:
                 # Nodes without finality (before the merge, some dev chains) refuse the tag
                 # or say there is no such block.
@@ -246,9 +251,9 @@ class Web3Node:
 
     async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
         if connection.chain_id is None:
-            connection.chain_id = as_int("chain id", await connection.w3.eth.chain_id)
+            connection.chain_id = as_int("chain id", await _answer(connection.w3.eth.chain_id))
         try:
-            data = await connection.w3.eth.get_block(which)
+            data = await _answer(connection.w3.eth.get_block(which))
         except BlockNotFound:
             return None
         return as_block(connection.chain_id, data)
@@ -256,7 +261,8 @@ class Web3Node:
     def _call(self, what: str, fetch: Callable[[_Connection], Awaitable[_T]]) -> Deferred[_T]:
         """
         Run C{fetch} on a live connection as an asyncio task; the result fails with
-        L{NodeError} when the node does, and after C{timeout} seconds at the latest.
+        L{NodeError} when the node does, and after C{timeout} seconds at the latest, or with
+        the exception itself for any other (a bug).
         """
         if self._closed:
             return fail(NodeError(f"{self.description} is closed"))
@@ -292,6 +298,7 @@ class Web3Node:
                 reason = _reason(exc).replace(self.uri.target, self.description)
                 result.errback(NodeError(reason))
             else:
+                # A bug of ours: the caller logs it (log.failure), with this traceback.
                 result.errback(Failure(exc))
 
         task.add_done_callback(finished)
