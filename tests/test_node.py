@@ -5,6 +5,7 @@ restart, timeouts against nodes that never answer, and what a C{--node} value ma
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -176,6 +177,51 @@ async def test_stopped_node_fails_then_comes_back(anvil: Any, transport: str) ->
         assert reactor.seconds() - start < 5
         anvil.start()
         assert await node.block_number() == 0
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize("transport", ["ipc", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_web3_reads_a_persistent_connection_in_the_task_we_watch(
+    anvil: Any, transport: str
+) -> None:
+    """
+    web3 has no public way to say that a persistent connection closed, so Web3Node watches the
+    task in which web3's provider reads the socket (its private _message_listener_task, read
+    in one place, _Connection.listener): once connected it is a running asyncio task, and it
+    ends when the node hangs up.  This fails when web3 renames or changes it.
+    """
+    node = Web3Node(uri_of(anvil, transport), reactor, timeout=5)
+    try:
+        await node.block_number()
+        connection = node._connection
+        assert connection is not None
+        assert connection.persistent
+        listener = connection.listener
+        assert isinstance(listener, asyncio.Task)
+        assert not listener.done()
+        assert connection.gone() is False
+        anvil.stop()
+        await Deferred.fromFuture(asyncio.ensure_future(asyncio.wait([listener], timeout=5)))
+        assert listener.done()
+        assert connection.gone() is not False
+    finally:
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_has_no_listener_task(anvil: Any) -> None:
+    """
+    Over HTTP there is no connection to watch: no listener, and never gone.
+    """
+    node = Web3Node(anvil.http_url, reactor, timeout=5)
+    try:
+        await node.block_number()
+        connection = node._connection
+        assert connection is not None
+        assert connection.listener is None
+        assert connection.gone() is False
     finally:
         await node.close()
 

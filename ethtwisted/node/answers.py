@@ -60,3 +60,12 @@ def as_block(chain_id: int, data: object) -> Block:
     if problem is not None:
         raise NodeError(f"node answered an unusable block: {problem}")
     return block
+
+
+def as_finalized_number(data: object) -> int:
+    """
+    The number of web3's finalized block; L{NodeError} if the node's answer has none.
+    """
+    if not isinstance(data, Mapping) or "number" not in data:
+        raise NodeError("finalized block without a number")
+    return as_int("finalized block number", data["number"])
