@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -36,12 +36,14 @@ from ethtwisted.node import (
     web3_node,
 )
 from ethtwisted.node.failover import FailoverNode
+from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 
 reactor: IReactorTime = global_reactor  # type: ignore[assignment]
 
 TRANSPORTS = ["ipc", "ws", "http"]
+NODE_KINDS = ["web3", "failover", "measured"]
 
 
 def uri_of(anvil: Any, transport: str) -> str:
@@ -63,6 +65,21 @@ def expected_block(anvil: Any, which: str | int) -> Block:
     )
 
 
+def node_of(kind: str, uri: str, tmp_path: Any, timeout: float = 5) -> INode:
+    """
+    The node at C{uri} as C{kind}: a Web3Node; a FailoverNode whose first node is dead (so
+    every case also covers the switch); or a Web3Node measured.
+    """
+    node = Web3Node(uri, reactor, timeout=timeout)
+    if kind == "failover":
+        dead = Web3Node(str(tmp_path / "nobody.ipc"), reactor, timeout=timeout)
+        return FailoverNode([dead, node], reactor)
+    if kind == "measured":
+        return MeasuredNode(node, reactor, lambda seconds: None, lambda: None, lambda n: None)
+    assert kind == "web3"
+    return node
+
+
 async def failure_of(d: Deferred[Any]) -> BaseException:
     try:
         await d
@@ -74,15 +91,18 @@ async def failure_of(d: Deferred[Any]) -> BaseException:
 # -- against anvil ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_blocks_agree_with_the_node(anvil: Any, transport: str) -> None:
+async def test_blocks_agree_with_the_node(
+    anvil: Any, transport: str, kind: str, tmp_path: Any
+) -> None:
     """
     Over each transport, the head, a block by number and a block by hash are what the node
     says over plain JSON-RPC, with 0x-prefixed lowercase hashes and the chain id.
     """
     anvil.mine(3)
-    node = Web3Node(uri_of(anvil, transport), reactor, timeout=5)
+    node = node_of(kind, uri_of(anvil, transport), tmp_path)
     try:
         assert verifyObject(INode, node)
         head = expected_block(anvil, "latest")
@@ -99,13 +119,16 @@ async def test_blocks_agree_with_the_node(anvil: Any, transport: str) -> None:
         await node.close()
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_unknown_blocks_are_none(anvil: Any, transport: str) -> None:
+async def test_unknown_blocks_are_none(
+    anvil: Any, transport: str, kind: str, tmp_path: Any
+) -> None:
     """
     A number past the head and a hash the node does not know give None, not an error.
     """
-    node = Web3Node(uri_of(anvil, transport), reactor, timeout=5)
+    node = node_of(kind, uri_of(anvil, transport), tmp_path)
     try:
         assert await node.block_by_number(10**9) is None
         assert await node.block_by_hash("0x" + "ab" * 32) is None
@@ -113,26 +136,28 @@ async def test_unknown_blocks_are_none(anvil: Any, transport: str) -> None:
         await node.close()
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest_twisted.ensureDeferred
-async def test_blocks_carry_the_chain_id(anvil_factory: Any) -> None:
+async def test_blocks_carry_the_chain_id(anvil_factory: Any, kind: str, tmp_path: Any) -> None:
     """
     Blocks carry the chain id the node reports (eth_chainId), not a default.
     """
     other = anvil_factory("--chain-id", "5")
-    node = Web3Node(other.ws_url, reactor, timeout=5)
+    node = node_of(kind, other.ws_url, tmp_path)
     try:
         assert (await node.head()).chain_id == 5
     finally:
         await node.close()
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest_twisted.ensureDeferred
-async def test_finalized_number(anvil: Any) -> None:
+async def test_finalized_number(anvil: Any, kind: str, tmp_path: Any) -> None:
     """
     anvil reports a finalized block (64 behind the head, at least genesis): its number.
     """
     anvil.mine(70)
-    node = Web3Node(anvil.ipc_path, reactor, timeout=5)
+    node = node_of(kind, anvil.ipc_path, tmp_path)
     try:
         expected = int(anvil.rpc("eth_getBlockByNumber", "finalized", False)["number"], 16)
         assert await node.finalized_number() == expected
@@ -140,14 +165,17 @@ async def test_finalized_number(anvil: Any) -> None:
         await node.close()
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_restarted_node_is_reached_again(anvil: Any, transport: str) -> None:
+async def test_restarted_node_is_reached_again(
+    anvil: Any, transport: str, kind: str, tmp_path: Any
+) -> None:
     """
     After the node restarts, the next call opens a new connection and answers, with the new
     chain's blocks.
     """
-    node = Web3Node(uri_of(anvil, transport), reactor, timeout=5)
+    node = node_of(kind, uri_of(anvil, transport), tmp_path)
     try:
         anvil.mine(5)
         before = await node.head()
@@ -159,14 +187,17 @@ async def test_restarted_node_is_reached_again(anvil: Any, transport: str) -> No
         await node.close()
 
 
+@pytest.mark.parametrize("kind", NODE_KINDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
-async def test_stopped_node_fails_then_comes_back(anvil: Any, transport: str) -> None:
+async def test_stopped_node_fails_then_comes_back(
+    anvil: Any, transport: str, kind: str, tmp_path: Any
+) -> None:
     """
     While the node is down every call fails at once with NodeError; once it is back, calls
     answer again.
     """
-    node = Web3Node(uri_of(anvil, transport), reactor, timeout=10)
+    node = node_of(kind, uri_of(anvil, transport), tmp_path, timeout=10)
     try:
         await node.block_number()
         anvil.stop()
@@ -575,6 +606,52 @@ def test_failover_fails_when_no_node_answers() -> None:
     assert node.description == "a"
     b.down = False
     assert result_of(node.block_number()) == 2
+
+
+class SlowNode(FakeNode):
+    """
+    A FakeNode whose block number the test answers (or fails) when it likes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("slow", 7)
+        self.pending: list[Deferred[int]] = []
+
+    def block_number(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_measured_node_reports_each_call() -> None:
+    """
+    The measured node answers as its node does and reports each call: the seconds an answer
+    took, a failure, the number of each head; a cancelled call is neither answer nor failure.
+    """
+    clock, node = Clock(), SlowNode()
+    answered: list[float] = []
+    failures: list[None] = []
+    heads: list[int] = []
+    measured = MeasuredNode(node, clock, answered.append, lambda: failures.append(None),
+                            heads.append)  # fmt: skip
+    assert verifyObject(INode, measured)
+    assert measured.description == "slow"
+    call = measured.block_number()
+    clock.advance(0.25)
+    node.pending.pop().callback(7)
+    assert result_of(call) == 7
+    assert answered == [0.25] and failures == []
+    assert result_of(measured.head()).number == 7
+    assert heads == [7] and answered == [0.25, 0.0]
+    node.down = True
+    with pytest.raises(NodeError):
+        result_of(measured.head())
+    assert len(failures) == 1 and heads == [7]
+    cancelled = measured.block_number()
+    cancelled.cancel()
+    cancelled.addErrback(lambda f: f.trap(CancelledError))
+    assert len(failures) == 1 and len(answered) == 2
+    assert not clock.getDelayedCalls()
 
 
 # -- URIs -------------------------------------------------------------------------------------
