@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from traceback import walk_tb
 from typing import Any
@@ -754,6 +756,27 @@ def test_invalid_uri_message_hides_credentials() -> None:
     with pytest.raises(ValueError) as info:
         parse_node_uri("gopher://user:s3cret@node.example/")
     assert "s3cret" not in str(info.value)
+
+
+IMPORTS_WEB3_ONLY_FOR_A_NODE = """
+import sys
+import ethtwisted.client_tap, ethtwisted.node.uri
+assert "web3" not in sys.modules, "web3 imported with the options"
+from twisted.internet.task import Clock
+from ethtwisted.node import open_node
+open_node(["http://127.0.0.1:8545"], Clock())
+assert "web3" in sys.modules
+assert sys.getrecursionlimit() <= 1000, sys.getrecursionlimit()
+"""
+
+
+def test_options_load_without_web3() -> None:
+    """
+    eth-client's options and the node URIs load without web3 (so twistd eth-client --help
+    does not pay for it); building a node imports it, and puts the recursion limit back.
+    """
+    subprocess.run([sys.executable, "-P", "-c", IMPORTS_WEB3_ONLY_FOR_A_NODE], check=True,
+                   timeout=60)  # fmt: skip
 
 
 def test_default_uris(tmp_path: Any) -> None:
