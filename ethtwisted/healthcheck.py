@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ethtwisted.endpoints import TCP_KINDS, parse_endpoint
 from ethtwisted.tap import env_name
 
 TIMEOUT = 4.0
@@ -38,43 +39,20 @@ DEFAULT_ENDPOINTS = {
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}  # noqa: S104
 
 
-def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    The positional and keyword arguments of a Twisted endpoint string, honouring C{\\:}
-    escapes (as in IPv6 interfaces): C{tcp:8080:interface=\\:\\:} gives
-    C{(["tcp", "8080"], {"interface": "::"})}.
-    """
-    parts: list[str] = []
-    current = ""
-    escaped = False
-    for char in description:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    args = [p for p in parts if "=" not in p]
-    kwargs = dict(p.split("=", 1) for p in parts if "=" in p)
-    return args, kwargs
-
-
 def endpoint_url(description: str, path: str) -> str | None:
     """
     The URL of C{path} on a server listening on the endpoint C{description}, as seen from
-    the same host; C{None} for endpoints that are not TCP.
+    the same host; C{None} for endpoints that are not TCP, or not endpoint strings at all.
     """
     description = description.strip()
     if description.isdigit():
         description = f"tcp:{description}:interface=127.0.0.1"
-    args, kwargs = split_endpoint(description)
-    kind = args[0].lower() if args else ""
-    if kind not in ("tcp", "tcp6", "ssl"):
+    try:
+        args, kwargs = parse_endpoint(description)
+    except ValueError:
+        return None
+    kind = args[0].lower()
+    if kind not in TCP_KINDS:
         return None
     port = kwargs.get("port") or (args[1] if len(args) > 1 else "")
     if not port.isdigit():

@@ -11,6 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ethtwisted.endpoints import TCP_KINDS, listening_endpoint
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.server import (
@@ -48,8 +49,8 @@ def with_backlog(description: str) -> str:
     C{description} with an explicit listen backlog for TCP endpoints: Twisted's default of 50
     makes the kernel drop connections from a burst of one-shot clients.
     """
-    kind = description.removeprefix("haproxy:").split(":", 1)[0]
-    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+    kind, _, kwargs = listening_endpoint(description)
+    if kind in TCP_KINDS and "backlog" not in kwargs:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
 

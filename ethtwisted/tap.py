@@ -264,20 +264,6 @@ async def listen_on(
     return ports
 
 
-LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
-
-
-def reachable_beyond_loopback(description: str) -> bool:
-    """
-    Whether a TCP or TLS endpoint description listens on more than the loopback interface.
-    """
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
-        return False
-    interfaces = [p.split("=", 1)[1] for p in parts if p.startswith("interface=")]
-    return not interfaces or not interfaces[0].startswith(LOOPBACK_PREFIXES)
-
-
 def fatal(reactor: IReactorCore, message: str) -> None:
     """
     End the program because it cannot do its job: C{message} as one line on stderr (and in

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ethtwisted.server_tap import Options
+from ethtwisted.server_tap import Options, with_backlog
 from ethtwisted.storage.redis_store import RedisURL
 from ethtwisted.storage.sql_store import DatabaseURL
 from tests.conftest import MySQLDatabase
@@ -70,6 +70,20 @@ def test_environment_fills_in_and_flags_win() -> None:
     options = parse(["--idle-timeout", "3", "--listen", "tcp:3"], environ)
     assert options["idle-timeout"] == 3.0
     assert options["listen"] == ["tcp:3:backlog=1024"]
+
+
+def test_listen_backlog_follows_the_endpoint_arguments() -> None:
+    """
+    Every TCP-family endpoint (kind in any case, under C{haproxy:} too) gets the explicit
+    backlog unless it has a C{backlog} argument of its own; the word in another argument's
+    value does not count, and other kinds are left as they are.
+    """
+    assert with_backlog("TCP6:8080") == "TCP6:8080:backlog=1024"
+    assert with_backlog("haproxy:tcp:80") == "haproxy:tcp:80:backlog=1024"
+    assert with_backlog("tcp:80:backlog=7") == "tcp:80:backlog=7"
+    key = "ssl:443:privateKey=/srv/backlog=1/k.pem"
+    assert with_backlog(key) == f"{key}:backlog=1024"
+    assert with_backlog("unix:/run/x.sock") == "unix:/run/x.sock"
 
 
 def test_older_command_line_maps_onto_urls() -> None:
