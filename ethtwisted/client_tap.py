@@ -23,8 +23,7 @@ from ethtwisted.client.poller import DEFAULT_INTERVAL, MIN_INTERVAL, Poller
 from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
-from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
-from ethtwisted.tap import (
+from ethtwisted.options import (
     EnvOptions,
     check_endpoint,
     port_number,
@@ -34,6 +33,7 @@ from ethtwisted.tap import (
     token_options,
     web_endpoint,
 )
+from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
 MAX_NAME_LENGTH = 255

@@ -35,8 +35,9 @@ from twisted.python.failure import Failure
 from ethtwisted import client_tap, server_tap
 from ethtwisted.healthcheck import endpoint_url
 from ethtwisted.logs import log_observer, set_verbose
+from ethtwisted.options import EnvOptions, port_number, positive_int
+from ethtwisted.startup import StartingService, fatal
 from ethtwisted.storage import StartupError
-from ethtwisted.tap import EnvOptions, StartingService, fatal, port_number, positive_int
 
 log = Logger(observer=log_observer)
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ethtwisted.endpoints import TCP_KINDS, parse_endpoint
-from ethtwisted.tap import env_name
+from ethtwisted.options import env_name
 
 TIMEOUT = 4.0
 ENDPOINT_OPTIONS = {

@@ -46,8 +46,8 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
+from ethtwisted.startup import StartingService, listen_on
 from ethtwisted.storage import RejectedError, is_rejection, wait_for
-from ethtwisted.tap import StartingService, listen_on
 
 log = Logger(observer=log_observer)
 

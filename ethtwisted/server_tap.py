@@ -13,6 +13,16 @@ from twisted.python import usage
 
 from ethtwisted.endpoints import TCP_KINDS, listening_endpoint
 from ethtwisted.logs import log_observer, set_verbose
+from ethtwisted.options import (
+    STATS_TOKEN_OPTIONS,
+    StoreOptions,
+    check_endpoint,
+    positive_float,
+    positive_int,
+    read_lines,
+    read_token,
+    web_endpoint,
+)
 from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.server import (
     DEFAULT_HELLO_TIMEOUT,
@@ -22,26 +32,13 @@ from ethtwisted.server import (
     Ingest,
     ServerFactory,
 )
-from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
-from ethtwisted.storage.sql_store import DEFAULT_DB_URL, SQLStore, parse_db_url
-from ethtwisted.tap import (
-    EnvOptions,
-    check_endpoint,
-    non_negative_float,
-    positive_float,
-    positive_int,
-    read_lines,
-    read_token,
-    token_options,
-    web_endpoint,
-)
+from ethtwisted.storage.redis_store import RedisStats
+from ethtwisted.storage.sql_store import SQLStore
 
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
 LISTEN_BACKLOG = 1024
 
 log = Logger(observer=log_observer)
-
-STATS_TOKEN_OPTIONS = token_options("stats-token", "the stats JSON API, /metrics and dashboard")
 
 
 def with_backlog(description: str) -> str:
@@ -53,81 +50,6 @@ def with_backlog(description: str) -> str:
     if kind in TCP_KINDS and "backlog" not in kwargs:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
-
-
-class StoreOptions(EnvOptions):
-    """
-    Where the stores are: shared by eth-server and eth-stats.
-    """
-
-    optParameters = [
-        ["db", None, DEFAULT_DB_URL,
-         "Database URL: sqlite:///relative/path, sqlite:////absolute/path or"
-         " mysql://user@host:3306/database."],
-        ["db-password-file", None, None,
-         "File holding the MySQL password (else $ETH_MYSQL_PASSWORD)."],
-        ["redis", None, None, "Redis URL for the counters, redis://host:6379/0 (off if unset)."],
-        ["redis-prefix", None, "eth:", "Prefix of the Redis keys."],
-        ["wait", None, 30.0, "Seconds to wait for the stores at start-up.", non_negative_float],
-        # The older command line's storage flags.
-        ["mysql-host", None, None, "With --use-mysql: MySQL host (port 3306)."],
-        ["mysql-user", None, None, "With --use-mysql: MySQL user."],
-        ["mysql-pass", None, None,
-         "With --use-mysql: MySQL password (visible to other users: prefer $ETH_MYSQL_PASSWORD)."],
-        ["mysql-db", None, None, "With --use-mysql: MySQL database."],
-        ["redis-host", None, None, "With --use-redis: Redis host."],
-        ["redis-port", None, None, "With --use-redis: Redis port.", int],
-        ["redis-db", None, 0, "With --use-redis: Redis database number.", int],
-    ]  # fmt: skip
-    optFlags = [
-        ["use-mysql", None, "Store in MySQL given by --mysql-* (same as --db mysql://...)."],
-        ["use-redis", None, "Count in Redis given by --redis-* (same as --redis redis://...)."],
-    ]
-
-    def postOptions(self) -> None:
-        self._older_storage_flags()
-        try:
-            url = parse_db_url(self["db"])
-        except ValueError as e:
-            raise usage.UsageError(f"--db: {e}") from None
-        if url.dialect == "mysql":
-            if self["db-password-file"]:
-                password: str | None = read_lines(self["db-password-file"], "db-password-file")[0]
-            else:
-                password = self.environ.get("ETH_MYSQL_PASSWORD", url.password)
-            url = url.with_password(password)
-        elif self["db-password-file"]:
-            raise usage.UsageError("--db-password-file goes with a mysql:// database")
-        self["db_url"] = url
-        self["redis_url"] = None
-        if self["redis"]:
-            try:
-                self["redis_url"] = parse_redis_url(self["redis"])
-            except ValueError as e:
-                raise usage.UsageError(f"--redis: {e}") from None
-
-    def _older_storage_flags(self) -> None:
-        if self["use-mysql"]:
-            if self["db"] != DEFAULT_DB_URL:
-                raise usage.UsageError("give either --db or --use-mysql, not both")
-            for name in ("mysql-host", "mysql-user", "mysql-db"):
-                if not self[name]:
-                    raise usage.UsageError(f"--use-mysql called without --{name}")
-            if not (self["mysql-pass"] or "ETH_MYSQL_PASSWORD" in self.environ):
-                raise usage.UsageError("--use-mysql called without --mysql-pass")
-            self["db"] = (
-                f"mysql://{self['mysql-user']}@{self['mysql-host']}:3306/{self['mysql-db']}"
-            )
-            if self["mysql-pass"] and "ETH_MYSQL_PASSWORD" not in self.environ:
-                self.environ["ETH_MYSQL_PASSWORD"] = self["mysql-pass"]
-        if self["use-redis"]:
-            if self["redis"]:
-                raise usage.UsageError("give either --redis or --use-redis, not both")
-            if not self["redis-host"]:
-                raise usage.UsageError("--use-redis called without --redis-host")
-            if not self["redis-port"] or self["redis-port"] <= 0:
-                raise usage.UsageError("--use-redis called without --redis-port")
-            self["redis"] = f"redis://{self['redis-host']}:{self['redis-port']}/{self['redis-db']}"
 
 
 class Options(StoreOptions):

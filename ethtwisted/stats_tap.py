@@ -11,13 +11,14 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
 from ethtwisted.logs import log_observer, set_verbose
-from ethtwisted.server_tap import (
+from ethtwisted.options import (
     STATS_TOKEN_OPTIONS,
     StoreOptions,
+    read_token,
+    web_endpoint,
 )
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
-from ethtwisted.tap import read_token, web_endpoint
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import serve_stats
 

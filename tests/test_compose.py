@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ethtwisted.tap import EnvOptions, env_name
+from ethtwisted.options import EnvOptions, env_name
 from tests.conftest import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

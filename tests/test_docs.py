@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from ethtwisted.tap import env_name
+from ethtwisted.options import env_name
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

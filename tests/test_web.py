@@ -1153,16 +1153,16 @@ async def test_eth_stats_waits_for_tables_then_fails_in_time(tmp_path: Path) -> 
                           "--wait", "0.5"])  # fmt: skip
     service = stats_tap.makeService(options, reactor)
     stats: Any = service.getServiceNamed("stats")
-    import ethtwisted.tap
+    import ethtwisted.startup
 
-    original = ethtwisted.tap.fatal
-    ethtwisted.tap.fatal = lambda _reactor, message: failed.append(message)  # type: ignore[assignment]
+    original = ethtwisted.startup.fatal
+    ethtwisted.startup.fatal = lambda _reactor, message: failed.append(message)  # type: ignore[assignment]
     try:
         with capturedLogs():
             service.startService()
             await until(lambda: bool(failed))
     finally:
-        ethtwisted.tap.fatal = original
+        ethtwisted.startup.fatal = original
         await service.stopService()
     assert failed[0].startswith(f"cannot reach sqlite:///{path} within 0.5 s")
     assert not path.exists()

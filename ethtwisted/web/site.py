@@ -24,8 +24,8 @@ from twisted.web.server import Request, Site
 
 from ethtwisted.endpoints import reachable_beyond_loopback
 from ethtwisted.logs import log_observer
+from ethtwisted.startup import StartingService, listen_on
 from ethtwisted.storage import wait_for
-from ethtwisted.tap import StartingService, listen_on
 from ethtwisted.web.api import ApiResource
 from ethtwisted.web.cat import CatResource
 from ethtwisted.web.dashboard import DashboardResource

@@ -1,36 +1,23 @@
 """
-What the tap modules (C{server_tap}, C{client_tap}, C{stats_tap}) share: options that also come
-from C{ETH_*} environment variables, the older command line's C{--verbose}, and how a service
-that cannot start ends the program.
+What the tap modules share about the command line: options that also come from C{ETH_*}
+environment variables (and the older command line's C{--verbose}), converters, token and file
+helpers, endpoint checks, and where the stores are (eth-server's and eth-stats' options).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IReactorCore,
-    IStreamServerEndpoint,
-)
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
-from ethtwisted.logs import log_observer
-from ethtwisted.storage import StartupError
-
-log = Logger(observer=log_observer)
+from ethtwisted.storage.redis_store import parse_redis_url
+from ethtwisted.storage.sql_store import DEFAULT_DB_URL, parse_db_url
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -215,75 +202,80 @@ def web_endpoint(description: str, option: str) -> str:
     return description
 
 
-class StartingService(Service):
+STATS_TOKEN_OPTIONS = token_options("stats-token", "the stats JSON API, /metrics and dashboard")
+"""eth-server's and eth-stats' C{--stats-token} and C{--stats-token-file}."""
+
+
+class StoreOptions(EnvOptions):
     """
-    A service whose start-up takes time (waiting for stores, listening): L{start_up} runs when
-    the service starts, and L{ready} fires once it is done.  If it fails, the program ends with
-    one line on stderr: the L{StartupError}'s message, or a pointer to the logged bug.
+    Where the stores are: shared by eth-server and eth-stats.
     """
 
-    what = "the service"
-    """What is starting, for the log."""
+    optParameters = [
+        ["db", None, DEFAULT_DB_URL,
+         "Database URL: sqlite:///relative/path, sqlite:////absolute/path or"
+         " mysql://user@host:3306/database."],
+        ["db-password-file", None, None,
+         "File holding the MySQL password (else $ETH_MYSQL_PASSWORD)."],
+        ["redis", None, None, "Redis URL for the counters, redis://host:6379/0 (off if unset)."],
+        ["redis-prefix", None, "eth:", "Prefix of the Redis keys."],
+        ["wait", None, 30.0, "Seconds to wait for the stores at start-up.", non_negative_float],
+        # The older command line's storage flags.
+        ["mysql-host", None, None, "With --use-mysql: MySQL host (port 3306)."],
+        ["mysql-user", None, None, "With --use-mysql: MySQL user."],
+        ["mysql-pass", None, None,
+         "With --use-mysql: MySQL password (visible to other users: prefer $ETH_MYSQL_PASSWORD)."],
+        ["mysql-db", None, None, "With --use-mysql: MySQL database."],
+        ["redis-host", None, None, "With --use-redis: Redis host."],
+        ["redis-port", None, None, "With --use-redis: Redis port.", int],
+        ["redis-db", None, 0, "With --use-redis: Redis database number.", int],
+    ]  # fmt: skip
+    optFlags = [
+        ["use-mysql", None, "Store in MySQL given by --mysql-* (same as --db mysql://...)."],
+        ["use-redis", None, "Count in Redis given by --redis-* (same as --redis redis://...)."],
+    ]
 
-    def __init__(self, reactor: IReactorCore) -> None:
-        self.reactor = reactor
-        self.ready: Deferred[None] = Deferred()
-
-    async def start_up(self) -> None:
-        raise NotImplementedError()
-
-    def startService(self) -> None:
-        super().startService()
-        self.ready = Deferred.fromCoroutine(self.start_up())
-        self.ready.addErrback(self._failed)
-
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        if failure.check(StartupError):
-            fatal(self.reactor, str(failure.value))
-        else:
-            log.failure("starting {what}", failure, what=self.what)
-            fatal(self.reactor, "internal error while starting; see the log")
-
-
-async def listen_on(
-    endpoints: Sequence[tuple[str, IStreamServerEndpoint]], factory: IProtocolFactory, what: str
-) -> list[IListeningPort]:
-    """
-    Listen with C{factory} on each C{(description, endpoint)}; raise L{StartupError} naming the
-    first endpoint that cannot be listened on.
-    """
-    ports = []
-    for description, endpoint in endpoints:
+    def postOptions(self) -> None:
+        self._older_storage_flags()
         try:
-            ports.append(await endpoint.listen(factory))
-        except Exception as e:
-            raise StartupError(f"cannot listen on {description}: {e}") from e
-        log.info("{what} on {description}", what=what, description=description)
-    return ports
+            url = parse_db_url(self["db"])
+        except ValueError as e:
+            raise usage.UsageError(f"--db: {e}") from None
+        if url.dialect == "mysql":
+            if self["db-password-file"]:
+                password: str | None = read_lines(self["db-password-file"], "db-password-file")[0]
+            else:
+                password = self.environ.get("ETH_MYSQL_PASSWORD", url.password)
+            url = url.with_password(password)
+        elif self["db-password-file"]:
+            raise usage.UsageError("--db-password-file goes with a mysql:// database")
+        self["db_url"] = url
+        self["redis_url"] = None
+        if self["redis"]:
+            try:
+                self["redis_url"] = parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
 
-
-def fatal(reactor: IReactorCore, message: str) -> None:
-    """
-    End the program because it cannot do its job: C{message} as one line on stderr (and in
-    the log), then a clean shutdown with exit status 1.
-    """
-    log.critical("{message}", message=message)
-    # twistd sends sys.stderr to the log; the line is for whoever started the program.
-    stderr = sys.__stderr__ or sys.stderr
-    stderr.write(f"{message}\n")
-    stderr.flush()
-    # twistd exits 0 whenever its reactor stops; the exit status is set last of all, once
-    # twistd has cleaned up after itself (its pid file, its log).
-    atexit.register(_exit_failed)
-    if reactor.running:
-        reactor.stop()
-    else:
-        reactor.callWhenRunning(reactor.stop)
-
-
-def _exit_failed() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
+    def _older_storage_flags(self) -> None:
+        if self["use-mysql"]:
+            if self["db"] != DEFAULT_DB_URL:
+                raise usage.UsageError("give either --db or --use-mysql, not both")
+            for name in ("mysql-host", "mysql-user", "mysql-db"):
+                if not self[name]:
+                    raise usage.UsageError(f"--use-mysql called without --{name}")
+            if not (self["mysql-pass"] or "ETH_MYSQL_PASSWORD" in self.environ):
+                raise usage.UsageError("--use-mysql called without --mysql-pass")
+            self["db"] = (
+                f"mysql://{self['mysql-user']}@{self['mysql-host']}:3306/{self['mysql-db']}"
+            )
+            if self["mysql-pass"] and "ETH_MYSQL_PASSWORD" not in self.environ:
+                self.environ["ETH_MYSQL_PASSWORD"] = self["mysql-pass"]
+        if self["use-redis"]:
+            if self["redis"]:
+                raise usage.UsageError("give either --redis or --use-redis, not both")
+            if not self["redis-host"]:
+                raise usage.UsageError("--use-redis called without --redis-host")
+            if not self["redis-port"] or self["redis-port"] <= 0:
+                raise usage.UsageError("--use-redis called without --redis-port")
+            self["redis"] = f"redis://{self['redis-host']}:{self['redis-port']}/{self['redis-db']}"
