@@ -35,14 +35,14 @@ from twisted.python.failure import Failure
 from ethtwisted import client_tap, server_tap
 from ethtwisted.healthcheck import endpoint_url
 from ethtwisted.logs import log_observer, set_verbose
-from ethtwisted.options import EnvOptions, port_number, positive_int
+from ethtwisted.options import DEFAULT_WEB, EnvOptions, port_number, positive_int
 from ethtwisted.startup import StartingService, fatal
 from ethtwisted.storage import StartupError
 
 log = Logger(observer=log_observer)
 
 DEFAULT_STATE_DIR = "ethtwisted-demo"
-DEFAULT_STATS = "tcp:8080:interface=127.0.0.1"
+DEFAULT_STATS = DEFAULT_WEB
 DEV_NODES = ("anvil", "geth")
 SOCKET_NAME = "node.ipc"
 MAX_SOCKET_PATH = 100

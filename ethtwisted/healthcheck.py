@@ -11,7 +11,6 @@ is not, with one line saying why.
 
 from __future__ import annotations
 
-import importlib
 import os
 import ssl
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ethtwisted.endpoints import TCP_KINDS, parse_endpoint
-from ethtwisted.options import env_name
+from ethtwisted.options import DEFAULT_WEB, env_name
 
 TIMEOUT = 4.0
 ENDPOINT_OPTIONS = {
@@ -30,11 +29,8 @@ ENDPOINT_OPTIONS = {
     "eth-client": "metrics",
 }
 """The option of each plugin naming the endpoint that answers C{/healthz}."""
-DEFAULT_ENDPOINTS = {
-    "eth-stats": ("ethtwisted.stats_tap", "DEFAULT_LISTEN"),
-    "eth-demo": ("ethtwisted.demo_tap", "DEFAULT_STATS"),
-}
-"""Where the default of that option is, for the plugins that serve HTTP by default."""
+DEFAULT_ENDPOINTS = {"eth-stats": DEFAULT_WEB, "eth-demo": DEFAULT_WEB}
+"""The default of that option, for the plugins that serve HTTP by default."""
 # Addresses that mean "every interface" when listening; the check asks the loopback instead.
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}  # noqa: S104
 
@@ -114,9 +110,8 @@ def health_url(environ: Mapping[str, str], plugin: tuple[str, Sequence[str]] | N
     name, args = plugin
     option = ENDPOINT_OPTIONS[name]
     description = option_value(args, option) or environ.get(env_name(option))
-    if description is None and name in DEFAULT_ENDPOINTS:
-        module, constant = DEFAULT_ENDPOINTS[name]
-        description = getattr(importlib.import_module(module), constant)
+    if description is None:
+        description = DEFAULT_ENDPOINTS.get(name)
     return endpoint_url(description, "/healthz") if description else None
 
 

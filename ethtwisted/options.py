@@ -19,6 +19,9 @@ from twisted.python import usage
 from ethtwisted.storage.redis_store import parse_redis_url
 from ethtwisted.storage.sql_store import DEFAULT_DB_URL, parse_db_url
 
+DEFAULT_WEB = "tcp:8080:interface=127.0.0.1"
+"""Where eth-stats (C{--listen}) and eth-demo (C{--stats}) serve HTTP unless told."""
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.options import (
+    DEFAULT_WEB,
     STATS_TOKEN_OPTIONS,
     StoreOptions,
     read_token,
@@ -22,7 +23,7 @@ from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import serve_stats
 
-DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_LISTEN = DEFAULT_WEB
 
 log = Logger(observer=log_observer)
 

@@ -1,0 +1,68 @@
+"""
+Which modules may import which: only the C{*_tap} modules wire rooms together, and the health
+check loads no plugin (nor web3) to find the endpoint it asks.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import ethtwisted
+
+PACKAGE = Path(ethtwisted.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """
+    The ethtwisted modules C{path} imports, by their full names.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name.startswith("ethtwisted.")}
+
+
+def test_only_tap_modules_import_tap_modules() -> None:
+    """
+    No module but a C{*_tap} module imports a C{*_tap} module.
+    """
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert len(modules) > 10
+    offenders = {
+        str(path.relative_to(PACKAGE)): sorted(
+            n for n in imported_modules(path) if n.endswith("_tap")
+        )
+        for path in modules
+        if not path.name.endswith("_tap.py")
+    }
+    assert {path: taps for path, taps in offenders.items() if taps} == {}
+
+
+def test_health_check_loads_no_plugin() -> None:
+    """
+    Finding the default endpoint of eth-demo and eth-stats imports neither their tap modules
+    nor web3: the check runs every few seconds in the container.
+    """
+    script = (
+        "import sys\n"
+        "from ethtwisted import healthcheck\n"
+        "urls = [healthcheck.health_url({}, (name, [])) for name in ('eth-demo', 'eth-stats')]\n"
+        "loaded = [m for m in sys.modules if m.endswith('_tap') or m.split('.')[0] == 'web3']\n"
+        "print(urls, sorted(loaded))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    urls = ["http://127.0.0.1:8080/healthz"] * 2
+    assert result.stdout.strip() == f"{urls} []"
