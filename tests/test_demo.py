@@ -22,7 +22,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from ethtwisted import demo_tap
+from ethtwisted import demo, demo_tap
 from tests.conftest import anvil_binary, free_port
 
 TIMEOUT = 60.0
@@ -77,11 +77,11 @@ def test_node_arguments(tmp_path: Path) -> None:
     anvil and geth both mine every --block-time seconds, serve IPC at the state directory's
     socket and keep their chain there.
     """
-    anvil = demo_tap.node_arguments("anvil", tmp_path, 3)
+    anvil = demo.node_arguments("anvil", tmp_path, 3)
     assert anvil[anvil.index("--ipc") + 1] == str(tmp_path / "node.ipc")
     assert anvil[anvil.index("--block-time") + 1] == "3"
     assert anvil[anvil.index("--state") + 1] == str(tmp_path / "anvil-state.json")
-    geth = demo_tap.node_arguments("geth", tmp_path, 3)
+    geth = demo.node_arguments("geth", tmp_path, 3)
     assert {"--dev", "--dev.period=3", f"--ipcpath={tmp_path / 'node.ipc'}"} <= set(geth)
     assert f"--datadir={tmp_path / 'geth'}" in geth
 
@@ -121,7 +121,7 @@ def test_finds_anvil_of_the_npm_package(tmp_path: Path) -> None:
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    assert demo_tap.find_dev_node("anvil", tmp_path) == str(binary)
+    assert demo.find_dev_node("anvil", tmp_path) == str(binary)
 
 
 # The demo for real.
