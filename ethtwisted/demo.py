@@ -31,7 +31,8 @@ from ethtwisted.logs import log_observer
 from ethtwisted.startup import StartingService, fatal
 from ethtwisted.storage import StartupError
 
-log = Logger(observer=log_observer)
+# The tag twistd's log lines have had for the demo's messages since they were written.
+log = Logger(namespace="ethtwisted.demo_tap", observer=log_observer)
 
 DEV_NODES = ("anvil", "geth")
 SOCKET_NAME = "node.ipc"

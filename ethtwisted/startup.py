@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from ethtwisted.logs import log_observer
 from ethtwisted.storage import StartupError
 
-log = Logger(observer=log_observer)
+# The tag twistd's log lines have had for these messages since they were written.
+log = Logger(namespace="ethtwisted.tap", observer=log_observer)
 
 
 class StartingService(Service):

@@ -66,3 +66,14 @@ def test_health_check_loads_no_plugin() -> None:
     )
     urls = ["http://127.0.0.1:8080/healthz"] * 2
     assert result.stdout.strip() == f"{urls} []"
+
+
+def test_moved_code_logs_under_its_old_tag() -> None:
+    """
+    Start-up messages and the demo's still read C{[ethtwisted.tap#level]} and
+    C{[ethtwisted.demo_tap#level]} in twistd's log, as before they moved to their own modules.
+    """
+    from ethtwisted import demo, startup
+
+    assert startup.log.namespace == "ethtwisted.tap"
+    assert demo.log.namespace == "ethtwisted.demo_tap"
