@@ -21,13 +21,16 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG GETH_IMAGE=ethereum/client-go:v1.16.7
 
 
-# The package, built once as a wheel from the source tree.
+# The package, built once as a wheel from the source tree (what .dockerignore lets in).
+# Where a build cannot reach PyPI, the wheels of every dependency (and of setuptools and
+# wheel, to build the package) can be put in wheels/ of the build context beforehand, e.g.
+# with `pip wheel --wheel-dir wheels . setuptools wheel`: pip then installs from there alone.
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
-COPY pyproject.toml setup.cfg setup.py README.md ./
-COPY ethtwisted/ ethtwisted/
-COPY twisted/ twisted/
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+COPY . ./
+RUN mkdir -p wheels \
+    && if [ -n "$(ls wheels)" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/src/wheels; fi \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 
 # geth's image is Alpine: some dependencies have no wheel for musl and are compiled here.
@@ -69,7 +72,9 @@ CMD ["eth-demo"]
 # Every dependency has a wheel for glibc: no compiler, here or below.
 FROM ${PYTHON_IMAGE} AS app-build
 COPY --from=wheel /wheels /wheels
-RUN python -m venv /opt/ethtwisted \
+COPY --from=wheel /src/wheels /deps
+RUN if [ -n "$(ls /deps)" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/deps; fi \
+    && python -m venv /opt/ethtwisted \
     && /opt/ethtwisted/bin/pip install --no-cache-dir --only-binary=:all: /wheels/*.whl \
     && /opt/ethtwisted/bin/pip uninstall --yes pip setuptools
 

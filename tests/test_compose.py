@@ -190,12 +190,14 @@ def test_services_wait_for_healthy_dependencies() -> None:
 
 def test_secrets_are_not_in_the_files() -> None:
     """
-    The MySQL password reaches the containers as a secret taken from the environment at run
-    time: no variable of a service or of an image holds a password or a token, only the path
-    of a file that does.
+    The MySQL password reaches the containers as a secret read from a file at run time (a
+    file secret: Docker Compose and podman-compose 1.0.3 both have those): no variable of a
+    service or of an image holds a password or a token, only the path of a file that does.
     """
     compose = load_compose()
-    assert compose["secrets"]["mysql_password"] == {"environment": "ETH_MYSQL_PASSWORD"}
+    assert compose["secrets"]["mysql_password"] == {
+        "file": "${ETHTWISTED_MYSQL_PASSWORD_FILE:-./mysql_password.txt}"
+    }
     variables = [
         (name, key)
         for name, service in compose["services"].items()
