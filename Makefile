@@ -10,6 +10,8 @@
 #   make fuzz      the property tests with fresh random examples, 5,000 each (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
 #   make run       the whole demo in the foreground: dev node, eth-server, eth-client
+#   make test-containers  build the images from the Dockerfile and run docker-compose.yml
+#                  with podman, checking the running stack from outside (minutes; see below)
 #
 # A target that runs the programs depends on `venv services node` and calls $(TWISTD).
 #
@@ -150,7 +152,8 @@ $(NODE_STAMP): package.json package-lock.json
 
 clean:
 	rm -rf $(VENV) $(PYTHON_VERSIONS:%=$(VENV)-%) node_modules build dist ./*.egg-info \
-		.mypy_cache .ruff_cache .pytest_cache .hypothesis _trial_temp twisted/plugins/dropin.cache
+		.mypy_cache .ruff_cache .pytest_cache .hypothesis _trial_temp twisted/plugins/dropin.cache \
+		wheels
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The whole demo in the foreground (twistd eth-demo): an anvil dev node mining a block every
@@ -163,3 +166,39 @@ RUN_ARGS ?=
 .PHONY: run
 run: venv node
 	$(TWISTD) --nodaemon --pidfile= eth-demo $(RUN_ARGS)
+
+# The Dockerfile's images built and docker-compose.yml run with podman and podman-compose
+# (installed from Debian's packages when missing), then checked from outside the containers by
+# tests/test_containers.py.  podman reads tests/containers/containers.conf (nothing under /etc
+# changes).  No image registry is reached: what the compose file runs but cannot be had here
+# is stood in for by images of tests/containers/Containerfile, on a Debian base made with
+# debootstrap, and named by the compose file's ETHTWISTED_*_IMAGE variables:
+#   python:3.11-slim-bookworm  Debian's Python 3.11 (the base of the app image built here)
+#   mariadb:11.4               Debian's MariaDB 10.11
+#   redis:7.2-alpine           Debian's Redis 7.0
+#   the geth target            anvil, from node_modules/, behind a `geth` command that takes
+#                              the compose file's flags (the geth target itself, on Alpine, is
+#                              not built here)
+# The base and the built layers stay in podman's store between runs: a second run rebuilds only
+# what changed.  The images are tagged localhost/ethtwisted-test-*, apart from a user's own.
+CONTAINER_PACKAGES := podman runc podman-compose debootstrap
+export CONTAINERS_CONF := $(CURDIR)/tests/containers/containers.conf
+export ETHTWISTED_IMAGE := localhost/ethtwisted-test:latest
+export ETHTWISTED_GETH_IMAGE := localhost/ethtwisted-test-geth:latest
+export ETHTWISTED_MARIADB_IMAGE := localhost/ethtwisted-test-mariadb:latest
+export ETHTWISTED_REDIS_IMAGE := localhost/ethtwisted-test-redis:latest
+
+.PHONY: test-containers
+test-containers: venv node
+	@missing=""; \
+	for binary in $(CONTAINER_PACKAGES); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v "$$binary" >/dev/null || missing="$$missing $$binary"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $(CONTAINER_PACKAGES) (missing:$$missing)"; \
+		$(APT_GET) update; \
+		$(APT_GET) install -y $(CONTAINER_PACKAGES); \
+	fi
+	PATH="$$PATH:/usr/sbin:/sbin" PYTHON=$(VENV_PY) tests/containers/build-images
+	@# -x: every test there checks the one running stack.
+	$(VENV_PY) -m pytest -m containers -x tests/test_containers.py $(PYTEST_ARGS)
