@@ -301,15 +301,17 @@ def test_secret_reaches_the_server_and_nothing_shows_it(stack: Stack) -> None:
     server = stack.container("server")
     secret = podman("exec", server, "cat", "/run/secrets/mysql_password")
     assert secret.strip() == stack.password
-    seen = list(stack.output)
+    seen = {"podman-compose's output": "".join(stack.output)}
     for name in stack.services:
         container = stack.container(name)
         logs = subprocess.run(["podman", "logs", container], capture_output=True, text=True)
-        seen += [logs.stdout, logs.stderr, podman("inspect", container)]
-        seen.append(podman("top", container, "args"))
+        seen[f"{name}'s log"] = logs.stdout + logs.stderr
+        seen[f"{name}'s inspect"] = podman("inspect", container)
+        seen[f"{name}'s processes"] = podman("top", container, "args")
         image = inspect("container", container)["ImageName"]
-        seen += [podman("image", "inspect", image), podman("history", "--no-trunc", image)]
-    assert all(stack.password not in text for text in seen)
+        seen[f"{name}'s image"] = podman("image", "inspect", image)
+        seen[f"{name}'s image history"] = podman("history", "--no-trunc", image)
+    assert [where for where, text in seen.items() if stack.password in text] == []
 
 
 def test_down_and_up_resumes_without_losing_or_repeating_a_block(stack: Stack) -> None:
