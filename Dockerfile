@@ -21,10 +21,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG GETH_IMAGE=ethereum/client-go:v1.16.7
 
 
-# The package, built once as a wheel from the source tree (what .dockerignore lets in).
+# The package, built once as a wheel from the source tree (what .dockerignore lets in); its
+# dependencies are installed below at the exact versions of requirements.lock.
 # Where a build cannot reach PyPI, the wheels of every dependency (and of setuptools and
 # wheel, to build the package) can be put in wheels/ of the build context beforehand, e.g.
-# with `pip wheel --wheel-dir wheels . setuptools wheel`: pip then installs from there alone.
+# with `pip wheel --constraint requirements.lock --wheel-dir wheels . setuptools wheel`: pip
+# then installs from there alone.
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY . ./
@@ -39,8 +41,10 @@ FROM ${GETH_IMAGE} AS geth-build
 # hadolint ignore=DL3018
 RUN apk add --no-cache python3 python3-dev build-base
 COPY --from=wheel /wheels /wheels
+COPY --from=wheel /src/requirements.lock /
 RUN python3 -m venv /opt/ethtwisted \
-    && /opt/ethtwisted/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/ethtwisted/bin/pip install --no-cache-dir --constraint /requirements.lock \
+        /wheels/*.whl \
     && /opt/ethtwisted/bin/pip uninstall --yes pip setuptools
 
 
@@ -73,9 +77,11 @@ CMD ["eth-demo"]
 FROM ${PYTHON_IMAGE} AS app-build
 COPY --from=wheel /wheels /wheels
 COPY --from=wheel /src/wheels /deps
+COPY --from=wheel /src/requirements.lock /
 RUN if [ -n "$(ls /deps)" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/deps; fi \
     && python -m venv /opt/ethtwisted \
-    && /opt/ethtwisted/bin/pip install --no-cache-dir --only-binary=:all: /wheels/*.whl \
+    && /opt/ethtwisted/bin/pip install --no-cache-dir --only-binary=:all: \
+        --constraint /requirements.lock /wheels/*.whl \
     && /opt/ethtwisted/bin/pip uninstall --yes pip setuptools
 
 
