@@ -207,6 +207,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.compose("down", "-v", "-t", "1")
+        # podman-compose 1.0.3 leaves the project's network behind.
+        podman("network", "rm", f"{stack.project}_default")
 
 
 def test_stack_becomes_healthy_in_dependency_order(stack: Stack) -> None:
