@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import Delivery, ReconnectingService
+from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, ServerList
 from ethtwisted.client.follower import DEFAULT_MAX_BACKFILL, Follower
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import DEFAULT_MAX_QUEUE, Outbox, queue_blocks
@@ -27,6 +28,7 @@ from ethtwisted.options import (
     EnvOptions,
     check_endpoint,
     port_number,
+    positive_float,
     positive_int,
     read_lines,
     read_token,
@@ -86,13 +88,11 @@ class Options(EnvOptions):
     synopsis = "[options]"
     longdesc = (
         "Follow an Ethereum node and send every block to an eth-server, keeping each message "
-        "until the server acknowledges it. Every option can also be given as an ETH_* "
-        "environment variable (--max-queue is ETH_MAX_QUEUE; ETH_NODE holds several nodes "
-        "separated by spaces); a flag beats the environment."
+        "until a server acknowledges it. Every option can also be given as an ETH_* "
+        "environment variable (--max-queue is ETH_MAX_QUEUE; ETH_NODE and ETH_SERVER hold "
+        "several separated by spaces); a flag beats the environment."
     )
     optParameters = [
-        ["server", "s", None,
-         f"Endpoint of the eth-server (default {DEFAULT_SERVER}; tls:HOST:PORT for TLS)."],
         ["interval", "i", DEFAULT_INTERVAL,
          f"Seconds between two polls of the node (at least {MIN_INTERVAL:g}).", interval],
         ["format", "f", "json",
@@ -110,6 +110,9 @@ class Options(EnvOptions):
          " (a bare port means loopback; off if unset)."],
         *token_options("metrics-token", "/metrics"),
         ["token-file", None, None, "File holding the token sent to the server with the name."],
+        ["ack-timeout", None, DEFAULT_ACK_TIMEOUT,
+         "With several --server: seconds a server may leave what it was sent unacknowledged"
+         " before the client fails over to the next.", positive_float],
         # The older command line's server flags.
         ["host", None, None, "The server's host (same as --server tcp:host=HOST:port=PORT)."],
         ["port", None, None, "The server's TCP port (default 9999).", port_number],
@@ -122,6 +125,17 @@ class Options(EnvOptions):
     def __init__(self) -> None:
         super().__init__()
         self["node"] = []
+        self["server"] = []
+
+    def opt_server(self, description: str) -> None:
+        """
+        Endpoint of an eth-server (tls:HOST:PORT for TLS; repeatable: the first that accepts
+        this client is used, the next when it fails or stops acknowledging, and the first
+        again once it acknowledges; default tcp:host=127.0.0.1:port=9999).
+        """
+        self["server"].append(description)
+
+    opt_s = opt_server
 
     def opt_node(self, uri: str) -> None:
         """
@@ -140,13 +154,16 @@ class Options(EnvOptions):
             except ValueError as e:
                 raise usage.UsageError(f"--node: {e}") from None
         if self["host"] is not None or self["port"] is not None:
-            if self["server"] is not None:
+            if self["server"]:
                 raise usage.UsageError("give either --server or --host/--port, not both")
             host = quoteStringArgument(self["host"] or "127.0.0.1")
-            self["server"] = f"tcp:host={host}:port={self['port'] or 9999}"
-        if self["server"] is None:
-            self["server"] = DEFAULT_SERVER
-        check_endpoint(self["server"], "server", server=False)
+            self["server"] = [f"tcp:host={host}:port={self['port'] or 9999}"]
+        if not self["server"]:
+            self["server"] = [DEFAULT_SERVER]
+        for description in self["server"]:
+            check_endpoint(description, "server", server=False)
+        if len(set(self["server"])) < len(self["server"]):
+            raise usage.UsageError("--server: each server may be listed once")
         if self["name"] is None:
             self["name"] = socket.gethostname() or "eth-client"
         if not 1 <= len(self["name"]) <= MAX_NAME_LENGTH:
@@ -199,15 +216,17 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         node, queue_blocks(outbox, config["format"]), config["max-backfill"], checkpoint
     )
     poller = Poller(follower, reactor, config["interval"])
-    endpoint = clientFromString(reactor, config["server"])
+    servers = [(d, clientFromString(reactor, d)) for d in config["server"]]
     retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
     if config["oneshot"]:
-        delivery = OneShotDelivery(outbox, endpoint, reactor, config["server"], retry)
+        delivery = OneShotDelivery(outbox, servers, reactor, retry)
         client = EthClient(poller, delivery, None, outbox, node, reactor)
     else:
-        connection = Delivery(outbox, config["server"], Hello(config["name"], config["token"]))
+        server_list = ServerList(servers)
+        hello = Hello(config["name"], config["token"])
+        connection = Delivery(outbox, server_list, reactor, hello, config["ack-timeout"])
         service = ReconnectingService(
-            connection.endpoint(endpoint), connection.factory(), retryPolicy=retry, clock=reactor
+            server_list, connection.factory(), retryPolicy=retry, clock=reactor
         )
         client = EthClient(poller, service, connection, outbox, node, reactor)
     if metrics is not None:

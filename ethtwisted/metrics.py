@@ -243,6 +243,16 @@ class ClientMetrics:
         self.reconnects = _metric(
             Counter, registry, "server_reconnects", "Connections to the server after the first."
         )
+        self.in_use = _metric(
+            Gauge,
+            registry,
+            "server_in_use",
+            "1 for the server connected to now, 0 for the other servers listed.",
+            ["server"],
+        )
+        self.switches = _metric(
+            Counter, registry, "server_switches", "Switches from one listed server to another."
+        )
         self.reorgs = _metric(Counter, registry, "reorgs", "Reorgs followed.")
         self.reorg_depth = _metric(
             Histogram,
@@ -274,15 +284,18 @@ class ClientMetrics:
 
     def watch(self, follower: Follower, delivery: Delivery | None) -> None:
         """
-        Count the reorgs C{follower} follows and the connections C{delivery} makes (one-shot
-        delivery, C{None}, has no connection to watch).
+        Count the reorgs C{follower} follows, the connections C{delivery} makes and its
+        switches between servers (one-shot delivery, C{None}, has no connection to watch).
         """
         follower.reorg_listeners.append(self._reorg)
         self.delivery = delivery
         if delivery is None:
             self.server_down_since = None
         else:
+            for name, _ in delivery.servers.servers:
+                self.in_use.labels(name).set(0)
             delivery.connection_listeners.append(self._connection)
+            delivery.switch_listeners.append(lambda left, now: self.switches.inc())
 
     def health(self) -> dict[str, str | None]:
         """
@@ -323,6 +336,9 @@ class ClientMetrics:
         self.reorg_depth.observe(depth)
 
     def _connection(self, up: bool) -> None:
+        assert self.delivery is not None
+        for name, _ in self.delivery.servers.servers:
+            self.in_use.labels(name).set(1 if up and name == self.delivery.in_use else 0)
         if up:
             self.connections += 1
             if self.connections > 1:

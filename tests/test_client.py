@@ -34,6 +34,7 @@ from zope.interface.verify import verifyObject
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import ClientFactory, ClientProtocol, Delivery, ReconnectingService
+from ethtwisted.client.failover import ServerList
 from ethtwisted.client.follower import Checkpoint, Follower
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
@@ -279,6 +280,13 @@ class FakeEndpoint:
         d.callback(client)
         pump.flush()
         return client, pump
+
+
+def one_server(name: str = "test-server") -> ServerList:
+    """
+    A list of one server, whose endpoint connects only when the test says so.
+    """
+    return ServerList([(name, FakeEndpoint())])
 
 
 def json_payload(block: Block) -> bytes:
@@ -998,7 +1006,7 @@ def test_hello_then_everything_pending_then_each_new_payload(logs: Logs) -> None
     """
     outbox = Outbox(10)
     outbox.put([b"a", b"b"])
-    delivery = Delivery(outbox, "test-server", Hello("c1", "secret-token"))
+    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1", "secret-token"))
     transport = StringTransport()
     protocol = delivery.factory().buildProtocol(None)
     protocol.makeConnection(transport)
@@ -1015,7 +1023,7 @@ def test_acknowledgements_fed_in_small_chunks_remove_payloads(logs: Logs) -> Non
     """
     outbox = Outbox(10)
     outbox.put([b"a", b"b", b"c"])
-    delivery = Delivery(outbox, "test-server")
+    delivery = Delivery(outbox, one_server(), Clock())
     protocol = delivery.factory().buildProtocol(None)
     protocol.makeConnection(StringTransport())
     acks = b"".join(netstring(encode_control(Ack(payload_hash(p)))) for p in [b"c", b"a"])
@@ -1029,7 +1037,7 @@ def test_reconnect_resends_everything_unacknowledged_in_order(logs: Logs) -> Non
     in order, on the next connection; those acknowledged are not.
     """
     outbox = Outbox(10)
-    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1"))
     factory = delivery.factory()
     peer = AckingPeer(ack=False)
     client, pump = connect(factory, peer)
@@ -1064,7 +1072,7 @@ def test_a_refusal_is_logged_once(logs: Logs) -> None:
     """
     outbox = Outbox(10)
     outbox.put([b"a"])
-    delivery = Delivery(outbox, "test-server", Hello("c1", "bad-token"))
+    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1", "bad-token"))
     factory = delivery.factory()
     for _ in range(3):
         protocol = factory.buildProtocol(None)
@@ -1087,7 +1095,7 @@ def test_a_server_sending_payloads_loses_the_connection(logs: Logs) -> None:
     The server has no business sending payloads: the client drops that connection and says
     why, once.
     """
-    delivery = Delivery(Outbox(10), "test-server")
+    delivery = Delivery(Outbox(10), one_server(), Clock())
     protocol = delivery.factory().buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -1105,10 +1113,10 @@ def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
     clock, endpoint = Clock(), FakeEndpoint()
     outbox = Outbox(10)
     outbox.put([b"a"])
-    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    delivery = Delivery(outbox, ServerList([("test-server", endpoint)]), clock, Hello("c1"))
     retry = client_tap.backoffPolicy(0.25, 4.0, factor=2.0, jitter=lambda: 0.5)
     service = ReconnectingService(
-        delivery.endpoint(endpoint), delivery.factory(), retryPolicy=retry, clock=clock
+        delivery.servers, delivery.factory(), retryPolicy=retry, clock=clock
     )
     service.startService()
     delays = []
@@ -1157,7 +1165,7 @@ def test_oneshot_sends_one_message_per_connection_in_order(logs: Logs) -> None:
     clock, endpoint = Clock(), FakeEndpoint()
     outbox = Outbox(10)
     outbox.put([b"a", b"b"])
-    sender = OneShotDelivery(outbox, endpoint, clock, "old-server", lambda n: 1.0)
+    sender = OneShotDelivery(outbox, [("old-server", endpoint)], clock, lambda n: 1.0)
     sender.startService()
     received: list[bytes] = []
     for expected in [b"a", b"b"]:
@@ -1181,7 +1189,7 @@ def test_oneshot_retries_a_server_that_is_down(logs: Logs) -> None:
     clock, endpoint = Clock(), FakeEndpoint()
     outbox = Outbox(10)
     outbox.put([b"a"])
-    sender = OneShotDelivery(outbox, endpoint, clock, "old-server", lambda n: float(n))
+    sender = OneShotDelivery(outbox, [("old-server", endpoint)], clock, lambda n: float(n))
     sender.startService()
     for attempt in range(1, 4):
         endpoint.refuse()
@@ -1229,7 +1237,7 @@ def whole_client(
     outbox = Outbox(100, spool)
     f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore())
     poller = Poller(f, clock, interval=1.0)
-    delivery = Delivery(outbox, "test-server", Hello("c1"))
+    delivery = Delivery(outbox, one_server(), clock, Hello("c1"))
     connection = StoppableDelivery(delivery, peer)
     return EthClient(poller, connection, delivery, outbox, node, clock, 5.0), outbox, connection
 
@@ -1331,7 +1339,7 @@ def test_option_defaults() -> None:
     name, no token, no node (the usual ones are tried).
     """
     config = options()
-    assert config["server"] == "tcp:host=127.0.0.1:port=9999"
+    assert config["server"] == ["tcp:host=127.0.0.1:port=9999"]
     assert config["interval"] == 1.0 and isinstance(config["interval"], float)
     assert config["format"] == "json"
     assert config["max-backfill"] == 256 and config["max-queue"] == 10_000
@@ -1353,7 +1361,7 @@ def test_options_from_flags_and_environment(tmp_path: Path) -> None:
     assert config["node"] == ["/tmp/geth.ipc", "ws://127.0.0.1:8546"]
     assert config["interval"] == 0.05 and config["format"] == "html"
     assert (config["max-backfill"], config["max-queue"]) == (3, 7)
-    assert config["server"] == "tls:example.com:9999" and config["verbose"]
+    assert config["server"] == ["tls:example.com:9999"] and config["verbose"]
     config = options(
         "--interval", "2",
         ETH_NODE="http://127.0.0.1:8545 /tmp/x.ipc", ETH_INTERVAL="5", ETH_ONESHOT="1",
@@ -1366,9 +1374,9 @@ def test_older_host_and_port_flags() -> None:
     """
     The older C{--host}/C{--port} mean a plain TCP endpoint; mixed with C{--server}, refused.
     """
-    assert options("--host", "10.0.0.5")["server"] == "tcp:host=10.0.0.5:port=9999"
-    assert options("--port", "7000")["server"] == "tcp:host=127.0.0.1:port=7000"
-    assert options("--host", "::1", "--port", "1")["server"] == "tcp:host=\\:\\:1:port=1"
+    assert options("--host", "10.0.0.5")["server"] == ["tcp:host=10.0.0.5:port=9999"]
+    assert options("--port", "7000")["server"] == ["tcp:host=127.0.0.1:port=7000"]
+    assert options("--host", "::1", "--port", "1")["server"] == ["tcp:host=\\:\\:1:port=1"]
     assert "not both" in usage_error("--host", "h", "--server", "tcp:host=h:port=1")
 
 

@@ -20,7 +20,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.web.resource import Resource
@@ -47,7 +47,7 @@ from ethtwisted.protocol import (
     payload_hash,
 )
 from tests.test_client import FakeNode as ChainNode
-from tests.test_client import Logs, until
+from tests.test_client import Logs, one_server, until
 from tests.test_client_e2e import TIMEOUT, twistd_client
 from tests.test_protocol import netstring
 
@@ -509,7 +509,7 @@ def test_a_hostile_server_costs_only_its_connection(
     """
     outbox = Outbox()
     outbox.put(QUEUED)
-    delivery = Delivery(outbox, "server")
+    delivery = Delivery(outbox, one_server("server"), Clock())
     protocol = ClientProtocol(delivery)
     transport = StringTransport()
     protocol.makeConnection(transport)

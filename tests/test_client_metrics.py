@@ -26,7 +26,7 @@ from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
 from tests.conftest import LOOPBACK, Anvil, free_port
-from tests.test_client import FakeNode
+from tests.test_client import FakeNode, one_server
 from tests.test_client_e2e import Committed, start_server, twistd_client_fails
 
 TIMEOUT = 30.0
@@ -68,7 +68,7 @@ def test_healthz_turns_503_after_the_threshold() -> None:
     clock, node = Clock(), FakeNode()
     outbox = Outbox()
     metrics = ClientMetrics(CollectorRegistry(), clock, outbox, unhealthy_after=30)
-    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    delivery = Delivery(outbox, one_server(), clock)
     metrics.watch(Follower(node, queue_blocks(outbox, "json")), delivery)
     measured = metrics.measured(node)
     for listener in delivery.connection_listeners:
@@ -96,7 +96,7 @@ def test_a_refusing_server_is_unhealthy_at_once() -> None:
     """
     clock, outbox = Clock(), Outbox()
     metrics = ClientMetrics(CollectorRegistry(), clock, outbox)
-    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    delivery = Delivery(outbox, one_server(), clock)
     metrics.watch(Follower(FakeNode(), queue_blocks(outbox, "json")), delivery)
     for listener in delivery.connection_listeners:
         listener(True)
@@ -114,7 +114,7 @@ def test_reconnects_reorgs_and_acknowledged_block() -> None:
     registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
     outbox = Outbox()
     metrics = ClientMetrics(registry, clock, outbox)
-    delivery = Delivery(outbox, "tcp:host=127.0.0.1:port=1")
+    delivery = Delivery(outbox, one_server(), clock)
     follower = Follower(node, queue_blocks(outbox, "json"))
     metrics.watch(follower, delivery)
     for up in (True, False, True, False, True):

@@ -162,7 +162,7 @@ def test_client_reaches_server_and_node(tmp_path: Path) -> None:
     server_environ = container_environment(server_service, stages, tmp_path)
     server = parse("eth-server", server_service["command"][1:], server_environ)
     server_port = server["listen"][0].split(":")[1]
-    assert options["server"] == f"tcp:host=server:port={server_port}"
+    assert options["server"] == [f"tcp:host=server:port={server_port}"]
 
     geth = services["geth"]
     ipc_path = next(a.split("=", 1)[1] for a in geth["command"] if a.startswith("--ipcpath="))

@@ -53,7 +53,7 @@ def test_options_compose_server_and_client(tmp_path: Path) -> None:
     assert server["listen"] == ["tcp:1234:interface=127.0.0.1:backlog=1024"]
     assert server["stats"] == demo_tap.DEFAULT_STATS
     assert client["node"] == [str(state / "node.ipc")]
-    assert client["server"] == "tcp:host=127.0.0.1:port=1234"
+    assert client["server"] == ["tcp:host=127.0.0.1:port=1234"]
     assert client["spool"] == str(state / "spool")
     assert options["node_argv"][0] == sys.executable
 

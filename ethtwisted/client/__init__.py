@@ -5,8 +5,9 @@ deliver the payloads to an eth-server until each one is acknowledged.
 The modules, in the order the data flows: L{follower} follows the chain (backfill, reorgs),
 L{poller} runs it every interval and rides out node trouble, L{outbox} holds what the server
 has not acknowledged yet (in memory, and in a L{spool} directory when asked), L{delivery}
-keeps one connection to the server through C{ClientService}, L{oneshot} talks to older
-servers instead; L{EthClient}, here, ties them together and stops them in order.
+keeps one connection to a server through C{ClientService}, failing over between the servers
+of L{failover}, L{oneshot} talks to older servers instead; L{EthClient}, here, ties them
+together and stops them in order.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class EthClient(MultiService):
             with contextlib.suppress(TimeoutError):
                 await self.outbox.empty().addTimeout(self.flush_timeout, self.clock)
         if self.connection is not None:
-            self.connection.stopping = True
+            self.connection.stop()
         await self.delivery.stopService()
         try:
             await self.node.close()

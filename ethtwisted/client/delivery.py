@@ -1,6 +1,6 @@
 """
-Delivery: L{Delivery} sends the outbox over one connection to the server at a time, which
-L{ReconnectingService} keeps up; L{ClientProtocol} is that connection.
+Delivery: L{Delivery} sends the outbox over one connection to a server at a time, which
+L{ReconnectingService} keeps up through a L{ServerList}; L{ClientProtocol} is that connection.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, Refusal
@@ -27,6 +27,9 @@ class ClientProtocol(FrameProtocol):
     """
     The connection to the server: payloads out, acknowledgements in.
     """
+
+    transport: Any
+    """A TCP or TLS transport: it can abort."""
 
     def __init__(self, delivery: Delivery) -> None:
         super().__init__()
@@ -61,26 +64,6 @@ class ClientFactory(Factory):
         return ClientProtocol(self.delivery)
 
 
-@implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """
-    An endpoint that tells C{failed} why each connection attempt failed.
-    """
-
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
-        self.endpoint = endpoint
-        self.failed = failed
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:  # noqa: N803 -- Twisted's name
-        d: Deferred[Any] = self.endpoint.connect(protocolFactory)
-        d.addErrback(self._failed)
-        return d
-
-    def _failed(self, failure: Failure) -> Failure:
-        self.failed(failure)
-        return failure
-
-
 @implementer(ILogObserver)
 def _as_debug(event: dict[str, Any]) -> None:
     log_observer(dict(event, log_level=LogLevel.debug))
@@ -88,8 +71,8 @@ def _as_debug(event: dict[str, Any]) -> None:
 
 class ReconnectingService(ClientService):
     """
-    C{ClientService} whose note on every retry is a debug message: L{Delivery} says once that
-    the server cannot be reached.
+    C{ClientService} whose note on every retry is a debug message: the L{ServerList} it
+    connects through says once per server and reason that a server cannot be reached.
     """
 
     # ClientService (Twisted 26) takes no logger and has no public way to quiet its note
@@ -101,85 +84,172 @@ class ReconnectingService(ClientService):
 
 class Delivery:
     """
-    Sends the outbox over one connection at a time (C{ClientService} makes them): on connect a
-    hello, then every payload not acknowledged yet, in order, then each new one as it is
-    queued; an acknowledgement removes its payload from the outbox.
+    Sends the outbox over one connection at a time (C{ClientService} makes them, through the
+    L{ServerList}): on connect a hello, then every payload not acknowledged yet, in order, then
+    each new one as it is queued; an acknowledgement removes its payload from the outbox.
+
+    With several servers listed, the server in use is left when its connection fails, when it
+    refuses this client, or when what it was sent has waited C{ack_timeout} seconds with no
+    acknowledgement arriving; the next connection goes to the next server, and everything
+    unacknowledged is sent there.  Meanwhile a L{Prober} checks the first listed server, and the
+    client goes back to it once it acknowledges again.  Each switch is logged once.
     """
 
-    def __init__(self, outbox: Outbox, server: str, hello: Hello | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        servers: ServerList,
+        clock: IReactorTime,
+        hello: Hello | None = None,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+    ) -> None:
         self.outbox = outbox
-        self.server = server
+        self.servers = servers
+        self.clock = clock
         self.hello = hello
+        self.ack_timeout = ack_timeout
         self.protocol: ClientProtocol | None = None
+        self.in_use: str | None = None
+        """The server connected to now, if any."""
         self.stopping = False
-        self.unreachable: str | None = None
         self.refusal: str | None = None
+        """Why the server last refused this client, until a server acknowledges."""
         self.connection_listeners: list[Callable[[bool], None]] = []
-        """Called with C{True} on each connection to the server, C{False} when it is lost."""
+        """Called with C{True} on each connection to a server, C{False} when it is lost."""
+        self.switch_listeners: list[Callable[[str, str], None]] = []
+        """Called with the server left and the server now in use, on each switch."""
+        self._refused_by: dict[str, str] = {}
+        self._leaving: str | None = None
+        self._watchdog: IDelayedCall | None = None
+        self._last_sent: bytes | None = None
+        self.prober: Prober | None = None
+        if len(servers) > 1:
+            self.prober = Prober(servers, hello, self._probe_payload, clock, ack_timeout,
+                                 self._first_answers)  # fmt: skip
         outbox.listeners.append(self._queued)
 
     def factory(self) -> ClientFactory:
         return ClientFactory(self)
 
-    def endpoint(self, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    def stop(self) -> None:
         """
-        C{endpoint}, with its failures to connect reported here.
+        The client is stopping: no more probes, no more switches.
         """
-        return _ReportingEndpoint(endpoint, self._connect_failed)
-
-    def _connect_failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        reason = describe(failure)
-        if reason != self.unreachable:
-            log.warn("cannot connect to {server}: {reason}; retrying", server=self.server,
-                     reason=reason)  # fmt: skip
-        self.unreachable = reason
+        self.stopping = True
+        if self.prober is not None:
+            self.prober.stop()
+        self._stop_watchdog()
 
     def connected(self, protocol: ClientProtocol) -> None:
         self.protocol = protocol
-        self.unreachable = None
+        self.in_use = self.servers.name()
+        switched = self.servers.arrived()
         for listener in self.connection_listeners:
             listener(True)
         pending = self.outbox.pending()
-        (log.debug if self.refusal else log.info)(
-            "connected to {server}; sending {n} unacknowledged messages",
-            server=self.server,
-            n=len(pending),
-        )
+        if switched is not None:
+            left, why = switched
+            log.info("now sending to {server} instead of {left} ({why}); {n} unacknowledged "
+                     "messages to send", server=self.in_use, left=left, why=why,
+                     n=len(pending))  # fmt: skip
+            for switch_listener in self.switch_listeners:
+                switch_listener(left, self.in_use)
+        else:
+            (log.debug if self.refusal else log.info)(
+                "connected to {server}; sending {n} unacknowledged messages",
+                server=self.in_use,
+                n=len(pending),
+            )
+        if self.prober is not None:
+            if self.servers.current == 0:
+                self.prober.stop()
+            elif not self.stopping:
+                self.prober.start()
         if self.hello is not None:
             protocol.send_control(self.hello)
-        for payload in pending:
-            protocol.sendString(payload)
+        self._send(protocol, pending)
 
     def disconnected(self, protocol: ClientProtocol, reason: Failure) -> None:
-        if self.protocol is protocol:
-            self.protocol = None
-            for listener in self.connection_listeners:
-                listener(False)
-        if self.stopping or self.refusal is not None:
+        if self.protocol is not protocol:
             return
-        log.warn(
-            "lost the connection to {server}: {reason}; {n} messages unacknowledged",
-            server=self.server,
-            reason=protocol.dropped or describe(reason),
-            n=len(self.outbox),
-        )
+        self.protocol = None
+        server, self.in_use = self.in_use, None
+        self._stop_watchdog()
+        if self.prober is not None:
+            self.prober.stop()
+        for listener in self.connection_listeners:
+            listener(False)
+        leaving, self._leaving = self._leaving, None
+        if self.stopping or leaving is not None:
+            return
+        why = protocol.dropped or describe(reason)
+        log.warn("lost the connection to {server}: {reason}; {n} messages unacknowledged",
+                 server=server, reason=why, n=len(self.outbox))  # fmt: skip
+        self.servers.move_on(f"lost the connection: {why}")
+
+    def _leave(self, why: str) -> None:
+        """
+        Leave the server in use, the L{ServerList} already told where to go next.
+        """
+        self._leaving = why
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+
+    def _send(self, protocol: ClientProtocol, payloads: Sequence[bytes]) -> None:
+        for payload in payloads:
+            protocol.sendString(payload)
+        if payloads:
+            self._last_sent = payloads[-1]
+            if self._watchdog is None and len(self.servers) > 1:
+                self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
 
     def _queued(self, payloads: Sequence[bytes]) -> None:
         if self.protocol is not None:
-            for payload in payloads:
-                self.protocol.sendString(payload)
+            self._send(self.protocol, payloads)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            if self._watchdog.active():
+                self._watchdog.cancel()
+            self._watchdog = None
+
+    def _unacknowledged(self) -> None:
+        self._watchdog = None
+        if self.protocol is None or self.stopping:
+            return
+        why = f"no acknowledgement for {self.ack_timeout:g} s"
+        log.warn("{server} acknowledged nothing for {t:g} s, {n} messages waiting: leaving it",
+                 server=self.in_use, t=self.ack_timeout, n=len(self.outbox))  # fmt: skip
+        self.servers.move_on(why)
+        self._leave(why)
+
+    def _probe_payload(self) -> bytes | None:
+        return self.outbox.first() or self._last_sent
+
+    def _first_answers(self) -> None:
+        if self.protocol is None or self.stopping or self.servers.current == 0:
+            return
+        self.servers.go_back("it acknowledges again")
+        self._leave("the first listed server acknowledges again")
 
     def acked(self, sha256: str) -> None:
-        if self.refusal is not None:
-            log.info("{server} accepts this client again", server=self.server)
-            self.refusal = None
+        self._stop_watchdog()
         if not self.outbox.ack(sha256):
             log.debug("acknowledgement of {sha256}, not queued", sha256=sha256)
+        if len(self.outbox) and self.protocol is not None and len(self.servers) > 1:
+            self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
+        if self.in_use in self._refused_by:
+            log.info("{server} accepts this client again", server=self.in_use)
+            del self._refused_by[self.in_use]
+        self.refusal = None
 
     def refused(self, reason: str) -> None:
-        if reason != self.refusal:
-            log.error("{server} refused this client: {reason}", server=self.server,
+        server = self.in_use or self.servers.name()
+        if self._refused_by.get(server) != reason:
+            log.error("{server} refused this client: {reason}", server=server,
                       reason=reason)  # fmt: skip
+        self._refused_by[server] = reason
         self.refusal = reason
+        why = f"refused this client: {reason}"
+        self.servers.move_on(why)
+        self._leave(why)

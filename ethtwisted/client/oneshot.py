@@ -54,25 +54,29 @@ class _OneShotProtocol(FrameProtocol):
 class OneShotDelivery(Service):
     """
     Delivery to older servers: a new connection per payload, which is sent and closed, without
-    waiting for an acknowledgement; the outbox is worked through in order.  A failed attempt
-    is retried after C{retry_policy(attempt)} seconds.
+    waiting for an acknowledgement; the outbox is worked through in order.  Each payload is
+    tried on the C{servers} in order (their descriptions and endpoints) and goes to the first
+    that takes it; when none does, it is tried again after C{retry_policy(attempt)} seconds.
+    Trouble with a server is logged once, and once when it takes messages again; a change of
+    the server that takes them, once.
     """
 
     def __init__(
         self,
         outbox: Outbox,
-        endpoint: IStreamClientEndpoint,
+        servers: Sequence[tuple[str, IStreamClientEndpoint]],
         clock: IReactorTime,
-        server: str,
         retry_policy: Callable[[int], float],
         timeout: float = ONESHOT_TIMEOUT,
     ) -> None:
         self.outbox = outbox
-        self.endpoint = endpoint
+        self.servers = list(servers)
         self.clock = clock
-        self.server = server
         self.retry_policy = retry_policy
         self.timeout = timeout
+        self.in_use = 0
+        """The server that took the last payload (before any, the first listed)."""
+        self._trouble: dict[int, str] = {}
         self._sending: Deferred[None] | None = None
         outbox.listeners.append(self._kick)
 
@@ -93,8 +97,7 @@ class OneShotDelivery(Service):
         if not d.called:
             self._sending = d
             d.addBoth(self._drained)
-        d.addErrback(lambda f: log.failure("bug while sending to {server}", f,
-                                           server=self.server))  # fmt: skip
+        d.addErrback(lambda f: log.failure("bug while sending", f))
 
     def _drained(self, result: object) -> object:
         self._sending = None
@@ -102,29 +105,42 @@ class OneShotDelivery(Service):
 
     async def _drain(self) -> None:
         failures = 0
-        trouble: str | None = None
         while self.running and (payload := self.outbox.first()) is not None:
-            protocol = _OneShotProtocol(payload)
-            try:
-                connecting = connectProtocol(self.endpoint, protocol)
-                await connecting.addTimeout(self.timeout, self.clock)
-                await protocol.done.addTimeout(self.timeout, self.clock)
-            except CancelledError:
-                return
-            except Exception as e:
+            for index, (server, endpoint) in enumerate(self.servers):
+                try:
+                    await self._send_one(endpoint, payload)
+                except CancelledError:
+                    return
+                except Exception as e:
+                    reason = describe(e)
+                    if self._trouble.get(index) != reason:
+                        log.warn("cannot send to {server}: {reason}", server=server,
+                                 reason=reason)  # fmt: skip
+                    self._trouble[index] = reason
+                    continue
+                self._took(index)
+                break
+            else:
                 failures += 1
-                reason = describe(e)
-                if reason != trouble:
-                    log.warn("cannot send to {server}: {reason}; retrying", server=self.server,
-                             reason=reason)  # fmt: skip
-                trouble = reason
                 try:
                     await deferLater(self.clock, self.retry_policy(failures))
                 except CancelledError:
                     return
                 continue
-            if trouble is not None:
-                log.info("{server} takes messages again", server=self.server)
-                trouble = None
             failures = 0
             self.outbox.ack(payload_hash(payload))
+
+    async def _send_one(self, endpoint: IStreamClientEndpoint, payload: bytes) -> None:
+        protocol = _OneShotProtocol(payload)
+        connecting = connectProtocol(endpoint, protocol)
+        await connecting.addTimeout(self.timeout, self.clock)
+        await protocol.done.addTimeout(self.timeout, self.clock)
+
+    def _took(self, index: int) -> None:
+        server = self.servers[index][0]
+        if self._trouble.pop(index, None) is not None:
+            log.info("{server} takes messages again", server=server)
+        if index != self.in_use:
+            log.info("now sending to {server} instead of {left}", server=server,
+                     left=self.servers[self.in_use][0])  # fmt: skip
+            self.in_use = index
