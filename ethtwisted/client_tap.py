@@ -22,6 +22,7 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import DEFAULT_MAX_QUEUE, Outbox, queue_blocks
 from ethtwisted.client.poller import DEFAULT_INTERVAL, MIN_INTERVAL, Poller
 from ethtwisted.client.spool import Spool, SpoolError
+from ethtwisted.client.subscriber import SUBSCRIBE_MODES, Subscriber
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
 from ethtwisted.options import (
@@ -62,6 +63,12 @@ def payload_format(value: str) -> PayloadFormat:
     raise ValueError(f"must be one of {', '.join(PAYLOAD_FORMATS)}, not {value!r}")
 
 
+def subscribe_mode(value: str) -> str:
+    if value not in SUBSCRIBE_MODES:
+        raise ValueError(f"must be one of {', '.join(SUBSCRIBE_MODES)}, not {value!r}")
+    return value
+
+
 def asyncio_reactor_installed() -> bool | None:
     """
     Whether the installed reactor is Twisted's asyncio reactor; L{None} if none is installed.
@@ -95,6 +102,9 @@ class Options(EnvOptions):
     optParameters = [
         ["interval", "i", DEFAULT_INTERVAL,
          f"Seconds between two polls of the node (at least {MIN_INTERVAL:g}).", interval],
+        ["subscribe", None, "auto",
+         "auto: subscribe to the node's new heads where it can push them (IPC, WebSocket), "
+         "the polls then watch the subscription; off: only poll.", subscribe_mode],
         ["format", "f", "json",
          "Payload format: json (the canonical block message) or html (the older page).",
          payload_format],
@@ -213,9 +223,14 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         metrics = ClientMetrics(registry, reactor, outbox)
         node = metrics.measured(node)
     follower = Follower(
-        node, queue_blocks(outbox, config["format"]), config["max-backfill"], checkpoint
+        node,
+        queue_blocks(outbox, config["format"]),
+        config["max-backfill"],
+        checkpoint,
+        clock=reactor,
     )
-    poller = Poller(follower, reactor, config["interval"])
+    subscriber = Subscriber(follower, reactor) if config["subscribe"] == "auto" else None
+    poller = Poller(follower, reactor, config["interval"], subscriber=subscriber)
     servers = [(d, clientFromString(reactor, d)) for d in config["server"]]
     retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
     if config["oneshot"]:
@@ -233,6 +248,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from ethtwisted.web.site import serve_agent
 
         metrics.watch(follower, client.connection)
+        if subscriber is not None:
+            metrics.watch_subscriber(subscriber)
         web = serve_agent(reactor, registry, metrics.health, config["metrics"],
                           config["metrics_token"])  # fmt: skip
         web.setName("metrics")

@@ -6,7 +6,7 @@ Each has one module of implementations; tests and the benchmarks use the same in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -227,4 +227,37 @@ class INode(Interface):
     def close() -> Deferred[None]:
         """
         Close the connection to the node.
+        """
+
+
+class IHeadSubscription(Interface):
+    """
+    A subscription to a node's new heads, live until L{close} or until the node ends it.
+    """
+
+    description: str = Attribute("The node subscribed to, for logs (never a secret).")
+    ended: Deferred[None] = Attribute(
+        "Fires with None once closed; fails with NodeError when the node ends the subscription "
+        "(it hung up) or sends a header that is unusable."
+    )
+
+    def close() -> Deferred[None]:
+        """
+        End the subscription and close its connection.
+        """
+
+
+class IHeadSource(Interface):
+    """
+    A node that can push its new heads (IPC and WebSocket can, HTTP cannot).
+    """
+
+    def subscribe_heads(
+        deliver: Callable[[Block], object],
+    ) -> Deferred[IHeadSubscription | None]:
+        """
+        Subscribe to the new heads of the node in use: C{deliver} is called with each header
+        the node pushes, checked like any answer, in the order it sends them, possibly before
+        this fires.  Fires with the subscription, or L{None} when the node cannot push; fails
+        with L{ethtwisted.node.NodeError} when it does not subscribe.
         """

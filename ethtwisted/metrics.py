@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
+from ethtwisted.client.follower import SOURCES
 from ethtwisted.interfaces import ClientRecord, Head, INode, Received
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import Block, parse_block
 
 if TYPE_CHECKING:
     from ethtwisted.client.delivery import Delivery
-    from ethtwisted.client.follower import Follower
+    from ethtwisted.client.follower import Follower, Sighting
     from ethtwisted.client.outbox import Outbox
+    from ethtwisted.client.subscriber import Subscriber
     from ethtwisted.server import Ingest, ServerFactory
 
 NAMESPACE = "ethtwisted"
@@ -274,6 +276,39 @@ class ClientMetrics:
         spool.set_function(
             lambda: _directory_bytes(outbox.spool.directory if outbox.spool else None)
         )
+        self.heads = _metric(
+            Counter,
+            registry,
+            "heads",
+            "Blocks handed over, by how the client learnt of them: subscription (pushed by the "
+            "node), poll (the head when polled), backfill (fetched as a parent).",
+            ["source"],
+        )
+        for source in SOURCES:
+            self.heads.labels(source)
+        self.subscription_misses = _metric(
+            Counter,
+            registry,
+            "subscription_misses",
+            "Heads the subscription did not deliver within a poll interval, delivered by a poll.",
+        )
+        self.resubscriptions = _metric(
+            Counter,
+            registry,
+            "resubscriptions",
+            "Subscriptions made again after one ended or went silent.",
+        )
+        self.subscription_lag = _metric(
+            Histogram,
+            registry,
+            "subscription_lag_seconds",
+            "Seconds from a poll seeing a head to the subscription delivering it (0 when the "
+            "subscription was first).",
+            buckets=LATENCY_BUCKETS,
+        )
+        self.subscription_active = _metric(
+            Gauge, registry, "subscription_active", "1 while a new-heads subscription is live."
+        )
         outbox.ack_listeners.append(self._acknowledged)
 
     def measured(self, node: INode) -> INode:
@@ -288,6 +323,7 @@ class ClientMetrics:
         switches between servers (one-shot delivery, C{None}, has no connection to watch).
         """
         follower.reorg_listeners.append(self._reorg)
+        follower.sighting_listeners.append(self._sighting)
         self.delivery = delivery
         if delivery is None:
             self.server_down_since = None
@@ -296,6 +332,15 @@ class ClientMetrics:
                 self.in_use.labels(name).set(0)
             delivery.connection_listeners.append(self._connection)
             delivery.switch_listeners.append(lambda left, now: self.switches.inc())
+
+    def watch_subscriber(self, subscriber: Subscriber) -> None:
+        """
+        Count the misses and resubscriptions of C{subscriber}, and how late it delivers.
+        """
+        subscriber.miss_listeners.append(self.subscription_misses.inc)
+        subscriber.resubscribe_listeners.append(self.resubscriptions.inc)
+        subscriber.lag_listeners.append(self.subscription_lag.observe)
+        self.subscription_active.set_function(lambda: 1 if subscriber.active else 0)
 
     def health(self) -> dict[str, str | None]:
         """
@@ -330,6 +375,9 @@ class ClientMetrics:
         number = block.number if isinstance(block, Block) else block
         if number is not None:
             self.acknowledged.set(number)
+
+    def _sighting(self, sighting: Sighting) -> None:
+        self.heads.labels(sighting.source).inc()
 
     def _reorg(self, depth: int) -> None:
         self.reorgs.inc()

@@ -215,10 +215,13 @@ class Recorder:
 
 
 def follower(
-    node: FakeNode, max_backfill: int = 256, checkpoint: Checkpoint | None = None
+    node: FakeNode,
+    max_backfill: int = 256,
+    checkpoint: Checkpoint | None = None,
+    clock: Clock | None = None,
 ) -> tuple[Follower, Recorder]:
     sink = Recorder()
-    return Follower(node, sink, max_backfill, checkpoint), sink
+    return Follower(node, sink, max_backfill, checkpoint, clock=clock or Clock()), sink
 
 
 class AckingPeer(FrameProtocol):
@@ -911,7 +914,7 @@ async def test_a_spool_that_cannot_be_written_is_reported_once(
     clock, node = Clock(), FakeNode()
     spool = Spool(str(tmp_path), reactor)
     outbox = Outbox(100, spool)
-    f = Follower(node, queue_blocks(outbox, "json"))
+    f = Follower(node, queue_blocks(outbox, "json"), clock=clock)
     poller = Poller(f, clock, interval=1.0)
     write_batch = spool.write_batch
 
@@ -1235,7 +1238,7 @@ def whole_client(
 ) -> tuple[EthClient, Outbox, StoppableDelivery]:
     spool = Spool(str(tmp_path / "spool"), reactor)
     outbox = Outbox(100, spool)
-    f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore())
+    f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore(), clock=clock)
     poller = Poller(f, clock, interval=1.0)
     delivery = Delivery(outbox, one_server(), clock, Hello("c1"))
     connection = StoppableDelivery(delivery, peer)

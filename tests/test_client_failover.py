@@ -53,7 +53,8 @@ class Fleet:
             self.delivery.prober.policy = float
         self.registry = CollectorRegistry()
         self.metrics = ClientMetrics(self.registry, self.clock, self.outbox)
-        self.metrics.watch(Follower(FakeNode(), queue_blocks(self.outbox, "json")), self.delivery)
+        follower = Follower(FakeNode(), queue_blocks(self.outbox, "json"), clock=self.clock)
+        self.metrics.watch(follower, self.delivery)
         self.service = ReconnectingService(
             self.servers, self.delivery.factory(), retryPolicy=lambda n: 1.0, clock=self.clock
         )

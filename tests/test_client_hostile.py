@@ -186,7 +186,9 @@ async def test_a_hostile_node_is_node_trouble_and_nothing_built_from_junk_is_que
     node = Web3Node(url, reactor, timeout=5)
     outbox = Outbox()
     last = Block(31337, 15, "0x" + "ef" * 32, "0x" + "01" * 32, 0x6400)
-    follower = Follower(node, queue_blocks(outbox, "json"), 4, Checkpoint(last, {15: last.hash}))
+    follower = Follower(
+        node, queue_blocks(outbox, "json"), 4, Checkpoint(last, {15: last.hash}), clock=reactor
+    )
     try:
         await follower.follow()
     except NodeError as e:
@@ -225,7 +227,8 @@ async def test_absurd_node_answers_are_said_once_and_never_sent(
     resource.script.answers.setdefault("eth_chainId", ("result", "0x7a69"))
     node = Web3Node(url, reactor, timeout=5)
     outbox = Outbox()
-    poller = Poller(Follower(node, queue_blocks(outbox, "json")), reactor, 0.05, 0.05)
+    follower = Follower(node, queue_blocks(outbox, "json"), clock=reactor)
+    poller = Poller(follower, reactor, 0.05, 0.05)
     poller.startService()
     try:
         await until(reactor, lambda: poller.failures >= 4)
@@ -431,7 +434,8 @@ async def test_a_failed_spool_write_leaves_no_temporary_file_and_is_told_as_the_
     node = ChainNode()
     spool = Spool(str(tmp_path), reactor)
     outbox = Outbox(100, spool)
-    poller = Poller(Follower(node, queue_blocks(outbox, "json")), reactor, 0.05, 0.05)
+    follower = Follower(node, queue_blocks(outbox, "json"), clock=reactor)
+    poller = Poller(follower, reactor, 0.05, 0.05)
     blocker = tmp_path / "batch-000000000000.json"
     blocker.mkdir()
     logs.allowed_errors = 1

@@ -69,7 +69,7 @@ def test_healthz_turns_503_after_the_threshold() -> None:
     outbox = Outbox()
     metrics = ClientMetrics(CollectorRegistry(), clock, outbox, unhealthy_after=30)
     delivery = Delivery(outbox, one_server(), clock)
-    metrics.watch(Follower(node, queue_blocks(outbox, "json")), delivery)
+    metrics.watch(Follower(node, queue_blocks(outbox, "json"), clock=clock), delivery)
     measured = metrics.measured(node)
     for listener in delivery.connection_listeners:
         listener(True)
@@ -97,7 +97,7 @@ def test_a_refusing_server_is_unhealthy_at_once() -> None:
     clock, outbox = Clock(), Outbox()
     metrics = ClientMetrics(CollectorRegistry(), clock, outbox)
     delivery = Delivery(outbox, one_server(), clock)
-    metrics.watch(Follower(FakeNode(), queue_blocks(outbox, "json")), delivery)
+    metrics.watch(Follower(FakeNode(), queue_blocks(outbox, "json"), clock=clock), delivery)
     for listener in delivery.connection_listeners:
         listener(True)
     delivery.refused("bad or missing token")
@@ -115,7 +115,7 @@ def test_reconnects_reorgs_and_acknowledged_block() -> None:
     outbox = Outbox()
     metrics = ClientMetrics(registry, clock, outbox)
     delivery = Delivery(outbox, one_server(), clock)
-    follower = Follower(node, queue_blocks(outbox, "json"))
+    follower = Follower(node, queue_blocks(outbox, "json"), clock=clock)
     metrics.watch(follower, delivery)
     for up in (True, False, True, False, True):
         for listener in delivery.connection_listeners:

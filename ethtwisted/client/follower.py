@@ -1,6 +1,7 @@
 """
 Following the chain: L{Follower} hands every new canonical block of a node to a L{Sink}, in
-order, through backfills and reorgs; L{Checkpoint} is where it stands.
+order, through backfills and reorgs, whether a poll found the head or the node pushed it;
+L{Checkpoint} is where it stands, L{Sighting} how and when the client learnt of a block.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ethtwisted.interfaces import INode
@@ -18,6 +21,9 @@ from ethtwisted.protocol import Block, block_problem
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 
+SOURCES = ("subscription", "poll", "backfill")
+"""How the client learns of a block: pushed by the node, its head when polled, or fetched as
+the parent of another."""
 DEFAULT_MAX_BACKFILL = 256
 MIN_REMEMBERED = 64
 """Block hashes remembered at least, to recognise a reorg."""
@@ -86,6 +92,17 @@ queued; the follower then stays where it was.
 """
 
 
+@dataclass(frozen=True)
+class Sighting:
+    """
+    How the client learnt of a block it handed over (one of L{SOURCES}) and when, on its clock.
+    """
+
+    block: Block
+    source: str
+    seen: float
+
+
 class Follower:
     """
     Follows the canonical chain of a node, one L{follow} at a time, and hands every block it
@@ -97,6 +114,13 @@ class Follower:
     that was handed over is no longer canonical (a reorg), the walk goes back to the last block
     that still matches, never past the node's finalized block, and the new blocks from there on
     are handed over.
+
+    Heads come from polls (L{follow}, L{follow_head}) and from the node pushing them
+    (L{pushed}), one at a time: a head is followed only once the one before it is.  A pushed
+    header is taken as it is only when it extends the last block handed over; anything else it
+    says (a gap, a reorg, a duplicate, a stale or unknown block) is only a sign that the node's
+    head moved, and what the node answers for its head then decides.  So pushed headers follow
+    the same rules as polls, whatever order or repetition the node sends them in.
     """
 
     def __init__(
@@ -105,24 +129,78 @@ class Follower:
         sink: Sink,
         max_backfill: int = DEFAULT_MAX_BACKFILL,
         checkpoint: Checkpoint | None = None,
+        *,
+        clock: IReactorTime,
     ) -> None:
         self.node = node
         self.sink = sink
         self.max_backfill = max_backfill
         self.remember = max(max_backfill, MIN_REMEMBERED)
         self.checkpoint = checkpoint or Checkpoint()
+        self.clock = clock
+        self.moves = 0
+        """How many times the checkpoint moved: a head asked for before it moved may be stale."""
         self.reorg_listeners: list[Callable[[int], None]] = []
         """Called with the depth of each reorg followed."""
+        self.sighting_listeners: list[Callable[[Sighting], None]] = []
+        """Called with each block handed over, in order, once the sink took it."""
+        self._lock = DeferredLock()
 
     async def follow(self) -> Block:
         """
         Hand over what is new since the last call; return the node's head.  Raises
         L{NodeError} when the node fails us, and whatever the sink raises.
         """
+        moves = self.moves
         head = await self.node.head()
+        await self.follow_head(head, "poll", self.clock.seconds(), moves)
+        return head
+
+    async def follow_head(
+        self, head: Block, source: str, seen: float, moves: int | None = None
+    ) -> None:
+        """
+        Follow C{head}, the node's head, learnt from C{source} at C{seen}.  C{moves} is what
+        L{moves} was when the node was asked for it: if the checkpoint moved since (a pushed
+        head was followed meanwhile) and C{head} is no higher than the last block, it is stale
+        and left alone.
+        """
+        async with self._lock:
+            last = self.checkpoint.last
+            stale = moves is not None and moves != self.moves
+            if stale and last is not None and head.number <= last.number:
+                return
+            await self._follow(head, source, seen)
+
+    async def pushed(self, header: Block, seen: float) -> None:
+        """
+        Follow a header the node pushed at C{seen}: at once when it extends the last block
+        handed over, ignored when it is that block or an older one (a duplicate, or late), and
+        otherwise by asking the node for its head.
+        """
+        async with self._lock:
+            last = self.checkpoint.last
+            if last is not None and header.chain_id == last.chain_id:
+                if header.number == last.number + 1 and header.parent_hash == last.hash:
+                    await self._follow(header, "subscription", seen)
+                    return
+                if header.number < last.number or header.hash == last.hash:
+                    log.debug("pushed block {number} {hash} is not news: the last block "
+                              "handed over is {last}", number=header.number, hash=header.hash,
+                              last=last.number)  # fmt: skip
+                    return
+            moves = self.moves
+        head = await self.node.head()
+        if head.hash == header.hash:
+            await self.follow_head(head, "subscription", seen, moves)
+        else:
+            await self.follow_head(head, "poll", self.clock.seconds(), moves)
+
+    async def _follow(self, head: Block, source: str, seen: float) -> None:
         last = self.checkpoint.last
         if last is not None and head.hash == last.hash:
-            return head
+            return
+        sightings = {head.hash: (source, seen)}
         if last is None or last.chain_id != head.chain_id:
             if last is not None:
                 log.warn(
@@ -132,8 +210,8 @@ class Follower:
                     old=last.chain_id,
                     number=head.number,
                 )
-            await self._advance([head], Checkpoint(head, {head.number: head.hash}))
-            return head
+            await self._advance([head], Checkpoint(head, {head.number: head.hash}), sightings)
+            return
         recent = self.checkpoint.recent
         fork: int | None
         if recent.get(head.number) == head.hash:
@@ -141,7 +219,7 @@ class Follower:
             chain: list[Block] = []
             fork, limit = head.number, None
         else:
-            chain, fork, limit = await self._walk_back(head, last)
+            chain, fork, limit = await self._walk_back(head, last, sightings)
         if fork is None:
             lowest = chain[0].number
             if lowest > last.number + 1:
@@ -187,16 +265,16 @@ class Follower:
             keep_below = fork + 1
         kept = [(n, h) for n, h in recent.items() if n < keep_below]
         kept += [(b.number, b.hash) for b in chain]
-        await self._advance(chain, Checkpoint(head, dict(kept[-self.remember :])))
-        return head
+        await self._advance(chain, Checkpoint(head, dict(kept[-self.remember :])), sightings)
 
     async def _walk_back(
-        self, head: Block, last: Block
+        self, head: Block, last: Block, sightings: dict[str, tuple[str, float]]
     ) -> tuple[list[Block], int | None, str | None]:
         """
         The blocks from the head down to the last one handed over that still matches, in
         ascending order, and the number of that block (-1 below genesis); or, when the walk had
-        to stop before it found one, L{None} and why it stopped.
+        to stop before it found one, L{None} and why it stopped.  Each block fetched on the way
+        goes into C{sightings} as a backfill.
         """
         recent = self.checkpoint.recent
         chain = [head]
@@ -230,10 +308,24 @@ class Follower:
             if parent.number != parent_number or parent.hash != block.parent_hash:
                 raise NodeError(f"the node answered block {parent.number} for the parent hash "
                                 f"of block {block.number}")  # fmt: skip
+            sightings[parent.hash] = ("backfill", self.clock.seconds())
             chain.append(parent)
 
-    async def _advance(self, blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+    async def _advance(
+        self,
+        blocks: Sequence[Block],
+        checkpoint: Checkpoint,
+        sightings: dict[str, tuple[str, float]],
+    ) -> None:
         queued = self.sink(blocks, checkpoint)
         if queued is not None:
             await queued
         self.checkpoint = checkpoint
+        self.moves += 1
+        for block in blocks:
+            source, seen = sightings[block.hash]
+            log.debug("block {number} {hash} learnt by {source} at {ms} ms", number=block.number,
+                      hash=block.hash, source=source, ms=round(seen * 1000))  # fmt: skip
+            sighting = Sighting(block, source, seen)
+            for listener in self.sighting_listeners:
+                listener(sighting)

@@ -1,17 +1,19 @@
 """
-Polling: L{Poller} runs the follower every interval and rides out node and spool trouble.
+Polling: L{Poller} runs the follower every interval and rides out node and spool trouble; with
+a L{Subscriber}, its polls are the subscription's watchdog and fallback.
 """
 
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
+from ethtwisted.client.subscriber import Subscriber
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
@@ -36,7 +38,8 @@ class Poller(Service):
     """
     Runs L{Follower.follow} every C{interval} seconds, never two at once.  A poll never fails:
     when the node does not answer, the next polls wait longer (doubling, up to
-    C{max_backoff}); the node going away and coming back are logged once each.
+    C{max_backoff}); the node going away and coming back are logged once each.  With a
+    C{subscriber}, each poll is its L{Subscriber.poll}, and the subscriber runs while this does.
     """
 
     def __init__(
@@ -45,8 +48,10 @@ class Poller(Service):
         clock: IReactorTime,
         interval: float = DEFAULT_INTERVAL,
         max_backoff: float = MAX_NODE_BACKOFF,
+        subscriber: Subscriber | None = None,
     ) -> None:
         self.follower = follower
+        self.subscriber = subscriber
         self.clock = clock
         self.interval = interval
         self.max_backoff = max(max_backoff, interval)
@@ -61,6 +66,8 @@ class Poller(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.subscriber is not None:
+            self.subscriber.start()
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self.clock
         finished = self._loop.start(self.interval, now=True)
@@ -73,7 +80,10 @@ class Poller(Service):
             self._loop.stop()
         if self._current is not None:
             self._current.cancel()
-        return self._finished
+        if self.subscriber is None:
+            return self._finished
+        both = gatherResults([self._finished, self.subscriber.stop()], consumeErrors=True)
+        return both.addCallback(lambda _: None)
 
     def poll(self) -> Deferred[None]:
         """
@@ -96,7 +106,10 @@ class Poller(Service):
     async def _poll(self) -> None:
         self.polls += 1
         try:
-            head = await self.follower.follow()
+            if self.subscriber is None:
+                head = await self.follower.follow()
+            else:
+                head = await self.subscriber.poll()
         except CancelledError:
             return
         except NodeError as e:

@@ -1,8 +1,9 @@
 """
 Ethereum nodes, as L{INode}s: C{uri} says what a C{--node} value may be, C{web3_node} talks to
-one node through web3's asynchronous API (the one module that imports web3), C{answers} checks
-what the node answers, C{failover} puts several nodes behind one, and C{measured} reports each
-call to the metrics.  L{open_node} builds the node behind the C{--node} values.
+one node through web3's asynchronous API and C{subscription} subscribes to its new heads (the
+two modules that import web3), C{answers} checks what the node answers, C{failover} puts
+several nodes behind one, and C{measured} reports each call to the metrics.  L{open_node}
+builds the node behind the C{--node} values.
 
 Importing this package or C{uri} does not import web3 (half a second, and the recursion limit
 that C{web3_node} puts back): only building a node does.

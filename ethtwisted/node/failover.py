@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ethtwisted.interfaces import INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.logs import log_observer
 from ethtwisted.node import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
 from ethtwisted.protocol import Block
@@ -22,13 +22,14 @@ log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
 _T = TypeVar("_T")
 
 
-@implementer(INode)
+@implementer(INode, IHeadSource)
 class FailoverNode:
     """
     Several nodes behind one L{INode}: calls go to the first that answers.  When the node in use
     fails, the others are tried in order and the first that answers takes over; every
     C{retry_after} seconds the nodes given before it are tried again.  Each switch is logged
-    once.  A call fails (with L{NodeError}) only when no node answers it.
+    once.  A call fails (with L{NodeError}) only when no node answers it.  A subscription is
+    made on the node in use (its C{description} says which).
     """
 
     def __init__(
@@ -66,6 +67,14 @@ class FailoverNode:
 
     def finalized_number(self) -> Deferred[int | None]:
         return self._call(lambda node: node.finalized_number())
+
+    def subscribe_heads(
+        self, deliver: Callable[[Block], object]
+    ) -> Deferred[IHeadSubscription | None]:
+        node = self.nodes[self._current]
+        if not IHeadSource.providedBy(node):
+            return succeed(None)
+        return node.subscribe_heads(deliver)
 
     def close(self) -> Deferred[None]:
         closed = gatherResults([node.close() for node in self.nodes], consumeErrors=True)

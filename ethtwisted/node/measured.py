@@ -8,23 +8,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ethtwisted.interfaces import INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")
 
 
-@implementer(INode)
+@implementer(INode, IHeadSource)
 class MeasuredNode:
     """
     C{node}, answering as it does, and reporting each call: C{answered} with the seconds it
     took on C{clock} when the node answered, C{failed} when it did not (a cancelled call is
-    neither), and C{head_seen} with the number of each head it answered.
+    neither), and C{head_seen} with the number of each head it answered or pushed.
     """
 
     def __init__(
@@ -63,6 +63,18 @@ class MeasuredNode:
 
     def finalized_number(self) -> Deferred[int | None]:
         return self._timed(self.node.finalized_number)
+
+    def subscribe_heads(
+        self, deliver: Callable[[Block], object]
+    ) -> Deferred[IHeadSubscription | None]:
+        if not IHeadSource.providedBy(self.node):
+            return succeed(None)
+
+        def pushed(block: Block) -> None:
+            self._head_seen(block.number)
+            deliver(block)
+
+        return self.node.subscribe_heads(pushed)
 
     def close(self) -> Deferred[None]:
         return self.node.close()

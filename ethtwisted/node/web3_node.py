@@ -1,5 +1,5 @@
 """
-One Ethereum node reached through web3's asynchronous API, as an L{INode}.
+One Ethereum node reached through web3's asynchronous API, as an L{INode} and L{IHeadSource}.
 
 L{Web3Node} talks to one node over IPC (C{AsyncIPCProvider}), WebSocket (C{WebSocketProvider})
 or HTTP (C{AsyncHTTPProvider}).  web3's coroutines run as asyncio tasks on the loop under
@@ -33,7 +33,7 @@ from web3.types import BlockIdentifier
 from websockets.exceptions import WebSocketException
 from zope.interface import implementer
 
-from ethtwisted.interfaces import INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
@@ -43,8 +43,8 @@ from ethtwisted.protocol import Block
 # Importing web3 imports py_ecc, which raises the recursion limit to 100,000: json's C decoder
 # then overflows the C stack (SIGSEGV, no exception) on JSON nested some 80,000 deep, and web3
 # parses every node answer with it before we see it.  At Python's default limit the decoder
-# raises RecursionError instead, which is node trouble like any other garbage.  This is the
-# one module that imports web3, so the one place to put the limit back.
+# raises RecursionError instead, which is node trouble like any other garbage.  Every module
+# of ours that imports web3 imports this one: the one place to put the limit back.
 SAFE_RECURSION_LIMIT = 1000
 sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
@@ -164,7 +164,7 @@ async def _answer(call: Awaitable[_T]) -> _T:
         raise NodeError(_reason(e)) from e
 
 
-@implementer(INode)
+@implementer(INode, IHeadSource)
 class Web3Node:
     """
     One Ethereum node through web3's asynchronous API, on Twisted's asyncio reactor.
@@ -175,10 +175,7 @@ class Web3Node:
     """
 
     def __init__(
-        self,
-        uri: str | NodeURI,
-        reactor: IReactorTime,
-        timeout: float = DEFAULT_TIMEOUT,
+        self, uri: str | NodeURI, reactor: IReactorTime, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         self.uri = uri if isinstance(uri, NodeURI) else parse_node_uri(uri)
         self.description = self.uri.description
@@ -240,6 +237,13 @@ class Web3Node:
             return as_finalized_number(data)
 
         return self._call("finalized block", fetch)
+
+    def subscribe_heads(
+        self, deliver: Callable[[Block], object]
+    ) -> Deferred[IHeadSubscription | None]:
+        from ethtwisted.node.subscription import subscribe_heads  # it imports this module
+
+        return subscribe_heads(self, deliver)
 
     def close(self) -> Deferred[None]:
         self._closed = True

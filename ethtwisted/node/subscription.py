@@ -1,0 +1,158 @@
+"""
+New heads pushed by a node, through web3's asynchronous API: L{subscribe_heads} opens a
+connection of its own to an IPC or WebSocket node (so that dropping a subscription that went
+silent never disturbs the calls, and remaking it means a fresh connection), sends
+C{eth_subscribe("newHeads")} with C{AsyncWeb3.eth.subscribe} and reads the notifications from
+C{AsyncWeb3.socket.process_subscriptions()}.
+
+Every header is outside input: it goes through the checks every block answer goes through
+(L{ethtwisted.node.answers.as_block}), and one that fails them ends its subscription.  web3
+queues the notifications that arrive before the reply to the subscribe request and yields them
+once the subscription is known, so none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.python.failure import Failure
+from web3 import AsyncWeb3
+from zope.interface import implementer
+
+from ethtwisted.interfaces import IHeadSubscription
+from ethtwisted.node import NodeError
+from ethtwisted.node.answers import as_block, as_int
+from ethtwisted.node.web3_node import (
+    _NODE_TROUBLE,
+    Web3Node,
+    _answer,
+    _Connection,
+    _reason,
+)
+from ethtwisted.protocol import Block
+
+_T = TypeVar("_T")
+
+PUSHING_TRANSPORTS = ("ipc", "ws")
+
+
+def subscribe_heads(
+    node: Web3Node, deliver: Callable[[Block], object]
+) -> Deferred[IHeadSubscription | None]:
+    """
+    A new-heads subscription to C{node} on a connection of its own, calling C{deliver} with
+    each header; L{None} over HTTP.  Fails with L{NodeError} when the node does not connect or
+    subscribe within its timeout.
+    """
+    if node.uri.transport not in PUSHING_TRANSPORTS:
+        return succeed(None)
+    if node._closed:
+        return fail(NodeError(f"{node.description} is closed"))
+    return HeadSubscription(node, deliver).start()
+
+
+@implementer(IHeadSubscription)
+class HeadSubscription:
+    """
+    One C{newHeads} subscription on its own web3 connection.
+    """
+
+    def __init__(self, node: Web3Node, deliver: Callable[[Block], object]) -> None:
+        self.description = node.description
+        self.ended: Deferred[None] = Deferred()
+        self._node = node
+        self._deliver = deliver
+        self._connection: _Connection | None = None
+        self._reader: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<HeadSubscription {self.description}>"
+
+    def start(self) -> Deferred[IHeadSubscription | None]:
+        opening = Deferred.fromFuture(asyncio.ensure_future(self._open()))
+        opening.addTimeout(self._node._timeout, self._node._reactor)
+
+        def opened(chain_id: int) -> IHeadSubscription:
+            connection = self._connection
+            assert connection is not None
+            self._reader = asyncio.ensure_future(connection.run(self._stream(chain_id)))
+            self._reader.add_done_callback(self._finished)
+            return self
+
+        def failed(failure: Failure) -> Failure:
+            self._close_connection()
+            if failure.check(TimeoutError):
+                return Failure(NodeError(f"no answer to eth_subscribe within "
+                                         f"{self._node._timeout:g} s"))  # fmt: skip
+            return self._as_node_error(failure)
+
+        return opening.addCallbacks(opened, failed)
+
+    def close(self) -> Deferred[None]:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+        elif not self.ended.called:
+            self.ended.callback(None)
+        return self._close_connection()
+
+    # -- inside
+
+    async def _open(self) -> int:
+        """
+        Connect, learn the chain id, subscribe; the chain id.
+        """
+        connection = _Connection(AsyncWeb3(self._node._provider()))
+        self._connection = connection
+        await connection.w3.provider.connect()
+
+        async def subscribe(connection: _Connection) -> int:
+            w3 = connection.w3
+            chain_id = as_int("chain id", await _answer(w3.eth.chain_id))
+            await _answer(w3.eth.subscribe("newHeads"))
+            return chain_id
+
+        return await connection.run(subscribe)
+
+    def _stream(self, chain_id: int) -> Callable[[_Connection], Awaitable[None]]:
+        async def read(connection: _Connection) -> None:
+            async for message in connection.w3.socket.process_subscriptions():
+                header = message.get("result") if isinstance(message, Mapping) else None
+                self._deliver(as_block(chain_id, header))
+            raise NodeError("the node hung up")
+
+        return read
+
+    def _finished(self, reader: asyncio.Future[None]) -> None:
+        if self.ended.called:
+            return
+        if reader.cancelled():
+            self.ended.callback(None)
+            return
+        exc = reader.exception()
+        self._close_connection()
+        failure = self._as_node_error(Failure(exc if exc is not None else NodeError("ended")))
+        self.ended.errback(failure)
+
+    def _as_node_error(self, failure: Failure) -> Failure:
+        """
+        Node trouble as L{NodeError} with a short reason; anything else (a bug) as it is.
+        """
+        if failure.check(NodeError):
+            return failure
+        exc: Any = failure.value
+        if isinstance(exc, _NODE_TROUBLE):
+            reason = _reason(exc).replace(self._node.uri.target, self.description)
+            return Failure(NodeError(reason))
+        return failure
+
+    def _close_connection(self) -> Deferred[None]:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return succeed(None)
+        closing = asyncio.ensure_future(self._node._disconnect(connection))
+        self._node._closing.add(closing)
+        closing.add_done_callback(self._node._closing.discard)
+        return Deferred.fromFuture(closing)
