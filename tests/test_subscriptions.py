@@ -154,11 +154,15 @@ def test_a_pushed_header_that_extends_the_last_block_is_handed_over_at_once(
 
 def test_duplicate_and_late_headers_are_handed_over_once(watched: Watched) -> None:
     """
-    The same header pushed twice, and an older one pushed late, are not handed over again.
+    The same header pushed twice, and an older one pushed late, are not handed over again,
+    nor do they cost a call to the node.
     """
     watched.start()
     one, two = watched.node.mine(), watched.node.mine()
-    watched.node.push(one, two, two, one)
+    watched.node.push(one, two)
+    calls = len(watched.node.calls)
+    watched.node.push(two, one)
+    assert len(watched.node.calls) == calls
     watched.clock.advance(INTERVAL)
     watched.node.push(two)
     assert watched.sink.blocks == watched.node.canonical
