@@ -52,14 +52,18 @@ def running_anvil() -> Iterator[Anvil]:
 
 def summary(seconds: Sequence[float]) -> dict[str, float | int]:
     """
-    Median and 99th percentile of C{seconds}, in milliseconds.
+    Median, 90th and 99th percentile of C{seconds}, in milliseconds.
     """
     ordered = sorted(seconds)
-    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+    def rank(q: float) -> float:
+        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
     return {
         "calls": len(ordered),
         "median_ms": round(statistics.median(ordered) * 1000, 3),
-        "p99_ms": round(p99 * 1000, 3),
+        "p90_ms": round(rank(0.90) * 1000, 3),
+        "p99_ms": round(rank(0.99) * 1000, 3),
     }
 
 
@@ -93,6 +97,15 @@ async def node_latency(
     return results
 
 
+RUNS = (
+    ("ipc", 1.0, "auto"),
+    ("ws", 1.0, "auto"),
+    ("http", 1.0, "auto"),
+    ("ipc", 0.05, "off"),
+)
+"""The end-to-end runs: at the defaults over each transport (IPC and WebSocket subscribe,
+HTTP polls), and the poll-only path at the shortest interval."""
+
 GOLDEN = (math.sqrt(5) - 1) / 2
 """Steps of the phase sequence: multiples of the golden ratio, modulo 1."""
 
@@ -105,16 +118,20 @@ class Commits:
 
     def __init__(self) -> None:
         self.at: dict[int, float] = {}
+        self.in_server: dict[int, float] = {}
+        """Seconds from each block's arrival at the server to its commit."""
         self.waiting: dict[int, Any] = {}
 
     def __call__(self, batch: Sequence[Any], new: int) -> None:
         from ethtwisted.protocol import Block
 
         now = time.perf_counter()
+        wall = time.time()  # the server stamps arrivals with its reactor's clock: wall time
         for received in batch:
             block = received.block
             if isinstance(block, Block) and block.number not in self.at:
                 self.at[block.number] = now
+                self.in_server[block.number] = max(wall - received.received, 0.0)
                 waiting = self.waiting.pop(block.number, None)
                 if waiting is not None:
                     waiting.callback(now)
@@ -154,17 +171,28 @@ async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, i
     return service, address.port
 
 
-def start_client(anvil: Anvil, port: int, interval: float, log: Path) -> subprocess.Popen[bytes]:
+NODE_TRANSPORTS = ("ipc", "ws", "http")
+
+
+def start_client(
+    anvil: Anvil,
+    port: int,
+    interval: float,
+    log: Path,
+    transport: str = "ipc",
+    subscribe: str = "auto",
+) -> subprocess.Popen[bytes]:
     """
-    C{twistd -n eth-client} as its own process, following anvil over IPC.
+    C{twistd -n eth-client} as its own process, following anvil over C{transport}.
     """
+    node = {"ipc": anvil.ipc_path, "ws": anvil.ws_url, "http": anvil.http_url}[transport]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
          "-n", "--pidfile=", f"--logfile={log}", "eth-client",
-         "--node", anvil.ipc_path, "--server", f"tcp:host=127.0.0.1:port={port}",
-         "--interval", str(interval), "--name", "bench"],
+         "--node", node, "--server", f"tcp:host=127.0.0.1:port={port}",
+         "--interval", str(interval), "--subscribe", subscribe, "--name", "bench"],
         env=environ,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -201,15 +229,17 @@ async def end_to_end_latency(
     blocks: int,
     max_seconds: float,
     rss_blocks: int = 10_000,
-    intervals: Sequence[float] = (0.05, 1.0),
+    runs: Sequence[tuple[str, float, str]] = RUNS,
 ) -> dict[str, Any] | None:
     """
-    Through a real eth-client process and an eth-server in this process over SQLite, following
-    anvil over IPC:
+    Through a real eth-client process and an eth-server in this process over SQLite:
 
-      - C{interval_<s>}: the delay from C{evm_mine} returning to the block's row committed in
-        SQL, in milliseconds, median and 99th percentile over C{blocks} blocks (fewer if
-        C{max_seconds} runs out), at each client C{--interval}.  Blocks are mined one at a
+      - C{<transport>_<subscribe>_<interval>}, one per entry of C{runs} (transport,
+        C{--interval}, C{--subscribe}): the delay from C{evm_mine} returning to the block's
+        row committed in SQL, in milliseconds, median, 90th and 99th percentile over C{blocks}
+        blocks (fewer if C{max_seconds} runs out); and, apart, the part of it spent in the
+        server (C{server_*}: from the payload's arrival to its group's commit), so that the
+        rest is the node telling the client and the client sending.  Blocks are mined one at a
         time, each after a pause within one interval, so that they fall anywhere in the
         client's polling cycle: the pauses are the fractions of a low-discrepancy sequence,
         which covers the cycle evenly, so that 200 blocks estimate the median far closer than
@@ -223,16 +253,19 @@ async def end_to_end_latency(
 
     if blocks <= 0:
         return None
-    result: dict[str, Any] = {"transport": "ipc", "db": "sqlite"}
+    result: dict[str, Any] = {"db": "sqlite", "load_average": list(os.getloadavg())}
     with tempfile.TemporaryDirectory(prefix="ethtwisted-e2e-") as tmp:
         commits = Commits()
         server, port = await start_server(reactor, Path(tmp) / "e2e.sqlite", commits)
         try:
-            for interval in intervals:
-                process = start_client(anvil, port, interval, Path(tmp) / f"client-{interval}.log")
+            for transport, interval, subscribe in runs:
+                name = f"{transport}_{subscribe}_{interval:g}"
+                process = start_client(anvil, port, interval, Path(tmp) / f"client-{name}.log",
+                                       transport, subscribe)  # fmt: skip
                 try:
                     await warm_up(reactor, anvil, commits)
                     delays: list[float] = []
+                    in_server: list[float] = []
                     deadline = time.perf_counter() + max_seconds
                     while len(delays) < blocks and time.perf_counter() < deadline:
                         phase = (len(delays) * GOLDEN) % 1.0
@@ -242,14 +275,16 @@ async def end_to_end_latency(
                         mined = time.perf_counter()
                         committed = await commits.wait(reactor, number, interval + 30)
                         delays.append(committed - mined)
+                        in_server.append(commits.in_server[number])
                 finally:
                     stop_client(process)
-                result[f"interval_{interval:g}"] = {
+                result[name] = {
                     "blocks": len(delays),
                     **{k: v for k, v in summary(delays).items() if k != "calls"},
-                    "target_median_ms": round(interval / 2 * 1000 + 15, 1),
+                    **{f"server_{k}": v for k, v in summary(in_server).items() if k != "calls"},
+                    "load_average_after": list(os.getloadavg()),
                 }
-            process = start_client(anvil, port, 0.05, Path(tmp) / "client-rss.log")
+            process = start_client(anvil, port, 0.05, Path(tmp) / "client-rss.log", "ipc", "off")
             try:
                 first = await warm_up(reactor, anvil, commits)
                 at_start = rss_mb(process.pid)
