@@ -153,7 +153,7 @@ async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, i
     from twisted.application.service import MultiService
     from twisted.internet.address import IPv4Address
 
-    from ethtwisted.server import CollectorService
+    from ethtwisted.server.collector import CollectorService
     from ethtwisted.server_tap import Options, makeService
 
     options = Options()

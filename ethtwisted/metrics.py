@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from ethtwisted.client.follower import Follower, Sighting
     from ethtwisted.client.outbox import Outbox
     from ethtwisted.client.subscriber import Subscriber
-    from ethtwisted.server import Ingest, ServerFactory
+    from ethtwisted.server.factory import ServerFactory
+    from ethtwisted.server.ingest import Ingest
 
 NAMESPACE = "ethtwisted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -24,14 +24,14 @@ from ethtwisted.options import (
     web_endpoint,
 )
 from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from ethtwisted.server import (
+from ethtwisted.server.collector import CollectorService
+from ethtwisted.server.factory import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,
-    CollectorService,
-    Ingest,
     ServerFactory,
 )
+from ethtwisted.server.ingest import Ingest
 from ethtwisted.storage.redis_store import RedisStats
 from ethtwisted.storage.sql_store import SQLStore
 

@@ -29,7 +29,7 @@ from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.interfaces import Received
 from ethtwisted.protocol import Block
-from ethtwisted.server import CollectorService
+from ethtwisted.server.collector import CollectorService
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.server_tap import makeService as make_server  # noqa: N813
 from tests.conftest import Anvil

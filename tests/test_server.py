@@ -7,7 +7,9 @@ exercised in test_server_e2e.py and test_storage_contract.py.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
@@ -23,13 +25,10 @@ from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
 from ethtwisted.protocol import Ack, Hello, Refusal, block_html, encode_control, payload_hash
-from ethtwisted.server import (
-    STOP_TIMEOUT,
-    CollectorService,
-    Ingest,
-    ServerFactory,
-    ServerProtocol,
-)
+from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
+from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.ingest import Ingest
+from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
 from tests.test_protocol import feed, netstring
@@ -79,6 +78,27 @@ class NamedCounters(MemoryCounters):
 
 def received(text: str, client: str = "c") -> Received:
     return Received(payload_hash(text.encode()), text, "127.0.0.1", client, 0.0, None)
+
+
+def test_every_server_module_logs_as_the_server() -> None:
+    """
+    Every module of the server package logs in the namespace C{ethtwisted.server}, and a
+    connection's drops in C{ethtwisted.server.ServerProtocol}, so the lines twistd writes read
+    C{[ethtwisted.server#level]} (or C{[ethtwisted.server.ServerProtocol#warn]}) whichever
+    module they come from, as before the server became a package.
+    """
+    package = importlib.import_module("ethtwisted.server")
+    names = [m.name for m in pkgutil.iter_modules(package.__path__, "ethtwisted.server.")]
+    assert len(names) >= 4
+    for name in names:
+        assert importlib.import_module(name).log.namespace == "ethtwisted.server", name
+    factory = ServerFactory(Ingest(MemoryStore(), None, Clock()), Clock(), 100, 60.0)
+    connection = factory.buildProtocol(None)
+    assert connection.log.namespace == "ethtwisted.server.ServerProtocol"
+    connection.makeConnection(StringTransport())
+    with capturedLogs() as events:
+        connection.dataReceived(b"x")
+    assert [e["log_namespace"] for e in events] == ["ethtwisted.server.ServerProtocol"]
 
 
 def test_stores_here_provide_the_interfaces() -> None:

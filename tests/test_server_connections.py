@@ -27,12 +27,9 @@ from ethtwisted.protocol import (
     encode_control,
     payload_hash,
 )
-from ethtwisted.server import (
-    MAX_UNREAD_ACK_BYTES,
-    Ingest,
-    ServerFactory,
-    ServerProtocol,
-)
+from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.ingest import Ingest
+from ethtwisted.server.protocol import MAX_UNREAD_ACK_BYTES, ServerProtocol
 from ethtwisted.storage.memory_store import MemoryStore
 from tests.test_protocol import BLOCK, feed, netstring
 from tests.test_server import HeldStore, sent_frames

@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 
 from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
-from ethtwisted.server import MAX_UNREAD_ACK_BYTES, CollectorService
+from ethtwisted.server.collector import CollectorService
+from ethtwisted.server.protocol import MAX_UNREAD_ACK_BYTES
 from ethtwisted.server_tap import Options, makeService
 from tests.conftest import MySQLDatabase, Redis
 

@@ -50,7 +50,8 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
-from ethtwisted.server import Ingest, ServerFactory
+from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore

@@ -1,0 +1,215 @@
+"""
+Payloads on their way into the stores: committed in groups, each acknowledged once it is
+stored and counted, with back-pressure on the readers while the stores are behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
+from ethtwisted.logs import describe, log_observer
+from ethtwisted.storage import RejectedError, is_rejection
+
+log = Logger(namespace="ethtwisted.server", observer=log_observer)
+
+MAX_BATCH = 1000
+HIGH_WATER_BYTES = 8 * 1024 * 1024
+MAX_RETRY_DELAY = 5.0
+
+
+@dataclass
+class _Entry:
+    received: Received
+    size: int
+    done: Deferred[str] = field(default_factory=Deferred)
+
+
+class Ingest:
+    """
+    Payloads on their way into the stores.
+
+    Whatever arrives while a transaction is being committed goes into the next one, so a lone
+    message is committed at once and a busy server commits in large groups.  A group is
+    committed to SQL, then counted in Redis (when configured); only then is each payload's
+    Deferred fired and its sender acknowledged.  A store that is unavailable is retried with
+    capped backoff, the same group again; meanwhile readers are paused past a high-water mark
+    of pending bytes and resumed below half of it.  A store that rejects what a group holds
+    (L{is_rejection}) has the group split in halves, tried again at once, until the message it
+    rejects is alone: that message's Deferred fails with L{RejectedError}, the others are stored.
+    """
+
+    def __init__(
+        self,
+        store: IBlockStore,
+        stats: IStatsStore | None,
+        reactor: IReactorTime,
+        max_batch: int = MAX_BATCH,
+        high_water_bytes: int = HIGH_WATER_BYTES,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.reactor = reactor
+        self.max_batch = max_batch
+        self.high_water_bytes = high_water_bytes
+        self.pending: deque[_Entry] = deque()
+        """Received, not yet taken into a transaction."""
+        self.halves: deque[tuple[list[_Entry], Callable[[list[_Entry]], None]]] = deque()
+        """Parts of a rejected group, each with the step to try it again at, before anything
+        pending."""
+        self.unsettled = 0
+        """Received, not yet stored and counted: pending or in a transaction under way."""
+        self.pending_bytes = 0
+        self.busy = False
+        self.paused = False
+        self.producers: set[IPushProducer] = set()
+        self.trouble: str | None = None
+        self.failures = 0
+        self._idle: list[Deferred[None]] = []
+        self.observers: list[Callable[[Sequence[Received], int], None]] = []
+        """Called with each committed group and how many of its payloads were new."""
+
+    def submit(self, received: Received) -> Deferred[str]:
+        """
+        Queue C{received}; the Deferred fires with its SHA256 once it is stored and counted.
+        """
+        entry = _Entry(received, len(received.payload) + 200)
+        self.pending.append(entry)
+        self.unsettled += 1
+        self.pending_bytes += entry.size
+        if not self.busy:
+            self.busy = True
+            # Let the rest of this read be parsed first, so that it joins the same group.
+            self.reactor.callLater(0, self._next)
+        if self.pending_bytes > self.high_water_bytes and not self.paused:
+            self.paused = True
+            log.info("pausing {n} readers: {bytes} bytes waiting for the stores",
+                     n=len(self.producers), bytes=self.pending_bytes)  # fmt: skip
+            for producer in self.producers:
+                producer.pauseProducing()
+        return entry.done
+
+    def add_producer(self, producer: IPushProducer) -> None:
+        self.producers.add(producer)
+        if self.paused:
+            producer.pauseProducing()
+
+    def remove_producer(self, producer: IPushProducer) -> None:
+        self.producers.discard(producer)
+
+    def _next(self) -> None:
+        if self.halves:
+            group, step = self.halves.popleft()
+            step(group)
+            return
+        if not self.pending:
+            self.busy = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        group = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+        self._store(group)
+
+    def _store(self, group: list[_Entry]) -> None:
+        d = self.store.store([e.received for e in group])
+        d.addCallbacks(
+            lambda new: self._stored(group, new),
+            lambda f: self._failed(group, "SQL", f, self._store),
+        )
+        d.addErrback(lambda f: log.failure("storing a group", f))
+
+    def _stored(self, group: list[_Entry], new: int) -> None:
+        for observer in self.observers:
+            observer([e.received for e in group], new)
+        self._record(group)
+
+    def _record(self, group: list[_Entry], name: str | None = None) -> None:
+        if self.stats is None:
+            self._done(group)
+            return
+        # A retry keeps the group's name, so that Redis counts it once however often it is sent.
+        name = name or uuid.uuid4().hex
+        d = self.stats.record([e.received for e in group], name)
+        d.addCallbacks(
+            lambda _: self._done(group),
+            lambda f: self._failed(group, "Redis", f, lambda g: self._record(g, name)),
+        )
+        d.addErrback(lambda f: log.failure("counting a group", f))
+
+    def _failed(
+        self,
+        group: list[_Entry],
+        store: str,
+        failure: Failure,
+        again: Callable[[list[_Entry]], None],
+    ) -> None:
+        if not is_rejection(failure):
+            self._retry(group, store, failure, again)
+            return
+        if len(group) > 1:
+            # Redis halves are counted under names of their own: the whole was not counted.
+            step = self._store if store == "SQL" else self._record
+            middle = len(group) // 2
+            self.halves.extendleft([(group[middle:], step), (group[:middle], step)])
+            log.debug("{store} store rejects a group of {n}: trying its halves", store=store,
+                      n=len(group))  # fmt: skip
+        else:
+            entry = group[0]
+            self._settle(group)
+            entry.done.errback(RejectedError(f"the {store} store refuses it: {describe(failure)}"))
+        # At once, but from the reactor: a store failing synchronously must not recurse.
+        self.reactor.callLater(0, self._next)
+
+    def _retry(
+        self,
+        group: list[_Entry],
+        store: str,
+        failure: Failure,
+        again: Callable[[list[_Entry]], None],
+    ) -> None:
+        self.failures += 1
+        reason = f"{store} store unavailable: {describe(failure)}"
+        if reason != self.trouble:
+            self.trouble = reason
+            log.error("{reason}; holding {n} messages and retrying", reason=reason,
+                      n=self.unsettled)  # fmt: skip
+        delay = min(0.1 * 2 ** min(self.failures - 1, 10), MAX_RETRY_DELAY)
+        self.reactor.callLater(delay, again, group)
+
+    def _done(self, group: list[_Entry]) -> None:
+        if self.trouble is not None:
+            log.info("stores are back after {n} failed attempts", n=self.failures)
+            self.trouble = None
+        self.failures = 0
+        self._settle(group)
+        for e in group:
+            e.done.callback(e.received.sha256)
+        self._next()
+
+    def _settle(self, group: list[_Entry]) -> None:
+        self.pending_bytes -= sum(e.size for e in group)
+        self.unsettled -= len(group)
+        if self.paused and self.pending_bytes <= self.high_water_bytes // 2:
+            self.paused = False
+            log.info("resuming {n} readers", n=len(self.producers))
+            for producer in self.producers:
+                producer.resumeProducing()
+
+    def idle(self) -> Deferred[None]:
+        """
+        Fire once nothing is pending any more.
+        """
+        if not self.busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d

@@ -1,0 +1,283 @@
+"""
+One connection of an eth-server (L{ServerProtocol}): frames in, each payload handed to the
+shared L{Ingest}, acknowledgements out; and when reading from it pauses and why.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ethtwisted.interfaces import Received
+from ethtwisted.logs import log_observer
+from ethtwisted.protocol import (
+    Ack,
+    ControlFrame,
+    FrameProtocol,
+    Hello,
+    ProtocolError,
+    Refusal,
+    check_payload,
+    parse_block,
+    payload_hash,
+)
+from ethtwisted.storage import RejectedError
+
+if TYPE_CHECKING:
+    from ethtwisted.server.factory import ServerFactory
+
+log = Logger(namespace="ethtwisted.server", observer=log_observer)
+
+MAX_NAME_LENGTH = 255
+MAX_UNREAD_ACK_BYTES = 256 * 1024
+"""Acks a peer may leave unread beyond its transport's write buffer before it is dropped."""
+
+
+_NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Unicode categories a client name may not contain: control characters, surrogates, line
+and paragraph separators."""
+
+
+def name_problem(name: str) -> str | None:
+    """
+    Why C{name} cannot be a client's name (a phrase), or L{None}: it must be 1 to
+    L{MAX_NAME_LENGTH} characters (a C{VARCHAR(255)} in utf8mb4 holds any 255), encodable as
+    UTF-8 (no lone surrogate, which JSON's C{"\\ud800"} can carry), without control characters
+    or line breaks, and without spaces around it (MySQL compares names without trailing spaces).
+    """
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"must be 1 to {MAX_NAME_LENGTH} characters"
+    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
+        return "must not contain control characters, line breaks or lone surrogates"
+    if name != name.strip():
+        return "must not begin or end with spaces"
+    return None
+
+
+@implementer(IPushProducer)
+class _ForTheStores:
+    """
+    What L{Ingest} pauses and resumes: reading from one connection, for the stores' sake.
+    """
+
+    def __init__(self, connection: ServerProtocol) -> None:
+        self.connection = connection
+
+    def pauseProducing(self) -> None:
+        self.connection.pause_reading("stores")
+
+    def resumeProducing(self) -> None:
+        self.connection.resume_reading("stores")
+
+    def stopProducing(self) -> None:
+        """Ingest never stops a connection; the connection ends by itself."""
+
+
+@implementer(IPushProducer)
+class ServerProtocol(FrameProtocol, TimeoutMixin):
+    """
+    One client connection: payloads in, acknowledgements out.
+
+    Reading stops while the stores are behind (L{Ingest} pauses every connection) and while
+    this peer leaves its acknowledgements unread (the transport, whose producer this is,
+    pauses it once its write buffer is full); it resumes once neither holds.  A peer that
+    leaves more than C{MAX_UNREAD_ACK_BYTES} of acknowledgements unread beyond that buffer,
+    or reads none for the idle timeout, is dropped.
+    """
+
+    factory: ServerFactory
+    transport: Any
+    """A TCP or TLS transport: also a consumer and a push producer, and it can abort."""
+
+    def __init__(self, factory: ServerFactory) -> None:
+        super().__init__(factory.max_message_bytes)
+        # Named as it was when this class lived in the module ethtwisted.server.
+        self.log = Logger("ethtwisted.server.ServerProtocol", self, observer=log_observer)
+        self.factory = factory
+        self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
+        self.hello: Hello | None = None
+        self.sent_payload = False
+        self.for_the_stores = _ForTheStores(self)
+        self.paused_for: set[str] = set()
+        """Why reading is paused: C{stores}, C{acks} (the peer is slow), C{stopping}."""
+        self.unread_ack_bytes: int | None = None
+        """Acks written since the transport's buffer filled up; None while it has room."""
+        self.counted = 0
+        """Bytes of this connection in the factory's L{ServerFactory.buffered_bytes}."""
+        self.hello_deadline: IDelayedCall | None = None
+
+    @property
+    def held(self) -> int:
+        """
+        Bytes held for this peer: its partial message and the acks it has left unread.
+        """
+        return self.buffered + (self.unread_ack_bytes or 0)
+
+    def connectionMade(self) -> None:
+        if not self.factory.admit(self):
+            self.dropped = "too many connections"
+            self.transport.abortConnection()
+            return
+        self.transport.registerProducer(self, True)
+        self.factory.ingest.add_producer(self.for_the_stores)
+        self.setTimeout(self.factory.idle_timeout)
+        if self.factory.tokens is not None:
+            self.hello_deadline = self.factory.reactor.callLater(
+                self.factory.hello_timeout, self._no_hello
+            )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+        if self.hello_deadline is not None and self.hello_deadline.active():
+            self.hello_deadline.cancel()
+        self.factory.ingest.remove_producer(self.for_the_stores)
+        self.factory.gone(self)
+
+    def _no_hello(self) -> None:
+        if self.paused_for:  # we are not reading: the hello may be waiting for us
+            self.hello_deadline = self.factory.reactor.callLater(
+                self.factory.hello_timeout, self._no_hello
+            )
+            return
+        self.drop(f"no hello within {self.factory.hello_timeout:g} seconds", "no_hello")
+
+    def timeoutConnection(self) -> None:
+        if self.unread_ack_bytes is not None:
+            idle = self.factory.idle_timeout
+            self.drop(f"read no acknowledgement for {idle:g} seconds", "slow_reader")
+        elif self.factory.ingest.paused:
+            self.resetTimeout()  # quiet because we stopped reading, not because of the peer
+        else:
+            self.drop(f"idle for {self.factory.idle_timeout:g} seconds", "idle")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+        self.factory.account(self)
+
+    def pause_reading(self, reason: str) -> None:
+        """
+        Stop reading from this peer because of C{reason}, until it is resumed.
+        """
+        if not self.paused_for and not self.dropped and self.transport is not None:
+            self.transport.pauseProducing()
+        self.paused_for.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        """
+        C{reason} no longer holds: read again, unless another reason still does.
+        """
+        if reason not in self.paused_for:
+            return
+        self.paused_for.discard(reason)
+        if not self.paused_for and not self.dropped and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: the peer is not reading its acks.
+        """
+        if self.unread_ack_bytes is None:
+            self.unread_ack_bytes = 0
+            self.pause_reading("acks")
+            self.setTimeout(self.factory.idle_timeout)
+
+    def resumeProducing(self) -> None:
+        """
+        The transport's write buffer has room again.
+        """
+        if self.unread_ack_bytes is not None:
+            self.unread_ack_bytes = None
+            self.factory.account(self)
+            self.setTimeout(None if self.hello else self.factory.idle_timeout)
+            self.resume_reading("acks")
+
+    def stopProducing(self) -> None:
+        """The connection is closing; L{connectionLost} tidies up."""
+
+    def sendString(self, string: bytes) -> None:
+        super().sendString(string)
+        if self.unread_ack_bytes is not None and not self.dropped:
+            self.unread_ack_bytes += len(string) + len(str(len(string))) + 2
+            if self.unread_ack_bytes > MAX_UNREAD_ACK_BYTES:
+                self.drop(
+                    f"left over {MAX_UNREAD_ACK_BYTES} bytes of acknowledgements unread",
+                    "slow_reader",
+                )
+            else:
+                self.factory.account(self)
+
+    def drop(self, reason: str, kind: str = "bad_message") -> None:
+        if self.dropped:
+            return
+        for observer in self.factory.observers:
+            observer.dropped(kind)
+        super().drop(reason, kind)
+        if self.unread_ack_bytes is not None and self.transport is not None:
+            # The peer reads nothing: closing would wait for it for ever.
+            self.transport.abortConnection()
+        self.unread_ack_bytes = None
+        self.factory.account(self)
+
+    def refuse(self, reason: str) -> None:
+        self.send_control(Refusal(reason))
+        self.drop(reason, "unauthorized")
+
+    def controlReceived(self, frame: ControlFrame) -> None:
+        if not isinstance(frame, Hello):
+            raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
+        if self.hello is not None:
+            raise ProtocolError("second hello")
+        if self.sent_payload:
+            raise ProtocolError("hello after payloads: it must come first")
+        problem = name_problem(frame.name)
+        if problem is not None:
+            raise ProtocolError(f"client name {problem}")
+        if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
+            self.refuse(f"client {frame.name!r}: missing or invalid token")
+            return
+        self.hello = frame
+        if self.hello_deadline is not None and self.hello_deadline.active():
+            self.hello_deadline.cancel()
+        # A client that said hello keeps its connection open between blocks by design.
+        self.setTimeout(None)
+        log.debug("{peer} is client {name}", peer=self.peer, name=frame.name)
+
+    def payloadReceived(self, payload: bytes) -> None:
+        if self.factory.tokens is not None and self.hello is None:
+            self.refuse("a token is required: send a hello with a token first")
+            return
+        self.sent_payload = True
+        text = check_payload(payload)
+        address = self.peer_host
+        received = Received(
+            sha256=payload_hash(payload),
+            payload=text,
+            address=address,
+            client=self.hello.name if self.hello else address,
+            received=self.factory.reactor.seconds(),
+            block=parse_block(payload),
+        )
+        for observer in self.factory.observers:
+            observer.received(received)
+        d = self.factory.ingest.submit(received)
+        d.addCallbacks(self._acknowledge, self._rejected, errbackArgs=(received.sha256,))
+        d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))
+
+    def _rejected(self, failure: Failure, sha256: str) -> None:
+        failure.trap(RejectedError)
+        # Said once with the connection's end, even when the peer has already closed it.
+        self.drop(f"message {sha256} refused: {failure.value}", "rejected")
+
+    def _acknowledge(self, sha256: str) -> None:
+        if self.connected and not self.dropped:
+            self.send_control(Ack(sha256))
+            for observer in self.factory.observers:
+                observer.acknowledged(sha256)
