@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.client.follower import SOURCES
+from ethtwisted.framing import DROP_KINDS
 from ethtwisted.interfaces import ClientRecord, Head, INode, Received
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import Block, parse_block
@@ -31,19 +32,6 @@ if TYPE_CHECKING:
 
 NAMESPACE = "ethtwisted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DROP_KINDS = (
-    "too_large",
-    "framing",
-    "bad_message",
-    "unauthorized",
-    "idle",
-    "no_hello",
-    "slow_reader",
-    "too_many_connections",
-    "buffered_bytes",
-    "internal",
-    "rejected",
-)
 
 
 def _metric(

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ethtwisted.endpoints import TCP_KINDS, listening_endpoint
+from ethtwisted.framing import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.logs import log_observer, set_verbose
 from ethtwisted.options import (
     STATS_TOKEN_OPTIONS,
@@ -23,7 +24,6 @@ from ethtwisted.options import (
     read_token,
     web_endpoint,
 )
-from ethtwisted.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server.factory import (
     DEFAULT_HELLO_TIMEOUT,

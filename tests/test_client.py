@@ -40,13 +40,13 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.spool import Spool, SpoolError
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import INode
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import (
     Ack,
     Block,
     ControlFrame,
-    FrameProtocol,
     Hello,
     Refusal,
     block_html,

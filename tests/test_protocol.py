@@ -4,7 +4,9 @@ The wire format shared by client and server: payloads, control frames and framin
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import web3  # noqa: F401  -- imported for its side effect: py_ecc raises the recursion limit
@@ -13,12 +15,12 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
+from ethtwisted.framing import DROP_KINDS, FrameProtocol
 from ethtwisted.protocol import (
     CONTROL_MARK,
     Ack,
     Block,
     ControlFrame,
-    FrameProtocol,
     Hello,
     ProtocolError,
     Refusal,
@@ -213,6 +215,38 @@ def test_bad_input_drops_connection_logged_once(data: bytes, reason: str) -> Non
     assert len(warnings) == 1
     assert reason in warnings[0]["reason"]
     assert warnings[0]["peer"] == "192.168.1.1:54321"
+
+
+def drop_kinds_in(package: Path) -> set[str]:
+    """
+    The kinds of drop the code under C{package} names: the literal C{kind} of every
+    C{drop(reason, kind)} call and of every observer's C{dropped(kind)}, and drop's default.
+    """
+    kinds = {"bad_message"}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            position = {"drop": 1, "dropped": 0}.get(node.func.attr)
+            if position is None:
+                continue
+            args = [*node.args, *(k.value for k in node.keywords if k.arg == "kind")]
+            if len(args) > position and isinstance(args[position], ast.Constant):
+                kinds.add(args[position].value)
+    return kinds
+
+
+def test_every_drop_kind_is_listed_and_explained() -> None:
+    """
+    Every kind of drop the code names is one of C{DROP_KINDS} (each a label of the metric that
+    counts them) and explained in C{FrameProtocol.drop}'s docstring, and no kind is listed that
+    the code no longer names.
+    """
+    used = drop_kinds_in(Path(__file__).parent.parent / "ethtwisted")
+    assert used == set(DROP_KINDS)
+    assert len(DROP_KINDS) == len(set(DROP_KINDS))
+    doc = FrameProtocol.drop.__doc__ or ""
+    assert [k for k in DROP_KINDS if f"C{{{k}}}:" not in doc] == []
 
 
 def test_bug_in_handler_is_logged_and_costs_only_the_connection() -> None:

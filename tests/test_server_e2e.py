@@ -24,7 +24,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, encode_control
+from ethtwisted.framing import FrameProtocol
+from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server.protocol import MAX_UNREAD_ACK_BYTES

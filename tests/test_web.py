@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from ethtwisted import server_tap, stats_tap
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import (
     ClientRecord,
     IBlockReader,
@@ -43,7 +44,6 @@ from ethtwisted.protocol import (
     Ack,
     Block,
     ControlFrame,
-    FrameProtocol,
     Hello,
     block_html,
     block_json,

@@ -17,8 +17,9 @@ from zope.interface import implementer
 
 from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import describe, log_observer
-from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, Refusal
+from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 

@@ -18,8 +18,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import describe, log_observer
-from ethtwisted.protocol import Ack, ControlFrame, FrameProtocol, Hello, Refusal, payload_hash
+from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal, payload_hash
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 

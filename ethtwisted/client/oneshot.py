@@ -17,8 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ethtwisted.client.outbox import Outbox
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import describe, log_observer
-from ethtwisted.protocol import ControlFrame, FrameProtocol, payload_hash
+from ethtwisted.protocol import ControlFrame, payload_hash
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 

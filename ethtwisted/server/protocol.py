@@ -15,12 +15,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import Received
 from ethtwisted.logs import log_observer
 from ethtwisted.protocol import (
     Ack,
     ControlFrame,
-    FrameProtocol,
     Hello,
     ProtocolError,
     Refusal,
