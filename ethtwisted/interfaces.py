@@ -1,6 +1,6 @@
 """
 The seams of ethtwisted: where blocks come from (L{INode}), where they go (L{IBlockStore},
-L{IStatsStore}) and how the stats API reads them back (L{IStatsReader}, L{IBlockReader}).
+L{ICounterStore}) and how the stats API reads them back (L{ICounterReader}, L{IBlockReader}).
 Each has one module of implementations; tests and the benchmarks use the same interfaces.
 """
 
@@ -59,9 +59,10 @@ class IBlockStore(Interface):
         """
 
 
-class IStatsStore(Interface):
+class ICounterStore(Interface):
     """
-    Counters kept beside the durable store (Redis): first sightings and messages per client.
+    Counters kept beside the durable store (Redis): when each payload was first seen
+    (C{eth:hashes}) and how many messages each client address sent (C{eth:ip_addresses}).
     """
 
     def record(batch: Sequence[Received], group: str) -> Deferred[None]:
@@ -127,10 +128,11 @@ class Head:
     first_seen: float
 
 
-class IStatsReader(Interface):
+class ICounterReader(Interface):
     """
-    What the older stats service showed, answered by every store (SQL and Redis alike, with
-    the same answers for the same traffic).
+    The counters read back, as the older stats service showed them: the latest first
+    sightings and the messages per client address.  Every store answers them (SQL and Redis
+    alike, with the same answers for the same traffic).
     """
 
     def ping() -> Deferred[None]:

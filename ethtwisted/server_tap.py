@@ -32,7 +32,7 @@ from ethtwisted.server.factory import (
     ServerFactory,
 )
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.storage.redis_store import RedisStats
+from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore
 
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
@@ -121,10 +121,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     set_verbose(config["verbose"])
     store = SQLStore(config["db_url"], reactor)
-    stats = None
+    counters = None
     if config["redis_url"] is not None:
-        stats = RedisStats(config["redis_url"], reactor, config["redis-prefix"])
-    ingest = Ingest(store, stats, reactor)
+        counters = RedisCounters(config["redis_url"], reactor, config["redis-prefix"])
+    ingest = Ingest(store, counters, reactor)
     factory = ServerFactory(
         ingest,
         reactor,
@@ -143,7 +143,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     collector.setName("collector")
     collector.setServiceParent(service)
     if config["stats"]:
-        stats_service(config, reactor, store, stats, ingest, factory).setServiceParent(service)
+        stats_service(config, reactor, store, counters, ingest, factory).setServiceParent(service)
     return service
 
 
@@ -151,7 +151,7 @@ def stats_service(
     config: Options,
     reactor: Any,
     store: SQLStore,
-    redis: RedisStats | None,
+    redis: RedisCounters | None,
     ingest: Ingest,
     factory: ServerFactory,
 ) -> IService:

@@ -18,7 +18,7 @@ from ethtwisted.options import (
     read_token,
     web_endpoint,
 )
-from ethtwisted.storage.redis_store import RedisStats
+from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import serve_stats
@@ -58,7 +58,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     closes = [store.close]
     redis = None
     if config["redis_url"] is not None:
-        redis = RedisStats(config["redis_url"], reactor, config["redis-prefix"])
+        redis = RedisCounters(config["redis_url"], reactor, config["redis-prefix"])
         waits.append((str(config["redis_url"]), redis.ping))
         closes.append(redis.close)
     reads = Reads(reactor, store, store, redis)

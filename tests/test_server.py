@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
-from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
+from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
 from ethtwisted.protocol import Ack, Hello, Refusal, block_html, encode_control, payload_hash
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ServerFactory
@@ -107,7 +107,7 @@ def test_stores_here_provide_the_interfaces() -> None:
     something.
     """
     assert verifyObject(IBlockStore, HeldStore())
-    assert verifyObject(IStatsStore, MemoryCounters())
+    assert verifyObject(ICounterStore, MemoryCounters())
 
 
 def test_messages_arriving_together_are_one_transaction() -> None:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from ethtwisted.interfaces import Received
 from ethtwisted.protocol import Block, payload_hash
 from ethtwisted.storage import RejectedError, StartupError, is_rejection, wait_for
-from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
+from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from tests.conftest import MySQLDatabase, Redis
 
@@ -233,16 +233,16 @@ async def test_redis_counts_a_group_once(redis: Redis) -> None:
     more; another group with the same messages is counted again; first sightings keep their
     first time.
     """
-    stats = RedisStats(parse_redis_url(redis.url), reactor)
+    counters = RedisCounters(parse_redis_url(redis.url), reactor)
     try:
         batch = [received("a"), received("b"), replace(received("a"), received=1800000000.0)]
-        await stats.record(batch, "g1")
-        await stats.record(batch, "g1")
+        await counters.record(batch, "g1")
+        await counters.record(batch, "g1")
         assert redis.execute("HGET", "eth:ip_addresses", "127.0.0.1") == b"3"
-        await stats.record(batch[:1], "g2")
+        await counters.record(batch[:1], "g2")
         assert redis.execute("HGET", "eth:ip_addresses", "127.0.0.1") == b"4"
         assert redis.execute("ZCARD", "eth:hashes") == 2
         assert float(redis.execute("ZSCORE", "eth:hashes", batch[0].sha256)) == 1700000000.5
         assert 0 < redis.execute("TTL", "eth:group:g1") <= 600
     finally:
-        await stats.close()
+        await counters.close()

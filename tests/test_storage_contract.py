@@ -3,7 +3,7 @@ The storage contracts: one set of cases, run against every backend of each inter
 
 - The durable store and its reader (L{IBlockStore}, L{IBlockReader}): SQLite, MySQL (a private
   MariaDB) and L{MemoryStore}.
-- The counters and their reader (L{IStatsReader}, with L{IStatsStore} where the backend counts
+- The counters and their reader (L{ICounterReader}, with L{ICounterStore} where the backend counts
   on its own): SQLite and MySQL (which count what they store), Redis, L{MemoryStore} and
   L{MemoryCounters}.
 
@@ -32,14 +32,14 @@ from ethtwisted.interfaces import (
     Head,
     IBlockReader,
     IBlockStore,
-    IStatsReader,
-    IStatsStore,
+    ICounterReader,
+    ICounterStore,
     Received,
 )
 from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
 from ethtwisted.storage import redis_store
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
-from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
+from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from tests.conftest import MySQLDatabase, Redis
 
@@ -248,14 +248,14 @@ async def counters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     """
     if request.param == "redis":
         server: Redis = request.getfixturevalue("redis")
-        stats = RedisStats(parse_redis_url(server.url), reactor)
+        counters = RedisCounters(parse_redis_url(server.url), reactor)
 
-        async def kill() -> RedisStats:
+        async def kill() -> RedisCounters:
             await deferToThread(server.kill)
-            return stats
+            return counters
 
-        yield Counters("redis", stats, kill, redis_store.TIMEOUT)
-        await stats.close()
+        yield Counters("redis", counters, kill, redis_store.TIMEOUT)
+        await counters.close()
     elif request.param == "memory-counters":
         memory = MemoryCounters()
 
@@ -288,7 +288,7 @@ async def test_provides_the_interfaces(blocks: BlockBackend) -> None:
     store = await blocks.writer()
     assert verifyObject(IBlockStore, store)
     assert verifyObject(IBlockReader, store)
-    assert verifyObject(IStatsReader, store)
+    assert verifyObject(ICounterReader, store)
 
 
 @pytest_twisted.ensureDeferred
@@ -505,9 +505,9 @@ async def test_counters_provide_the_interfaces(counters: Counters) -> None:
     Every backend of the counters reads them back; those that count on their own are stats
     stores.
     """
-    assert verifyObject(IStatsReader, counters.reader)
+    assert verifyObject(ICounterReader, counters.reader)
     if counters.name in ("redis", "memory-counters"):
-        assert verifyObject(IStatsStore, counters.reader)
+        assert verifyObject(ICounterStore, counters.reader)
 
 
 @pytest_twisted.ensureDeferred

@@ -36,7 +36,7 @@ from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import (
     ClientRecord,
     IBlockReader,
-    IStatsReader,
+    ICounterReader,
     Received,
 )
 from ethtwisted.metrics import ServerMetrics
@@ -55,7 +55,7 @@ from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
-from ethtwisted.storage.redis_store import RedisStats, parse_redis_url
+from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web.cat import plain_table
 from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
@@ -217,11 +217,11 @@ async def test_sql_store_provides_the_readers(sqlite_store: SQLStore) -> None:
     """
     The SQL store implements both reading interfaces; the Redis store the older service's.
     """
-    assert verifyObject(IStatsReader, sqlite_store)
+    assert verifyObject(ICounterReader, sqlite_store)
     assert verifyObject(IBlockReader, sqlite_store)
-    redis = RedisStats(parse_redis_url("redis://127.0.0.1:1/0"), reactor)
+    redis = RedisCounters(parse_redis_url("redis://127.0.0.1:1/0"), reactor)
     try:
-        assert verifyObject(IStatsReader, redis)
+        assert verifyObject(ICounterReader, redis)
     finally:
         await redis.close()
 

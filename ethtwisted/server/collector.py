@@ -48,9 +48,9 @@ class CollectorService(StartingService):
     async def start_up(self) -> None:
         ingest = self.factory.ingest
         await wait_for(ingest.store.start, self.store_name, self.wait, self.factory.reactor)
-        if ingest.stats is not None:
+        if ingest.counters is not None:
             # Redis may come later: messages wait to be counted (and acknowledged) until then.
-            ingest.stats.ping().addErrback(
+            ingest.counters.ping().addErrback(
                 lambda f: log.warn("Redis does not answer yet: {reason}", reason=describe(f))
             )
         self.ports = await listen_on(self.endpoints, self.factory, "collecting")
@@ -79,5 +79,5 @@ class CollectorService(StartingService):
             if connection.transport is not None:
                 connection.transport.loseConnection()
         await ingest.store.close()
-        if ingest.stats is not None:
-            await ingest.stats.close()
+        if ingest.counters is not None:
+            await ingest.counters.close()

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import IBlockStore, IStatsStore, Received
+from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.storage import RejectedError, is_rejection
 
@@ -50,13 +50,13 @@ class Ingest:
     def __init__(
         self,
         store: IBlockStore,
-        stats: IStatsStore | None,
+        counters: ICounterStore | None,
         reactor: IReactorTime,
         max_batch: int = MAX_BATCH,
         high_water_bytes: int = HIGH_WATER_BYTES,
     ) -> None:
         self.store = store
-        self.stats = stats
+        self.counters = counters
         self.reactor = reactor
         self.max_batch = max_batch
         self.high_water_bytes = high_water_bytes
@@ -133,12 +133,12 @@ class Ingest:
         self._record(group)
 
     def _record(self, group: list[_Entry], name: str | None = None) -> None:
-        if self.stats is None:
+        if self.counters is None:
             self._done(group)
             return
         # A retry keeps the group's name, so that Redis counts it once however often it is sent.
         name = name or uuid.uuid4().hex
-        d = self.stats.record([e.received for e in group], name)
+        d = self.counters.record([e.received for e in group], name)
         d.addCallbacks(
             lambda _: self._done(group),
             lambda f: self._failed(group, "Redis", f, lambda g: self._record(g, name)),

@@ -1,7 +1,8 @@
 """
 The stores in memory: L{MemoryStore} answers as L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}
-does and L{MemoryCounters} as L{RedisStats<ethtwisted.storage.redis_store.RedisStats>} does, for
-the same traffic (tests/test_storage_contract.py holds them to it).  Every call answers at once;
+does and L{MemoryCounters} as
+L{RedisCounters<ethtwisted.storage.redis_store.RedisCounters>} does, for the same traffic
+(tests/test_storage_contract.py holds them to it).  Every call answers at once;
 while C{down} holds an exception, every call but C{close} fails with it, as a store that cannot
 be reached does.  For unit tests, and for anything else that needs a store without a server.
 """
@@ -23,8 +24,8 @@ from ethtwisted.interfaces import (
     Head,
     IBlockReader,
     IBlockStore,
-    IStatsReader,
-    IStatsStore,
+    ICounterReader,
+    ICounterStore,
     Received,
 )
 from ethtwisted.protocol import Block
@@ -73,7 +74,7 @@ class ReadOnlyError(Exception):
     """
 
 
-@implementer(IBlockStore, IStatsReader, IBlockReader)
+@implementer(IBlockStore, ICounterReader, IBlockReader)
 class MemoryStore(_Answering):
     """
     L{IBlockStore} and its readers over L{Tables} in memory.  With C{read_only} it never
@@ -224,10 +225,10 @@ class MemoryStore(_Answering):
         return sorted(counts.items())
 
 
-@implementer(IStatsStore, IStatsReader)
+@implementer(ICounterStore, ICounterReader)
 class MemoryCounters(_Answering):
     """
-    L{IStatsStore} and its L{IStatsReader} in memory: first sightings and messages per address.
+    L{ICounterStore} and its L{ICounterReader} in memory: first sightings and messages per address.
     """
 
     def __init__(self) -> None:

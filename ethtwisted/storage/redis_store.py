@@ -20,12 +20,12 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IStatsReader, IStatsStore, Received
+from ethtwisted.interfaces import ICounterReader, ICounterStore, Received
 
 DEFAULT_PREFIX = "eth:"
 TIMEOUT = 5.0
 SCAN_LIMIT = 10000
-"""The most client addresses read for one answer of L{RedisStats.address_counts}."""
+"""The most client addresses read for one answer of L{RedisCounters.address_counts}."""
 GROUP_TTL = 600
 """Seconds a counted group is remembered, so that counting it again changes nothing."""
 
@@ -77,10 +77,10 @@ def parse_redis_url(url: str) -> RedisURL:
     return RedisURL(parts.hostname, port, db, password)
 
 
-@implementer(IStatsStore, IStatsReader)
-class RedisStats:
+@implementer(ICounterStore, ICounterReader)
+class RedisCounters:
     """
-    L{IStatsStore} in Redis, with a configurable key prefix, and its L{IStatsReader}.
+    L{ICounterStore} in Redis, with a configurable key prefix, and its L{ICounterReader}.
     """
 
     def __init__(self, url: RedisURL, reactor: IReactorTime, prefix: str = DEFAULT_PREFIX) -> None:
@@ -129,7 +129,7 @@ class RedisStats:
         d: Deferred[Any] = self.redis.disconnect()
         return d.addCallback(lambda _: None)
 
-    # -- reading back (IStatsReader) ------------------------------------------------------------
+    # -- reading back (ICounterReader) ------------------------------------------------------------
 
     def ping(self) -> Deferred[None]:
         return self.command("PING").addCallback(lambda _: None)

@@ -28,7 +28,7 @@ from ethtwisted.interfaces import (
     Head,
     IBlockReader,
     IBlockStore,
-    IStatsReader,
+    ICounterReader,
     Received,
 )
 from ethtwisted.protocol import Block
@@ -265,7 +265,7 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-@implementer(IBlockStore, IStatsReader, IBlockReader)
+@implementer(IBlockStore, ICounterReader, IBlockReader)
 class SQLStore:
     """
     L{IBlockStore} over an adbapi pool, and its readers for the stats API.  With
@@ -333,7 +333,7 @@ class SQLStore:
         self.pool.close()
         return succeed(None)
 
-    # -- reading back (IStatsReader, IBlockReader) --------------------------------------------
+    # -- reading back (ICounterReader, IBlockReader) --------------------------------------------
 
     def _query(self, statement: str, *args: Any) -> Deferred[list[Any]]:
         p = self.dialect.placeholder

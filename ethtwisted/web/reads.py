@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import IBlockReader, IStatsReader
+from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.logs import describe, log_observer
 from ethtwisted.metrics import StoreMetrics
 from ethtwisted.web.resource import HTTPError
@@ -47,8 +47,8 @@ class Reads:
         self,
         reactor: IReactorTime,
         sql: IBlockReader,
-        sql_counters: IStatsReader,
-        redis: IStatsReader | None = None,
+        sql_counters: ICounterReader,
+        redis: ICounterReader | None = None,
         trouble: Callable[[], str | None] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -64,7 +64,7 @@ class Reads:
         self._said: str | None = None
 
     @property
-    def counters(self) -> IStatsReader:
+    def counters(self) -> ICounterReader:
         """Where C{/_cat} reads: Redis when configured, else SQL."""
         return self.redis if self.redis is not None else self.sql_counters
 
@@ -95,7 +95,7 @@ class Reads:
         return Deferred.fromCoroutine(self._check())
 
     async def _check(self) -> Mapping[str, str | None]:
-        stores: list[tuple[str, IStatsReader]] = [("sql", self.sql_counters)]
+        stores: list[tuple[str, ICounterReader]] = [("sql", self.sql_counters)]
         if self.redis is not None:
             stores.append(("redis", self.redis))
         results = await gatherResults(
@@ -107,7 +107,7 @@ class Reads:
         self.store_metrics.update_health({n: checks[n] for n, _ in stores})
         return checks
 
-    def _ping(self, reader: IStatsReader) -> Deferred[str | None]:
+    def _ping(self, reader: ICounterReader) -> Deferred[str | None]:
         d = reader.ping().addTimeout(CHECK_TIMEOUT, self.reactor)
         return d.addCallbacks(lambda _: None, _reason)
 
