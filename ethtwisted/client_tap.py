@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import IService
@@ -37,6 +37,9 @@ from ethtwisted.options import (
     web_endpoint,
 )
 from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
+
+if TYPE_CHECKING:
+    from ethtwisted.metrics import ClientMetrics
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
 MAX_NAME_LENGTH = 255
@@ -220,7 +223,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from ethtwisted.metrics import ClientMetrics
 
         registry = CollectorRegistry()
-        metrics = ClientMetrics(registry, reactor, outbox)
+        directory = outbox.spool.directory if outbox.spool else None
+        metrics = ClientMetrics(registry, reactor, lambda: len(outbox), directory)
+        outbox.ack_listeners.append(metrics.acknowledged)
         node = metrics.measured(node)
     follower = Follower(
         node,
@@ -247,11 +252,38 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if metrics is not None:
         from ethtwisted.web.site import serve_agent
 
-        metrics.watch(follower, client.connection)
+        follower.reorg_listeners.append(metrics.reorg)
+        watch_delivery(metrics, client.connection)
+        follower.sighting_listeners.append(lambda sighting: metrics.sighting(sighting.source))
         if subscriber is not None:
-            metrics.watch_subscriber(subscriber)
+            watch_subscriber(metrics, subscriber)
         web = serve_agent(reactor, registry, metrics.health, config["metrics"],
                           config["metrics_token"])  # fmt: skip
         web.setName("metrics")
         web.setServiceParent(client)
     return client
+
+
+def watch_subscriber(metrics: ClientMetrics, subscriber: Subscriber) -> None:
+    """
+    Tell C{metrics} whether C{subscriber} has a live subscription, and of its misses,
+    resubscriptions and lateness.
+    """
+    subscriber.miss_listeners.append(metrics.subscription_missed)
+    subscriber.resubscribe_listeners.append(metrics.resubscribed)
+    subscriber.lag_listeners.append(metrics.subscription_late)
+    metrics.watch_subscription(lambda: subscriber.active)
+
+
+def watch_delivery(metrics: ClientMetrics, delivery: Delivery | None) -> None:
+    """
+    Tell C{metrics} how the server is reached: what C{delivery} does with its connection and
+    its servers, or that one-shot delivery (C{None}) has no connection to watch.
+    """
+    if delivery is None:
+        metrics.watch_server(None)
+        return
+    watched = delivery
+    watched.connection_listeners.append(lambda up: metrics.connection(up, watched.in_use))
+    watched.switch_listeners.append(metrics.switched)
+    metrics.watch_server([name for name, _ in watched.servers.servers], lambda: watched.refusal)

@@ -2,33 +2,28 @@
 Prometheus metrics, each service with its own L{CollectorRegistry}: the stats API's, and
 eth-client's (L{ClientMetrics}).
 
-L{ServerMetrics} counts what an eth-server's connections and L{Ingest} do, through their
-observer hooks; L{StoreMetrics} shows the stores' health and what each client last reported,
-read from the durable store at each scrape (so eth-stats shows it too, for every collector).
+L{ServerMetrics} counts what an eth-server's connections and ingest report to it;
+L{StoreMetrics} shows the stores' health and what each client last reported, read from the
+durable store at each scrape (so eth-stats shows it too, for every collector).
+
+What is measured is given as callables, and what happens is reported to the metrics' own
+methods: the wiring (C{server_tap}, C{client_tap}) connects them, so this module knows neither
+the client's nor the server's classes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
-from ethtwisted.client.follower import SOURCES
 from ethtwisted.framing import DROP_KINDS
 from ethtwisted.interfaces import ClientRecord, Head, INode, Received
 from ethtwisted.node.measured import MeasuredNode
-from ethtwisted.protocol import Block, parse_block
-
-if TYPE_CHECKING:
-    from ethtwisted.client.delivery import Delivery
-    from ethtwisted.client.follower import Follower, Sighting
-    from ethtwisted.client.outbox import Outbox
-    from ethtwisted.client.subscriber import Subscriber
-    from ethtwisted.server.factory import ServerFactory
-    from ethtwisted.server.ingest import Ingest
+from ethtwisted.protocol import SOURCES, Block, parse_block
 
 NAMESPACE = "ethtwisted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -45,13 +40,20 @@ def _metric(
 
 class ServerMetrics:
     """
-    The collector's counters, fed by L{ServerFactory.observers} and L{Ingest.observers}.
+    The collector's counters.  The connections report to L{received}, L{acknowledged} and
+    L{dropped} (this is a connection observer), the ingest to L{committed}; at each scrape,
+    C{connections_open} and C{messages_pending} say how many connections are open and how
+    many payloads are received and not yet committed.  C{clock} times the commits.
     """
 
     def __init__(
-        self, registry: CollectorRegistry, factory: ServerFactory, ingest: Ingest
+        self,
+        registry: CollectorRegistry,
+        clock: IReactorTime,
+        connections_open: Callable[[], int],
+        messages_pending: Callable[[], int],
     ) -> None:
-        self.reactor = ingest.reactor
+        self.clock = clock
         self.messages_received = _metric(
             Counter,
             registry,
@@ -93,16 +95,14 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
         )
         connections = _metric(Gauge, registry, "connections_open", "Client connections open now.")
-        connections.set_function(lambda: len(factory.connections))
+        connections.set_function(connections_open)
         pending = _metric(
             Gauge,
             registry,
             "messages_pending",
             "Payloads received and not yet committed.",
         )
-        pending.set_function(lambda: ingest.unsettled)
-        factory.observers.append(self)
-        ingest.observers.append(self.committed)
+        pending.set_function(messages_pending)
 
     def received(self, received: Received) -> None:
         self.messages_received.inc()
@@ -116,7 +116,7 @@ class ServerMetrics:
     def committed(self, group: Sequence[Received], new: int) -> None:
         self.messages_stored.inc(new)
         self.messages_duplicate.inc(len(group) - new)
-        now = self.reactor.seconds()
+        now = self.clock.seconds()
         for r in group:
             self.store_latency.observe(max(now - r.received, 0.0))
 
@@ -194,15 +194,18 @@ REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
 class ClientMetrics:
     """
     eth-client's metrics and health.  The node is measured by wrapping it (L{measured}); the
-    rest is fed by the listener hooks of the follower, the outbox and the delivery
-    (L{watch}), or read at each scrape.
+    outbox reports each acknowledged payload to L{acknowledged}, the follower each reorg to
+    L{reorg}, the connection to the server its ups and downs to L{connection} (after
+    L{watch_server}).  At each scrape, C{outbox_messages} says how many messages wait for an
+    acknowledgement, and the files in C{spool_directory} (if any) are measured.
     """
 
     def __init__(
         self,
         registry: CollectorRegistry,
         clock: IReactorTime,
-        outbox: Outbox,
+        outbox_messages: Callable[[], int],
+        spool_directory: str | None,
         unhealthy_after: float | None = None,
     ) -> None:
         self.clock = clock
@@ -210,7 +213,8 @@ class ClientMetrics:
         self.node_down_since: float | None = None
         self.server_down_since: float | None = clock.seconds()
         self.connections = 0
-        self.delivery: Delivery | None = None
+        self.refusal: Callable[[], str | None] = lambda: None
+        self.servers: list[str] = []
 
         self.node_up = _metric(
             Gauge, registry, "node_up", "1 when the node answered the last call, else 0."
@@ -225,7 +229,7 @@ class ClientMetrics:
         self.head = _metric(
             Gauge, registry, "head_block", "Number of the node's head block, last seen."
         )
-        self.acknowledged = _metric(
+        self.acknowledged_block = _metric(
             Gauge,
             registry,
             "acknowledged_block",
@@ -255,16 +259,14 @@ class ClientMetrics:
         depth = _metric(
             Gauge, registry, "outbox_messages", "Messages not acknowledged by the server yet."
         )
-        depth.set_function(lambda: len(outbox))
+        depth.set_function(outbox_messages)
         spool = _metric(
             Gauge,
             registry,
             "spool_bytes",
             "Bytes of the files in the spool directory (0 without one).",
         )
-        spool.set_function(
-            lambda: _directory_bytes(outbox.spool.directory if outbox.spool else None)
-        )
+        spool.set_function(lambda: _directory_bytes(spool_directory))
         self.heads = _metric(
             Counter,
             registry,
@@ -298,7 +300,6 @@ class ClientMetrics:
         self.subscription_active = _metric(
             Gauge, registry, "subscription_active", "1 while a new-heads subscription is live."
         )
-        outbox.ack_listeners.append(self._acknowledged)
 
     def measured(self, node: INode) -> INode:
         """
@@ -306,30 +307,43 @@ class ClientMetrics:
         """
         return MeasuredNode(node, self.clock, self.node_answered, self.node_failed, self.head.set)
 
-    def watch(self, follower: Follower, delivery: Delivery | None) -> None:
+    def watch_server(
+        self, servers: Sequence[str] | None, refusal: Callable[[], str | None] = lambda: None
+    ) -> None:
         """
-        Count the reorgs C{follower} follows, the connections C{delivery} makes and its
-        switches between servers (one-shot delivery, C{None}, has no connection to watch).
+        How the server is reached: over one connection at a time to one of C{servers} (their
+        names), which reports its ups and downs to L{connection} and its switches to
+        L{switched}, and whose refusal of this client (or L{None}) C{refusal} reads; or, with
+        C{servers} L{None}, a connection per message (one-shot delivery), which has no
+        connection to watch: the server is then never said to be unreachable.
         """
-        follower.reorg_listeners.append(self._reorg)
-        follower.sighting_listeners.append(self._sighting)
-        self.delivery = delivery
-        if delivery is None:
+        self.refusal = refusal
+        if servers is None:
             self.server_down_since = None
-        else:
-            for name, _ in delivery.servers.servers:
-                self.in_use.labels(name).set(0)
-            delivery.connection_listeners.append(self._connection)
-            delivery.switch_listeners.append(lambda left, now: self.switches.inc())
+            return
+        self.servers = list(servers)
+        for name in self.servers:
+            self.in_use.labels(name).set(0)
 
-    def watch_subscriber(self, subscriber: Subscriber) -> None:
+    def watch_subscription(self, active: Callable[[], bool]) -> None:
         """
-        Count the misses and resubscriptions of C{subscriber}, and how late it delivers.
+        Whether a new-heads subscription is live, as C{active} says; its misses, resubscriptions
+        and lateness come through L{subscription_missed}, L{resubscribed} and
+        L{subscription_late}.
         """
-        subscriber.miss_listeners.append(self.subscription_misses.inc)
-        subscriber.resubscribe_listeners.append(self.resubscriptions.inc)
-        subscriber.lag_listeners.append(self.subscription_lag.observe)
-        self.subscription_active.set_function(lambda: 1 if subscriber.active else 0)
+        self.subscription_active.set_function(lambda: 1 if active() else 0)
+
+    def subscription_missed(self) -> None:
+        """A poll delivered a head the subscription had not."""
+        self.subscription_misses.inc()
+
+    def resubscribed(self) -> None:
+        """A subscription was made again."""
+        self.resubscriptions.inc()
+
+    def subscription_late(self, seconds: float) -> None:
+        """The subscription delivered a head C{seconds} after a poll saw it."""
+        self.subscription_lag.observe(seconds)
 
     def health(self) -> dict[str, str | None]:
         """
@@ -345,8 +359,9 @@ class ClientMetrics:
             return f"{what} unreachable for {now - since:.0f} s"
 
         server = trouble(self.server_down_since, "server")
-        if self.delivery is not None and self.delivery.refusal is not None:
-            server = f"server refuses this client: {self.delivery.refusal}"
+        refusal = self.refusal()
+        if refusal is not None:
+            server = f"server refuses this client: {refusal}"
         return {"node": trouble(self.node_down_since, "node"), "server": server}
 
     def node_answered(self, seconds: float) -> None:
@@ -359,23 +374,34 @@ class ClientMetrics:
         if self.node_down_since is None:
             self.node_down_since = self.clock.seconds()
 
-    def _acknowledged(self, payload: bytes) -> None:
+    def acknowledged(self, payload: bytes) -> None:
+        """
+        The server acknowledged C{payload}: its block is the last acknowledged one.
+        """
         block = parse_block(payload)
         number = block.number if isinstance(block, Block) else block
         if number is not None:
-            self.acknowledged.set(number)
+            self.acknowledged_block.set(number)
 
-    def _sighting(self, sighting: Sighting) -> None:
-        self.heads.labels(sighting.source).inc()
+    def sighting(self, source: str) -> None:
+        """
+        A block was handed over, learnt of through C{source} (one of L{SOURCES}).
+        """
+        self.heads.labels(source).inc()
 
-    def _reorg(self, depth: int) -> None:
+    def reorg(self, depth: int) -> None:
+        """
+        A reorg of C{depth} blocks was followed.
+        """
         self.reorgs.inc()
         self.reorg_depth.observe(depth)
 
-    def _connection(self, up: bool) -> None:
-        assert self.delivery is not None
-        for name, _ in self.delivery.servers.servers:
-            self.in_use.labels(name).set(1 if up and name == self.delivery.in_use else 0)
+    def connection(self, up: bool, server: str | None) -> None:
+        """
+        The connection to C{server} (one of those watched) is up (C{True}) or lost (C{False}).
+        """
+        for name in self.servers:
+            self.in_use.labels(name).set(1 if up and name == server else 0)
         if up:
             self.connections += 1
             if self.connections > 1:
@@ -383,6 +409,12 @@ class ClientMetrics:
             self.server_down_since = None
         else:
             self.server_down_since = self.clock.seconds()
+
+    def switched(self, left: str, now: str) -> None:
+        """
+        The client left the server C{left} for C{now}.
+        """
+        self.switches.inc()
 
 
 def _directory_bytes(directory: str | None) -> int:

@@ -20,6 +20,9 @@ CONTROL_MARK = b"\xff"
 
 PayloadFormat = Literal["json", "html"]
 PAYLOAD_FORMATS: tuple[PayloadFormat, ...] = ("json", "html")
+SOURCES = ("subscription", "poll", "backfill")
+"""How a client learns of a block: pushed by its node, its node's head when polled, or
+fetched as the parent of another."""
 
 
 class ProtocolError(Exception):

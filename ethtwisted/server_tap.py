@@ -165,7 +165,11 @@ def stats_service(
     from ethtwisted.web.site import serve_stats
 
     registry = CollectorRegistry()
-    ServerMetrics(registry, factory, ingest)
+    metrics = ServerMetrics(
+        registry, reactor, lambda: len(factory.connections), lambda: ingest.unsettled
+    )
+    factory.observers.append(metrics)
+    ingest.observers.append(metrics.committed)
     reads = Reads(reactor, store, store, redis, lambda: ingest.trouble, registry)
     service = serve_stats(reactor, reads, config["stats"], config["stats_token"])
     service.setName("stats")

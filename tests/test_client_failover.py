@@ -18,12 +18,11 @@ from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import Delivery, ReconnectingService
 from ethtwisted.client.failover import ServerList
-from ethtwisted.client.follower import Follower
 from ethtwisted.client.oneshot import OneShotDelivery
-from ethtwisted.client.outbox import Outbox, queue_blocks
+from ethtwisted.client.outbox import Outbox
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import Ack, Hello, Refusal, payload_hash
-from tests.test_client import AckingPeer, FakeEndpoint, FakeNode, Logs, OneShotServer
+from tests.test_client import AckingPeer, FakeEndpoint, Logs, OneShotServer
 
 ACK_TIMEOUT = 30.0
 
@@ -52,9 +51,8 @@ class Fleet:
         if self.delivery.prober is not None:
             self.delivery.prober.policy = float
         self.registry = CollectorRegistry()
-        self.metrics = ClientMetrics(self.registry, self.clock, self.outbox)
-        follower = Follower(FakeNode(), queue_blocks(self.outbox, "json"), clock=self.clock)
-        self.metrics.watch(follower, self.delivery)
+        self.metrics = ClientMetrics(self.registry, self.clock, lambda: len(self.outbox), None)
+        client_tap.watch_delivery(self.metrics, self.delivery)
         self.service = ReconnectingService(
             self.servers, self.delivery.factory(), retryPolicy=lambda n: 1.0, clock=self.clock
         )

@@ -4,6 +4,7 @@ eth-client's --metrics: what /metrics counts and when /healthz turns 503.
 
 from __future__ import annotations
 
+import ast
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,42 @@ def sample(registry: CollectorRegistry, name: str) -> float | None:
     return registry.get_sample_value(f"ethtwisted_{name}")
 
 
+def watched(metrics: ClientMetrics, outbox: Outbox, clock: Clock) -> Delivery:
+    """
+    A connection to the server whose ups, downs and refusal C{metrics} watch, wired by
+    client_tap.
+    """
+    delivery = Delivery(outbox, one_server(), clock)
+    client_tap.watch_delivery(metrics, delivery)
+    return delivery
+
+
+def test_metrics_know_no_client_or_server_class() -> None:
+    """
+    The metrics module imports nothing from the client or the server packages, not even for
+    type checking: what it measures is given to it as callables.
+    """
+    tree = ast.parse(Path(ethtwisted.metrics.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert [
+        m
+        for m in imported
+        if m.split(".")[:2] in (["ethtwisted", "client"], ["ethtwisted", "server"])
+    ] == []
+
+
+def test_one_shot_delivery_never_makes_the_server_unreachable() -> None:
+    """
+    With one-shot delivery (no connection to watch), /healthz never reports the server.
+    """
+    clock = Clock()
+    metrics = ClientMetrics(CollectorRegistry(), clock, lambda: 0, None, 30)
+    client_tap.watch_delivery(metrics, None)
+    clock.advance(100)
+    assert metrics.health() == {"node": None, "server": None}
+
+
 def test_node_calls_are_timed_and_the_head_recorded() -> None:
     """
     Each call through the measured node is a round-trip sample; the head's number is kept,
@@ -43,7 +80,7 @@ def test_node_calls_are_timed_and_the_head_recorded() -> None:
     """
     registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
     node.mine(4)
-    metrics = ClientMetrics(registry, clock, Outbox())
+    metrics = ClientMetrics(registry, clock, lambda: 0, None)
     measured = metrics.measured(node)
     assert measured.description == "fake-node"
     heads: list[int] = []
@@ -67,9 +104,8 @@ def test_healthz_turns_503_after_the_threshold() -> None:
     """
     clock, node = Clock(), FakeNode()
     outbox = Outbox()
-    metrics = ClientMetrics(CollectorRegistry(), clock, outbox, unhealthy_after=30)
-    delivery = Delivery(outbox, one_server(), clock)
-    metrics.watch(Follower(node, queue_blocks(outbox, "json"), clock=clock), delivery)
+    metrics = ClientMetrics(CollectorRegistry(), clock, lambda: len(outbox), None, 30)
+    delivery = watched(metrics, outbox, clock)
     measured = metrics.measured(node)
     for listener in delivery.connection_listeners:
         listener(True)
@@ -95,9 +131,8 @@ def test_a_refusing_server_is_unhealthy_at_once() -> None:
     the threshold, until the server acknowledges again.
     """
     clock, outbox = Clock(), Outbox()
-    metrics = ClientMetrics(CollectorRegistry(), clock, outbox)
-    delivery = Delivery(outbox, one_server(), clock)
-    metrics.watch(Follower(FakeNode(), queue_blocks(outbox, "json"), clock=clock), delivery)
+    metrics = ClientMetrics(CollectorRegistry(), clock, lambda: len(outbox), None)
+    delivery = watched(metrics, outbox, clock)
     for listener in delivery.connection_listeners:
         listener(True)
     delivery.refused("bad or missing token")
@@ -113,10 +148,11 @@ def test_reconnects_reorgs_and_acknowledged_block() -> None:
     """
     registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
     outbox = Outbox()
-    metrics = ClientMetrics(registry, clock, outbox)
-    delivery = Delivery(outbox, one_server(), clock)
+    metrics = ClientMetrics(registry, clock, lambda: len(outbox), None)
+    outbox.ack_listeners.append(metrics.acknowledged)
+    delivery = watched(metrics, outbox, clock)
     follower = Follower(node, queue_blocks(outbox, "json"), clock=clock)
-    metrics.watch(follower, delivery)
+    follower.reorg_listeners.append(metrics.reorg)
     for up in (True, False, True, False, True):
         for listener in delivery.connection_listeners:
             listener(up)

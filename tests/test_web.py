@@ -756,7 +756,9 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     registry = CollectorRegistry()
     ingest = Ingest(sqlite_store, None, reactor)
     factory = ServerFactory(ingest, reactor, 1000, 60.0)
-    metrics = ServerMetrics(registry, factory, ingest)
+    metrics = ServerMetrics(
+        registry, reactor, lambda: len(factory.connections), lambda: ingest.unsettled
+    )
     metrics.received(received(b"x", "c", T0))
     metrics.acknowledged("0" * 64)
     metrics.dropped("too_large")

@@ -17,11 +17,10 @@ from twisted.logger import Logger
 from ethtwisted.interfaces import INode
 from ethtwisted.logs import log_observer
 from ethtwisted.node import NodeError
-from ethtwisted.protocol import Block, block_problem
+from ethtwisted.protocol import SOURCES, Block, block_problem
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 
-SOURCES = ("subscription", "poll", "backfill")
 """How the client learns of a block: pushed by the node, its head when polled, or fetched as
 the parent of another."""
 DEFAULT_MAX_BACKFILL = 256
