@@ -11,12 +11,14 @@ import importlib
 import json
 import pkgutil
 import sqlite3
+import tracemalloc
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -24,10 +26,19 @@ from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
-from ethtwisted.protocol import Ack, Hello, Refusal, block_html, encode_control, payload_hash
+from ethtwisted.protocol import (
+    Ack,
+    Block,
+    Hello,
+    Refusal,
+    block_html,
+    block_json,
+    encode_control,
+    payload_hash,
+)
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ServerFactory
-from ethtwisted.server.ingest import Ingest
+from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
@@ -219,7 +230,8 @@ def test_readers_pause_past_high_water_and_resume_below_half() -> None:
     mark (new ones too), and resumed when the backlog has drained.
     """
     clock, store = Clock(), HeldStore()
-    ingest = Ingest(store, None, clock, max_batch=10, high_water_bytes=4800)
+    size = 300 + ENTRY_OVERHEAD_BYTES
+    ingest = Ingest(store, None, clock, max_batch=10, high_water_bytes=9 * size + size // 2)
     early = Producer()
     ingest.add_producer(early)
     for i in range(9):
@@ -233,6 +245,39 @@ def test_readers_pause_past_high_water_and_resume_below_half() -> None:
     clock.advance(0)
     store.commit()
     assert not early.paused and not late.paused
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda i: block_json(Block(1, i, f"0x{i:064x}", f"0x{i + 1:064x}", 1_700_000_000 + i)),
+        block_html,
+    ],
+    ids=["block", "older-page"],
+)
+def test_pending_bytes_are_what_held_messages_cost(payload: Callable[[int], bytes]) -> None:
+    """
+    What Ingest counts against its high-water mark for the messages it holds is close to the
+    memory they take (as tracemalloc sees it, fed through a connection): never less than 90 %
+    of it, nor more than half as much again.
+    """
+    n = 10_000
+    data = b"".join(netstring(payload(i)) for i in range(n))
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock, high_water_bytes=2**40)
+    connection = ServerFactory(ingest, clock, 65536, 60.0).buildProtocol(None)
+    connection.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1)))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(0, len(data), 65536):
+            connection.dataReceived(data[i : i + 65536])
+        clock.advance(0)  # a first group is in a transaction, the rest pending
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert ingest.unsettled == n
+    assert 0.9 * held <= ingest.pending_bytes <= 1.5 * held, (ingest.pending_bytes, held)
 
 
 def test_idle_fires_when_everything_pending_is_stored() -> None:
