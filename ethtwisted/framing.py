@@ -62,7 +62,8 @@ class FrameProtocol(Protocol):
     @property
     def buffered(self) -> int:
         """
-        Bytes received and not yet handled: the part of a frame that has arrived so far.
+        Bytes received and not yet handled: the part of a frame that has arrived so far, and
+        the frames held back while L{holding}.
         """
         return len(self._buffer)
 
@@ -81,7 +82,20 @@ class FrameProtocol(Protocol):
         if self.dropped:
             return
         self._buffer += data
-        while not self.dropped:
+        self.deliver()
+
+    def holding(self) -> bool:
+        """
+        Whether to hand on no more frames for now: those received stay in the buffer until
+        L{deliver} is called again.  Never, here; a subclass that bounds what it takes says when.
+        """
+        return False
+
+    def deliver(self) -> None:
+        """
+        Hand on each whole frame in the buffer, in order, until there is none or L{holding}.
+        """
+        while not self.dropped and not self.holding():
             if self._expected is None and not self._read_length():
                 return
             assert self._expected is not None

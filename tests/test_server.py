@@ -265,7 +265,7 @@ def test_pending_bytes_are_what_held_messages_cost(payload: Callable[[int], byte
     data = b"".join(netstring(payload(i)) for i in range(n))
     clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock, high_water_bytes=2**40)
-    connection = ServerFactory(ingest, clock, 65536, 60.0).buildProtocol(None)
+    connection = ServerFactory(ingest, clock, 65536, 60.0, max_in_flight=n).buildProtocol(None)
     connection.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1)))
     tracemalloc.start()
     try:

@@ -29,7 +29,7 @@ from ethtwisted.protocol import (
 )
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import MAX_UNREAD_ACK_BYTES, ServerProtocol
+from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES, ServerProtocol
 from ethtwisted.storage.memory_store import MemoryStore
 from tests.test_protocol import BLOCK, feed, netstring
 from tests.test_server import HeldStore, sent_frames
@@ -243,11 +243,59 @@ def test_peer_leaving_acks_unread_is_dropped_past_the_bound() -> None:
             if i == len(store.calls):
                 break
             store.commit(i)
+            clock.advance(0)  # what was held back past MAX_IN_FLIGHT is taken
     assert drops.kinds == ["slow_reader"]
     assert transport.disconnected  # aborted
     assert len(drop_warnings(events)) == 1 and no_failures(events)
     assert len(sent_frames(transport)) <= MAX_UNREAD_ACK_BYTES // ack_size + 1
     close(protocol)
+    assert factory.buffered_bytes == 0
+    assert not clock.getDelayedCalls()
+
+
+def test_a_flooding_peer_alone_waits_for_its_acks() -> None:
+    """
+    A peer with MAX_IN_FLIGHT messages not yet acknowledged is read from no more, and not one
+    frame more is taken even of the read under way, while another connection is read as
+    before and its message joins the next transaction; once the flooder's acks go out, what it
+    had sent is taken, in order, and it is read again.  Pausing for it composes with pausing
+    for the stores and for unread acks.
+    """
+    clock, store = Clock(), HeldStore()
+    factory, drops = make_factory(store, clock)
+    flooder, flooder_transport = connect(factory)
+    honest, honest_transport = connect(factory)
+    flood = [b"f%d" % i for i in range(MAX_IN_FLIGHT + 5)]
+    flooder.dataReceived(b"".join(netstring(p) for p in flood))  # one read holds them all
+    assert factory.ingest.unsettled == MAX_IN_FLIGHT
+    assert flooder.in_flight == MAX_IN_FLIGHT and flooder.paused_for == {"in_flight"}
+    assert flooder_transport.producerState == "paused"
+    assert flooder.buffered == len(b"".join(netstring(p) for p in flood[MAX_IN_FLIGHT:]))
+    feed(honest, netstring(b"honest"))
+    assert honest_transport.producerState == "producing" and not honest.paused_for
+    clock.advance(0)
+    assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT]
+    flooder.pauseProducing()  # meanwhile, its transport's buffer fills up too
+    store.commit(0)
+    assert len(sent_frames(flooder_transport)) == MAX_IN_FLIGHT
+    assert flooder.in_flight == 0 and flooder.paused_for == {"acks"}
+    # The honest message is in the next transaction, before what the flooder held back.
+    assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT, 1]
+    store.commit(1)
+    assert sent_frames(honest_transport) == [encode_control(Ack(payload_hash(b"honest")))]
+    clock.advance(0)  # the frames held back are taken, though not read anew (acks unread)
+    assert flooder.buffered == 0 and flooder.in_flight == 5
+    assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT, 1, 5]
+    assert flooder_transport.producerState == "paused"
+    flooder.resumeProducing()
+    assert flooder_transport.producerState == "producing" and not flooder.paused_for
+    store.commit(2)
+    assert sent_frames(flooder_transport)[MAX_IN_FLIGHT:] == [
+        encode_control(Ack(payload_hash(p))) for p in flood[MAX_IN_FLIGHT:]
+    ]
+    assert drops.kinds == [] and factory.ingest.unsettled == 0
+    close(flooder)
+    close(honest)
     assert factory.buffered_bytes == 0
     assert not clock.getDelayedCalls()
 

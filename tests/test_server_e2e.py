@@ -28,11 +28,13 @@ from ethtwisted.framing import FrameProtocol
 from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
 from ethtwisted.server.collector import CollectorService
-from ethtwisted.server.protocol import MAX_UNREAD_ACK_BYTES
+from ethtwisted.server.ingest import MAX_BATCH
+from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server_tap import Options, makeService
 from tests.conftest import MySQLDatabase, Redis
 
 TIMEOUT = 30.0
+FLOOD = 20_000
 
 
 @dataclass
@@ -461,6 +463,32 @@ async def test_peer_that_never_reads_its_acks_is_dropped(
     assert [r for r in drops(events) if "acknowledgement" in r] != []
     assert max(held) <= MAX_UNREAD_ACK_BYTES + factory.max_message_bytes
     assert hostile.sent < NeverReads.LIMIT
+    honest.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flooding_client_does_not_hold_up_an_honest_one(
+    sqlite_server: tuple[Server, Path],
+) -> None:
+    """
+    A client that sends 20,000 messages at once (reading its acks) does not hold up another
+    client's message for more than its own messages in flight and one transaction: the
+    honest ack arrives after at most MAX_IN_FLIGHT + MAX_BATCH of the flood's acks, instead
+    of waiting for the ingest's backlog to drain.
+    """
+    server, _ = sqlite_server
+    flooder = await connect(server.port, Peer(window=FLOOD))
+    honest = await connect(server.port)
+    flooded = flooder.send([b"flood %d" % i for i in range(FLOOD)])
+    await until(lambda: len(flooder.acked) > 0)
+    with capturedLogs() as events:
+        before, start = len(flooder.acked), reactor.seconds()
+        await honest.send([b"honest"]).addTimeout(TIMEOUT, reactor)
+        ahead, seconds = len(flooder.acked) - before, reactor.seconds() - start
+        await flooded.addTimeout(TIMEOUT, reactor)
+    assert bugs(events) == [] and drops(events) == []
+    assert ahead <= MAX_IN_FLIGHT + MAX_BATCH, (ahead, seconds)
+    flooder.transport.loseConnection()
     honest.transport.loseConnection()
 
 

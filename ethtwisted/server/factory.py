@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from ethtwisted.interfaces import Received
 from ethtwisted.logs import log_observer
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import ServerProtocol
+from ethtwisted.server.protocol import MAX_IN_FLIGHT, ServerProtocol
 
 log = Logger(namespace="ethtwisted.server", observer=log_observer)
 
@@ -46,7 +46,8 @@ class ServerFactory(Factory):
     Builds L{ServerProtocol}s sharing one L{Ingest}, and bounds what they hold together: at
     most C{max_connections} at a time (one more is closed at once), at most
     C{max_buffered_bytes} of partial messages and unread acks (past it, the connection
-    holding the most is dropped).
+    holding the most is dropped); and each connection to C{max_in_flight} messages not yet
+    acknowledged (past it, that connection alone waits for its acks).
     """
 
     noisy = False
@@ -61,6 +62,7 @@ class ServerFactory(Factory):
         hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.ingest = ingest
         self.reactor = reactor
@@ -70,6 +72,7 @@ class ServerFactory(Factory):
         self.hello_timeout = hello_timeout
         self.max_connections = max_connections
         self.max_buffered_bytes = max_buffered_bytes
+        self.max_in_flight = max_in_flight
         self.connections: set[ServerProtocol] = set()
         self.observers: list[ConnectionObserver] = []
         self.turned_away = 0

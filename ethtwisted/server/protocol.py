@@ -38,6 +38,11 @@ log = Logger(namespace="ethtwisted.server", observer=log_observer)
 MAX_NAME_LENGTH = 255
 MAX_UNREAD_ACK_BYTES = 256 * 1024
 """Acks a peer may leave unread beyond its transport's write buffer before it is dropped."""
+MAX_IN_FLIGHT = 1000
+"""Messages of one connection received and not yet acknowledged, past which no more of its
+frames are taken (nor read) until acknowledgements go out: one flooding peer cannot fill the
+ingest and so pause every other reader.  A group commit's worth, so a busy peer keeps a whole
+group in each transaction."""
 
 
 _NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
@@ -85,11 +90,13 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     """
     One client connection: payloads in, acknowledgements out.
 
-    Reading stops while the stores are behind (L{Ingest} pauses every connection) and while
-    this peer leaves its acknowledgements unread (the transport, whose producer this is,
-    pauses it once its write buffer is full); it resumes once neither holds.  A peer that
-    leaves more than C{MAX_UNREAD_ACK_BYTES} of acknowledgements unread beyond that buffer,
-    or reads none for the idle timeout, is dropped.
+    Reading stops while the stores are behind (L{Ingest} pauses every connection), while
+    this peer has C{max_in_flight} messages not yet acknowledged (only this connection: not
+    one frame more is taken, even of a read under way, until acks go out), and while this peer
+    leaves its acknowledgements unread (the transport, whose producer this is, pauses it once
+    its write buffer is full); it resumes once none of these holds.  A peer that leaves more
+    than C{MAX_UNREAD_ACK_BYTES} of acknowledgements unread beyond that buffer, or reads none
+    for the idle timeout, is dropped.
     """
 
     factory: ServerFactory
@@ -106,7 +113,12 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.sent_payload = False
         self.for_the_stores = _ForTheStores(self)
         self.paused_for: set[str] = set()
-        """Why reading is paused: C{stores}, C{acks} (the peer is slow), C{stopping}."""
+        """Why reading is paused: C{stores}, C{in_flight} (too many messages not yet
+        acknowledged), C{acks} (the peer is slow), C{stopping}."""
+        self.in_flight = 0
+        """Messages received and not yet settled: neither acknowledged nor refused."""
+        self.delivering: IDelayedCall | None = None
+        """The handing on of frames held back, once this peer's acks have gone out."""
         self.unread_ack_bytes: int | None = None
         """Acks written since the transport's buffer filled up; None while it has room."""
         self.counted = 0
@@ -135,6 +147,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
+        if self.delivering is not None and self.delivering.active():
+            self.delivering.cancel()
         if self.hello_deadline is not None and self.hello_deadline.active():
             self.hello_deadline.cancel()
         self.factory.ingest.remove_producer(self.for_the_stores)
@@ -152,7 +166,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         if self.unread_ack_bytes is not None:
             idle = self.factory.idle_timeout
             self.drop(f"read no acknowledgement for {idle:g} seconds", "slow_reader")
-        elif self.factory.ingest.paused:
+        elif self.paused_for:
             self.resetTimeout()  # quiet because we stopped reading, not because of the peer
         else:
             self.drop(f"idle for {self.factory.idle_timeout:g} seconds", "idle")
@@ -160,6 +174,24 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        self.factory.account(self)
+
+    def holding(self) -> bool:
+        # Not one frame past the bound: a single read can hold thousands of tiny ones.
+        return "in_flight" in self.paused_for
+
+    def _settled(self, result: object) -> object:
+        self.in_flight -= 1
+        if self.in_flight < self.factory.max_in_flight and "in_flight" in self.paused_for:
+            self.resume_reading("in_flight")
+            if self.buffered and not self.dropped:
+                # From the reactor: the other acks of this commit go out first.
+                self.delivering = self.callLater(0, self._deliver_held)
+        return result
+
+    def _deliver_held(self) -> None:
+        self.delivering = None
+        self.deliver()
         self.factory.account(self)
 
     def pause_reading(self, reason: str) -> None:
@@ -268,7 +300,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         for observer in self.factory.observers:
             observer.received(received)
         d = self.factory.ingest.submit(received)
+        self.in_flight += 1
+        if self.in_flight >= self.factory.max_in_flight:
+            self.pause_reading("in_flight")
         d.addCallbacks(self._acknowledge, self._rejected, errbackArgs=(received.sha256,))
+        d.addBoth(self._settled)
         d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))
 
     def _rejected(self, failure: Failure, sha256: str) -> None:
