@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from ethtwisted.interfaces import INode
 from ethtwisted.logs import log_observer
 from ethtwisted.node import NodeError
-from ethtwisted.protocol import SOURCES, Block, block_problem
+from ethtwisted.protocol import Block, block_problem
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
 
@@ -94,7 +94,8 @@ queued; the follower then stays where it was.
 @dataclass(frozen=True)
 class Sighting:
     """
-    How the client learnt of a block it handed over (one of L{SOURCES}) and when, on its clock.
+    How the client learnt of a block it handed over (one of L{ethtwisted.protocol.SOURCES})
+    and when, on its clock.
     """
 
     block: Block
