@@ -47,7 +47,7 @@ from twisted.python.failure import Failure  # noqa: E402
 
 from ethtwisted.framing import FrameProtocol  # noqa: E402
 from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control, payload_hash  # noqa: E402
-from tests.conftest import MariaDB, Redis, free_port  # noqa: E402
+from tests.services import MariaDB, Redis, free_port  # noqa: E402
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 

@@ -32,13 +32,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Anvil  # noqa: E402 -- after the checkout is importable
+from tests.services import Anvil  # noqa: E402 -- after the checkout is importable
 
 
 @contextmanager
 def running_anvil() -> Iterator[Anvil]:
     """
-    An anvil of the test suite's kind (C{tests/conftest.py}): a free loopback port for HTTP and
+    An anvil of the test suite's kind (C{tests/services.py}): a free loopback port for HTTP and
     WebSocket, and an IPC socket; stopped afterwards.
     """
     with tempfile.TemporaryDirectory(prefix="ethtwisted-bench-") as tmp:

@@ -1,9 +1,7 @@
-"""Real services for the tests: private MariaDB, Redis and anvil servers on loopback.
+"""Fixtures over the real services of tests/services.py, and the Hypothesis profiles.
 
-Each service is a child process of the test session, listening on a free port of 127.0.0.1,
-with its data and log under pytest's temporary directory. A fixture returns only once the
-service answers (a bounded poll, before any reactor-driven code runs) and stops it at
-teardown: SIGTERM, then SIGKILL after a bounded wait.
+Each service listens on a free port of 127.0.0.1, with its data and log under pytest's
+temporary directory; a fixture returns once it answers and stops it at teardown.
 
 - ``mariadb`` (session): one MariaDB server; ``mysql_db`` (function) gives a test its own
   freshly created, empty database on it.
@@ -19,26 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
-import platform
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import count
-from pathlib import Path
-from typing import IO, Any, Protocol
 
-import pymysql
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.services import (
+    Anvil,
+    AnvilFactory,
+    MariaDB,
+    MissingBinaryError,
+    MySQLDatabase,
+    Redis,
+)
 
 # Property tests: `make test` runs a fixed, bounded set of examples (the same every run);
 # `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs many more, with fresh random seeds.
@@ -59,544 +53,21 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 30.0  # seconds a service has to answer once started
-STOP_TIMEOUT = 10.0  # seconds a service has to exit after SIGTERM, before SIGKILL
-REQUEST_TIMEOUT = 10.0  # seconds for one request made by a fixture helper
-POLL_INTERVAL = 0.05
-PORT_ATTEMPTS = 3  # fresh ports tried when a new service fails to start (port taken meanwhile)
-INSTALL_HINT = "run `make test` from the repository root: it installs what the tests need"
-SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
-
-class ServiceError(Exception):
-    """A test service did not start, did not answer, or answered with an error."""
-
-
-def free_port() -> int:
-    """Return a TCP port of 127.0.0.1 that nothing listens on at the moment."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def find_binary(name: str, candidates: Sequence[Path] = ()) -> str:
-    """Locate an executable among ``candidates``, then on PATH and the sbin folders."""
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name) or shutil.which(name, path=SBIN_PATH)
-    if found is None:
-        pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
-    return found
-
-
-def anvil_binary() -> str:
-    """Locate anvil: the npm package's native binary for this platform, else its wrapper."""
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    modules = REPO_ROOT / "node_modules"
-    native = modules / "@foundry-rs" / f"anvil-{sys.platform}-{arch}" / "bin" / "anvil"
-    return find_binary("anvil", [native, modules / ".bin" / "anvil"])
-
-
-class _Process:
-    """One service process, leader of its own process group, logging to a file."""
-
-    def __init__(self, name: str, log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._popen is None else self._popen.pid
-
-    def spawn(self, argv: Sequence[str], cwd: Path) -> None:
-        if self.running:
-            raise ServiceError(f"{self.name} is already running")
-        with self.log_path.open("ab") as log:
-            log.write(f"--- {' '.join(argv)}\n".encode())
-            log.flush()
-            self._popen = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def check_alive(self) -> None:
-        if self._popen is not None and self._popen.poll() is not None:
-            raise ServiceError(
-                f"{self.name} exited with status {self._popen.returncode}; "
-                f"log {self.log_path}:\n{self.log_tail()}"
-            )
-
-    def _signal_group(self, signum: int) -> None:
-        if self._popen is not None and self._popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._popen.pid, signum)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, then SIGKILL if the process has not exited within ``timeout``."""
-        if self._popen is None:
-            return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group and reap the leader."""
-        if self._popen is None:
-            return
-        self._signal_group(signal.SIGKILL)
-        self._popen.wait(STOP_TIMEOUT)
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _wait_ready(process: _Process, ready: Callable[[], object], timeout: float) -> None:
-    """Poll ``ready`` until it returns without raising, the process dies, or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        process.check_alive()
-        try:
-            ready()
-        except (OSError, ServiceError, pymysql.MySQLError) as e:
-            error: Exception = e
-        else:
-            return
-        if time.monotonic() >= deadline:
-            raise ServiceError(
-                f"{process.name} did not answer within {timeout:g} s ({error!r}); "
-                f"log {process.log_path}:\n{process.log_tail()}"
-            )
-        time.sleep(POLL_INTERVAL)
-
-
-class _Service:
-    """Start, stop, kill and restart one server process on a fixed port."""
-
-    host = LOOPBACK
-
-    def __init__(self, name: str, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = 0
-        self._process = _Process(name, workdir / f"{name}.log")
-
-    @property
-    def log_path(self) -> Path:
-        return self._process.log_path
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
-    def _argv(self) -> list[str]:
-        raise NotImplementedError
-
-    def _ready(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        """Start the server on its port and return once it answers."""
-        self._process.spawn(self._argv(), self.workdir)
-        try:
-            _wait_ready(self._process, self._ready, START_TIMEOUT)
-        except ServiceError:
-            self._process.kill()
-            raise
-
-    def start_on_free_port(self) -> None:
-        """Start on a free port, trying another one if the server dies (port taken)."""
-        for attempt in range(PORT_ATTEMPTS):
-            self.port = free_port()
-            try:
-                self.start()
-            except ServiceError:
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-            else:
-                return
-
-    def stop(self) -> None:
-        """Stop the server gracefully (SIGTERM; SIGKILL after a bounded wait)."""
-        self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash or a power cut would, and leave it down."""
-        self._process.kill()
-
-    def restart(self) -> None:
-        """SIGKILL the server, start it again on the same port and data, wait until ready."""
-        self.kill()
-        self.start()
-
-    def ensure_running(self) -> None:
-        """Start the server again if an earlier test left it stopped."""
-        if not self.running:
-            self.start()
-
-
-class MariaDB(_Service):
-    """A private MariaDB server with one database and one password-protected user."""
-
-    def __init__(self, workdir: Path, user: str = "ethtwisted", database: str = "ethtwisted"):
-        super().__init__("mariadbd", workdir)
-        self.datadir = workdir / "data"
-        self.tmpdir = workdir / "tmp"  # a private one: temporary tables never meet another's
-        self.socket = str(self.datadir / "mysqld.sock")
-        self.user = user
-        self.password = secrets.token_hex(12)
-        self.database = database
-        self._mariadbd = find_binary("mariadbd")
-        self._install_db = find_binary("mariadb-install-db")
-
-    @property
-    def url(self) -> str:
-        """The ``--db`` URL of ``database`` for ``user`` (the password goes separately)."""
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-    def url_for(self, database: str) -> str:
-        """The ``--db`` URL of another database on this server."""
-        return f"mysql://{self.user}@{self.host}:{self.port}/{database}"
-
-    def setup(self) -> None:
-        """Create the data directory, start the server, create the database and the user."""
-        self.tmpdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            self._install_db,
-            "--no-defaults",
-            f"--datadir={self.datadir}",
-            f"--tmpdir={self.tmpdir}",
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ]
-        result = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=START_TIMEOUT,
-            check=False,
-        )
-        with self.log_path.open("ab") as log:
-            log.write(f"--- {' '.join(argv)}\n".encode() + result.stdout)
-        if result.returncode != 0:
-            raise ServiceError(
-                f"mariadb-install-db exited with status {result.returncode}:\n"
-                + result.stdout.decode(errors="replace")
-            )
-        self.start_on_free_port()
-        for host in ("%", "localhost"):
-            self._execute("CREATE USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
-            self._execute("GRANT ALL PRIVILEGES ON *.* TO %s@%s", (self.user, host))
-        self.create_database(self.database)
-
-    def _argv(self) -> list[str]:
-        return [
-            self._mariadbd,
-            "--no-defaults",
-            f"--datadir={self.datadir}",
-            f"--tmpdir={self.tmpdir}",
-            f"--port={self.port}",
-            f"--bind-address={self.host}",
-            f"--socket={self.socket}",
-            f"--pid-file={self.datadir / 'mysqld.pid'}",
-            "--user=root",
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=32M",
-            "--innodb-log-file-size=16M",
-        ]
-
-    def _ready(self) -> None:
-        with self.connect() as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        # The TCP listener opens with the socket one; check it answers with a greeting too.
-        with socket.create_connection((self.host, self.port), timeout=REQUEST_TIMEOUT) as sock:
-            if not sock.recv(1):
-                raise ServiceError("MariaDB closed the TCP connection without a greeting")
-
-    def connect(self, database: str | None = None) -> pymysql.connections.Connection[Any]:
-        """A new blocking connection as root over the unix socket, in autocommit mode."""
-        return pymysql.connect(
-            unix_socket=self.socket,
-            user="root",
-            database=database,
-            autocommit=True,
-            connect_timeout=REQUEST_TIMEOUT,
-            read_timeout=REQUEST_TIMEOUT * 3,
-            write_timeout=REQUEST_TIMEOUT,
-        )
-
-    def query(
-        self, sql: str, args: Sequence[Any] | None = None, *, database: str | None = None
-    ) -> list[tuple[Any, ...]]:
-        """Run one statement as root (blocking: not on the reactor) and return its rows.
-
-        It runs in ``database``, by default the server's own ``database``.
-        """
-        return self._execute(sql, args, database or self.database)
-
-    def _execute(
-        self, sql: str, args: Sequence[Any] | None = None, database: str | None = None
-    ) -> list[tuple[Any, ...]]:
-        with self.connect(database) as connection, connection.cursor() as cursor:
-            cursor.execute(sql, args)
-            return list(cursor.fetchall())
-
-    def create_database(self, name: str) -> None:
-        """Drop ``name`` if it exists and create it empty."""
-        quoted = _quote_identifier(name)
-        self._execute(f"DROP DATABASE IF EXISTS {quoted}")
-        self._execute(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4")
-
-    def drop_database(self, name: str) -> None:
-        """Drop ``name``, waiting at most a few seconds for locks held by stray connections."""
-        with self.connect() as connection, connection.cursor() as cursor:
-            cursor.execute("SET SESSION lock_wait_timeout = 5")
-            cursor.execute(f"DROP DATABASE IF EXISTS {_quote_identifier(name)}")
-
-
-def _quote_identifier(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-@dataclass(frozen=True)
-class MySQLDatabase:
-    """One test's own empty database on the session's MariaDB server."""
-
-    server: MariaDB
-    name: str
-
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def user(self) -> str:
-        return self.server.user
-
-    @property
-    def password(self) -> str:
-        return self.server.password
-
-    @property
-    def url(self) -> str:
-        """``mysql://user@127.0.0.1:port/name`` (the password goes separately)."""
-        return self.server.url_for(self.name)
-
-    def query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one statement in this database as root (blocking) and return its rows."""
-        return self.server.query(sql, args, database=self.name)
-
-
-class RedisReplyError(ServiceError):
-    """Redis answered a command with an error reply."""
-
-
-class Redis(_Service):
-    """A private Redis server without persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__("redis-server", workdir)
-        self._redis_server = find_binary("redis-server")
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
-
-    def _argv(self) -> list[str]:
-        return [
-            self._redis_server,
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
-
-    def _ready(self) -> None:
-        if self.execute("PING") != "PONG":
-            raise ServiceError("Redis did not answer PING with PONG")
-
-    def execute(self, *args: str | bytes | int | float) -> Any:
-        """Send one command over a new connection (blocking) and return the decoded reply.
-
-        Status replies come back as ``str``, bulk strings as ``bytes``, integers as ``int``,
-        arrays as lists, nil as ``None``; an error reply raises ``RedisReplyError``.
-        """
-        with socket.create_connection((self.host, self.port), timeout=REQUEST_TIMEOUT) as sock:
-            sock.sendall(_resp_command(args))
-            with sock.makefile("rb") as reader:
-                return _resp_reply(reader)
-
-    def flushall(self) -> None:
-        """Delete every key of every database."""
-        self.execute("FLUSHALL")
-
-
-def _resp_command(args: Sequence[str | bytes | int | float]) -> bytes:
-    parts = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def _resp_reply(reader: IO[bytes]) -> Any:
-    line = reader.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("Redis closed the connection before a whole reply")
-    kind, body = line[:1], line[1:-2]
-    if kind == b"+":
-        return body.decode()
-    if kind == b"-":
-        raise RedisReplyError(body.decode())
-    if kind == b":":
-        return int(body)
-    if kind == b"$":
-        size = int(body)
-        return None if size < 0 else reader.read(size + 2)[:-2]
-    if kind == b"*":
-        size = int(body)
-        return None if size < 0 else [_resp_reply(reader) for _ in range(size)]
-    raise ServiceError(f"unexpected Redis reply {line!r}")
-
-
-class RPCError(ServiceError):
-    """The node answered a JSON-RPC request with an error."""
-
-
-class Anvil(_Service):
-    """An anvil Ethereum dev node serving HTTP and WebSocket on a port, and IPC on a path.
-
-    Its chain lives in memory: ``restart()`` (and ``stop()`` then ``start()``) begins a new
-    chain at block 0 unless ``args`` ask anvil to keep state.
-    """
-
-    def __init__(self, workdir: Path, args: Sequence[str] = ()) -> None:
-        super().__init__("anvil", workdir)
-        self.ipc_path = str(workdir / "anvil.ipc")
-        self.args = list(args)
-        self._anvil = anvil_binary()
-        self._ids = count(1)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    def _argv(self) -> list[str]:
-        return [
-            self._anvil,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--ipc",
-            self.ipc_path,
-            "--silent",
-            *self.args,
-        ]
-
-    def start(self) -> None:
-        # A socket file left by a killed anvil would pass for a live one.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.ipc_path)
-        super().start()
-
-    def _ready(self) -> None:
-        self.ipc_rpc("eth_chainId")
-        self.rpc("eth_chainId")
-
-    def _request(self, method: str, params: Sequence[Any]) -> bytes:
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-        return json.dumps(body).encode()
-
-    @staticmethod
-    def _result(method: str, reply: Any) -> Any:
-        if "error" in reply:
-            raise RPCError(f"{method}: {reply['error']}")
-        return reply["result"]
-
-    def rpc(self, method: str, *params: Any) -> Any:
-        """Call one JSON-RPC method over HTTP (blocking) and return its result."""
-        request = urllib.request.Request(  # noqa: S310 (http_url is always http://)
-            self.http_url,
-            data=self._request(method, params),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310
-            return self._result(method, json.load(response))
-
-    def ipc_rpc(self, method: str, *params: Any) -> Any:
-        """Call one JSON-RPC method over the IPC socket (blocking) and return its result."""
-        decoder = json.JSONDecoder()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(REQUEST_TIMEOUT)
-            sock.connect(self.ipc_path)
-            sock.sendall(self._request(method, params))
-            received = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("anvil closed the IPC connection before a reply")
-                received += chunk
-                try:
-                    reply, _ = decoder.raw_decode(received.decode().strip())
-                except ValueError:
-                    continue
-                return self._result(method, reply)
-
-    def block_number(self) -> int:
-        """The number of the latest block."""
-        return int(self.rpc("eth_blockNumber"), 16)
-
-    def mine(self, n: int = 1) -> int:
-        """Mine ``n`` blocks at once and return the new latest block number."""
-        self.rpc("anvil_mine", hex(n))
-        return self.block_number()
-
-
-class AnvilFactory(Protocol):
-    def __call__(self, *args: str, block_time: float | None = None) -> Anvil: ...
-
-
-# Fixtures
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """A service whose binary is missing fails the test with the hint, not a traceback."""
+    try:
+        yield
+    except MissingBinaryError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     """The session's MariaDB server, with database ``ethtwisted`` and user ``ethtwisted``."""
-    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    with installed():
+        server = MariaDB(tmp_path_factory.mktemp("mariadb"))
     try:
         server.setup()
         yield server
@@ -623,7 +94,8 @@ def mysql_db(mariadb: MariaDB) -> Iterator[MySQLDatabase]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     """The session's Redis server (tests use ``redis``, which empties it first)."""
-    server = Redis(tmp_path_factory.mktemp("redis"))
+    with installed():
+        server = Redis(tmp_path_factory.mktemp("redis"))
     try:
         server.start_on_free_port()
         yield server
@@ -649,7 +121,8 @@ def anvil_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilFac
 
     def start(*args: str, block_time: float | None = None) -> Anvil:
         extra = [*args] if block_time is None else [*args, "--block-time", f"{block_time:g}"]
-        node = Anvil(tmp_path_factory.mktemp("anvil"), extra)
+        with installed():
+            node = Anvil(tmp_path_factory.mktemp("anvil"), extra)
         nodes.append(node)
         node.start_on_free_port()
         return node

@@ -32,7 +32,7 @@ from ethtwisted.protocol import Block
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.server_tap import makeService as make_server  # noqa: N813
-from tests.conftest import Anvil
+from tests.services import Anvil
 
 TIMEOUT = 30.0
 TRANSPORTS = ["ipc", "ws", "http"]

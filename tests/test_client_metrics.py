@@ -26,7 +26,7 @@ from ethtwisted.client.follower import Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
-from tests.conftest import LOOPBACK, Anvil, free_port
+from tests.services import LOOPBACK, Anvil, free_port
 from tests.test_client import FakeNode, one_server
 from tests.test_client_e2e import Committed, start_server, twistd_client_fails
 

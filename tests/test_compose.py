@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ethtwisted.options import EnvOptions, env_name
-from tests.conftest import REPO_ROOT
+from tests.services import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.services import REPO_ROOT
 
 pytestmark = pytest.mark.containers
 

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
-from tests.conftest import Anvil
+from tests.services import Anvil
 from tests.test_web import TIMEOUT, TOKEN, start_server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from ethtwisted import demo, demo_tap
-from tests.conftest import anvil_binary, free_port
+from tests.services import anvil_binary, free_port
 
 TIMEOUT = 60.0
 POLL = 0.2

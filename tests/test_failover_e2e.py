@@ -24,7 +24,7 @@ from ethtwisted.interfaces import Received
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.server_tap import makeService as make_server  # noqa: N813
-from tests.conftest import Anvil, MySQLDatabase, Redis
+from tests.services import Anvil, MySQLDatabase, Redis
 from tests.test_client_e2e import TIMEOUT, Committed, node_hashes
 
 ACK_TIMEOUT = 2.0

@@ -13,7 +13,7 @@ import pytest
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
-from tests.conftest import REPO_ROOT, Anvil, AnvilFactory, MariaDB, MySQLDatabase, Redis
+from tests.services import REPO_ROOT, Anvil, AnvilFactory, MariaDB, MySQLDatabase, Redis
 
 
 def test_package_under_test_is_the_checkout() -> None:
@@ -172,3 +172,20 @@ def test_anvil_stop_leaves_nothing(anvil: Anvil) -> None:
     assert not anvil.running
     with pytest.raises(OSError):
         anvil.rpc("eth_chainId")
+
+
+def test_services_load_without_pytest() -> None:
+    """tests/services.py, which the benchmarks use, imports neither pytest nor Hypothesis."""
+    code = (
+        "import sys; import tests.services; "
+        "print(sorted({'pytest', 'hypothesis', '_pytest'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stderr

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ethtwisted import healthcheck, legacy_cli
-from tests.conftest import REPO_ROOT, free_port
+from tests.services import REPO_ROOT, free_port
 
 # What the Dockerfile's build context holds (see .dockerignore): the wheel is built from it.
 BUILD_CONTEXT = ["pyproject.toml", "setup.cfg", "setup.py", "README.md", "ethtwisted", "twisted"]

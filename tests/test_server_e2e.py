@@ -31,7 +31,7 @@ from ethtwisted.server.collector import CollectorService
 from ethtwisted.server.ingest import MAX_BATCH
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server_tap import Options, makeService
-from tests.conftest import MySQLDatabase, Redis
+from tests.services import MySQLDatabase, Redis
 
 TIMEOUT = 30.0
 FLOOD = 20_000

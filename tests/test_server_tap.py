@@ -14,7 +14,7 @@ import pytest
 from ethtwisted.server_tap import Options, with_backlog
 from ethtwisted.storage.redis_store import RedisURL
 from ethtwisted.storage.sql_store import DatabaseURL
-from tests.conftest import MySQLDatabase
+from tests.services import MySQLDatabase
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 

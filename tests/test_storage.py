@@ -27,7 +27,7 @@ from ethtwisted.protocol import Block, payload_hash
 from ethtwisted.storage import RejectedError, StartupError, is_rejection, wait_for
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
-from tests.conftest import MySQLDatabase, Redis
+from tests.services import MySQLDatabase, Redis
 
 HASH = "0x" + "ab" * 32
 

@@ -41,7 +41,7 @@ from ethtwisted.storage import redis_store
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
-from tests.conftest import MySQLDatabase, Redis
+from tests.services import MySQLDatabase, Redis
 
 T0 = 1_700_000_000.0
 SQL_TABLES = {"ethereum_data", "eth_blocks", "eth_clients"}

@@ -60,7 +60,7 @@ from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web.cat import plain_table
 from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource
-from tests.conftest import MySQLDatabase, Redis
+from tests.services import MySQLDatabase, Redis
 
 TIMEOUT = 30.0
 TOKEN = "s3cret-stats-token"
