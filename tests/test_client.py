@@ -23,7 +23,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -54,6 +54,7 @@ from ethtwisted.protocol import (
     encode_control,
     payload_hash,
 )
+from tests.helpers import wait_for
 from tests.test_protocol import feed, netstring
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -310,17 +311,6 @@ def fired(d: Deferred[Any]) -> Any:
     if isinstance(result, Failure):
         result.raiseException()
     return result
-
-
-async def until(reactor: Any, condition: Callable[[], bool]) -> None:
-    """
-    Let the real reactor run (the spool's thread answers there) until C{condition} holds.
-    """
-    for _ in range(10_000):
-        if condition():
-            return
-        await deferLater(reactor, 0.001)
-    pytest.fail("waited 10 s in vain")
 
 
 @pytest.fixture
@@ -925,12 +915,15 @@ async def test_a_spool_that_cannot_be_written_is_reported_once(
     logs.allowed_errors = 1
     try:
         poller.startService()
-        await until(reactor, lambda: poller.failures == 1)
+        await wait_for(lambda: poller.failures == 1, 10)
         assert len(outbox) == 0 and f.checkpoint.last is None
         spool.write_batch = write_batch  # type: ignore[method-assign]
-        for _ in range(20):
+
+        def retried() -> bool:
             clock.advance(1.0)
-            await deferLater(reactor, 0.02)
+            return f.checkpoint.last == node.tip
+
+        await wait_for(retried, 10, interval=0.02)
         assert f.checkpoint.last == node.tip and outbox.pending() == [json_payload(node.tip)]
         [error] = logs.texts(LogLevel.error)
         assert "cannot write the spool: batch: No space left on device" in error
@@ -1249,7 +1242,7 @@ async def followed(reactor: Any, client: EthClient, node: FakeNode) -> None:
     """
     Wait until the client has queued the node's head and saved it in its spool.
     """
-    await until(reactor, lambda: client.poller.follower.checkpoint.last == node.tip)
+    await wait_for(lambda: client.poller.follower.checkpoint.last == node.tip, 10)
 
 
 @pytest_twisted.ensureDeferred

@@ -12,29 +12,20 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.application.service import IService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 import ethtwisted
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
-from ethtwisted.interfaces import Received
-from ethtwisted.protocol import Block
-from ethtwisted.server.collector import CollectorService
-from ethtwisted.server_tap import Options as ServerOptions
-from ethtwisted.server_tap import makeService as make_server  # noqa: N813
+from tests.helpers import TIMEOUT, Committed, Server, start_server, wait_for
 from tests.services import Anvil
 
-TIMEOUT = 30.0
 TRANSPORTS = ["ipc", "ws", "http"]
 
 
@@ -48,77 +39,6 @@ def node_hashes(anvil: Anvil) -> dict[int, str]:
     """
     head = anvil.block_number()
     return {n: anvil.rpc("eth_getBlockByNumber", hex(n), False)["hash"] for n in range(head + 1)}
-
-
-class Committed:
-    """
-    The blocks the server reports committed to SQL (through its ingest's observers), and
-    Deferreds that fire once given hashes are among them.
-    """
-
-    def __init__(self) -> None:
-        self.hashes: set[str] = set()
-        self._waiting: list[tuple[set[str], Deferred[None]]] = []
-
-    def __call__(self, batch: Sequence[Received], new: int) -> None:
-        for received in batch:
-            if isinstance(received.block, Block):
-                self.hashes.add(received.block.hash)
-        waiting, self._waiting = self._waiting, []
-        for wanted, d in waiting:
-            if wanted <= self.hashes:
-                # Not from inside the server's ingest: the test goes on in a turn of its own.
-                reactor.callLater(0, d.callback, None)
-            else:
-                self._waiting.append((wanted, d))
-
-    def wait_for(
-        self, hashes: Sequence[str] | set[str], timeout: float = TIMEOUT
-    ) -> Deferred[None]:
-        wanted = set(hashes)
-        d: Deferred[None] = Deferred()
-        if wanted <= self.hashes:
-            d.callback(None)
-            return d
-        self._waiting.append((wanted, d))
-
-        def missing(failure: Any) -> Any:
-            absent = sorted(wanted - self.hashes)
-            raise AssertionError(f"{len(absent)} blocks not committed in time: {absent[:3]}...")
-
-        return d.addTimeout(timeout, reactor).addErrback(missing)
-
-
-@dataclass
-class Server:
-    service: IService
-    collector: CollectorService
-    port: int
-    path: Path
-
-    async def stop(self) -> None:
-        """
-        Stop as the process would: the service, then the connections (which exiting closes).
-        """
-        await self.service.stopService()
-        for protocol in list(self.collector.factory.connections):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
-
-
-async def start_server(path: Path, committed: Committed, port: int = 0) -> Server:
-    options = ServerOptions()
-    options.environ = {}
-    options.parseOptions(
-        ["--db", f"sqlite:///{path}", "--listen", f"tcp:{port}:interface=127.0.0.1"]
-    )
-    service = make_server(options, reactor)
-    service.startService()
-    collector = service.getServiceNamed("collector")
-    assert isinstance(collector, CollectorService)
-    await collector.ready.addTimeout(TIMEOUT, reactor)
-    collector.factory.ingest.observers.append(committed)
-    return Server(service, collector, collector.ports[0].getHost().port, path)
 
 
 def stored_blocks(path: Path) -> list[tuple[int, str]]:
@@ -145,6 +65,7 @@ def start_client(node: str, port: int, *args: str) -> EthClient:
 
 
 async def sleep(seconds: float) -> None:
+    """Let C{seconds} pass (pacing what the test does, never waiting for an event)."""
     await deferLater(reactor, seconds)
 
 
@@ -165,16 +86,21 @@ def no_errors_logged() -> Iterator[None]:
 
 @pytest_twisted.async_yield_fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[Server, Committed]]:
-    committed = Committed()
-    started = await start_server(tmp_path / "eth.sqlite", committed)
-    yield started, committed
+    started = await start_server(["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}"])
+    yield started, started.committed
     if started.service.running:
         await started.stop()
 
 
-def assert_chain_stored_once(path: Path, anvil: Anvil) -> None:
+def sqlite_file(server: Server) -> Path:
+    """The SQLite file named by the C{--db} of C{server}."""
+    return Path(server.args[server.args.index("--db") + 1].removeprefix("sqlite:///"))
+
+
+def assert_chain_stored_once(server: Server, anvil: Anvil) -> None:
+    """The SQLite file of C{server} holds the node's chain, each block once."""
     expected = sorted(node_hashes(anvil).items())
-    assert stored_blocks(path) == expected
+    assert stored_blocks(sqlite_file(server)) == expected
 
 
 # -- every transport --------------------------------------------------------------------------
@@ -202,7 +128,7 @@ async def test_every_block_reaches_sql_once(
     finally:
         await client.stopService()
     assert anvil.block_number() == 11
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
     assert len(client.outbox) == 0
 
 
@@ -223,7 +149,7 @@ async def test_oneshot_delivers_every_block(
         await committed.wait_for(node_hashes(anvil).values())
     finally:
         await client.stopService()
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
     assert len(client.outbox) == 0
 
 
@@ -248,16 +174,15 @@ async def test_server_stopped_while_blocks_are_mined_loses_nothing(
         for _ in range(5):
             anvil.mine()
             await sleep(0.1)
-        await sleep(0.5)
-        assert len(client.outbox) >= 5
-        restarted = await start_server(srv.path, committed, srv.port)
+        await wait_for(lambda: len(client.outbox) >= 5)
+        restarted = await srv.restart()
         try:
             await committed.wait_for(node_hashes(anvil).values())
         finally:
             await restarted.stop()
     finally:
         await client.stopService()
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
 
 
 def twistd_environ() -> dict[str, str]:
@@ -335,14 +260,11 @@ async def test_client_killed_and_restarted_with_spool_loses_nothing(
         for _ in range(4):
             head = anvil.mine()
             await sleep(0.1)
-        deadline = reactor.seconds() + TIMEOUT
-        while spool_head(spool) != head:
-            assert reactor.seconds() < deadline, log.read_text()
-            await sleep(0.05)
+        await wait_for(lambda: spool_head(spool) == head, interval=0.05, what=log.read_text)
         process.send_signal(signal.SIGKILL)
         process.wait(TIMEOUT)
         anvil.mine(3)
-        restarted = await start_server(srv.path, committed, srv.port)
+        restarted = await srv.restart()
         process = twistd_client(log, *args)
         try:
             await committed.wait_for(node_hashes(anvil).values())
@@ -354,7 +276,7 @@ async def test_client_killed_and_restarted_with_spool_loses_nothing(
             process.wait(TIMEOUT)
         if process.stdout is not None:
             process.stdout.close()
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
 
 
 @pytest_twisted.ensureDeferred
@@ -376,15 +298,9 @@ async def test_sigterm_stops_polling_flushes_briefly_and_keeps_the_rest(
         await committed.wait_for(node_hashes(anvil).values())
         await srv.stop()
         head = anvil.mine(3)
-        deadline = reactor.seconds() + TIMEOUT
-        while spool_head(spool) != head:
-            assert reactor.seconds() < deadline, log.read_text()
-            await sleep(0.05)
+        await wait_for(lambda: spool_head(spool) == head, interval=0.05, what=log.read_text)
         process.send_signal(signal.SIGTERM)
-        started = reactor.seconds()
-        while process.poll() is None:
-            assert reactor.seconds() - started < 10, log.read_text()
-            await sleep(0.05)
+        await wait_for(lambda: process.poll() is not None, 10, interval=0.05, what=log.read_text)
     finally:
         if process.poll() is None:
             process.kill()
@@ -416,19 +332,18 @@ async def test_client_stopped_gracefully_keeps_its_backlog_in_the_spool(
     await committed.wait_for(node_hashes(anvil).values())
     await srv.stop()
     anvil.mine(3)
-    while len(client.outbox) < 3:
-        await sleep(0.05)
+    await wait_for(lambda: len(client.outbox) >= 3)
     client.flush_timeout = 0.2
     await client.stopService()
     anvil.mine(2)
-    restarted = await start_server(srv.path, committed, srv.port)
+    restarted = await srv.restart()
     client = start_client(anvil.http_url, srv.port, "--spool", spool)
     try:
         await committed.wait_for(node_hashes(anvil).values())
     finally:
         await client.stopService()
         await restarted.stop()
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -489,7 +404,7 @@ async def test_a_reorg_is_followed(anvil: Anvil, server: tuple[Server, Committed
             await client.stopService()
     reorgs = [formatEvent(e) for e in events if "reorg" in e.get("log_format", "")]
     assert len(reorgs) == 1 and "depth 3" in reorgs[0] and "after block 3" in reorgs[0]
-    stored = stored_blocks(srv.path)
+    stored = stored_blocks(sqlite_file(srv))
     assert sorted(set(stored)) == stored
     assert set(stored) == set(before.items()) | set(after.items())
 

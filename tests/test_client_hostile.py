@@ -20,7 +20,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.web.resource import Resource
@@ -46,8 +46,9 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
+from tests.helpers import wait_for
 from tests.test_client import FakeNode as ChainNode
-from tests.test_client import Logs, one_server, until
+from tests.test_client import Logs, one_server
 from tests.test_client_e2e import TIMEOUT, twistd_client
 from tests.test_protocol import netstring
 
@@ -231,12 +232,12 @@ async def test_absurd_node_answers_are_said_once_and_never_sent(
     poller = Poller(follower, reactor, 0.05, 0.05)
     poller.startService()
     try:
-        await until(reactor, lambda: poller.failures >= 4)
+        await wait_for(lambda: poller.failures >= 4, 10)
         assert len(outbox) == 0
         [warning] = logs.texts(LogLevel.warn)
         assert reason in warning and "does not serve us" in warning, warning
         resource.script.answers = {"eth_chainId": ("result", "0x7a69")}
-        await until(reactor, lambda: len(outbox) == 1)
+        await wait_for(lambda: len(outbox) == 1, 10)
         [payload] = outbox.pending()
         assert json.loads(payload)["chain_id"] == 31337
         assert logs.containing("answers again after")
@@ -302,10 +303,11 @@ async def test_deep_json_from_the_node_does_not_kill_eth_client(
     try:
         await until_logged(log, "does not serve us", process)
         calls = len(resource.script.calls)
-        for _ in range(int(TIMEOUT / 0.05)):
-            if len(resource.script.calls) >= calls + 3 or process.poll() is not None:
-                break
-            await deferLater(reactor, 0.05)
+        await wait_for(
+            lambda: len(resource.script.calls) >= calls + 3 or process.poll() is not None,
+            TIMEOUT,
+            interval=0.05,
+        )
         assert process.poll() is None, f"eth-client died: {process.returncode}"
     finally:
         code = await stopped(process)
@@ -319,12 +321,12 @@ async def until_logged(log: Path, text: str, process: subprocess.Popen[bytes]) -
     """
     Wait until C{text} is in the C{log} of a running C{process}; fail if it ends first.
     """
-    for _ in range(int(TIMEOUT / 0.05)):
-        if text in (log.read_text() if log.exists() else ""):
-            return
+
+    def logged() -> bool:
         assert process.poll() is None, f"eth-client died: {process.returncode}"
-        await deferLater(reactor, 0.05)
-    pytest.fail(f"{text!r} not logged within {TIMEOUT} s")
+        return text in (log.read_text() if log.exists() else "")
+
+    await wait_for(logged, TIMEOUT, interval=0.05, what=f"{text!r} logged")
 
 
 async def stopped(process: subprocess.Popen[bytes]) -> int:
@@ -333,11 +335,9 @@ async def stopped(process: subprocess.Popen[bytes]) -> int:
     """
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-    for _ in range(int(TIMEOUT / 0.05)):
-        if process.poll() is not None:
-            break
-        await deferLater(reactor, 0.05)
-    else:
+    try:
+        await wait_for(lambda: process.poll() is not None, TIMEOUT, interval=0.05)
+    except AssertionError:
         process.kill()
     if process.stdout is not None:
         process.stdout.close()
@@ -381,7 +381,7 @@ async def test_a_spool_of_an_older_version_is_not_resent_with_its_poison(
     try:
         assert outbox.restore() is None
         assert outbox.pending() == [good, b"older page"]
-        await until(reactor, lambda: not (tmp_path / "batch-000000000000.json").exists())
+        await wait_for(lambda: not (tmp_path / "batch-000000000000.json").exists(), 10)
         assert len(logs.containing("dropped 3 block messages", LogLevel.warn)) == 1
         assert len(logs.containing("dropped 1 block messages", LogLevel.warn)) == 1
         [error] = logs.texts(LogLevel.error)
@@ -442,7 +442,7 @@ async def test_a_failed_spool_write_leaves_no_temporary_file_and_is_told_as_the_
     poller.startService()
     try:
         # The next batch has the next name, which is free.
-        await until(reactor, lambda: bool(logs.containing("written again")))
+        await wait_for(lambda: bool(logs.containing("written again")), 10)
     finally:
         await poller.stopService()
         await outbox.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import treq
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 import ethtwisted.metrics
@@ -26,9 +25,10 @@ from ethtwisted.client.follower import Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
+from tests.helpers import start_server, wait_for
 from tests.services import LOOPBACK, Anvil, free_port
 from tests.test_client import FakeNode, one_server
-from tests.test_client_e2e import Committed, start_server, twistd_client_fails
+from tests.test_client_e2e import twistd_client_fails
 
 TIMEOUT = 30.0
 
@@ -183,8 +183,8 @@ async def test_metrics_served_by_a_real_client(
     """
     monkeypatch.setattr(ethtwisted.metrics, "UNHEALTHY_AFTER", 0.5)
     anvil.mine(3)
-    committed = Committed()
-    server = await start_server(tmp_path / "eth.sqlite", committed)
+    server = await start_server(["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}"])
+    committed = server.committed
     port = free_port()
     options = client_tap.Options()
     options.environ = {}
@@ -201,31 +201,29 @@ async def test_metrics_served_by_a_real_client(
         number = int(head["number"], 16)
         assert number == 3
         await committed.wait_for([head["hash"]])
-        await until_true(lambda: len(client.outbox) == 0)
+        await wait_for(lambda: len(client.outbox) == 0)
         text = await (await treq.get(f"{base}/metrics")).text()
         assert f"ethtwisted_head_block {number}.0" in text
         assert f"ethtwisted_acknowledged_block {number}.0" in text
         assert "ethtwisted_node_up 1.0" in text
         assert (await treq.get(f"{base}/healthz")).code == 200
         await server.stop()
-        deadline = reactor.seconds() + TIMEOUT
-        while (response := await treq.get(f"{base}/healthz")).code != 503:
-            assert reactor.seconds() < deadline, "/healthz never turned 503"
-            await deferLater(reactor, 0.1)
-        assert "server unreachable" in await response.text()
+        unhealthy: list[str] = []
+
+        async def turned_unhealthy() -> bool:
+            response = await treq.get(f"{base}/healthz")
+            if response.code == 503:
+                unhealthy.append(await response.text())
+            return bool(unhealthy)
+
+        await wait_for(turned_unhealthy, TIMEOUT, interval=0.1, what="/healthz turned 503")
+        assert "server unreachable" in unhealthy[0]
     finally:
         await client.stopService()
         if server.service.running:
             await server.stop()
     # Stopping the client stops its metrics too.
     assert not client.getServiceNamed("metrics").running
-
-
-async def until_true(condition: Callable[[], bool]) -> None:
-    deadline = reactor.seconds() + TIMEOUT
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02)
 
 
 def test_metrics_options() -> None:

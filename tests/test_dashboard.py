@@ -9,7 +9,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
+from tests.helpers import wait_for
 from tests.services import Anvil
-from tests.test_web import TIMEOUT, TOKEN, start_server
+from tests.test_web import TIMEOUT, TOKEN, stats_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -218,7 +218,7 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
     A screenshot is saved in the test's temporary folder.
     """
     await deferToThread(anvil.mine, 5)
-    server = await start_server(
+    server = await stats_server(
         ["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}", "--stats-token", TOKEN]
     )
     assert server.collector_port is not None
@@ -240,10 +240,10 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
             rows = (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
             return {c["client"] for c in rows if c["last_block"] == number} == set(clients)
 
-        await until_async(lambda: clients_at(5))
+        await wait_for(lambda: clients_at(5), interval=0.1)
 
         await browser.open(f"{server.url}/?token={TOKEN}")
-        await until_async(lambda: page_shows(browser, "#5", 3))
+        await wait_for(lambda: page_shows(browser, "#5", 3), interval=0.1)
         rows = by_client(await browser.evaluate(ROWS))
         assert set(rows) == set(clients)
         assert all(row["head"] == "5" and row["state"] == "ok" for row in rows.values())
@@ -253,9 +253,9 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         # One client stops; the chain moves on, and the page follows without a reload.
         await clients.pop("node-http").stopService()
         await deferToThread(anvil.mine, 3)
-        await until_async(lambda: clients_at(8))
+        await wait_for(lambda: clients_at(8), interval=0.1)
         assert await api_head() == 8
-        await until_async(lambda: page_shows(browser, "#8", 3))
+        await wait_for(lambda: page_shows(browser, "#8", 3), interval=0.1)
         rows = by_client(await browser.evaluate(ROWS))
         assert rows["node-ipc"]["head"] == "8" and rows["node-ipc"]["state"] == "ok"
         assert rows["node-ws"]["state"] == "ok"
@@ -286,13 +286,3 @@ async def page_shows(browser: Browser, head: str, rows: int) -> bool:
     shown = await browser.evaluate(HEAD)
     listed = await browser.evaluate("document.querySelectorAll('#clients tr[data-client]').length")
     return bool(shown == head and listed == rows)
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    """
-    Wait until the async C{condition()} holds, polling without blocking the reactor.
-    """
-    deadline = reactor.seconds() + timeout
-    while not await condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.1)

@@ -19,10 +19,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from ethtwisted import demo, demo_tap
+from tests.helpers import wait_for
 from tests.services import anvil_binary, free_port
 
 TIMEOUT = 60.0
@@ -183,11 +183,14 @@ async def wait_until_stored(demo: Twistd, database: Path, more_than: int) -> lis
     Poll the database until it holds more than C{more_than} blocks; fail if the demo ends
     or time runs out first.
     """
-    deadline = reactor.seconds() + TIMEOUT
-    while len(numbers := stored(database)) <= more_than:
+    numbers: list[int] = []
+
+    def more() -> bool:
         assert not demo.ended.called, demo.text
-        assert reactor.seconds() < deadline, demo.text
-        await deferLater(reactor, POLL)
+        numbers[:] = stored(database)
+        return len(numbers) > more_than
+
+    await wait_for(more, TIMEOUT, interval=POLL, what=lambda: demo.text)
     return numbers
 
 

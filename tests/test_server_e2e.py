@@ -14,46 +14,22 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from ethtwisted.framing import FrameProtocol
-from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control
+from ethtwisted.protocol import Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
-from ethtwisted.server.collector import CollectorService
 from ethtwisted.server.ingest import MAX_BATCH
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
-from ethtwisted.server_tap import Options, makeService
+from tests.helpers import TIMEOUT, Peer, Server, connect, connect_peer, start_server, wait_for
 from tests.services import MySQLDatabase, Redis
 
-TIMEOUT = 30.0
 FLOOD = 20_000
-
-
-@dataclass
-class Server:
-    service: IService
-    collector: CollectorService
-    port: int
-
-
-async def start_server(args: Sequence[str], environ: dict[str, str] | None = None) -> Server:
-    options = Options()
-    options.environ = dict(environ or {})
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
-    service = makeService(options, reactor)
-    service.startService()
-    collector = service.getServiceNamed("collector")
-    assert isinstance(collector, CollectorService)
-    await collector.ready.addTimeout(TIMEOUT, reactor)
-    return Server(service, collector, collector.ports[0].getHost().port)
 
 
 @pytest_twisted.async_yield_fixture
@@ -69,68 +45,6 @@ def sqlite_rows(path: Path) -> dict[str, str]:
         return dict(db.execute("SELECT hash, payload FROM ethereum_data"))
 
 
-class Peer(FrameProtocol):
-    """
-    A client for tests: sends payloads, with at most C{window} unacknowledged.
-    """
-
-    def __init__(self, window: int = 50) -> None:
-        super().__init__()
-        self.window = window
-        self.queue: list[bytes] = []
-        self.unacked: dict[str, bytes] = {}
-        self.acked: list[str] = []
-        self.on_ack: Callable[[str], None] | None = None
-        self.waiting: list[tuple[int, Deferred[None]]] = []
-        self.lost: Deferred[None] = Deferred()
-        self.expected = 0
-
-    def send(self, payloads: Sequence[bytes]) -> Deferred[None]:
-        """
-        Send C{payloads}; the Deferred fires once as many acks arrived as were sent.
-        """
-        self.queue.extend(payloads)
-        self.expected += len(payloads)
-        done: Deferred[None] = Deferred()
-        self.waiting.append((self.expected, done))
-        self._fill()
-        return done
-
-    def _fill(self) -> None:
-        while self.queue and len(self.unacked) < self.window:
-            payload = self.queue.pop(0)
-            self.unacked[sha(payload)] = payload
-            self.sendString(payload)
-
-    def controlReceived(self, frame: ControlFrame) -> None:
-        assert isinstance(frame, Ack)
-        self.unacked.pop(frame.sha256, None)
-        self.acked.append(frame.sha256)
-        if self.on_ack is not None:
-            self.on_ack(frame.sha256)
-        self._fill()
-        while self.waiting and len(self.acked) >= self.waiting[0][0]:
-            self.waiting.pop(0)[1].callback(None)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.lost.callback(None)
-
-
-def connect(port: int, protocol: Protocol | None = None) -> Deferred[Any]:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-    return connectProtocol(endpoint, protocol or Peer())
-
-
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """
-    Wait, without blocking the reactor, until C{condition()} holds (bounded in time).
-    """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02)
-
-
 @pytest_twisted.ensureDeferred
 async def test_dedup_across_connections_and_ack_after_commit(
     sqlite_server: tuple[Server, Path],
@@ -141,7 +55,7 @@ async def test_dedup_across_connections_and_ack_after_commit(
     """
     server, path = sqlite_server
     payloads = [f"block {i}".encode() for i in range(60)]
-    peers = [await connect(server.port) for _ in range(3)]
+    peers = [await connect_peer(server.port) for _ in range(3)]
     missing_at_ack: list[str] = []
 
     def check(sha256: str) -> None:
@@ -175,7 +89,7 @@ async def test_oneshot_clients_are_all_stored(sqlite_server: tuple[Server, Path]
 
     payloads = [f"<p>{i}</p>".encode() for i in range(50)]
     await DeferredList([connect(server.port, OneShot(p)) for p in payloads])
-    await until(lambda: len(sqlite_rows(path)) == 50)
+    await wait_for(lambda: len(sqlite_rows(path)) == 50)
     assert set(sqlite_rows(path)) == {sha(p) for p in payloads}
 
 
@@ -186,7 +100,7 @@ async def test_bad_clients_cost_only_their_connections(sqlite_server: tuple[Serv
     own connection while a good client on another connection keeps being served.
     """
     server, path = sqlite_server
-    good = await connect(server.port)
+    good = await connect_peer(server.port)
     await good.send([b"before"])
 
     class Raw(Protocol):
@@ -215,7 +129,7 @@ async def test_hundreds_of_idle_connections(sqlite_server: tuple[Server, Path]) 
     said hello stays connected and served throughout.
     """
     server, _ = sqlite_server
-    persistent = await connect(server.port)
+    persistent = await connect_peer(server.port)
     persistent.sendString(encode_control(Hello("persistent")))
     idle = [await connect(server.port, Peer()) for _ in range(300)]
     await persistent.send([b"while idle ones wait"])
@@ -237,7 +151,7 @@ async def test_mysql_and_redis_store_and_count(mysql_db: MySQLDatabase, redis: R
     )
     try:
         payloads = [f"payload {i} ✓".encode() for i in range(100)]
-        peers = [await connect(server.port) for _ in range(2)]
+        peers = [await connect_peer(server.port) for _ in range(2)]
         await DeferredList([peers[0].send(payloads), peers[1].send(payloads[:30])])
         rows = await deferToThread(mysql_db.query, "SELECT hash, payload FROM ethereum_data")
         assert dict(rows) == {sha(p): p.decode() for p in payloads}
@@ -265,7 +179,7 @@ async def test_mysql_restart_mid_stream_loses_nothing_acked(
     )
     try:
         payloads = [f"stream {i}".encode() for i in range(2000)]
-        peer = await connect(server.port)
+        peer = await connect_peer(server.port)
         peer.window = 20
         restarted: list[Deferred[None]] = []
 
@@ -300,7 +214,7 @@ async def test_redis_outage_holds_acks_until_it_is_back(
         {"ETH_MYSQL_PASSWORD": mysql_db.password},
     )
     try:
-        peer = await connect(server.port)
+        peer = await connect_peer(server.port)
         await peer.send([b"before the outage"])
         await deferToThread(redis.kill)
         done = peer.send([b"during the outage 1", b"during the outage 2"])
@@ -326,10 +240,10 @@ async def test_tokens_required(tmp_path: Path) -> None:
     path = tmp_path / "t.sqlite"
     server = await start_server(["--db", f"sqlite:///{path}", "--tokens-file", str(tokens)])
     try:
-        good = await connect(server.port)
+        good = await connect_peer(server.port)
         good.sendString(encode_control(Hello("node", token="secret-two")))
         await good.send([b"with token"])
-        anonymous = await connect(server.port)
+        anonymous = await connect_peer(server.port)
         anonymous.sendString(b"no token")
         await anonymous.lost.addTimeout(TIMEOUT, reactor)
         assert set(sqlite_rows(path)) == {sha(b"with token")}
@@ -346,7 +260,7 @@ async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
     """
     path = tmp_path / "s.sqlite"
     server = await start_server(["--db", f"sqlite:///{path}"])
-    persistent = await connect(server.port)
+    persistent = await connect_peer(server.port)
     persistent.sendString(encode_control(Hello("persistent")))
     await persistent.send([b"acknowledged before the stop"])
 
@@ -357,7 +271,7 @@ async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
 
     await connect(server.port, OneShot())
     ingest = server.collector.factory.ingest
-    await until(lambda: ingest.unsettled > 0 or sha(b"last words") in sqlite_rows(path))
+    await wait_for(lambda: ingest.unsettled > 0 or sha(b"last words") in sqlite_rows(path))
     await server.service.stopService()
     await persistent.lost.addTimeout(TIMEOUT, reactor)
     assert set(sqlite_rows(path)) == {sha(b"last words"), sha(b"acknowledged before the stop")}
@@ -402,7 +316,7 @@ async def test_length_prefix_of_thousands_of_digits(sqlite_server: tuple[Server,
     with capturedLogs() as events:
         hostile = await connect(server.port, Raw(b"9" * 5000 + b":x"))
         await hostile.lost.addTimeout(TIMEOUT, reactor)
-        honest = await connect(server.port)
+        honest = await connect_peer(server.port)
         await honest.send([b"right after"]).addTimeout(TIMEOUT, reactor)
     assert bugs(events) == [] and len(drops(events)) == 1
     honest.transport.loseConnection()
@@ -452,12 +366,14 @@ async def test_peer_that_never_reads_its_acks_is_dropped(
     held: list[int] = []
     with capturedLogs() as events:
         hostile = await connect(server.port, NeverReads())
-        honest = await connect(server.port)
+        honest = await connect_peer(server.port)
         honest.sendString(encode_control(Hello("honest")))  # as eth-client does
-        while not hostile.lost.called:
-            assert len(held) < TIMEOUT / 0.02, "the peer was never dropped"
+
+        def dropped() -> bool:
             held.append(factory.buffered_bytes)
-            await deferLater(reactor, 0.02)
+            return hostile.lost.called
+
+        await wait_for(dropped, interval=0.02, what="the peer dropped")
         await honest.send([b"right after"]).addTimeout(TIMEOUT, reactor)
     assert bugs(events) == []
     assert [r for r in drops(events) if "acknowledgement" in r] != []
@@ -480,7 +396,7 @@ async def test_a_flooding_client_does_not_hold_up_an_honest_one(
     flooder = await connect(server.port, Peer(window=FLOOD))
     honest = await connect(server.port)
     flooded = flooder.send([b"flood %d" % i for i in range(FLOOD)])
-    await until(lambda: len(flooder.acked) > 0)
+    await wait_for(lambda: len(flooder.acked) > 0)
     with capturedLogs() as events:
         before, start = len(flooder.acked), reactor.seconds()
         await honest.send([b"honest"]).addTimeout(TIMEOUT, reactor)
@@ -515,7 +431,7 @@ async def test_trickling_hello_is_cut_at_the_deadline(tmp_path: Path) -> None:
             await trickler.lost.addTimeout(TIMEOUT, reactor)
             trickle.stop()
             assert reactor.seconds() - started >= 1
-            good = await connect(server.port)
+            good = await connect_peer(server.port)
             good.sendString(encode_control(Hello("node", token="secret")))
             await good.send([b"with token"]).addTimeout(TIMEOUT, reactor)
         assert bugs(events) == []
@@ -535,7 +451,7 @@ async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
     server = await start_server(["--db", f"sqlite:///{path}", "--max-connections", "3"])
     try:
         with capturedLogs() as events:
-            peers = [await connect(server.port) for _ in range(3)]
+            peers = [await connect_peer(server.port) for _ in range(3)]
             for i, peer in enumerate(peers):
                 peer.sendString(encode_control(Hello(f"node-{i}")))
                 await peer.send([b"served %d" % i]).addTimeout(TIMEOUT, reactor)
@@ -544,8 +460,8 @@ async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
             await peers[0].send([b"still served"]).addTimeout(TIMEOUT, reactor)
             peers[0].transport.loseConnection()
             await peers[0].lost
-            await until(lambda: len(server.collector.factory.connections) == 2)
-            late = await connect(server.port)
+            await wait_for(lambda: len(server.collector.factory.connections) == 2)
+            late = await connect_peer(server.port)
             await late.send([b"late"]).addTimeout(TIMEOUT, reactor)
         assert bugs(events) == []
         warned = [e for e in events if "the most allowed" in e.get("log_format", "")]
@@ -600,9 +516,9 @@ async def test_a_message_the_store_rejects_costs_only_its_connection(backend: Ba
     )
     server = await start_server(backend.args, backend.environ)
     try:
-        honest = await connect(server.port)
+        honest = await connect_peer(server.port)
         await honest.send([b"before"]).addTimeout(TIMEOUT, reactor)
-        hostile = await connect(server.port)
+        hostile = await connect_peer(server.port)
         with capturedLogs() as events:
             hostile.sendString(b"a poison pill")
             await honest.send([b"beside it"]).addTimeout(TIMEOUT, reactor)
@@ -630,9 +546,9 @@ async def test_a_hello_name_that_cannot_be_stored_costs_only_its_connection(
     """
     server = await start_server(backend.args, backend.environ)
     try:
-        honest = await connect(server.port)
+        honest = await connect_peer(server.port)
         await honest.send([b"before"]).addTimeout(TIMEOUT, reactor)
-        hostile = await connect(server.port)
+        hostile = await connect_peer(server.port)
         with capturedLogs() as events:
             hostile.sendString(b'\xff{"type":"hello","name":"node-\\ud800"}')
             hostile.sendString(b"from a nameless one")

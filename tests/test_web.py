@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,12 @@ from treq.testing import StubTreq
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from ethtwisted import server_tap, stats_tap
-from ethtwisted.framing import FrameProtocol
+from ethtwisted import stats_tap
 from ethtwisted.interfaces import (
     ClientRecord,
     IBlockReader,
@@ -41,10 +39,7 @@ from ethtwisted.interfaces import (
 )
 from ethtwisted.metrics import ServerMetrics
 from ethtwisted.protocol import (
-    Ack,
     Block,
-    ControlFrame,
-    Hello,
     block_html,
     block_json,
     parse_block,
@@ -60,24 +55,14 @@ from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from ethtwisted.web.cat import plain_table
 from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource
+from tests.helpers import LISTEN, TIMEOUT, connect_peer, start_server, wait_for
 from tests.services import MySQLDatabase, Redis
 
-TIMEOUT = 30.0
 TOKEN = "s3cret-stats-token"
 T0 = 1_700_000_000.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """
-    Wait, without blocking the reactor, until C{condition()} holds (bounded in time).
-    """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.005)
 
 
 @dataclass
@@ -112,7 +97,7 @@ class Client:
             self.stub.flush()
             return bool(done)
 
-        await until(finished)
+        await wait_for(finished, interval=0.005)
         if isinstance(done[0], Failure):
             done[0].raiseException()
         return done[0]
@@ -722,14 +707,14 @@ async def test_a_store_that_does_not_answer_times_out_in_words(sqlite_store: SQL
     with capturedLogs() as events:
         replying = Deferred.fromCoroutine(client.get("/healthz"))
         # Redis asked, and SQL answered: only the Redis ping's timer is left.
-        await until(lambda: hanging.calls == 1 and len(clock.getDelayedCalls()) == 1)
+        await wait_for(lambda: hanging.calls == 1 and len(clock.getDelayedCalls()) == 1)
         clock.advance(CHECK_TIMEOUT)
         reply = await replying
         assert reply.status == 503
         assert reply.json()["checks"] == {"sql": "ok", "redis": "timed out after 5 s"}
 
         replying = Deferred.fromCoroutine(client.get("/_cat/hashes"))
-        await until(lambda: hanging.calls == 2 and len(clock.getDelayedCalls()) == 1)
+        await wait_for(lambda: hanging.calls == 2 and len(clock.getDelayedCalls()) == 1)
         clock.advance(READ_TIMEOUT)
         reply = await replying
         assert (reply.status, reply.text) == (503, "store unavailable\n")
@@ -948,40 +933,6 @@ def test_hostile_requests_cost_only_a_4xx(
 # -- over real sockets ------------------------------------------------------------------------
 
 
-class Sender(FrameProtocol):
-    """
-    A client for tests: says hello, sends payloads, counts acknowledgements.
-    """
-
-    def __init__(self, name: str | None = None) -> None:
-        super().__init__()
-        self.name = name
-        self.acked: list[str] = []
-
-    def connectionMade(self) -> None:
-        if self.name is not None:
-            self.send_control(Hello(self.name))
-
-    def controlReceived(self, frame: ControlFrame) -> None:
-        assert isinstance(frame, Ack)
-        self.acked.append(frame.sha256)
-
-    async def send(self, payloads: Sequence[bytes]) -> None:
-        """
-        Send C{payloads} and wait until each is acknowledged (stored).
-        """
-        expected = len(self.acked) + len(payloads)
-        for payload in payloads:
-            self.sendString(payload)
-        await until(lambda: len(self.acked) >= expected)
-
-
-async def sender(port: int, name: str | None = None) -> Sender:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-    protocol: Sender = await connectProtocol(endpoint, Sender(name))
-    return protocol
-
-
 @dataclass
 class Running:
     service: IService
@@ -1003,19 +954,11 @@ class Running:
         await self.service.stopService()
 
 
-async def start_server(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
-    options = ServerOptions()
-    options.environ = dict(environ)
-    options.parseOptions(
-        ["--listen", "tcp:0:interface=127.0.0.1", "--stats", "tcp:0:interface=127.0.0.1", *args]
-    )
-    service = server_tap.makeService(options, reactor)
-    service.startService()
-    collector: Any = service.getServiceNamed("collector")
-    stats: Any = service.getServiceNamed("stats")
-    await collector.ready.addTimeout(TIMEOUT, reactor)
-    await stats.ready.addTimeout(TIMEOUT, reactor)
-    return Running(service, stats, collector.ports[0].getHost().port)
+async def stats_server(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
+    """eth-server with --stats on a free loopback port, in this process."""
+    server = await start_server(["--stats", LISTEN, *args], environ)
+    assert server.stats is not None
+    return Running(server.service, server.stats, server.port)
 
 
 async def start_stats(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
@@ -1039,9 +982,9 @@ async def feed_and_check(server: Running, reader: Running) -> None:
     what was sent, and that the server's own stats API answers the same.
     """
     assert server.collector_port is not None
-    one = await sender(server.collector_port, "node-one")
-    two = await sender(server.collector_port, "node-two")
-    old = await sender(server.collector_port)
+    one = await connect_peer(server.collector_port, "node-one")
+    two = await connect_peer(server.collector_port, "node-two")
+    old = await connect_peer(server.collector_port)
     await one.send(chain_payloads(31337, range(0, 8)))
     await two.send(chain_payloads(31337, range(0, 5)))
     await old.send([block_html(n) for n in (1, 2)])
@@ -1094,7 +1037,7 @@ async def test_over_sockets_with_sqlite(tmp_path: Path) -> None:
     both answer every endpoint over real sockets, with the same answers.
     """
     db = f"sqlite:///{tmp_path / 'eth.sqlite'}"
-    server = await start_server(["--db", db, "--stats-token", TOKEN])
+    server = await stats_server(["--db", db, "--stats-token", TOKEN])
     try:
         reader = await start_stats(["--db", db], {"ETH_STATS_TOKEN": TOKEN})
         try:
@@ -1113,7 +1056,7 @@ async def test_over_sockets_with_mysql_and_redis(mysql_db: MySQLDatabase, redis:
     """
     environ = {"ETH_MYSQL_PASSWORD": mysql_db.password}
     stores = ["--db", mysql_db.url, "--redis", redis.url, "--stats-token", TOKEN]
-    server = await start_server(stores, environ)
+    server = await stats_server(stores, environ)
     try:
         reader = await start_stats(stores, environ)
         try:
@@ -1163,7 +1106,7 @@ async def test_eth_stats_waits_for_tables_then_fails_in_time(tmp_path: Path) -> 
     try:
         with capturedLogs():
             service.startService()
-            await until(lambda: bool(failed))
+            await wait_for(lambda: bool(failed))
     finally:
         ethtwisted.startup.fatal = original
         await service.stopService()
