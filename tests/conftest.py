@@ -18,12 +18,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from itertools import count
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, settings
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from tests.services import (
     Anvil,
@@ -52,6 +56,58 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "expected_log_errors(*patterns): errors this test may log, each matching one of the"
+        " regular expressions (searched in the event's text and its failure's message)",
+    )
+
+
+def error_text(event: LogEvent) -> str | None:
+    """The text of an event at error or critical level or with a failure; None for others."""
+    failure = event.get("log_failure")
+    if failure is None and event.get("log_level") not in (LogLevel.error, LogLevel.critical):
+        return None
+    text = formatEvent(event)
+    if isinstance(failure, Failure):
+        kind = failure.type.__name__ if failure.type is not None else "Failure"
+        text += f" [{kind}: {failure.getErrorMessage()}]"
+    return text
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """
+    Fail a test that logs an error, a critical event or a failure (``log.failure``, an
+    unhandled error in a Deferred) that it did not declare with ``expected_log_errors``.
+
+    Observes the global log publisher, which every ``Logger`` ends at, whatever its filters.
+    """
+    patterns = [
+        re.compile(pattern)
+        for marker in request.node.iter_markers("expected_log_errors")
+        for pattern in marker.args
+    ]
+    errors: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        text = error_text(event)
+        if text is not None and not any(p.search(text) for p in patterns):
+            errors.append(text)
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    if errors:
+        pytest.fail(
+            "errors logged that the test did not expect:\n" + "\n".join(errors), pytrace=False
+        )
 
 
 @contextlib.contextmanager

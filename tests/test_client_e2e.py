@@ -11,14 +11,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import capturedLogs, formatEvent
 
 import ethtwisted
 from ethtwisted import client_tap
@@ -67,21 +67,6 @@ def start_client(node: str, port: int, *args: str) -> EthClient:
 async def sleep(seconds: float) -> None:
     """Let C{seconds} pass (pacing what the test does, never waiting for an event)."""
     await deferLater(reactor, seconds)
-
-
-@pytest.fixture(autouse=True)
-def no_errors_logged() -> Iterator[None]:
-    """
-    Errors and tracebacks logged by the client or the server fail the test.
-    """
-    with capturedLogs() as events:
-        yield
-    bad = [
-        formatEvent(e)
-        for e in events
-        if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
-    ]
-    assert not bad, "errors logged:\n" + "\n".join(bad)
 
 
 @pytest_twisted.async_yield_fixture

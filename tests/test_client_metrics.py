@@ -125,6 +125,7 @@ def test_healthz_turns_503_after_the_threshold() -> None:
     assert metrics.health() == {"node": None, "server": "server unreachable for 45 s"}
 
 
+@pytest.mark.expected_log_errors(" refused this client: bad or missing token$")
 def test_a_refusing_server_is_unhealthy_at_once() -> None:
     """
     A server that refuses this client (a bad token) makes /healthz say so without waiting for

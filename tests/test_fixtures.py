@@ -189,3 +189,69 @@ def test_services_load_without_pytest() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+LOGGING_TESTS = """
+import pytest
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def test_quiet():
+    log.warn("only a warning")
+
+
+def test_error():
+    log.error("disk {name} full", name="sda")
+
+
+def test_failure():
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("bug while dividing")
+
+
+@pytest.mark.expected_log_errors("^disk sda full$")
+def test_error_expected():
+    log.error("disk {name} full", name="sda")
+
+
+@pytest.mark.expected_log_errors(r"ZeroDivisionError: division by zero")
+def test_failure_expected():
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("bug while dividing")
+
+
+@pytest.mark.expected_log_errors("^disk sdb full$")
+def test_other_error():
+    log.error("disk {name} full", name="sda")
+"""
+
+
+def test_unexpected_logged_errors_fail_the_test(tmp_path: Path) -> None:
+    """
+    A test that logs an error or a failure it did not declare with expected_log_errors fails
+    at teardown, naming the event; declared ones, and warnings, pass.
+    """
+    (tmp_path / "conftest.py").write_text((REPO_ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_logging.py").write_text(LOGGING_TESTS)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    errors = sorted(
+        line.split("::")[1].split()[0]
+        for line in result.stdout.splitlines()
+        if line.startswith("ERROR ")
+    )
+    assert errors == ["test_error", "test_failure", "test_other_error"], result.stdout
+    assert "6 passed, 3 errors" in result.stdout, result.stdout  # errors at teardown
+    assert "disk sda full" in result.stdout and "bug while dividing" in result.stdout

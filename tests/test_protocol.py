@@ -249,6 +249,7 @@ def test_every_drop_kind_is_listed_and_explained() -> None:
     assert [k for k in DROP_KINDS if f"C{{{k}}}:" not in doc] == []
 
 
+@pytest.mark.expected_log_errors("^bug while handling a message from .*RuntimeError: boom")
 def test_bug_in_handler_is_logged_and_costs_only_the_connection() -> None:
     """
     An exception escaping a handler is logged as a failure and drops that connection.

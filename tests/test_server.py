@@ -161,6 +161,7 @@ def test_group_size_is_bounded() -> None:
     assert [len(c) for c in store.calls] == [4, 4, 2]
 
 
+@pytest.mark.expected_log_errors("^SQL store unavailable: ")
 def test_sql_failure_is_retried_with_backoff_and_logged_once() -> None:
     """
     A failing commit is retried, the same group again, with growing delays; the outage is
@@ -187,6 +188,7 @@ def test_sql_failure_is_retried_with_backoff_and_logged_once() -> None:
     assert not clock.getDelayedCalls()
 
 
+@pytest.mark.expected_log_errors("^Redis store unavailable: ")
 def test_redis_failure_retries_only_the_counting() -> None:
     """
     When SQL committed but Redis failed, only Redis is tried again (the client counts would
@@ -509,6 +511,7 @@ def test_rejected_group_is_split_until_the_rejected_message_is_alone() -> None:
     assert not [e for e in events if e.get("log_level") and e["log_level"].name == "critical"]
 
 
+@pytest.mark.expected_log_errors("^SQL store unavailable: ")
 def test_outage_is_retried_whole_not_split() -> None:
     """
     A locked SQLite database is an outage: the same group is tried again after a delay, not
@@ -530,6 +533,7 @@ def test_outage_is_retried_whole_not_split() -> None:
     assert results == [payload_hash(b"a"), payload_hash(b"b")]
 
 
+@pytest.mark.expected_log_errors("^Redis store unavailable: ")
 def test_redis_retry_keeps_the_group_name_and_a_rejection_is_split() -> None:
     """
     Counting a group again after a Redis outage uses the same group name (so that Redis, which

@@ -26,7 +26,16 @@ from ethtwisted.protocol import Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
 from ethtwisted.server.ingest import MAX_BATCH
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
-from tests.helpers import TIMEOUT, Peer, Server, connect, connect_peer, start_server, wait_for
+from tests.helpers import (
+    ROLLBACK_FAILED,
+    TIMEOUT,
+    Peer,
+    Server,
+    connect,
+    connect_peer,
+    start_server,
+    wait_for,
+)
 from tests.services import MySQLDatabase, Redis
 
 FLOOD = 20_000
@@ -165,6 +174,7 @@ async def test_mysql_and_redis_store_and_count(mysql_db: MySQLDatabase, redis: R
         await server.service.stopService()
 
 
+@pytest.mark.expected_log_errors("^SQL store unavailable: ", ROLLBACK_FAILED)
 @pytest_twisted.ensureDeferred
 async def test_mysql_restart_mid_stream_loses_nothing_acked(
     mysql_db: MySQLDatabase, redis: Redis
@@ -246,6 +256,9 @@ async def test_tokens_required(tmp_path: Path) -> None:
         anonymous = await connect_peer(server.port)
         anonymous.sendString(b"no token")
         await anonymous.lost.addTimeout(TIMEOUT, reactor)
+        assert [r.reason for r in anonymous.refusals] == [
+            "a token is required: send a hello with a token first"
+        ]
         assert set(sqlite_rows(path)) == {sha(b"with token")}
         good.transport.loseConnection()
     finally:

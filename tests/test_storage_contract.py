@@ -41,6 +41,7 @@ from ethtwisted.storage import redis_store
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
+from tests.helpers import ROLLBACK_FAILED
 from tests.services import MySQLDatabase, Redis
 
 T0 = 1_700_000_000.0
@@ -472,6 +473,7 @@ async def test_read_only_store_never_creates_or_writes(blocks: BlockBackend) -> 
     assert [c.messages for c in await writer.clients(10)] == [1]
 
 
+@pytest.mark.expected_log_errors(ROLLBACK_FAILED)
 @pytest_twisted.ensureDeferred
 async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend) -> None:
     """
@@ -545,6 +547,7 @@ async def test_address_counts_every_message(counters: Counters) -> None:
     assert await counters.reader.address_counts(0) == []
 
 
+@pytest.mark.expected_log_errors(ROLLBACK_FAILED)
 @pytest_twisted.ensureDeferred
 async def test_counters_that_are_down_fail_within_their_timeout(counters: Counters) -> None:
     """
