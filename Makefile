@@ -73,7 +73,7 @@ fuzz: venv services node
 lint: venv
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
-	$(VENV)/bin/mypy ethtwisted bench
+	$(VENV)/bin/mypy ethtwisted tests bench
 
 venv: $(VENV)/.installed
 

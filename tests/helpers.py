@@ -133,6 +133,11 @@ class Peer(FrameProtocol):
         while self.waiting and len(self.acked) >= self.waiting[0][0]:
             self.waiting.pop(0)[1].callback(None)
 
+    def close(self) -> None:
+        """Close the connection (once the written data is sent)."""
+        assert self.transport is not None, "not connected"
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.lost.callback(None)

@@ -224,9 +224,10 @@ class AckingPeer(FrameProtocol):
         self.payloads: list[bytes] = []
 
     def controlReceived(self, frame: ControlFrame) -> None:
-        if not isinstance(frame, Hello):
+        if isinstance(frame, Hello):
+            self.hellos.append(frame)
+        else:
             super().controlReceived(frame)
-        self.hellos.append(frame)
 
     def payloadReceived(self, payload: bytes) -> None:
         self.payloads.append(payload)
@@ -239,6 +240,7 @@ def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosi
     A connection made by C{factory} to C{peer}, through an in-memory pump.
     """
     client = factory.buildProtocol(None)
+    assert isinstance(client, ClientProtocol)
     pump = iosim.connect(peer, iosim.makeFakeServer(peer), client, iosim.makeFakeClient(client))
     return client, pump
 
@@ -631,7 +633,7 @@ def test_node_trouble_is_logged_once_and_retried_with_capped_backoff(logs: Logs)
     poller = Poller(f, clock, interval=1.0, max_backoff=8.0)
     poller.startService()
     node.down = "Connection refused"
-    times = []
+    times: list[float] = []
     for _ in range(200):
         clock.advance(0.5)
         if len(node.calls) > len(times) + 1:
@@ -937,9 +939,9 @@ async def test_spool_writes_off_the_reactor_thread_in_order(
     threads: set[int] = set()
     write = spool._write
 
-    def recorded(name: str, obj: Any) -> None:
+    def recorded(path: str, obj: Any) -> None:
         threads.add(threading.get_ident())
-        write(name, obj)
+        write(path, obj)
 
     spool._write = recorded  # type: ignore[method-assign]
     node = FakeNode()
@@ -975,7 +977,7 @@ def test_queue_blocks_encodes_each_format() -> None:
     for fmt, encode in [("json", block_json), ("html", lambda b: block_html(b.number))]:
         outbox = Outbox(10)
         queue_blocks(outbox, fmt)(node.canonical, Checkpoint())  # type: ignore[arg-type]
-        assert outbox.pending() == [encode(b) for b in node.canonical]  # type: ignore[operator]
+        assert outbox.pending() == [encode(b) for b in node.canonical]
 
 
 # -- the connection ---------------------------------------------------------------------------
@@ -1033,6 +1035,7 @@ def test_reconnect_resends_everything_unacknowledged_in_order(logs: Logs) -> Non
     pump.flush()
     assert peer.payloads == [b"a", b"b", b"c", b"d"]
     assert outbox.pending() == [b"a", b"b", b"d"]
+    assert client.transport is not None
     client.transport.loseConnection()
     pump.flush()
     assert delivery.protocol is None
@@ -1207,6 +1210,7 @@ class StoppableDelivery(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         assert self.client is not None and self.pump is not None
+        assert self.client.transport is not None
         self.client.transport.loseConnection()
         self.pump.flush()
         return succeed(None)

@@ -17,7 +17,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -144,6 +144,7 @@ class Twistd(ProcessProtocol):
         if reason.check(ProcessDone):
             self.ended.callback((0, None))
         else:
+            assert isinstance(reason.value, ProcessTerminated), reason
             self.ended.callback((reason.value.exitCode, reason.value.signal))
 
     @property

@@ -10,15 +10,23 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from traceback import walk_tb
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUNIX,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -42,7 +50,7 @@ from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 
-reactor: IReactorTime = global_reactor  # type: ignore[assignment]
+reactor = IReactorTime(global_reactor)
 
 TRANSPORTS = ["ipc", "ws", "http"]
 NODE_KINDS = ["web3", "failover", "measured"]
@@ -283,6 +291,19 @@ async def test_failover_to_a_live_node_is_logged_once(anvil: Any, tmp_path: Any)
 # -- nodes that never answer ------------------------------------------------------------------
 
 
+def local_port(factory: IProtocolFactory) -> Deferred[IListeningPort]:
+    """Listen with C{factory} on a free port of 127.0.0.1."""
+    return TCP4ServerEndpoint(IReactorTCP(global_reactor), 0, interface="127.0.0.1").listen(
+        factory
+    )
+
+
+def port_number(port: IListeningPort) -> int:
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return address.port
+
+
 class Silent(Protocol):
     """
     Accepts a connection and never says anything.
@@ -301,11 +322,11 @@ async def test_node_that_never_answers_fails_within_the_timeout(
     factory = Factory.forProtocol(Silent)
     if transport == "ipc":
         path = str(tmp_path / "silent.ipc")
-        port = global_reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
+        port = await UNIXServerEndpoint(IReactorUNIX(global_reactor), path).listen(factory)
         uri = path
     else:
-        port = global_reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-        uri = f"{transport}://127.0.0.1:{port.getHost().port}"
+        port = await local_port(factory)
+        uri = f"{transport}://127.0.0.1:{port_number(port)}"
     node = Web3Node(uri, reactor, timeout=0.5)
     try:
         for _ in range(2):
@@ -316,7 +337,7 @@ async def test_node_that_never_answers_fails_within_the_timeout(
             assert 0.4 < reactor.seconds() - start < 3
     finally:
         await node.close()
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest.mark.parametrize("uri", ["ws://127.0.0.1:1", "http://127.0.0.1:1"])
@@ -388,15 +409,15 @@ class FakeRPC(Resource):
 
 async def with_fake_rpc(
     answer: Callable[[str, list[Any]], dict[str, Any] | bytes],
-    check: Callable[[Web3Node], Deferred[Any] | Any],
+    check: Callable[[Web3Node], Awaitable[None]],
 ) -> None:
-    port = global_reactor.listenTCP(0, Site(FakeRPC(answer)), interface="127.0.0.1")  # type: ignore[attr-defined]
-    node = Web3Node(f"http://127.0.0.1:{port.getHost().port}", reactor, timeout=5)
+    port = await local_port(Site(FakeRPC(answer)))
+    node = Web3Node(f"http://127.0.0.1:{port_number(port)}", reactor, timeout=5)
     try:
         await check(node)
     finally:
         await node.close()
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
 
 @pytest.mark.parametrize(

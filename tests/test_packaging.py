@@ -202,7 +202,7 @@ def locked(name: str) -> dict[str, tuple[str, str | None]]:
     """
     The pins of the lock file C{name}: canonical name to version and environment marker.
     """
-    pins = {}
+    pins: dict[str, tuple[str, str | None]] = {}
     for line in (REPO_ROOT / name).read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             requirement = Requirement(line)
@@ -366,7 +366,8 @@ def test_health_url_per_plugin(tmp_path: Path) -> None:
     assert url({"ETH_STATS": "tcp:80"}, stats) == "http://127.0.0.1:8181/healthz"
     assert url({}, ("eth-stats", [])) == "http://127.0.0.1:8080/healthz"
     assert url({}, ("eth-demo", [])) == "http://127.0.0.1:8080/healthz"
-    assert url({"ETH_STATS": "tcp:80:interface=0.0.0.0"}, ("eth-demo", [])).endswith(":80/healthz")
+    everywhere = url({"ETH_STATS": "tcp:80:interface=0.0.0.0"}, ("eth-demo", []))
+    assert everywhere is not None and everywhere.endswith(":80/healthz")
     assert url({"ETH_HEALTHCHECK_URL": "http://x/"}, server) == "http://x/"
     assert url({"ETH_STATS": "tcp:80"}, None) is None
 

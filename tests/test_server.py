@@ -20,9 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
@@ -212,6 +216,7 @@ def test_redis_failure_retries_only_the_counting() -> None:
     assert not clock.getDelayedCalls()
 
 
+@implementer(IPushProducer)
 class Producer:
     def __init__(self) -> None:
         self.paused = False
@@ -337,7 +342,7 @@ def test_oneshot_client_that_closes_at_once_is_stored() -> None:
     """
     protocol, transport, store, clock = server_connection()
     feed(protocol, netstring(b"<html>page</html>"))
-    protocol.connectionLost(None)  # type: ignore[arg-type]
+    protocol.connectionLost(Failure(ConnectionDone()))
     transport.loseConnection()
     clock.advance(0)
     store.commit()
@@ -378,7 +383,7 @@ def test_silent_peer_is_dropped_after_idle_timeout() -> None:
     assert not transport.disconnecting
     clock.advance(0.2)
     assert transport.disconnecting
-    protocol.connectionLost(None)  # type: ignore[arg-type]
+    protocol.connectionLost(Failure(ConnectionDone()))
     assert not clock.getDelayedCalls()
 
 
@@ -428,7 +433,12 @@ def test_stop_gives_up_waiting_for_a_stuck_store() -> None:
     """
     clock, store = Clock(), HeldStore()
     closed: list[bool] = []
-    store.close = lambda: closed.append(True) or succeed(None)  # type: ignore[method-assign]
+
+    def close() -> Deferred[None]:
+        closed.append(True)
+        return succeed(None)
+
+    store.close = close  # type: ignore[method-assign]
     factory = ServerFactory(Ingest(store, None, clock), clock, 1000, 60.0)
     service = CollectorService(clock, factory, [], "the fake store", wait=0)  # type: ignore[arg-type]
     service.startService()

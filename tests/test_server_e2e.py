@@ -16,8 +16,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.tcp import Connection
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -77,7 +78,7 @@ async def test_dedup_across_connections_and_ack_after_commit(
     assert rows == {sha(p): p.decode() for p in payloads}
     assert missing_at_ack == []
     for peer in peers:
-        peer.transport.loseConnection()
+        peer.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -93,6 +94,7 @@ async def test_oneshot_clients_are_all_stored(sqlite_server: tuple[Server, Path]
             self.payload = payload
 
         def connectionMade(self) -> None:
+            assert self.transport is not None
             self.transport.write(b"%d:%s," % (len(self.payload), self.payload))
             self.transport.loseConnection()
 
@@ -118,9 +120,10 @@ async def test_bad_clients_cost_only_their_connections(sqlite_server: tuple[Serv
             self.lost: Deferred[None] = Deferred()
 
         def connectionMade(self) -> None:
+            assert self.transport is not None
             self.transport.write(self.data)
 
-        def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             self.lost.callback(None)
 
     bad_inputs = [b"GET / HTTP/1.0\r\n\r\n", b"70000:" + b"x" * 1000, b"2:\xc3(,", b"0:,"]
@@ -128,7 +131,7 @@ async def test_bad_clients_cost_only_their_connections(sqlite_server: tuple[Serv
     await DeferredList([b.lost for b in bad]).addTimeout(TIMEOUT, reactor)
     await good.send([b"after"])
     assert set(sqlite_rows(path)) == {sha(b"before"), sha(b"after")}
-    good.transport.loseConnection()
+    good.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -145,7 +148,7 @@ async def test_hundreds_of_idle_connections(sqlite_server: tuple[Server, Path]) 
     await DeferredList([p.lost for p in idle]).addTimeout(TIMEOUT, reactor)
     assert not persistent.lost.called
     await persistent.send([b"after they are gone"])
-    persistent.transport.loseConnection()
+    persistent.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -169,7 +172,7 @@ async def test_mysql_and_redis_store_and_count(mysql_db: MySQLDatabase, redis: R
         clients = await deferToThread(mysql_db.query, "SELECT client, messages FROM eth_clients")
         assert clients == [("127.0.0.1", 130)]
         for peer in peers:
-            peer.transport.loseConnection()
+            peer.close()
     finally:
         await server.service.stopService()
 
@@ -206,7 +209,7 @@ async def test_mysql_restart_mid_stream_loses_nothing_acked(
         rows = await deferToThread(mysql_db.query, "SELECT hash FROM ethereum_data")
         assert {r[0] for r in rows} == {sha(p) for p in payloads}
         assert set(peer.acked) == {sha(p) for p in payloads}
-        peer.transport.loseConnection()
+        peer.close()
     finally:
         await server.service.stopService()
 
@@ -234,7 +237,7 @@ async def test_redis_outage_holds_acks_until_it_is_back(
         await done.addTimeout(TIMEOUT, reactor)
         assert redis.execute("ZSCORE", "eth:hashes", sha(b"during the outage 2")) is not None
         assert redis.execute("HGET", "eth:ip_addresses", "127.0.0.1") == b"2"
-        peer.transport.loseConnection()
+        peer.close()
     finally:
         await server.service.stopService()
 
@@ -260,7 +263,7 @@ async def test_tokens_required(tmp_path: Path) -> None:
             "a token is required: send a hello with a token first"
         ]
         assert set(sqlite_rows(path)) == {sha(b"with token")}
-        good.transport.loseConnection()
+        good.close()
     finally:
         await server.service.stopService()
 
@@ -279,6 +282,7 @@ async def test_stop_commits_what_was_accepted(tmp_path: Path) -> None:
 
     class OneShot(Protocol):
         def connectionMade(self) -> None:
+            assert self.transport is not None
             self.transport.write(b"%d:%s," % (len(b"last words"), b"last words"))
             self.transport.loseConnection()
 
@@ -304,9 +308,13 @@ class Raw(Protocol):
 
     def connectionMade(self) -> None:
         if self.data:
-            self.transport.write(self.data)
+            self.write(self.data)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None, "not connected"
+        self.transport.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.callback(None)
 
 
@@ -332,7 +340,7 @@ async def test_length_prefix_of_thousands_of_digits(sqlite_server: tuple[Server,
         honest = await connect_peer(server.port)
         await honest.send([b"right after"]).addTimeout(TIMEOUT, reactor)
     assert bugs(events) == [] and len(drops(events)) == 1
-    honest.transport.loseConnection()
+    honest.close()
 
 
 class NeverReads(Raw):
@@ -343,13 +351,18 @@ class NeverReads(Raw):
 
     CHUNK = b"3:dup," * 10_000
     LIMIT = 200  # chunks, 12 MB in all: far more acks than the server may hold
+    connection: Connection
+    sent = 0
+    paused = False
 
     def connectionMade(self) -> None:
-        handle = self.transport.getHandle()
+        assert isinstance(self.transport, Connection)
+        self.connection = self.transport
+        handle = self.connection.getHandle()
         handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.transport.pauseProducing()  # read nothing, ever
+        self.connection.pauseProducing()  # read nothing, ever
         self.sent = 0
-        self.transport.registerProducer(self, True)
+        self.connection.registerProducer(self, True)
         self.resumeProducing()
 
     def pauseProducing(self) -> None:
@@ -357,9 +370,9 @@ class NeverReads(Raw):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while not self.paused and self.sent < self.LIMIT and self.transport.connected:
+        while not self.paused and self.sent < self.LIMIT and self.connection.connected:
             self.sent += 1
-            self.transport.write(self.CHUNK)
+            self.connection.write(self.CHUNK)
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -392,7 +405,7 @@ async def test_peer_that_never_reads_its_acks_is_dropped(
     assert [r for r in drops(events) if "acknowledgement" in r] != []
     assert max(held) <= MAX_UNREAD_ACK_BYTES + factory.max_message_bytes
     assert hostile.sent < NeverReads.LIMIT
-    honest.transport.loseConnection()
+    honest.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -438,7 +451,7 @@ async def test_trickling_hello_is_cut_at_the_deadline(tmp_path: Path) -> None:
         with capturedLogs() as events:
             trickler = await connect(server.port, Raw())
             started = reactor.seconds()
-            trickle = LoopingCall(lambda: trickler.transport.write(bytes([next(endless)])))
+            trickle = LoopingCall(lambda: trickler.write(bytes([next(endless)])))
             trickle.clock = reactor
             trickle.start(0.1)
             await trickler.lost.addTimeout(TIMEOUT, reactor)
@@ -449,7 +462,7 @@ async def test_trickling_hello_is_cut_at_the_deadline(tmp_path: Path) -> None:
             await good.send([b"with token"]).addTimeout(TIMEOUT, reactor)
         assert bugs(events) == []
         assert [r for r in drops(events) if "no hello within 1 seconds" in r] != []
-        good.transport.loseConnection()
+        good.close()
     finally:
         await server.service.stopService()
 
@@ -471,7 +484,7 @@ async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
             extra = await connect(server.port, Raw())
             await extra.lost.addTimeout(TIMEOUT, reactor)
             await peers[0].send([b"still served"]).addTimeout(TIMEOUT, reactor)
-            peers[0].transport.loseConnection()
+            peers[0].close()
             await peers[0].lost
             await wait_for(lambda: len(server.collector.factory.connections) == 2)
             late = await connect_peer(server.port)
@@ -480,7 +493,7 @@ async def test_connections_beyond_the_cap_are_closed(tmp_path: Path) -> None:
         warned = [e for e in events if "the most allowed" in e.get("log_format", "")]
         assert len(warned) == 1
         for peer in [*peers[1:], late]:
-            peer.transport.loseConnection()
+            peer.close()
     finally:
         await server.service.stopService()
 
@@ -491,7 +504,7 @@ class Backend:
 
     args: list[str]
     environ: dict[str, str]
-    create: Callable[[str], None]
+    create: Callable[[str], object]
     """Run one statement in the database before the server starts."""
     hashes: Callable[[], set[str]]
 
@@ -510,7 +523,7 @@ def backend(request: Any, tmp_path: Path) -> Backend:
     return Backend(
         ["--db", db.url],
         {"ETH_MYSQL_PASSWORD": db.password},
-        lambda statement: db.query(statement) and None,
+        db.query,
         lambda: {h for (h,) in db.query("SELECT hash FROM ethereum_data")},
     )
 
@@ -543,7 +556,7 @@ async def test_a_message_the_store_rejects_costs_only_its_connection(backend: Ba
         assert hostile.acked == [] and not honest.lost.called
         stored = await deferToThread(backend.hashes)
         assert stored == {sha(b"before"), sha(b"beside it"), sha(b"after")}
-        honest.transport.loseConnection()
+        honest.close()
     finally:
         await server.service.stopService()
 
@@ -571,6 +584,6 @@ async def test_a_hello_name_that_cannot_be_stored_costs_only_its_connection(
         reasons = drops(events)
         assert len(reasons) == 1 and "client name" in reasons[0]
         assert await deferToThread(backend.hashes) == {sha(b"before"), sha(b"after")}
-        honest.transport.loseConnection()
+        honest.close()
     finally:
         await server.service.stopService()

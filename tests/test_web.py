@@ -11,7 +11,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 from urllib.parse import quote
 
 import prometheus_client
@@ -22,12 +23,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from treq.testing import StubTreq
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+from twisted.web.resource import IResource
 from zope.interface.verify import verifyObject
 
 from ethtwisted import stats_tap
@@ -80,6 +84,23 @@ class Reply:
         return json.loads(self.body)
 
 
+class Treq(TypingProtocol):
+    """What C{StubTreq} offers, which it sets up at run time where mypy cannot see it."""
+
+    def request(
+        self, method: str, url: str, *, headers: Mapping[bytes, Any] | Mapping[str, Any]
+    ) -> Deferred[IResponse]: ...
+
+    def content(self, response: IResponse) -> Deferred[bytes]: ...
+
+    def flush(self) -> None: ...
+
+
+def stub_treq(root: IResource) -> Treq:
+    """treq in memory over C{root}."""
+    return cast(Treq, StubTreq(root))
+
+
 class Client:
     """
     GETs against a resource in memory: StubTreq, pumped until the answer (which comes from a
@@ -87,7 +108,7 @@ class Client:
     """
 
     def __init__(self, root: Any) -> None:
-        self.stub = StubTreq(root)
+        self.stub = stub_treq(root)
 
     async def _settle(self, d: Deferred[Any]) -> Any:
         done: list[Any] = []
@@ -550,7 +571,7 @@ def has_security_headers(reply: Reply) -> bool:
     return all(reply.headers.get(k) == v for k, v in SECURITY_HEADERS.items())
 
 
-def above_debug(events: Sequence[Mapping[str, Any]]) -> list[str]:
+def above_debug(events: Sequence[LogEvent]) -> list[str]:
     """
     The events of C{events} logged at info level or above (anything but an access log line).
     """
@@ -906,7 +927,7 @@ def test_hostile_requests_cost_only_a_4xx(
     with the security headers, logging nothing above debug and leaving no timer behind.
     """
     clock = Clock()
-    stub = StubTreq(hostile_sites(clock)[site])
+    stub = stub_treq(hostile_sites(clock)[site])
     url = "http://stats.test/" + "/".join(quote(p, safe="") for p in path)
     if query:
         url += "?" + "&".join(quote(k, safe="") + "=" + quote(v, safe="") for k, v in query)
@@ -941,10 +962,14 @@ class Running:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.stats.ports[0].getHost().port}"
+        address = self.stats.ports[0].getHost()
+        assert isinstance(address, IPv4Address)
+        return f"http://127.0.0.1:{address.port}"
 
     async def get(self, path: str, token: str | None = None) -> Reply:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers: dict[bytes | str, bytes | str] = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         response = await treq.get(self.url + path, headers=headers, timeout=TIMEOUT)
         body = await treq.content(response)
         flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
@@ -966,8 +991,10 @@ async def start_stats(args: Sequence[str], environ: Mapping[str, str] = {}) -> R
     options.environ = dict(environ)
     options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
     service = stats_tap.makeService(options, reactor)
+    assert isinstance(service, MultiService)
     service.startService()
-    stats: Any = service.getServiceNamed("stats")
+    stats = service.getServiceNamed("stats")
+    assert isinstance(stats, WebService)
     await stats.ready.addTimeout(TIMEOUT, reactor)
     return Running(service, stats, None)
 
@@ -1027,7 +1054,7 @@ async def feed_and_check(server: Running, reader: Running) -> None:
     assert metric(metrics, "ethtwisted_acks_sent_total") == 15
     assert metric(metrics, "ethtwisted_connections_open") == 3
     for s in (one, two, old):
-        s.transport.loseConnection()
+        s.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -1098,7 +1125,9 @@ async def test_eth_stats_waits_for_tables_then_fails_in_time(tmp_path: Path) -> 
     options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--db", f"sqlite:///{path}",
                           "--wait", "0.5"])  # fmt: skip
     service = stats_tap.makeService(options, reactor)
-    stats: Any = service.getServiceNamed("stats")
+    assert isinstance(service, MultiService)
+    stats = service.getServiceNamed("stats")
+    assert isinstance(stats, WebService)
     import ethtwisted.startup
 
     original = ethtwisted.startup.fatal
@@ -1125,15 +1154,15 @@ def test_stats_options() -> None:
     options.parseOptions(["--listen", "8081"])
     assert options["listen"] == "tcp:8081:interface=127.0.0.1"
     assert options["stats_token"] == "from-env"
-    options = ServerOptions()
-    options.environ = {}
-    options.parseOptions(["--stats", "9090"])
-    assert options["stats"] == "tcp:9090:interface=127.0.0.1"
-    assert options["stats_token"] is None
-    options = ServerOptions()
-    options.environ = {}
-    options.parseOptions([])
-    assert options["stats"] is None
+    server = ServerOptions()
+    server.environ = {}
+    server.parseOptions(["--stats", "9090"])
+    assert server["stats"] == "tcp:9090:interface=127.0.0.1"
+    assert server["stats_token"] is None
+    server = ServerOptions()
+    server.environ = {}
+    server.parseOptions([])
+    assert server["stats"] is None
     bad = (["--stats-token", "a", "--stats-token-file", "/nonexistent"], ["--listen", "nope:1"])
     for args in bad:
         options = StatsOptions()
