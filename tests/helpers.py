@@ -166,9 +166,12 @@ class Committed:
 
     def __init__(self) -> None:
         self.hashes: set[str] = set()
+        self.new: list[int] = []
+        """How many payloads each commit stored for the first time."""
         self._waiting: list[tuple[set[str], Deferred[None]]] = []
 
     def __call__(self, batch: Sequence[Received], new: int) -> None:
+        self.new.append(new)
         for received in batch:
             if isinstance(received.block, Block):
                 self.hashes.add(received.block.hash)
@@ -207,6 +210,11 @@ class Server:
     stats: WebService | None
     committed: Committed
     port: int  # the collector's, on 127.0.0.1
+
+    @property
+    def client_endpoint(self) -> str:
+        """What a client's C{--server} says to reach this server."""
+        return f"tcp:host=127.0.0.1:port={self.port}"
 
     @property
     def stats_url(self) -> str:

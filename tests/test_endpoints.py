@@ -57,7 +57,7 @@ def twisted_parse(description: str) -> tuple[list[str], dict[str, str]] | None:
     # Twisted's own reading, as the oracle: private, so this test is where a change in
     # Twisted's rules shows.
     try:
-        args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined]
+        args, kwargs = endpoints._parse(description)
     except RuntimeError:  # its tokenizer's StopIteration on a trailing backslash
         return None
     return args, kwargs
