@@ -7,7 +7,7 @@ WebSocket, with a WebSocket proxy that can swallow notifications.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -18,24 +18,23 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from ethtwisted.client import EthClient
 from ethtwisted.client.follower import Follower, Sighting
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.subscriber import Subscriber
 from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
-from tests.conftest import Anvil
+from tests.helpers import Committed, Server, wait_for
+from tests.services import Anvil
 from tests.test_client import FakeNode, Recorder, block_hash
 from tests.test_client_e2e import (
-    Committed,
-    Server,
     assert_chain_stored_once,
     node_hashes,
     sleep,
     start_client,
     uri_of,
 )
-from tests.test_client_e2e import no_errors_logged as no_errors_logged
 from tests.test_client_e2e import server as server
 
 INTERVAL = 1.0
@@ -308,18 +307,20 @@ def test_without_push_the_polls_deliver_at_once() -> None:
 PUSHING = ["ipc", "ws"]
 
 
-def watch_sources(client: Any) -> list[Sighting]:
+def watch_sources(client: EthClient) -> list[Sighting]:
     sightings: list[Sighting] = []
     client.poller.follower.sighting_listeners.append(sightings.append)
     return sightings
 
 
-async def subscribed(client: Any) -> None:
-    for _ in range(1000):
-        if client.poller.subscriber.active:
-            return
-        await sleep(0.01)
-    pytest.fail("no subscription within 10 s")
+def subscriber_of(client: EthClient) -> Subscriber:
+    subscriber = client.poller.subscriber
+    assert subscriber is not None, "the client does not subscribe"
+    return subscriber
+
+
+async def subscribed(client: EthClient) -> None:
+    await wait_for(lambda: subscriber_of(client).active, 10, what="a live subscription")
 
 
 @pytest.mark.parametrize("transport", PUSHING)
@@ -344,7 +345,7 @@ async def test_every_block_stored_once_by_subscription(
         await committed.wait_for(node_hashes(anvil).values())
     finally:
         await client.stopService()
-    assert_chain_stored_once(srv.path, anvil)
+    assert_chain_stored_once(srv, anvil)
     assert [s.source for s in sightings[1:6]] == ["subscription"] * 5
     assert sightings[-1].block.number == 10
 
@@ -381,7 +382,7 @@ async def test_a_reorg_is_followed_with_subscriptions(
     assert len(reorgs) == 1 and "after block 3" in reorgs[0], reorgs
 
 
-def texts_with(events: list[LogEvent], text: str) -> list[str]:
+def texts_with(events: Sequence[LogEvent], text: str) -> list[str]:
     return [t for t in (formatEvent(e) for e in events) if text in t]
 
 
@@ -501,17 +502,15 @@ async def test_a_subscription_gone_quiet_is_remade(
             anvil.mine()
             anvil.mine()
             await committed.wait_for(node_hashes(anvil).values())
-            for _ in range(500):
-                if client.poller.subscriber.resubscriptions and client.poller.subscriber.active:
-                    break
-                await sleep(0.01)
+            remade = subscriber_of(client)
+            await wait_for(lambda: bool(remade.resubscriptions and remade.active), 5)
             anvil.mine()
             await committed.wait_for(node_hashes(anvil).values())
         finally:
             await client.stopService()
     assert proxy.swallowed >= 1
-    assert client.poller.subscriber.misses >= 1
-    assert_chain_stored_once(srv.path, anvil)
+    assert subscriber_of(client).misses >= 1
+    assert_chain_stored_once(srv, anvil)
     assert sightings[-1].source == "subscription"
     assert len(texts_with(events, "no new heads by subscription")) == 1
     assert len(texts_with(events, "arrive by subscription again")) == 1
