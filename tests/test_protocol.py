@@ -231,8 +231,9 @@ def drop_kinds_in(package: Path) -> set[str]:
             if position is None:
                 continue
             args = [*node.args, *(k.value for k in node.keywords if k.arg == "kind")]
-            if len(args) > position and isinstance(args[position], ast.Constant):
-                kinds.add(args[position].value)
+            arg = args[position] if len(args) > position else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                kinds.add(arg.value)
     return kinds
 
 

@@ -420,7 +420,7 @@ async def test_a_flooding_client_does_not_hold_up_an_honest_one(
     """
     server, _ = sqlite_server
     flooder = await connect(server.port, Peer(window=FLOOD))
-    honest = await connect(server.port)
+    honest = await connect_peer(server.port)
     flooded = flooder.send([b"flood %d" % i for i in range(FLOOD)])
     await wait_for(lambda: len(flooder.acked) > 0)
     with capturedLogs() as events:
@@ -430,8 +430,8 @@ async def test_a_flooding_client_does_not_hold_up_an_honest_one(
         await flooded.addTimeout(TIMEOUT, reactor)
     assert bugs(events) == [] and drops(events) == []
     assert ahead <= MAX_IN_FLIGHT + MAX_BATCH, (ahead, seconds)
-    flooder.transport.loseConnection()
-    honest.transport.loseConnection()
+    flooder.close()
+    honest.close()
 
 
 @pytest_twisted.ensureDeferred
