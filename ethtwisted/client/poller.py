@@ -5,6 +5,7 @@ a L{Subscriber}, its polls are the subscription's watchdog and fallback.
 
 from __future__ import annotations
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -55,6 +56,10 @@ class Poller(Service):
         self.clock = clock
         self.interval = interval
         self.max_backoff = max(max_backoff, interval)
+        self.backoff = backoffPolicy(
+            initialDelay=interval, maxDelay=self.max_backoff, factor=2.0, jitter=lambda: 0.0
+        )
+        """The wait after the n-th failed poll in a row (0 for the first): doubling, no jitter."""
         self.trouble: str | None = None
         self.trouble_kind: str | None = None
         """Whose the trouble is: C{node}, C{spool} or C{bug}."""
@@ -123,7 +128,7 @@ class Poller(Service):
         else:
             self._answered(head)
             return
-        delay = min(self.interval * 2 ** (self.failures - 1), self.max_backoff)
+        delay = self.backoff(self.failures - 1)
         try:
             await deferLater(self.clock, delay)
         except CancelledError:

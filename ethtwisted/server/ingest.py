@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -24,6 +25,10 @@ log = Logger(namespace="ethtwisted.server", observer=log_observer)
 MAX_BATCH = 1000
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 MAX_RETRY_DELAY = 5.0
+_retry_delay = backoffPolicy(
+    initialDelay=0.1, maxDelay=MAX_RETRY_DELAY, factor=2.0, jitter=lambda: 0.0
+)
+"""The wait before retrying a store after the n-th failure in a row (0 for the first)."""
 ENTRY_OVERHEAD_BYTES = 2000
 """What a message held costs beyond its payload's characters, as counted against the high-water
 mark.  Measured with tracemalloc on 100,000 messages fed through a connection into an Ingest
@@ -189,7 +194,7 @@ class Ingest:
             self.trouble = reason
             log.error("{reason}; holding {n} messages and retrying", reason=reason,
                       n=self.unsettled)  # fmt: skip
-        delay = min(0.1 * 2 ** min(self.failures - 1, 10), MAX_RETRY_DELAY)
+        delay = _retry_delay(self.failures - 1)
         self.reactor.callLater(delay, again, group)
 
     def _done(self, group: list[_Entry]) -> None:

@@ -5,11 +5,13 @@ L{memory_store} answers as both do, in memory, for tests.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -27,6 +29,9 @@ log = Logger(observer=log_observer)
 MAX_CLIENT_LENGTH = 255
 """Characters in a client name (C{VARCHAR(255)})."""
 MAX_ADDRESS_LENGTH = 64
+
+_start_delay = backoffPolicy(initialDelay=0.25, maxDelay=5.0, factor=2.0, jitter=lambda: 0.0)
+"""The wait after the n-th failed attempt to start a store (0 for the first)."""
 
 
 class StartupError(Exception):
@@ -117,9 +122,9 @@ async def wait_for(
     answers but cannot be used) ends the wait at once.
     """
     deadline = reactor.seconds() + wait
-    delay = 0.25
     said = None
-    while True:
+    for attempt in itertools.count():
+        delay = _start_delay(attempt)
         try:
             await start()
             return
@@ -133,4 +138,3 @@ async def wait_for(
             said = reason
             log.warn("waiting for {what}: {reason}", what=what, reason=reason)
         await deferLater(reactor, delay)
-        delay = min(delay * 2, 5.0)
