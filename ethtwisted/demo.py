@@ -258,12 +258,10 @@ class DemoService(StartingService):
             fatal(self.reactor, f"{self.node.name} {status}{self.node.last_error()}")
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         self.stopping = True
-        return Deferred.fromCoroutine(self._stop())
+        return super().stopService()
 
-    async def _stop(self) -> None:
-        self.ready.cancel()
+    async def shut_down(self) -> None:
         for service in (self.client, self.server):
             if service.running:
                 await service.stopService()

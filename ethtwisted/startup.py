@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -32,7 +32,8 @@ class StartingService(Service):
     """
     A service whose start-up takes time (waiting for stores, listening): L{start_up} runs when
     the service starts, and L{ready} fires once it is done.  If it fails, the program ends with
-    one line on stderr: the L{StartupError}'s message, or a pointer to the logged bug.
+    one line on stderr: the L{StartupError}'s message, or a pointer to the logged bug.  On stop,
+    a start-up under way is cancelled, the L{ports} stop listening, then L{shut_down} runs.
     """
 
     what = "the service"
@@ -41,9 +42,27 @@ class StartingService(Service):
     def __init__(self, reactor: IReactorCore) -> None:
         self.reactor = reactor
         self.ready: Deferred[None] = Deferred()
+        self.ports: list[IListeningPort] = []
+        """What L{start_up} listens on, closed first on stop."""
 
     async def start_up(self) -> None:
         raise NotImplementedError()
+
+    async def shut_down(self) -> None:
+        """
+        The rest of stopping, once start-up is cancelled and the ports are closed.
+        """
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.ready.cancel()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            await maybeDeferred(port.stopListening)
+        await self.shut_down()
 
     def startService(self) -> None:
         super().startService()

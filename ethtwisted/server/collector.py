@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.defer import TimeoutError
+from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from ethtwisted.logs import describe, log_observer
@@ -43,7 +43,6 @@ class CollectorService(StartingService):
         self.endpoints = endpoints
         self.store_name = store_name
         self.wait = wait
-        self.ports: list[IListeningPort] = []
 
     async def start_up(self) -> None:
         ingest = self.factory.ingest
@@ -55,14 +54,7 @@ class CollectorService(StartingService):
             )
         self.ports = await listen_on(self.endpoints, self.factory, "collecting")
 
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        self.ready.cancel()
-        for port in self.ports:
-            await maybeDeferred(port.stopListening)
+    async def shut_down(self) -> None:
         ingest = self.factory.ingest
         # Read no more from anyone, but let what was read be stored and acknowledged.
         for connection in self.factory.connections:

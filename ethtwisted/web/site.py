@@ -10,10 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
-    IListeningPort,
     IReactorCore,
     IReactorTime,
     IStreamServerEndpoint,
@@ -157,21 +156,12 @@ class WebService(StartingService):
         self.waits = waits
         self.wait = wait
         self.closes = closes
-        self.ports: list[IListeningPort] = []
 
     async def start_up(self) -> None:
         for what, start in self.waits:
             await wait_for(start, what, self.wait, IReactorTime(self.reactor))
         self.ports = await listen_on(self.endpoints, self.site, self.label)
 
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        self.ready.cancel()
-        ports, self.ports = self.ports, []
-        for port in ports:
-            await maybeDeferred(port.stopListening)
+    async def shut_down(self) -> None:
         for close in self.closes:
             await close()
