@@ -9,6 +9,9 @@ import ipaddress
 
 TCP_KINDS = frozenset({"tcp", "tcp6", "ssl"})
 """The endpoint kinds that listen on a TCP port given as their first argument."""
+CLIENT_TCP_KINDS = frozenset({"tcp", "ssl", "tls"})
+"""The endpoint kinds that connect to a host and a TCP port, given as their first two
+arguments."""
 
 
 def parse_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
@@ -81,3 +84,24 @@ def reachable_beyond_loopback(description: str) -> bool:
     """
     kind, _, kwargs = listening_endpoint(description)
     return kind in TCP_KINDS and not is_loopback(kwargs.get("interface", ""))
+
+
+def endpoint_port(description: str, *, server: bool) -> int | None:
+    """
+    The TCP port a server endpoint listens on or a client endpoint connects to, or L{None} when
+    it has none (C{unix:}) or it is not a number (Twisted's parser refuses that).
+    """
+    if server:
+        kind, args, kwargs = listening_endpoint(description)
+        kinds, position = TCP_KINDS, 0
+    else:
+        args, kwargs = parse_endpoint(description)
+        kind, args = args[0].lower(), args[1:]
+        kinds, position = CLIENT_TCP_KINDS, 1
+    if kind not in kinds:
+        return None
+    port = kwargs.get("port", args[position] if len(args) > position else "")
+    try:
+        return int(port)
+    except ValueError:
+        return None

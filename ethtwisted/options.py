@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
 from twisted.python import usage
+from zope.interface import implementer
 
+from ethtwisted.endpoints import endpoint_port
 from ethtwisted.storage.redis_store import parse_redis_url
 from ethtwisted.storage.sql_store import DEFAULT_DB_URL, parse_db_url
 
@@ -150,22 +152,33 @@ def read_lines(path: str, option: str) -> list[str]:
     return lines
 
 
+@implementer(IReactorPluggableNameResolver)
+class _ParsingOnly:
+    """
+    The reactor an endpoint is built with when its description is only checked: the parsers
+    keep it without using it, and option parsing must not choose the process's reactor.
+    """
+
+    nameResolver = None
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        raise NotImplementedError("an endpoint built to check its description is not used")
+
+
 def check_endpoint(description: str, option: str, *, server: bool) -> None:
     """
     Raise a usage error unless C{description} is an endpoint string twistd can use.
     """
     parse = serverFromString if server else clientFromString
     try:
-        # Parsing builds the endpoint without connecting or listening; a memory reactor
-        # keeps option parsing from choosing the process's reactor.
-        endpoint = parse(MemoryReactor(), description)
+        parse(_ParsingOnly(), description)
     except Exception as e:
         raise usage.UsageError(f"--{option} {description!r}: {e}") from None
     # The parsers take any integer as a port; only connecting refuses one out of range, and a
-    # client would retry that for ever.  TLS endpoints wrap the TCP one.
-    port = getattr(getattr(endpoint, "_wrappedEndpoint", endpoint), "_port", None)
+    # client would retry that for ever.
+    port = endpoint_port(description, server=server)
     lowest = 0 if server else 1
-    if isinstance(port, int) and not lowest <= port <= MAX_PORT:
+    if port is not None and not lowest <= port <= MAX_PORT:
         raise usage.UsageError(
             f"--{option} {description!r}: port {port} is not {lowest} to {MAX_PORT}"
         )

@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import endpoints
 
-from ethtwisted.endpoints import is_loopback, parse_endpoint, reachable_beyond_loopback
+from ethtwisted.endpoints import (
+    endpoint_port,
+    is_loopback,
+    parse_endpoint,
+    reachable_beyond_loopback,
+)
 
 
 def test_parse_plain() -> None:
@@ -129,3 +134,26 @@ def test_reachable_beyond_loopback(description: str, reachable: bool) -> None:
     loopback address (escaped or not) is reachable from other machines; a UNIX socket is not.
     """
     assert reachable_beyond_loopback(description) is reachable
+
+
+@pytest.mark.parametrize(
+    ("description", "server", "port"),
+    [
+        ("tcp:8080", True, 8080),
+        ("tcp:port=99999:interface=127.0.0.1", True, 99999),
+        (r"tcp6:0:interface=\:\:1", True, 0),
+        ("haproxy:tcp:80", True, 80),
+        ("ssl:443:privateKey=k.pem", True, 443),
+        ("unix:/tmp/x", True, None),
+        ("tcp:host=127.0.0.1:port=70000", False, 70000),
+        ("tcp:127.0.0.1:9999", False, 9999),
+        ("tls:example.com:443", False, 443),
+        ("unix:/tmp/x", False, None),
+    ],
+)
+def test_endpoint_port(description: str, server: bool, port: int | None) -> None:
+    """
+    The port of a TCP endpoint is read from its description, positional or keyword, for a
+    server (through haproxy) and for a client; a UNIX endpoint has none.
+    """
+    assert endpoint_port(description, server=server) == port

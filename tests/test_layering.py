@@ -45,6 +45,26 @@ def test_only_tap_modules_import_tap_modules() -> None:
     assert {path: taps for path, taps in offenders.items() if taps} == {}
 
 
+def test_product_code_uses_no_test_helpers() -> None:
+    """
+    No module of the product imports Twisted's test helpers (C{MemoryReactor} and the like in
+    C{twisted.internet.testing}, C{twisted.test}, C{twisted.web.test}, C{twisted.trial}).
+    """
+    helpers = ("twisted.internet.testing", "twisted.test", "twisted.web.test", "twisted.trial")
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        used = sorted(n for n in names if n.startswith(helpers))
+        if used:
+            offenders[str(path.relative_to(PACKAGE))] = used
+    assert offenders == {}
+
+
 def test_health_check_loads_no_plugin() -> None:
     """
     Finding the default endpoint of eth-demo and eth-stats imports neither their tap modules

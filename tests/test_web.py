@@ -27,6 +27,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -1170,3 +1171,28 @@ def test_stats_options() -> None:
         with pytest.raises(SystemExit) as exit_info:
             options.parseOptions(args)
         assert str(exit_info.value.code).startswith("eth-stats: ")
+
+
+def test_an_answer_is_not_written_to_a_client_that_went_away() -> None:
+    """
+    When the client goes away while an endpoint is making its answer, the answer is not
+    written (the endpoint learns it from C{request.notifyFinish()}, not from the request's
+    private state), even if the work finishes after all.
+    """
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from ethtwisted.web.resource import Endpoint, Response, text_response
+
+    # A piece of work that, cancelled, finishes anyway.
+    work: Deferred[None] = Deferred(lambda d: d.callback(None))
+
+    class Slow(Endpoint):
+        async def handle(self, request: Any, path: list[str]) -> Response:
+            await work
+            return text_response("late\n")
+
+    request = DummyRequest([b""])
+    Slow(None).render(cast(Any, request))
+    request.processingFailed(Failure(ConnectionDone("gone")))
+    assert work.called
+    assert request.written == [] and request.finished == 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -106,8 +107,15 @@ class Endpoint(Resource):
         except UnicodeDecodeError:
             return write(request, self.error(400, "bad path"))
         d = Deferred.fromCoroutine(self._handle(request, path))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallback(lambda response: write(request, response))
+        lost: list[Failure] = []
+
+        def gone(reason: Failure) -> None:
+            # The client went away: answer no one, and stop working for it.
+            lost.append(reason)
+            d.cancel()
+
+        request.notifyFinish().addErrback(gone)
+        d.addCallback(lambda response: NOT_DONE_YET if lost else write(request, response))
         d.addErrback(lambda f: f.trap(CancelledError))
         d.addErrback(lambda f: log.failure("writing a stats response", f))
         return NOT_DONE_YET
@@ -138,7 +146,7 @@ class Endpoint(Resource):
 
 
 def write(request: Request, response: Response) -> int:
-    if request.finished or getattr(request, "_disconnected", False):
+    if request.finished:
         return NOT_DONE_YET
     request.setResponseCode(response.status)
     for name, value in {**_SECURITY_HEADERS, **response.headers}.items():
