@@ -36,13 +36,12 @@ from ethtwisted.options import (
     token_options,
     web_endpoint,
 )
-from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat
+from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat, name_problem
 
 if TYPE_CHECKING:
     from ethtwisted.metrics import ClientMetrics
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
-MAX_NAME_LENGTH = 255
 RECONNECT_INITIAL = 0.25
 RECONNECT_MAX = 10.0
 """Seconds between attempts to reach the server: doubling from the first to the last, each
@@ -179,8 +178,10 @@ class Options(EnvOptions):
             raise usage.UsageError("--server: each server may be listed once")
         if self["name"] is None:
             self["name"] = socket.gethostname() or "eth-client"
-        if not 1 <= len(self["name"]) <= MAX_NAME_LENGTH:
-            raise usage.UsageError(f"--name must be 1 to {MAX_NAME_LENGTH} characters")
+        problem = name_problem(self["name"])
+        if problem is not None:
+            # The server's own rule: a name it would refuse stops the client here.
+            raise usage.UsageError(f"--name {problem}")
         self["token"] = None
         if self["token-file"] is not None:
             if self["oneshot"]:

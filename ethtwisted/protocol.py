@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -215,6 +216,29 @@ def check_payload(data: bytes) -> str:
 
 
 # -- control frames ---------------------------------------------------------------------------
+
+
+MAX_NAME_LENGTH = 255
+"""Characters in a client name (the hello's), on both sides."""
+_NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Unicode categories a client name may not contain: control characters, surrogates, line
+and paragraph separators."""
+
+
+def name_problem(name: str) -> str | None:
+    """
+    Why C{name} cannot be a client's name (a phrase), or L{None}: it must be 1 to
+    L{MAX_NAME_LENGTH} characters (a C{VARCHAR(255)} in utf8mb4 holds any 255), encodable as
+    UTF-8 (no lone surrogate, which JSON's C{"\\ud800"} can carry), without control characters
+    or line breaks, and without spaces around it (MySQL compares names without trailing spaces).
+    """
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"must be 1 to {MAX_NAME_LENGTH} characters"
+    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
+        return "must not contain control characters, line breaks or lone surrogates"
+    if name != name.strip():
+        return "must not begin or end with spaces"
+    return None
 
 
 @dataclass(frozen=True)

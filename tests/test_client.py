@@ -1382,6 +1382,8 @@ def test_older_host_and_port_flags() -> None:
         (["--server", "tcp:127.0.0.1:0"], "port 0 is not 1 to 65535"),
         (["--server", "tls:example.com:99999"], "port 99999 is not 1 to 65535"),
         (["--name", "x" * 256], "1 to 255"),
+        (["--name", "bad\tname"], "--name must not contain control characters"),
+        (["--name", "spaced "], "--name must not begin or end with spaces"),
         (["--token-file", "/nonexistent/token"], "cannot read /nonexistent/token"),
     ],
 )

@@ -25,13 +25,8 @@ from zope.interface import implementer
 from ethtwisted.interfaces import IHeadSubscription
 from ethtwisted.node import NodeError
 from ethtwisted.node.answers import as_block, as_int
-from ethtwisted.node.web3_node import (
-    _NODE_TROUBLE,
-    Web3Node,
-    _answer,
-    _Connection,
-    _reason,
-)
+from ethtwisted.node.trouble import NODE_TROUBLE, answer, node_reason
+from ethtwisted.node.web3_node import Web3Node, _Connection
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")
@@ -110,8 +105,8 @@ class HeadSubscription:
 
         async def subscribe(connection: _Connection) -> int:
             w3 = connection.w3
-            chain_id = as_int("chain id", await _answer(w3.eth.chain_id))
-            await _answer(w3.eth.subscribe("newHeads"))
+            chain_id = as_int("chain id", await answer(w3.eth.chain_id))
+            await answer(w3.eth.subscribe("newHeads"))
             return chain_id
 
         return await connection.run(subscribe)
@@ -143,8 +138,8 @@ class HeadSubscription:
         if failure.check(NodeError):
             return failure
         exc: Any = failure.value
-        if isinstance(exc, _NODE_TROUBLE):
-            reason = _reason(exc).replace(self._node.uri.target, self.description)
+        if isinstance(exc, NODE_TROUBLE):
+            reason = node_reason(exc).replace(self._node.uri.target, self.description)
             return Failure(NodeError(reason))
         return failure
 

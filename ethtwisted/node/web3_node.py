@@ -13,30 +13,29 @@ opens a new one, so a restarted node is reached again.  Every answer is checked 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import ClientConnectorError, ClientError, ClientTimeout
+from aiohttp import ClientTimeout
 from hexbytes import HexBytes
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from web3 import AsyncHTTPProvider, AsyncIPCProvider, AsyncWeb3, WebSocketProvider
-from web3.exceptions import BadResponseFormat, BlockNotFound, Web3Exception, Web3RPCError
+from web3.exceptions import BlockNotFound, Web3RPCError
 from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import BlockIdentifier
-from websockets.exceptions import WebSocketException
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import log_observer
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
+from ethtwisted.node.trouble import NODE_TROUBLE, answer, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block
 
@@ -51,16 +50,6 @@ sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
 
 _T = TypeVar("_T")
-
-# Transport, timeout and JSON-RPC trouble: what web3 and the libraries under it raise when the
-# node is down, hangs up, does not answer in time, or answers an error or something that is not
-# JSON-RPC.  All of it means "this node does not serve us now".
-_NODE_TROUBLE = (Web3Exception, OSError, EOFError, TimeoutError, ClientError, WebSocketException)
-
-# What web3 raises from inside its own decoding and formatting when an answer is not what it
-# expects (JSON it cannot parse or nested too deep, a field of the wrong type or missing).  Only
-# around web3's calls (L{_answer}) is this the node's fault; raised by our code, it is a bug.
-_UNDECODABLE = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
@@ -123,47 +112,6 @@ class _Connection:
         return call.result()
 
 
-def _reason(exc: BaseException) -> str:
-    """
-    A short text for people saying why a call failed.
-    """
-    while exc.__cause__ is not None and isinstance(exc, Web3Exception | WebSocketException):
-        exc = exc.__cause__
-    if isinstance(exc, Web3RPCError):
-        error = (exc.rpc_response or {}).get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return _shorten(f"node error: {error['message']}")
-        return _shorten(f"node error: {exc.message}")
-    if isinstance(exc, ClientConnectorError):
-        exc = exc.os_error
-    if isinstance(exc, OSError) and not isinstance(exc, ClientError):
-        if exc.errno is not None and exc.errno > 0:
-            return os.strerror(exc.errno)  # not asyncio's "Connect call failed (...)"
-        if exc.strerror:
-            return exc.strerror
-    text = describe(exc)
-    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | BadResponseFormat):
-        text = f"unexpected answer: {text}"
-    return _shorten(text)
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-async def _answer(call: Awaitable[_T]) -> _T:
-    """
-    What web3 makes of the node's answer to C{call}; L{NodeError} when web3 cannot make sense
-    of it.
-    """
-    try:
-        return await call
-    except _NODE_TROUBLE:
-        raise
-    except _UNDECODABLE as e:
-        raise NodeError(_reason(e)) from e
-
-
 @implementer(INode, IHeadSource)
 class Web3Node:
     """
@@ -193,7 +141,7 @@ class Web3Node:
 
     def block_number(self) -> Deferred[int]:
         async def fetch(connection: _Connection) -> int:
-            return as_int("block number", await _answer(connection.w3.eth.block_number))
+            return as_int("block number", await answer(connection.w3.eth.block_number))
 
         return self._call("eth_blockNumber", fetch)
 
@@ -227,12 +175,12 @@ class Web3Node:
     def finalized_number(self) -> Deferred[int | None]:
         async def fetch(connection: _Connection) -> int | None:
             try:
-                data = await _answer(connection.w3.eth.get_block("finalized"))
+                data = await answer(connection.w3.eth.get_block("finalized"))
             except Web3RPCError as e:
                 # Nodes without finality (before the merge, some dev chains) refuse the tag
                 # or say there is no such block.
                 log.debug("{node} reports no finalized block: {reason}", node=self.description,
-                          reason=_reason(e))  # fmt: skip
+                          reason=node_reason(e))  # fmt: skip
                 return None
             return as_finalized_number(data)
 
@@ -257,9 +205,9 @@ class Web3Node:
 
     async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
         if connection.chain_id is None:
-            connection.chain_id = as_int("chain id", await _answer(connection.w3.eth.chain_id))
+            connection.chain_id = as_int("chain id", await answer(connection.w3.eth.chain_id))
         try:
-            data = await _answer(connection.w3.eth.get_block(which))
+            data = await answer(connection.w3.eth.get_block(which))
         except BlockNotFound:
             return None
         return as_block(connection.chain_id, data)
@@ -300,8 +248,8 @@ class Web3Node:
                 result.callback(task.result())
             elif isinstance(exc, NodeError):
                 result.errback(exc)
-            elif isinstance(exc, _NODE_TROUBLE):
-                reason = _reason(exc).replace(self.uri.target, self.description)
+            elif isinstance(exc, NODE_TROUBLE):
+                reason = node_reason(exc).replace(self.uri.target, self.description)
                 result.errback(NodeError(reason))
             else:
                 # A bug of ours: the caller logs it (log.failure), with this traceback.
@@ -345,7 +293,7 @@ class Web3Node:
                 gone = connection.gone()
                 if gone is False:
                     return connection, False
-                reason = "closed" if gone is True else _reason(gone)
+                reason = "closed" if gone is True else node_reason(gone)
                 log.debug("{node} hung up ({reason}); reconnecting", node=self.description,
                           reason=reason)  # fmt: skip
                 self._drop(connection)
@@ -401,4 +349,4 @@ class Web3Node:
             await asyncio.wait_for(connection.w3.provider.disconnect(), self._timeout)
         except (Exception, asyncio.CancelledError) as e:
             log.debug("closing the connection to {node}: {reason}", node=self.description,
-                      reason=_reason(e))  # fmt: skip
+                      reason=node_reason(e))  # fmt: skip

@@ -5,7 +5,6 @@ shared L{Ingest}, acknowledgements out; and when reading from it pauses and why.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -25,6 +24,7 @@ from ethtwisted.protocol import (
     ProtocolError,
     Refusal,
     check_payload,
+    name_problem,
     parse_block,
     payload_hash,
 )
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="ethtwisted.server", observer=log_observer)
 
-MAX_NAME_LENGTH = 255
 MAX_UNREAD_ACK_BYTES = 256 * 1024
 """Acks a peer may leave unread beyond its transport's write buffer before it is dropped."""
 MAX_IN_FLIGHT = 1000
@@ -43,27 +42,6 @@ MAX_IN_FLIGHT = 1000
 frames are taken (nor read) until acknowledgements go out: one flooding peer cannot fill the
 ingest and so pause every other reader.  A group commit's worth, so a busy peer keeps a whole
 group in each transaction."""
-
-
-_NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
-"""Unicode categories a client name may not contain: control characters, surrogates, line
-and paragraph separators."""
-
-
-def name_problem(name: str) -> str | None:
-    """
-    Why C{name} cannot be a client's name (a phrase), or L{None}: it must be 1 to
-    L{MAX_NAME_LENGTH} characters (a C{VARCHAR(255)} in utf8mb4 holds any 255), encodable as
-    UTF-8 (no lone surrogate, which JSON's C{"\\ud800"} can carry), without control characters
-    or line breaks, and without spaces around it (MySQL compares names without trailing spaces).
-    """
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        return f"must be 1 to {MAX_NAME_LENGTH} characters"
-    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
-        return "must not contain control characters, line breaks or lone surrogates"
-    if name != name.strip():
-        return "must not begin or end with spaces"
-    return None
 
 
 @implementer(IPushProducer)
