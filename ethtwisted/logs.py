@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
@@ -25,6 +26,45 @@ def set_verbose(verbose: bool) -> None:
     Let debug messages through, or not.
     """
     _levels.setLogLevelForNamespace("", LogLevel.debug if verbose else LogLevel.info)
+
+
+class Trouble:
+    """
+    A repeated condition, said once per reason and once when it ends: L{say} logs C{message}
+    (with C{reason} and the values given) at C{level} only when the reason differs from the
+    one said last; L{ended} logs C{ended_message} once, at info, if there was trouble.
+    """
+
+    def __init__(
+        self, log: Logger, level: LogLevel, message: str, ended_message: str | None = None
+    ) -> None:
+        self.log = log
+        self.level = level
+        self.message = message
+        self.ended_message = ended_message
+        self.reason: str | None = None
+        """The reason said last, while the trouble lasts."""
+
+    def say(self, reason: str, **values: object) -> bool:
+        """
+        The trouble goes on, for C{reason}: log it if that is news; return whether it was.
+        """
+        if reason == self.reason:
+            return False
+        self.reason = reason
+        self.log.emit(self.level, self.message, reason=reason, **values)
+        return True
+
+    def ended(self, **values: object) -> bool:
+        """
+        The trouble is over: log so, once, with C{values}; return whether there was trouble.
+        """
+        if self.reason is None:
+            return False
+        self.reason = None
+        if self.ended_message is not None:
+            self.log.info(self.ended_message, **values)
+        return True
 
 
 def describe(error: Failure | BaseException) -> str:

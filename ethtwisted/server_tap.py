@@ -170,7 +170,7 @@ def stats_service(
     )
     factory.observers.append(metrics)
     ingest.observers.append(metrics.committed)
-    reads = Reads(reactor, store, store, redis, lambda: ingest.trouble, registry)
+    reads = Reads(reactor, store, store, redis, lambda: ingest.trouble.reason, registry)
     service = serve_stats(reactor, reads, config["stats"], config["stats_token"])
     service.setName("stats")
     return service

@@ -517,7 +517,7 @@ def test_rejected_group_is_split_until_the_rejected_message_is_alone() -> None:
     assert set(store.tables.payloads.values()) == {"m0", "m1", "m2", "m4"}
     assert ingest.unsettled == 0 and ingest.pending_bytes == 0 and not ingest.busy
     assert clock.seconds() == 0 and not clock.getDelayedCalls()
-    assert ingest.trouble is None
+    assert ingest.trouble.reason is None
     assert not [e for e in events if e.get("log_level") and e["log_level"].name == "critical"]
 
 

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
@@ -119,7 +119,11 @@ class Delivery:
         """Called with C{True} on each connection to a server, C{False} when it is lost."""
         self.switch_listeners: list[Callable[[str, str], None]] = []
         """Called with the server left and the server now in use, on each switch."""
-        self._refused_by: dict[str, str] = {}
+        self._refused_by = {
+            name: Trouble(log, LogLevel.error, "{server} refused this client: {reason}",
+                          "{server} accepts this client again")
+            for name, _ in servers.servers
+        }  # fmt: skip
         self._leaving: str | None = None
         self._watchdog: IDelayedCall | None = None
         self._last_sent: bytes | None = None
@@ -239,17 +243,13 @@ class Delivery:
             log.debug("acknowledgement of {sha256}, not queued", sha256=sha256)
         if len(self.outbox) and self.protocol is not None and len(self.servers) > 1:
             self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
-        if self.in_use in self._refused_by:
-            log.info("{server} accepts this client again", server=self.in_use)
-            del self._refused_by[self.in_use]
+        if self.in_use is not None:
+            self._refused_by[self.in_use].ended(server=self.in_use)
         self.refusal = None
 
     def refused(self, reason: str) -> None:
         server = self.in_use or self.servers.name()
-        if self._refused_by.get(server) != reason:
-            log.error("{server} refused this client: {reason}", server=server,
-                      reason=reason)  # fmt: skip
-        self._refused_by[server] = reason
+        self._refused_by[server].say(reason, server=server)
         self.refusal = reason
         why = f"refused this client: {reason}"
         self.servers.move_on(why)

@@ -14,12 +14,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal, payload_hash
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
@@ -57,7 +57,9 @@ class ServerList:
         self.why: str | None = None
         """Why the client left L{used}, if it did."""
         self.switches = 0
-        self._unreachable: dict[int, str] = {}
+        self._unreachable = [
+            Trouble(log, LogLevel.warn, "cannot connect to {server}: {reason}") for _ in servers
+        ]
 
     def __len__(self) -> int:
         return len(self.servers)
@@ -85,10 +87,7 @@ class ServerList:
             except Exception as e:
                 error = e
                 reason = describe(e)
-                if self._unreachable.get(self.current) != reason:
-                    log.warn("cannot connect to {server}: {reason}", server=description,
-                             reason=reason)  # fmt: skip
-                self._unreachable[self.current] = reason
+                self._unreachable[self.current].say(reason, server=description)
                 if self.current == self.used:
                     self.why = f"cannot connect: {reason}"
         self.current = 0
@@ -100,7 +99,7 @@ class ServerList:
         A connection to the L{current} server is made: if it is not the one used before,
         count the switch and return that one's description and why it was left.
         """
-        self._unreachable.pop(self.current, None)
+        self._unreachable[self.current].ended()
         left, why = self.used, self.why or "it failed"
         self.why = None
         if self.current == left:

@@ -13,12 +13,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.protocol import ControlFrame, payload_hash
 
 log = Logger(namespace="ethtwisted.client", observer=log_observer)
@@ -77,7 +77,11 @@ class OneShotDelivery(Service):
         self.timeout = timeout
         self.in_use = 0
         """The server that took the last payload (before any, the first listed)."""
-        self._trouble: dict[int, str] = {}
+        self._trouble = [
+            Trouble(log, LogLevel.warn, "cannot send to {server}: {reason}",
+                    "{server} takes messages again")
+            for _ in servers
+        ]  # fmt: skip
         self._sending: Deferred[None] | None = None
         outbox.listeners.append(self._kick)
 
@@ -113,11 +117,7 @@ class OneShotDelivery(Service):
                 except CancelledError:
                     return
                 except Exception as e:
-                    reason = describe(e)
-                    if self._trouble.get(index) != reason:
-                        log.warn("cannot send to {server}: {reason}", server=server,
-                                 reason=reason)  # fmt: skip
-                    self._trouble[index] = reason
+                    self._trouble[index].say(describe(e), server=server)
                     continue
                 self._took(index)
                 break
@@ -139,8 +139,7 @@ class OneShotDelivery(Service):
 
     def _took(self, index: int) -> None:
         server = self.servers[index][0]
-        if self._trouble.pop(index, None) is not None:
-            log.info("{server} takes messages again", server=server)
+        self._trouble[index].ended(server=server)
         if index != self.in_use:
             log.info("now sending to {server} instead of {left}", server=server,
                      left=self.servers[self.in_use][0])  # fmt: skip

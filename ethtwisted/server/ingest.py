@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.storage import RejectedError, is_rejection
 
 log = Logger(namespace="ethtwisted.server", observer=log_observer)
@@ -83,7 +83,12 @@ class Ingest:
         self.busy = False
         self.paused = False
         self.producers: set[IPushProducer] = set()
-        self.trouble: str | None = None
+        self.trouble = Trouble(
+            log,
+            LogLevel.error,
+            "{reason}; holding {n} messages and retrying",
+            "stores are back after {n} failed attempts",
+        )
         self.failures = 0
         self._idle: list[Deferred[None]] = []
         self.observers: list[Callable[[Sequence[Received], int], None]] = []
@@ -189,18 +194,12 @@ class Ingest:
         again: Callable[[list[_Entry]], None],
     ) -> None:
         self.failures += 1
-        reason = f"{store} store unavailable: {describe(failure)}"
-        if reason != self.trouble:
-            self.trouble = reason
-            log.error("{reason}; holding {n} messages and retrying", reason=reason,
-                      n=self.unsettled)  # fmt: skip
+        self.trouble.say(f"{store} store unavailable: {describe(failure)}", n=self.unsettled)
         delay = _retry_delay(self.failures - 1)
         self.reactor.callLater(delay, again, group)
 
     def _done(self, group: list[_Entry]) -> None:
-        if self.trouble is not None:
-            log.info("stores are back after {n} failed attempts", n=self.failures)
-            self.trouble = None
+        self.trouble.ended(n=self.failures)
         self.failures = 0
         self._settle(group)
         for e in group:

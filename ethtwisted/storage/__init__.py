@@ -15,10 +15,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ async def wait_for(
     answers but cannot be used) ends the wait at once.
     """
     deadline = reactor.seconds() + wait
-    said = None
+    trouble = Trouble(log, LogLevel.warn, "waiting for {what}: {reason}")
     for attempt in itertools.count():
         delay = _start_delay(attempt)
         try:
@@ -134,7 +134,5 @@ async def wait_for(
             reason = describe(e)
         if reactor.seconds() + delay > deadline:
             raise StartupError(f"cannot reach {what} within {wait:g} s: {reason}")
-        if reason != said:
-            said = reason
-            log.warn("waiting for {what}: {reason}", what=what, reason=reason)
+        trouble.say(reason, what=what)
         await deferLater(reactor, delay)

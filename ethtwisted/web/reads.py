@@ -12,11 +12,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockReader, ICounterReader
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Trouble, describe, log_observer
 from ethtwisted.metrics import StoreMetrics
 from ethtwisted.web.resource import HTTPError
 
@@ -61,7 +61,12 @@ class Reads:
         self.store_metrics = StoreMetrics(
             self.registry, ["sql", "redis"] if redis is not None else ["sql"]
         )
-        self._said: str | None = None
+        self._failing = Trouble(
+            log,
+            LogLevel.warn,
+            "stats: a store read failed: {reason}",
+            "stats: store reads work again",
+        )
 
     @property
     def counters(self) -> ICounterReader:
@@ -78,14 +83,9 @@ class Reads:
         except CancelledError:
             raise  # the caller went away
         except Exception as e:
-            reason = _reason(e)
-            if reason != self._said:
-                self._said = reason
-                log.warn("stats: a store read failed: {reason}", reason=reason)
+            self._failing.say(_reason(e))
             raise HTTPError(503, "store unavailable") from None
-        if self._said is not None:
-            log.info("stats: store reads work again")
-            self._said = None
+        self._failing.ended()
         return result
 
     def check(self) -> Deferred[Mapping[str, str | None]]:
