@@ -24,15 +24,14 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.startup import StartingService, fatal
 from ethtwisted.storage import StartupError
 
 # The tag twistd's log lines have had for the demo's messages since they were written.
-log = Logger(namespace="ethtwisted.demo_tap", observer=log_observer)
+log = Logger(namespace="ethtwisted.demo_tap")
 
 DEV_NODES = ("anvil", "geth")
 SOCKET_NAME = "node.ipc"

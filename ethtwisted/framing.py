@@ -8,9 +8,8 @@ the same way, and drops the connection of a peer that breaks the rules, saying w
 from __future__ import annotations
 
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.protocol import (
     CONTROL_MARK,
     ControlFrame,
@@ -50,7 +49,7 @@ class FrameProtocol(Protocol):
     the reason of a parse error and the size of what it buffers to itself.
     """
 
-    log = Logger(observer=log_observer)
+    log = Logger()
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_message_bytes = max_message_bytes

@@ -1,24 +1,49 @@
 """
-Where ethtwisted's log events go: every module logs through C{Logger(observer=log_observer)},
-so that debug messages appear only with C{--verbose}, whichever log twistd writes to.
+Where ethtwisted's log events go: every module logs through this module's L{Logger}, whose
+events pass the one level filter that C{--verbose} sets (L{set_verbose}) before they reach the
+global log publisher, so that debug messages appear only with C{--verbose}, whichever log
+twistd writes to.  (twistd adds its own observer to the global publisher after C{makeService}
+has run, and the publisher offers no public way to wrap an observer already added: the filter
+has to sit on our side of the publisher.)
 """
 
 from __future__ import annotations
 
+from inspect import currentframe
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import (
     FilteringLogObserver,
-    Logger,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
 )
+from twisted.logger import Logger as _TwistedLogger
 from twisted.python.failure import Failure
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 log_observer = FilteringLogObserver(globalLogPublisher, [_levels])
+
+
+class Logger(_TwistedLogger):
+    """
+    Twisted's L{Logger}, sending to the C{--verbose} filter rather than straight to the global
+    publisher; the namespace is still the calling module's unless given.
+    """
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        source: object | None = None,
+        observer: ILogObserver | None = None,
+    ) -> None:
+        if namespace is None:
+            caller = currentframe()
+            caller = caller.f_back if caller is not None else None
+            namespace = caller.f_globals.get("__name__", "<unknown>") if caller else "<unknown>"
+        super().__init__(namespace, source, log_observer if observer is None else observer)
 
 
 def set_verbose(verbose: bool) -> None:

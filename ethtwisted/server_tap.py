@@ -8,12 +8,11 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 
 from ethtwisted.endpoints import TCP_KINDS, listening_endpoint
 from ethtwisted.framing import DEFAULT_MAX_MESSAGE_BYTES
-from ethtwisted.logs import log_observer, set_verbose
+from ethtwisted.logs import Logger, set_verbose
 from ethtwisted.options import (
     STATS_TOKEN_OPTIONS,
     StoreOptions,
@@ -38,7 +37,7 @@ from ethtwisted.storage.sql_store import SQLStore
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
 LISTEN_BACKLOG = 1024
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 
 def with_backlog(description: str) -> str:

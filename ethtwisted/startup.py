@@ -18,14 +18,13 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.storage import StartupError
 
 # The tag twistd's log lines have had for these messages since they were written.
-log = Logger(namespace="ethtwisted.tap", observer=log_observer)
+log = Logger(namespace="ethtwisted.tap")
 
 
 class StartingService(Service):

@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import Logger
 
-from ethtwisted.logs import log_observer, set_verbose
+from ethtwisted.logs import Logger, set_verbose
 from ethtwisted.options import (
     DEFAULT_WEB,
     STATS_TOKEN_OPTIONS,
@@ -25,7 +24,7 @@ from ethtwisted.web.site import serve_stats
 
 DEFAULT_LISTEN = DEFAULT_WEB
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 
 class Options(StoreOptions):

@@ -65,6 +65,25 @@ def test_product_code_uses_no_test_helpers() -> None:
     assert offenders == {}
 
 
+def test_every_logger_passes_the_verbose_filter() -> None:
+    """
+    Every module logs through L{ethtwisted.logs.Logger} (whose events pass the one filter that
+    C{--verbose} sets), none through Twisted's own L{Logger} straight to the global publisher.
+    """
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "logs.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "twisted.logger"
+                and any(alias.name == "Logger" for alias in node.names)
+            ):
+                offenders.append(str(path.relative_to(PACKAGE)))
+    assert offenders == []
+
+
 def test_health_check_loads_no_plugin() -> None:
     """
     Finding the default endpoint of eth-demo and eth-stats imports neither their tap modules

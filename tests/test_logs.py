@@ -32,3 +32,26 @@ def test_trouble_is_said_once_per_reason_and_once_when_it_ends() -> None:
         (LogLevel.info, "ethtwisted.example", "it is back"),
         (LogLevel.warn, "ethtwisted.example", "cannot reach it: refused"),
     ]
+
+
+def test_debug_lines_pass_only_when_verbose() -> None:
+    """
+    A debug line of ours reaches the global log only after C{set_verbose(True)}; info always
+    does; the namespace is the calling module's.
+    """
+    from ethtwisted.logs import Logger as OurLogger
+    from ethtwisted.logs import set_verbose
+
+    log = OurLogger()
+    try:
+        with capturedLogs() as quiet:
+            log.debug("hidden")
+            log.info("shown")
+        set_verbose(True)
+        with capturedLogs() as verbose:
+            log.debug("hidden no more")
+    finally:
+        set_verbose(False)
+    assert [formatEvent(e) for e in quiet] == ["shown"]
+    assert quiet[0]["log_namespace"] == __name__
+    assert [formatEvent(e) for e in verbose] == ["hidden no more"]

@@ -17,15 +17,14 @@ import contextlib
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.client.poller import Poller
 from ethtwisted.interfaces import INode
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 FLUSH_TIMEOUT = 5.0
 """Seconds a stopping client waits for the server to acknowledge what is still queued."""

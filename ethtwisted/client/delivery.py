@@ -11,17 +11,17 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.logger import ILogObserver, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe, log_observer
 from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 
 class ClientProtocol(FrameProtocol):

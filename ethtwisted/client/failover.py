@@ -14,15 +14,15 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal, payload_hash
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 DEFAULT_ACK_TIMEOUT = 30.0
 """Seconds a server may leave what it was sent unacknowledged before the client leaves it."""

@@ -12,14 +12,13 @@ from typing import Any
 
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from ethtwisted.interfaces import INode
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block, block_problem
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 """How the client learns of a block: pushed by the node, its head when polled, or fetched as
 the parent of another."""

@@ -13,15 +13,15 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.protocol import ControlFrame, payload_hash
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 ONESHOT_TIMEOUT = 30.0
 """Seconds an older server has to take one message (connect, send, close)."""

@@ -10,15 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ethtwisted.client.follower import Checkpoint, Sink
 from ethtwisted.client.spool import Spool, SpoolError
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.protocol import Block, PayloadFormat, encode_payload, payload_hash
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 DEFAULT_MAX_QUEUE = 10_000
 

@@ -10,16 +10,15 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
 from ethtwisted.client.subscriber import Subscriber
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 DEFAULT_INTERVAL = 1.0
 MIN_INTERVAL = 0.05

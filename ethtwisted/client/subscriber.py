@@ -9,17 +9,16 @@ from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
 from ethtwisted.interfaces import IHeadSource, IHeadSubscription
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 SUBSCRIBE_MODES = ("auto", "off")
 REMEMBERED = 256

@@ -9,15 +9,14 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
 from ethtwisted.protocol import Block
 
-log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
+log = Logger(namespace=LOG_NAMESPACE)
 
 _T = TypeVar("_T")
 

@@ -23,7 +23,6 @@ from aiohttp import ClientTimeout
 from hexbytes import HexBytes
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from web3 import AsyncHTTPProvider, AsyncIPCProvider, AsyncWeb3, WebSocketProvider
 from web3.exceptions import BlockNotFound, Web3RPCError
@@ -32,7 +31,7 @@ from web3.types import BlockIdentifier
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
 from ethtwisted.node.trouble import NODE_TROUBLE, answer, node_reason
@@ -47,7 +46,7 @@ from ethtwisted.protocol import Block
 SAFE_RECURSION_LIMIT = 1000
 sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
-log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
+log = Logger(namespace=LOG_NAMESPACE)
 
 _T = TypeVar("_T")
 

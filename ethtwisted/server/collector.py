@@ -9,14 +9,13 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
-from twisted.logger import Logger
 
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.startup import StartingService, listen_on
 from ethtwisted.storage import wait_for
 
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 STOP_TIMEOUT = 10.0
 

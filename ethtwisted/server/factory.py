@@ -12,14 +12,13 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
 from ethtwisted.interfaces import Received
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, ServerProtocol
 
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 DEFAULT_HELLO_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 10_000

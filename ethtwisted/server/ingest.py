@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.storage import RejectedError, is_rejection
 
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 MAX_BATCH = 1000
 HIGH_WATER_BYTES = 8 * 1024 * 1024

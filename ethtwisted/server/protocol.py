@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import Received
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.protocol import (
     Ack,
     ControlFrame,
@@ -33,7 +32,7 @@ from ethtwisted.storage import RejectedError
 if TYPE_CHECKING:
     from ethtwisted.server.factory import ServerFactory
 
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 MAX_UNREAD_ACK_BYTES = 256 * 1024
 """Acks a peer may leave unread beyond its transport's write buffer before it is dropped."""
@@ -84,7 +83,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def __init__(self, factory: ServerFactory) -> None:
         super().__init__(factory.max_message_bytes)
         # Named as it was when this class lived in the module ethtwisted.server.
-        self.log = Logger("ethtwisted.server.ServerProtocol", self, observer=log_observer)
+        self.log = Logger("ethtwisted.server.ServerProtocol", self)
         self.factory = factory
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign, assignment]
         self.hello: Hello | None = None

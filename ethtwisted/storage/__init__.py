@@ -15,16 +15,16 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 
 if TYPE_CHECKING:
     from ethtwisted.interfaces import Received
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 MAX_CLIENT_LENGTH = 255
 """Characters in a client name (C{VARCHAR(255)})."""

@@ -12,15 +12,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockReader, ICounterReader
-from ethtwisted.logs import Trouble, describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.metrics import StoreMetrics
 from ethtwisted.web.resource import HTTPError
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 MAX_CLIENTS = 1000
 MAX_CHAINS = 100

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 MAX_DIGITS = 9
 """The most digits a number in a query argument may have (C{?limit=}, C{?minutes=})."""

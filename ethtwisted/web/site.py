@@ -17,12 +17,11 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ethtwisted.endpoints import reachable_beyond_loopback
-from ethtwisted.logs import log_observer
+from ethtwisted.logs import Logger
 from ethtwisted.startup import StartingService, listen_on
 from ethtwisted.storage import wait_for
 from ethtwisted.web.api import ApiResource
@@ -32,7 +31,7 @@ from ethtwisted.web.health import HealthCheck, HealthResource, MetricsResource
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.resource import Root
 
-log = Logger(observer=log_observer)
+log = Logger()
 
 
 class StatsRoot(Root):
