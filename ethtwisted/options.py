@@ -35,21 +35,22 @@ def env_name(option: str) -> str:
     return "ETH_" + option.upper().replace("-", "_")
 
 
-def positive_float(value: str) -> float:
+def _float(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise ValueError(f"expected a number, not {value!r}") from None
+
+
+def positive_float(value: str) -> float:
+    number = _float(value)
     if not number > 0:
         raise ValueError(f"must be above 0, not {value}")
     return number
 
 
 def non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"expected a number, not {value!r}") from None
+    number = _float(value)
     if not number >= 0:
         raise ValueError(f"must not be negative, not {value}")
     return number

@@ -61,3 +61,15 @@ def test_links_point_at_files() -> None:
             if "://" in target:
                 continue
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_where_things_are_lists_every_module() -> None:
+    """
+    docs/where-things-are.md has a line for every module under ethtwisted/, and names no
+    module that does not exist.
+    """
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "where-things-are.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"`(ethtwisted/[\w/]+\.py)`", text))
+    modules = {str(p.relative_to(root)) for p in (root / "ethtwisted").rglob("*.py")}
+    assert listed == modules
