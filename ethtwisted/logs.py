@@ -61,7 +61,7 @@ class Trouble:
     """
 
     def __init__(
-        self, log: Logger, level: LogLevel, message: str, ended_message: str | None = None
+        self, log: _TwistedLogger, level: LogLevel, message: str, ended_message: str | None = None
     ) -> None:
         self.log = log
         self.level = level
