@@ -36,7 +36,7 @@ from ethtwisted.options import (
     token_options,
     web_endpoint,
 )
-from ethtwisted.protocol import PAYLOAD_FORMATS, Hello, PayloadFormat, name_problem
+from ethtwisted.protocol import FEATURES, PAYLOAD_FORMATS, Hello, PayloadFormat, name_problem
 
 if TYPE_CHECKING:
     from ethtwisted.metrics import ClientMetrics
@@ -244,7 +244,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         client = EthClient(poller, delivery, None, outbox, node, reactor)
     else:
         server_list = ServerList(servers)
-        hello = Hello(config["name"], config["token"])
+        hello = Hello(config["name"], config["token"], FEATURES)
         connection = Delivery(outbox, server_list, reactor, hello, config["ack-timeout"])
         service = ReconnectingService(
             server_list, connection.factory(), retryPolicy=retry, clock=reactor

@@ -35,7 +35,7 @@ from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import ClientFactory, ClientProtocol, Delivery, ReconnectingService
 from ethtwisted.client.failover import ServerList
-from ethtwisted.client.follower import Checkpoint, Follower
+from ethtwisted.client.follower import Checkpoint, Follower, Sighting
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
@@ -186,10 +186,10 @@ class Recorder:
         self.checkpoints: list[Checkpoint] = []
         self.failing = False
 
-    def __call__(self, blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+    def __call__(self, sightings: Sequence[Sighting], checkpoint: Checkpoint) -> None:
         if self.failing:
             raise SpoolError("/spool/batch: No space left on device")
-        self.blocks.extend(blocks)
+        self.blocks.extend(s.block for s in sightings)
         self.checkpoints.append(checkpoint)
 
     @property
@@ -870,7 +870,7 @@ async def test_spool_queues_nothing_it_could_not_write(
     sent: list[bytes] = []
     outbox.listeners.append(sent.extend)
 
-    def full(sequence: int, payloads: Sequence[bytes]) -> None:
+    def full(sequence: int, payloads: Sequence[bytes], *sightings: object) -> None:
         raise SpoolError("batch: No space left on device")
 
     spool.write_batch = full  # type: ignore[method-assign]
@@ -897,7 +897,7 @@ async def test_a_spool_that_cannot_be_written_is_reported_once(
     poller = Poller(f, clock, interval=1.0)
     write_batch = spool.write_batch
 
-    def full(sequence: int, payloads: Sequence[bytes]) -> None:
+    def full(sequence: int, payloads: Sequence[bytes], *sightings: object) -> None:
         raise SpoolError("batch: No space left on device")
 
     spool.write_batch = full  # type: ignore[method-assign]
@@ -976,7 +976,8 @@ def test_queue_blocks_encodes_each_format() -> None:
     node.mine(2)
     for fmt, encode in [("json", block_json), ("html", lambda b: block_html(b.number))]:
         outbox = Outbox(10)
-        queue_blocks(outbox, fmt)(node.canonical, Checkpoint())  # type: ignore[arg-type]
+        sightings = [Sighting(b, "poll", 1.0) for b in node.canonical]
+        queue_blocks(outbox, fmt)(sightings, Checkpoint())  # type: ignore[arg-type]
         assert outbox.pending() == [encode(b) for b in node.canonical]
 
 

@@ -151,8 +151,12 @@ frames: st.SearchStrategy[ControlFrame] = st.one_of(
     ),
     st.builds(Welcome, st.lists(feature_names, max_size=16, unique=True).map(tuple)),
     statuses,
-    st.builds(Sighting, st.from_regex(r"[0-9a-f]{64}", fullmatch=True), wire_ints,
-              st.sampled_from(SOURCES)),  # fmt: skip
+    st.builds(
+        Sighting,
+        st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+        wire_ints,
+        st.sampled_from(SOURCES),
+    ),  # fmt: skip
     st.builds(Ping, wire_ints),
     st.builds(Pong, wire_ints, wire_ints),
 )
@@ -180,9 +184,9 @@ frame_keys = st.sampled_from(["type", "name", "token", "features", "sha256", "se
                               "highest", "rtt_ms", "peers", "gas_price"])  # fmt: skip
 frame_types = st.sampled_from(["hello", "ack", "refusal", "welcome", "status", "sighting",
                                "ping", "pong"])  # fmt: skip
-frame_like = st.fixed_dictionaries(
-    {"type": frame_types}, optional={}
-) | st.dictionaries(frame_keys, json_values, max_size=6)
+frame_like = st.fixed_dictionaries({"type": frame_types}, optional={}) | st.dictionaries(
+    frame_keys, json_values, max_size=6
+)
 
 
 @pytest.mark.property

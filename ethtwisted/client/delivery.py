@@ -6,6 +6,7 @@ L{ReconnectingService} keeps up through a L{ServerList}; L{ClientProtocol} is th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -19,14 +20,29 @@ from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger, Trouble, describe, log_observer
-from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal
+from ethtwisted.protocol import (
+    Ack,
+    ControlFrame,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    Refusal,
+    Status,
+    Welcome,
+)
 
 log = Logger(namespace="ethtwisted.client")
+
+WELCOME_TIMEOUT = 1.0
+"""Seconds a client whose hello listed features waits for the welcome before it sends payloads;
+without one by then, the server is taken for one that knows no features."""
 
 
 class ClientProtocol(FrameProtocol):
     """
-    The connection to the server: payloads out, acknowledgements in.
+    The connection to the server: payloads (and sightings, status, pongs) out,
+    acknowledgements (and the welcome, pings) in.
     """
 
     transport: Any
@@ -47,6 +63,10 @@ class ClientProtocol(FrameProtocol):
             self.delivery.acked(frame.sha256)
         elif isinstance(frame, Refusal):
             self.delivery.refused(frame.reason)
+        elif isinstance(frame, Welcome):
+            self.delivery.welcomed(self, frame.features)
+        elif isinstance(frame, Ping):
+            self.delivery.pinged(self, frame)
         else:
             super().controlReceived(frame)
 
@@ -89,6 +109,12 @@ class Delivery:
     L{ServerList}): on connect a hello, then every payload not acknowledged yet, in order, then
     each new one as it is queued; an acknowledgement removes its payload from the outbox.
 
+    When the hello lists features, the payloads wait for the server's welcome (at most
+    C{WELCOME_TIMEOUT} seconds; a server that sends none knows none, and gets what a client
+    without features sends).  What the welcome lists is then used on that connection: each
+    payload's sighting right before it (C{sighting}), L{send_status} (C{status}), a pong for
+    each ping (C{ping}).
+
     With several servers listed, the server in use is left when its connection fails, when it
     refuses this client, or when what it was sent has waited C{ack_timeout} seconds with no
     acknowledgement arriving; the next connection goes to the next server, and everything
@@ -110,6 +136,11 @@ class Delivery:
         self.hello = hello
         self.ack_timeout = ack_timeout
         self.protocol: ClientProtocol | None = None
+        self.features: frozenset[str] = frozenset()
+        """What the server in use welcomed, of what the hello listed."""
+        self.welcome_listeners: list[Callable[[frozenset[str]], None]] = []
+        """Called with the features of each welcome."""
+        self._welcome_wait: IDelayedCall | None = None
         self.in_use: str | None = None
         """The server connected to now, if any."""
         self.stopping = False
@@ -129,7 +160,9 @@ class Delivery:
         self._last_sent: bytes | None = None
         self.prober: Prober | None = None
         if len(servers) > 1:
-            self.prober = Prober(servers, hello, self._probe_payload, clock, ack_timeout,
+            # A probe says hello as a client without features: no welcome, no pings.
+            plain = None if hello is None else replace(hello, features=None)
+            self.prober = Prober(servers, plain, self._probe_payload, clock, ack_timeout,
                                  self._first_answers)  # fmt: skip
         outbox.listeners.append(self._queued)
 
@@ -172,13 +205,66 @@ class Delivery:
                 self.prober.start()
         if self.hello is not None:
             protocol.send_control(self.hello)
+            if self.hello.features:
+                self._welcome_wait = self.clock.callLater(
+                    WELCOME_TIMEOUT, self._no_welcome, protocol
+                )
+                return
         self._send(protocol, pending)
+
+    def _no_welcome(self, protocol: ClientProtocol) -> None:
+        self._welcome_wait = None
+        if protocol is self.protocol:
+            log.debug("no welcome from {server} within {t:g} s: sending as to a server that "
+                      "knows no features", server=self.in_use, t=WELCOME_TIMEOUT)  # fmt: skip
+            self._send(protocol, self.outbox.pending())
+
+    def welcomed(self, protocol: ClientProtocol, features: Sequence[str]) -> None:
+        """
+        The server welcomed this client: use what it lists of what the hello did, and send
+        the payloads that waited for it.
+        """
+        if protocol is not self.protocol:
+            return
+        listed = self.hello.features if self.hello is not None else None
+        if not listed or self.features:
+            raise ProtocolError("unexpected welcome frame")
+        self.features = frozenset(features) & frozenset(listed)
+        log.debug("{server} welcomes {features}", server=self.in_use,
+                  features=", ".join(sorted(self.features)) or "no features")  # fmt: skip
+        if self._welcome_wait is not None:
+            self._welcome_wait.cancel()
+            self._welcome_wait = None
+            self._send(protocol, self.outbox.pending())
+        for listener in self.welcome_listeners:
+            listener(self.features)
+
+    def pinged(self, protocol: ClientProtocol, ping: Ping) -> None:
+        """
+        Answer a ping at once with this client's clock, in ms.
+        """
+        if "ping" not in self.features:
+            raise ProtocolError("ping frame without a welcome listing ping")
+        protocol.send_control(Pong(ping.id, round(self.clock.seconds() * 1000)))
+
+    def send_status(self, status: Status) -> bool:
+        """
+        Send C{status} if the server in use welcomed status frames; whether it was sent.
+        """
+        if self.protocol is None or "status" not in self.features:
+            return False
+        self.protocol.send_control(status)
+        return True
 
     def disconnected(self, protocol: ClientProtocol, reason: Failure) -> None:
         if self.protocol is not protocol:
             return
         self.protocol = None
         server, self.in_use = self.in_use, None
+        self.features = frozenset()
+        if self._welcome_wait is not None:
+            self._welcome_wait.cancel()
+            self._welcome_wait = None
         self._stop_watchdog()
         if self.prober is not None:
             self.prober.stop()
@@ -201,7 +287,11 @@ class Delivery:
             self.protocol.transport.abortConnection()
 
     def _send(self, protocol: ClientProtocol, payloads: Sequence[bytes]) -> None:
+        sightings = "sighting" in self.features
         for payload in payloads:
+            sighting = self.outbox.sighting(payload) if sightings else None
+            if sighting is not None:
+                protocol.send_control(sighting)
             protocol.sendString(payload)
         if payloads:
             self._last_sent = payloads[-1]
@@ -209,7 +299,7 @@ class Delivery:
                 self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
 
     def _queued(self, payloads: Sequence[bytes]) -> None:
-        if self.protocol is not None:
+        if self.protocol is not None and self._welcome_wait is None:
             self._send(self.protocol, payloads)
 
     def _stop_watchdog(self) -> None:

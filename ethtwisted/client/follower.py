@@ -82,14 +82,6 @@ class Checkpoint:
         return cls(last, dict(sorted(recent.items())))
 
 
-Sink = Callable[[Sequence[Block], Checkpoint], Awaitable[object] | None]
-"""
-Takes the blocks to send, in order, and the checkpoint that holds once they are queued; what it
-returns, if anything, is awaited.  It raises (or its result fails) when they could not be
-queued; the follower then stays where it was.
-"""
-
-
 @dataclass(frozen=True)
 class Sighting:
     """
@@ -100,6 +92,14 @@ class Sighting:
     block: Block
     source: str
     seen: float
+
+
+Sink = Callable[[Sequence[Sighting], Checkpoint], Awaitable[object] | None]
+"""
+Takes the blocks to send, in order, each with how and when it was learnt, and the checkpoint
+that holds once they are queued; what it returns, if anything, is awaited.  It raises (or its
+result fails) when they could not be queued; the follower then stays where it was.
+"""
 
 
 class Follower:
@@ -316,15 +316,15 @@ class Follower:
         checkpoint: Checkpoint,
         sightings: dict[str, tuple[str, float]],
     ) -> None:
-        queued = self.sink(blocks, checkpoint)
+        seen = [Sighting(block, *sightings[block.hash]) for block in blocks]
+        queued = self.sink(seen, checkpoint)
         if queued is not None:
             await queued
         self.checkpoint = checkpoint
         self.moves += 1
-        for block in blocks:
-            source, seen = sightings[block.hash]
-            log.debug("block {number} {hash} learnt by {source} at {ms} ms", number=block.number,
-                      hash=block.hash, source=source, ms=round(seen * 1000))  # fmt: skip
-            sighting = Sighting(block, source, seen)
+        for sighting in seen:
+            log.debug("block {number} {hash} learnt by {source} at {ms} ms",
+                      number=sighting.block.number, hash=sighting.block.hash,
+                      source=sighting.source, ms=round(sighting.seen * 1000))  # fmt: skip
             for listener in self.sighting_listeners:
                 listener(sighting)

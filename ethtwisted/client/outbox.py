@@ -6,16 +6,17 @@ one; L{queue_blocks} is the follower's sink that fills it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from ethtwisted.client.follower import Checkpoint, Sink
+from ethtwisted.client.follower import Sighting as Seen
 from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.logs import Logger, describe
-from ethtwisted.protocol import Block, PayloadFormat, encode_payload, payload_hash
+from ethtwisted.protocol import Block, PayloadFormat, Sighting, encode_payload, payload_hash
 
 log = Logger(namespace="ethtwisted.client")
 
@@ -26,6 +27,7 @@ DEFAULT_MAX_QUEUE = 10_000
 class _Queued:
     payload: bytes
     batch: int
+    sighting: Sighting | None = None
 
 
 class Outbox:
@@ -35,7 +37,7 @@ class Outbox:
     At most C{max_queue} are kept: past it the oldest are dropped, with a warning.  With a
     L{Spool}, what is queued is on disk before it is queued (and sent), and the follower's
     checkpoint after it, before L{put}'s Deferred fires; a payload leaves the disk after its
-    acknowledgement.
+    acknowledgement.  Each payload keeps the L{Sighting} it was queued with, on disk too.
     """
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE, spool: Spool | None = None) -> None:
@@ -64,10 +66,10 @@ class Outbox:
         for sequence, payloads in self.spool.load_batches():
             self._next_batch = max(self._next_batch, sequence + 1)
             added = 0
-            for payload in payloads:
+            for payload, sighting in payloads:
                 sha256 = payload_hash(payload)
                 if sha256 not in self._queued:
-                    self._queued[sha256] = _Queued(payload, sequence)
+                    self._queued[sha256] = _Queued(payload, sequence, sighting)
                     added += 1
             if added:
                 self._batches[sequence] = added
@@ -87,17 +89,26 @@ class Outbox:
             return None
 
     def put(
-        self, payloads: Sequence[bytes], checkpoint: Checkpoint | None = None
+        self,
+        payloads: Sequence[bytes],
+        checkpoint: Checkpoint | None = None,
+        sightings: Iterable[Sighting] = (),
     ) -> Deferred[list[bytes]]:
         """
-        Queue the C{payloads} not queued yet, in order; the Deferred fires with them.  With a
-        spool, they are queued once on disk, and it fires once C{checkpoint} is too; it fails
-        with L{SpoolError} if either could not be written (and nothing is queued if they
-        could not).
+        Queue the C{payloads} not queued yet, in order, each with the one of C{sightings} that
+        names its SHA256, if any; the Deferred fires with them.  With a spool, they are queued
+        once on disk, and it fires once C{checkpoint} is too; it fails with L{SpoolError} if
+        either could not be written (and nothing is queued if they could not).
         """
-        return Deferred.fromCoroutine(self._put(payloads, checkpoint))
+        return Deferred.fromCoroutine(self._put(payloads, checkpoint, sightings))
 
-    async def _put(self, payloads: Sequence[bytes], checkpoint: Checkpoint | None) -> list[bytes]:
+    async def _put(
+        self,
+        payloads: Sequence[bytes],
+        checkpoint: Checkpoint | None,
+        sightings: Iterable[Sighting],
+    ) -> list[bytes]:
+        seen = {s.sha256: s for s in sightings}
         new: dict[str, bytes] = {}
         for payload in payloads:
             sha256 = payload_hash(payload)
@@ -107,7 +118,8 @@ class Outbox:
         if new:
             self._next_batch += 1
         if self.spool is not None and new:
-            await self.spool.call(self.spool.write_batch, batch, list(new.values()))
+            kept = [seen.get(sha256) for sha256 in new]
+            await self.spool.call(self.spool.write_batch, batch, list(new.values()), kept)
             # Queued meanwhile by another put: that one counts them, this batch holds copies.
             new = {s: p for s, p in new.items() if s not in self._queued}
             if not new:
@@ -115,7 +127,7 @@ class Outbox:
         if new:
             self._batches[batch] = len(new)
             for sha256, payload in new.items():
-                self._queued[sha256] = _Queued(payload, batch)
+                self._queued[sha256] = _Queued(payload, batch, seen.get(sha256))
             self._trim()
         added = [p for s, p in new.items() if s in self._queued]
         if added:
@@ -192,6 +204,13 @@ class Outbox:
         """
         return [queued.payload for queued in self._queued.values()]
 
+    def sighting(self, payload: bytes) -> Sighting | None:
+        """
+        The sighting C{payload} was queued with, if it is queued with one.
+        """
+        queued = self._queued.get(payload_hash(payload))
+        return None if queued is None else queued.sighting
+
     def first(self) -> bytes | None:
         for queued in self._queued.values():
             return queued.payload
@@ -218,15 +237,19 @@ class Outbox:
 
 def queue_blocks(outbox: Outbox, payload_format: PayloadFormat) -> Sink:
     """
-    The sink that queues each block in C{outbox} as a payload of C{payload_format}.
+    The sink that queues each block in C{outbox} as a payload of C{payload_format}, with its
+    sighting.
     """
 
-    async def queue(blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
-        await outbox.put([encode_payload(b, payload_format) for b in blocks], checkpoint)
-        for b in blocks:
-            log.debug("queued block {number} {hash}", number=b.number, hash=b.hash)
+    async def queue(seen: Sequence[Seen], checkpoint: Checkpoint) -> None:
+        payloads = [encode_payload(s.block, payload_format) for s in seen]
+        sightings = [Sighting(payload_hash(p), round(s.seen * 1000), s.source)
+                     for p, s in zip(payloads, seen, strict=True)]  # fmt: skip
+        await outbox.put(payloads, checkpoint, sightings)
+        for s in seen:
+            log.debug("queued block {number} {hash}", number=s.block.number, hash=s.block.hash)
 
-    def sink(blocks: Sequence[Block], checkpoint: Checkpoint) -> Deferred[None]:
-        return Deferred.fromCoroutine(queue(blocks, checkpoint))
+    def sink(seen: Sequence[Seen], checkpoint: Checkpoint) -> Deferred[None]:
+        return Deferred.fromCoroutine(queue(seen, checkpoint))
 
     return sink

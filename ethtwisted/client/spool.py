@@ -18,7 +18,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from ethtwisted.logs import Logger, describe
-from ethtwisted.protocol import ProtocolError, loads_bounded, parse_block
+from ethtwisted.protocol import (
+    MAX_WIRE_INT,
+    SOURCES,
+    ProtocolError,
+    Sighting,
+    loads_bounded,
+    parse_block,
+    payload_hash,
+)
 
 log = Logger(namespace="ethtwisted.client")
 
@@ -59,12 +67,29 @@ def _unusable_block(payload: bytes) -> bool:
     return payload.startswith(b"{") and parse_block(payload) is None
 
 
+def _sighting(payload: bytes, kept: object) -> Sighting | None:
+    """
+    The sighting a batch file kept for C{payload}, if it is one: C{{"seen_ms": int, "via":
+    source}}, else L{None}.
+    """
+    if not isinstance(kept, dict):
+        return None
+    seen_ms, via = kept.get("seen_ms"), kept.get("via")
+    if type(seen_ms) is not int or not 0 <= seen_ms <= MAX_WIRE_INT:
+        return None
+    if not isinstance(via, str) or via not in SOURCES:
+        return None
+    return Sighting(payload_hash(payload), seen_ms, via)
+
+
 class Spool:
     """
     A directory that keeps the outbox and the follower's checkpoint across restarts.
 
     Each group of payloads queued together is one file, C{batch-<sequence>.json}, removed once
-    all its payloads are acknowledged (or dropped); the checkpoint is C{state.json}.  Every
+    all its payloads are acknowledged (or dropped): C{{"payloads": [text, ...], "sightings":
+    [{"seen_ms": int, "via": source} or null, ...]}}, the sightings in the payloads' order (files
+    of older clients have none); the checkpoint is C{state.json}.  Every
     file is replaced atomically.  A lock file keeps a second client off the same directory.
 
     The methods that touch files block.  Once the reactor runs, they go through L{call}: one
@@ -120,9 +145,10 @@ class Spool:
         except OSError as e:
             raise SpoolError(f"{path}: {e.strerror}") from None
 
-    def load_batches(self) -> list[tuple[int, list[bytes]]]:
+    def load_batches(self) -> list[tuple[int, list[tuple[bytes, Sighting | None]]]]:
         """
-        The batches on disk, oldest first.  A file that cannot be read is renamed aside.
+        The batches on disk, oldest first, each payload with its sighting if one was kept.  A
+        file that cannot be read is renamed aside; a sighting that is not one is left out.
         """
         batches = []
         for name in sorted(os.listdir(self.directory)):
@@ -136,6 +162,7 @@ class Spool:
                 sequence = int(name[len("batch-") : -len(".json")])
                 obj = self._read(path)
                 payloads = [p.encode("utf-8") for p in obj["payloads"]]
+                kept = obj.get("sightings")
             except (OSError, ProtocolError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.error("unreadable spool file {path} ({reason}): set aside as .bad",
                           path=path, reason=describe(e))  # fmt: skip
@@ -143,7 +170,10 @@ class Spool:
                 continue
             # An older client may have spooled a block message built from a node's absurd
             # answer (a 160-bit chain id, say), which a server cannot store as a block.
-            usable = [p for p in payloads if not _unusable_block(p)]
+            if not isinstance(kept, list) or len(kept) != len(payloads):
+                kept = [None] * len(payloads)
+            usable = [(p, _sighting(p, k)) for p, k in zip(payloads, kept, strict=True)
+                      if not _unusable_block(p)]  # fmt: skip
             if len(usable) < len(payloads):
                 log.warn("spool file {path}: dropped {n} block messages that hold no usable "
                          "block", path=path, n=len(payloads) - len(usable))  # fmt: skip
@@ -151,10 +181,21 @@ class Spool:
         batches.sort()
         return batches
 
-    def write_batch(self, sequence: int, payloads: Sequence[bytes]) -> None:
-        self._write(
-            self._batch_path(sequence), {"payloads": [p.decode("utf-8") for p in payloads]}
-        )
+    def write_batch(
+        self,
+        sequence: int,
+        payloads: Sequence[bytes],
+        sightings: Sequence[Sighting | None] = (),
+    ) -> None:
+        """
+        Write a batch: C{payloads}, and the sightings of as many of them, in order.
+        """
+        obj: dict[str, Any] = {"payloads": [p.decode("utf-8") for p in payloads]}
+        if any(sightings):
+            obj["sightings"] = [
+                None if s is None else {"seen_ms": s.seen_ms, "via": s.via} for s in sightings
+            ]
+        self._write(self._batch_path(sequence), obj)
 
     def remove_batch(self, sequence: int) -> None:
         """
