@@ -125,11 +125,11 @@ def test_a_welcome_without_features_asked_for_costs_the_connection(logs: Logs) -
     A welcome to a hello that listed no features, or a second welcome, is a protocol error.
     """
     delivery = Delivery(Outbox(10), one_server(), Clock(), Hello("c1"))
-    protocol, transport = connected(delivery)
+    protocol, _ = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("status",)))))
     assert protocol.dropped == "unexpected welcome frame"
     delivery = Delivery(Outbox(10), one_server(), Clock(), HELLO)
-    protocol, transport = connected(delivery)
+    protocol, _transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("status",)))) * 2)
     assert protocol.dropped == "unexpected welcome frame"
 

@@ -156,7 +156,7 @@ frames: st.SearchStrategy[ControlFrame] = st.one_of(
         st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
         wire_ints,
         st.sampled_from(SOURCES),
-    ),  # fmt: skip
+    ),
     st.builds(Ping, wire_ints),
     st.builds(Pong, wire_ints, wire_ints),
 )
