@@ -263,3 +263,19 @@ class IHeadSource(Interface):
         this fires.  Fires with the subscription, or L{None} when the node cannot push; fails
         with L{ethtwisted.node.NodeError} when it does not subscribe.
         """
+
+
+class INodeRequests(Interface):
+    """
+    A node that takes any JSON-RPC request (for what it says about itself: its version, peers,
+    sync state).
+    """
+
+    description: str = Attribute("The node in use, for logs (never a secret).")
+
+    def rpc(method: str, params: Sequence[object]) -> Deferred[object]:
+        """
+        The node's JSON-RPC response to one request of C{method} with C{params}, as it came
+        (a mapping with a C{result} or an C{error}, unchecked: the caller checks it).  Fails
+        with L{ethtwisted.node.NodeError} when the node does not answer.
+        """

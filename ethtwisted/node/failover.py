@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
 from ethtwisted.protocol import Block
@@ -21,7 +21,7 @@ log = Logger(namespace=LOG_NAMESPACE)
 _T = TypeVar("_T")
 
 
-@implementer(INode, IHeadSource)
+@implementer(INode, IHeadSource, INodeRequests)
 class FailoverNode:
     """
     Several nodes behind one L{INode}: calls go to the first that answers.  When the node in use
@@ -66,6 +66,15 @@ class FailoverNode:
 
     def finalized_number(self) -> Deferred[int | None]:
         return self._call(lambda node: node.finalized_number())
+
+    def rpc(self, method: str, params: Sequence[object] = ()) -> Deferred[object]:
+        def call(node: INode) -> Deferred[object]:
+            requests = INodeRequests(node, None)
+            if requests is None:
+                return fail(NodeError(f"{node.description} takes no raw requests"))
+            return requests.rpc(method, params)
+
+        return self._call(call)
 
     def subscribe_heads(
         self, deliver: Callable[[Block], object]

@@ -5,21 +5,22 @@ this package knows nothing of the metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
+from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")
 
 
-@implementer(INode, IHeadSource)
+@implementer(INode, IHeadSource, INodeRequests)
 class MeasuredNode:
     """
     C{node}, answering as it does, and reporting each call: C{answered} with the seconds it
@@ -63,6 +64,12 @@ class MeasuredNode:
 
     def finalized_number(self) -> Deferred[int | None]:
         return self._timed(self.node.finalized_number)
+
+    def rpc(self, method: str, params: Sequence[object] = ()) -> Deferred[object]:
+        node = INodeRequests(self.node, None)
+        if node is None:
+            return fail(NodeError(f"{self.description} takes no raw requests"))
+        return self._timed(lambda: node.rpc(method, params))
 
     def subscribe_heads(
         self, deliver: Callable[[Block], object]

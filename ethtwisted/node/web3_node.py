@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import BlockIdentifier
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
+from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
@@ -111,7 +111,7 @@ class _Connection:
         return call.result()
 
 
-@implementer(INode, IHeadSource)
+@implementer(INode, IHeadSource, INodeRequests)
 class Web3Node:
     """
     One Ethereum node through web3's asynchronous API, on Twisted's asyncio reactor.
@@ -179,7 +179,7 @@ class Web3Node:
                 # Nodes without finality (before the merge, some dev chains) refuse the tag
                 # or say there is no such block.
                 log.debug("{node} reports no finalized block: {reason}", node=self.description,
-                          reason=node_reason(e))  # fmt: skip
+                          reason=nodenode_reason(e))  # fmt: skip
                 return None
             return as_finalized_number(data)
 
@@ -191,6 +191,11 @@ class Web3Node:
         from ethtwisted.node.subscription import subscribe_heads  # it imports this module
 
         return subscribe_heads(self, deliver)
+
+    def rpc(self, method: str, params: Sequence[object] = ()) -> Deferred[object]:
+        from ethtwisted.node.status import request
+
+        return self._call(method, lambda c: request(c.w3, c.persistent, method, params))
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -248,7 +253,7 @@ class Web3Node:
             elif isinstance(exc, NodeError):
                 result.errback(exc)
             elif isinstance(exc, NODE_TROUBLE):
-                reason = node_reason(exc).replace(self.uri.target, self.description)
+                reason = nodenode_reason(exc).replace(self.uri.target, self.description)
                 result.errback(NodeError(reason))
             else:
                 # A bug of ours: the caller logs it (log.failure), with this traceback.
@@ -292,7 +297,7 @@ class Web3Node:
                 gone = connection.gone()
                 if gone is False:
                     return connection, False
-                reason = "closed" if gone is True else node_reason(gone)
+                reason = "closed" if gone is True else nodenode_reason(gone)
                 log.debug("{node} hung up ({reason}); reconnecting", node=self.description,
                           reason=reason)  # fmt: skip
                 self._drop(connection)
@@ -348,4 +353,4 @@ class Web3Node:
             await asyncio.wait_for(connection.w3.provider.disconnect(), self._timeout)
         except (Exception, asyncio.CancelledError) as e:
             log.debug("closing the connection to {node}: {reason}", node=self.description,
-                      reason=node_reason(e))  # fmt: skip
+                      reason=nodenode_reason(e))  # fmt: skip

@@ -1,0 +1,236 @@
+"""
+What a node says about itself: L{StatusReader} asks an L{INodeRequests} node for its client
+version, chain id, peers, sync state, gas price and base fee, safe and finalized blocks and
+transaction pool, times the round trip, and checks every answer where it enters.  L{request}
+is the one raw JSON-RPC request, which L{Web3Node.rpc} makes over web3's provider.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ethtwisted.interfaces import INodeRequests
+from ethtwisted.logs import describe, log_observer
+from ethtwisted.node import LOG_NAMESPACE, NodeError
+from ethtwisted.node.answers import shown
+from ethtwisted.protocol import (
+    MAX_CLIENT_VERSION_LENGTH,
+    MAX_WIRE_INT,
+    Status,
+    SyncProgress,
+)
+
+log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
+
+METHOD_NOT_FOUND = -32601
+"""JSON-RPC's code for a method the node does not have (or does not serve here)."""
+_MISSING_MESSAGE = re.compile(
+    r"method .*(not found|does not exist|not available|not supported|unsupported)|"
+    r"(unknown|unsupported) method|"
+    # anvil over IPC and WebSocket, for a method it does not have:
+    r"did not match any variant of untagged enum",
+    re.IGNORECASE,
+)
+_QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,15})")
+
+
+async def request(w3: Any, persistent: bool, method: str, params: Sequence[object]) -> object:
+    """
+    The node's raw JSON-RPC response to one request through web3's C{w3} (over a
+    C{persistent} connection, or HTTP), unchecked; an answer web3 cannot even decode is
+    L{NodeError}.
+    """
+    from web3.exceptions import Web3RPCError  # only Web3Node calls this: web3 is loaded
+
+    try:
+        if persistent:
+            # Through the manager, which notes the request: an error answering a request it
+            # did not note would end web3's reading of the connection.  It raises the errors.
+            response: object = {"result": await w3.manager.socket_request(method, list(params))}
+        else:
+            response = await w3.provider.make_request(method, list(params))
+    except Web3RPCError as e:
+        return e.rpc_response if e.rpc_response is not None else {"error": {"message": str(e)}}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise NodeError(f"unexpected answer to {method}: {describe(e)}") from None
+    return response
+
+
+# -- the answers, checked ----------------------------------------------------------------------
+
+
+def quantity(value: object) -> int:
+    """
+    A JSON-RPC quantity (C{"0x1a"}) that fits a signed 64-bit integer; else L{NodeError}.
+    """
+    if isinstance(value, str) and _QUANTITY.fullmatch(value):
+        number = int(value, 16)
+        if number <= MAX_WIRE_INT:
+            return number
+    raise NodeError(f"not a quantity in range: {shown(value)}")
+
+
+def client_version(value: object) -> str:
+    if isinstance(value, str) and len(value) <= MAX_CLIENT_VERSION_LENGTH:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    raise NodeError(f"not a client version: {shown(value)}")
+
+
+def syncing(value: object) -> SyncProgress | Literal[False]:
+    """
+    C{eth_syncing}'s answer: C{False}, or the current and highest block of an object.
+    """
+    if value is False:
+        return False
+    if isinstance(value, Mapping):
+        return SyncProgress(quantity(value.get("currentBlock")),
+                            quantity(value.get("highestBlock")))  # fmt: skip
+    raise NodeError(f"not a sync state: {shown(value)}")
+
+
+def block_field(name: str) -> Callable[[object], int | None]:
+    """
+    A check of C{eth_getBlockByNumber}'s answer that takes the quantity C{name} from it:
+    L{None} when there is no such block (or it has no such field: a base fee before London).
+    """
+
+    def check(value: object) -> int | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise NodeError(f"not a block: {shown(value)}")
+        field = value.get(name)
+        return None if field is None else quantity(field)
+
+    return check
+
+
+def pool_counts(value: object) -> tuple[int, int]:
+    """
+    C{txpool_status}'s pending and queued counts.
+    """
+    if isinstance(value, Mapping):
+        return quantity(value.get("pending")), quantity(value.get("queued"))
+    raise NodeError(f"not a pool status: {shown(value)}")
+
+
+def _missing(error: object) -> bool:
+    """
+    Whether a JSON-RPC error says the method does not exist (or is not served).
+    """
+    if not isinstance(error, Mapping):
+        return False
+    message = error.get("message")
+    return error.get("code") == METHOD_NOT_FOUND or (
+        isinstance(message, str) and bool(_MISSING_MESSAGE.search(message[:200]))
+    )
+
+
+def _error_text(error: object) -> str:
+    message = error.get("message") if isinstance(error, Mapping) else None
+    if isinstance(message, str):
+        return message[:200]
+    return shown(error)
+
+
+# -- the reader --------------------------------------------------------------------------------
+
+
+class StatusReader:
+    """
+    Reads a node's L{Status}, one L{read} at a time.
+
+    A method the node does not have is reported as L{None}, logged once at debug, and not
+    asked again until the node changes (another one of several C{--node}s is in use, or its
+    client version changed).  A method the node answers with an error, or with something
+    unusable, is L{None} too, said once (at debug for an error, as a warning for garbage) and
+    again when it changes.  Only a node that does not answer at all fails a read.
+    """
+
+    def __init__(self, node: INodeRequests, clock: IReactorTime) -> None:
+        self.node = node
+        self.clock = clock
+        self.missing: set[str] = set()
+        """The methods the node in use does not have."""
+        self._node: str | None = None
+        self._version: str | None = None
+        self._trouble: dict[str, str] = {}
+
+    async def read(self) -> Status:
+        """
+        Ask the node; fails with L{NodeError} when the node does not answer.
+        """
+        if self.node.description != self._node:
+            self._node = self.node.description
+            self.missing.clear()
+            self._trouble.clear()
+        start = self.clock.seconds()
+        chain_id = await self._ask("eth_chainId", [], quantity)
+        rtt_ms = max(0.0, (self.clock.seconds() - start) * 1000)
+        version = await self._ask("web3_clientVersion", [], client_version)
+        if version is not None and version != self._version:
+            if self._version is not None:
+                self.missing.clear()
+            self._version = version
+        latest = block_field("baseFeePerGas")
+        number = block_field("number")
+        pool = await self._ask("txpool_status", [], pool_counts)
+        return Status(
+            client_version=version,
+            chain_id=chain_id,
+            peers=await self._ask("net_peerCount", [], quantity),
+            syncing=await self._ask("eth_syncing", [], syncing),
+            gas_price=await self._ask("eth_gasPrice", [], quantity),
+            base_fee=await self._ask("eth_getBlockByNumber", ["latest", False], latest),
+            safe=await self._ask("eth_getBlockByNumber", ["safe", False], number),
+            finalized=await self._ask("eth_getBlockByNumber", ["finalized", False], number),
+            pending=None if pool is None else pool[0],
+            queued=None if pool is None else pool[1],
+            rtt_ms=round(rtt_ms, 3),
+        )
+
+    async def _ask(self, method: str, params: list[object], check: Callable[[object], Any]) -> Any:
+        if method in self.missing:
+            return None
+        what = method if not params else f"{method} {params[0]}"
+        response = await self.node.rpc(method, params)
+        if not isinstance(response, Mapping):
+            return self._unusable(what, f"not a JSON-RPC response: {shown(response)}")
+        if "error" in response:
+            error = response["error"]
+            if _missing(error):
+                self.missing.add(method)
+                log.debug("{node} has no {method} ({reason}): reported as null until the node "
+                          "changes", node=self.node.description, method=method,
+                          reason=_error_text(error))  # fmt: skip
+                return None
+            return self._say(what, f"node error: {_error_text(error)}", log.debug)
+        if "result" not in response:
+            return self._unusable(what, "a response without a result")
+        try:
+            value = check(response["result"])
+        except NodeError as e:
+            return self._unusable(what, str(e))
+        if self._trouble.pop(what, None) is not None:
+            log.debug("{node} answers {what} again", node=self.node.description, what=what)
+        return value
+
+    def _unusable(self, what: str, reason: str) -> None:
+        return self._say(what, f"unusable answer: {reason}", log.warn)
+
+    def _say(self, what: str, reason: str, say: Callable[..., None]) -> None:
+        if self._trouble.get(what) != reason:
+            self._trouble[what] = reason
+            say("{node} answered {what} with {reason}: reported as null",
+                node=self.node.description, what=what, reason=reason)  # fmt: skip
+        return None
