@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import backoffPolicy
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.python import usage
 
@@ -22,7 +22,9 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import DEFAULT_MAX_QUEUE, Outbox, queue_blocks
 from ethtwisted.client.poller import DEFAULT_INTERVAL, MIN_INTERVAL, Poller
 from ethtwisted.client.spool import Spool, SpoolError
+from ethtwisted.client.status import DEFAULT_STATUS_INTERVAL, StatusPoller
 from ethtwisted.client.subscriber import SUBSCRIBE_MODES, Subscriber
+from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
 from ethtwisted.options import (
@@ -122,6 +124,10 @@ class Options(EnvOptions):
          " (a bare port means loopback; off if unset)."],
         *token_options("metrics-token", "/metrics"),
         ["token-file", None, None, "File holding the token sent to the server with the name."],
+        ["status-interval", None, DEFAULT_STATUS_INTERVAL,
+         "Seconds between two reads of the node's status (version, peers, sync, gas, safe and"
+         " finalized blocks, pool), sent to a server that takes it; read at once on a new"
+         " head too.", positive_float],
         ["ack-timeout", None, DEFAULT_ACK_TIMEOUT,
          "With several --server: seconds a server may leave what it was sent unacknowledged"
          " before the client fails over to the next.", positive_float],
@@ -237,11 +243,18 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     subscriber = Subscriber(follower, reactor) if config["subscribe"] == "auto" else None
     poller = Poller(follower, reactor, config["interval"], subscriber=subscriber)
+    requests = INodeRequests(node, None)
+    status = None
+    if requests is not None:
+        from ethtwisted.node.status import StatusReader
+
+        status = StatusReader(requests, reactor)
     servers = [(d, clientFromString(reactor, d)) for d in config["server"]]
     retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
     if config["oneshot"]:
         delivery = OneShotDelivery(outbox, servers, reactor, retry)
-        client = EthClient(poller, delivery, None, outbox, node, reactor)
+        connection = None
+        service: Service = delivery
     else:
         server_list = ServerList(servers)
         hello = Hello(config["name"], config["token"], FEATURES)
@@ -249,7 +262,11 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         service = ReconnectingService(
             server_list, connection.factory(), retryPolicy=retry, clock=reactor
         )
-        client = EthClient(poller, service, connection, outbox, node, reactor)
+    poll_status = None
+    if status is not None:
+        poll_status = StatusPoller(status, connection, reactor, config["status-interval"])
+        follower.sighting_listeners.append(poll_status.changed)
+    client = EthClient(poller, service, connection, outbox, node, reactor, status=poll_status)
     if metrics is not None:
         from ethtwisted.web.site import serve_agent
 
@@ -258,6 +275,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         follower.sighting_listeners.append(lambda sighting: metrics.sighting(sighting.source))
         if subscriber is not None:
             watch_subscriber(metrics, subscriber)
+        if poll_status is not None:
+            poll_status.listeners.append(metrics.node_status)
         web = serve_agent(reactor, registry, metrics.health, config["metrics"],
                           config["metrics_token"])  # fmt: skip
         web.setName("metrics")

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from ethtwisted.framing import DROP_KINDS
 from ethtwisted.interfaces import ClientRecord, Head, INode, Received
 from ethtwisted.node.measured import MeasuredNode
-from ethtwisted.protocol import SOURCES, Block, parse_block
+from ethtwisted.protocol import SOURCES, Block, Status, parse_block
 
 NAMESPACE = "ethtwisted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -229,6 +229,15 @@ class ClientMetrics:
         self.head = _metric(
             Gauge, registry, "head_block", "Number of the node's head block, last seen."
         )
+        self.node_peers = _metric(
+            Gauge, registry, "node_peers", "Peers of the node, last read (NaN: it does not say)."
+        )
+        self.node_syncing = _metric(
+            Gauge, registry, "node_syncing",
+            "1 while the node says it is syncing, 0 when not (NaN: it does not say).",
+        )  # fmt: skip
+        for unknown in (self.node_peers, self.node_syncing):
+            unknown.set(float("nan"))
         self.acknowledged_block = _metric(
             Gauge,
             registry,
@@ -373,6 +382,14 @@ class ClientMetrics:
         self.node_up.set(0)
         if self.node_down_since is None:
             self.node_down_since = self.clock.seconds()
+
+    def node_status(self, status: Status) -> None:
+        """
+        Note what the node last said about itself.
+        """
+        self.node_peers.set(float("nan") if status.peers is None else status.peers)
+        syncing = status.syncing
+        self.node_syncing.set(float("nan") if syncing is None else 0 if syncing is False else 1)
 
     def acknowledged(self, payload: bytes) -> None:
         """

@@ -32,7 +32,8 @@ FLUSH_TIMEOUT = 5.0
 
 class EthClient(MultiService):
     """
-    The poller and the delivery over one outbox.  Stopping is graceful: polling stops, what is
+    The poller and the delivery over one outbox, and the node's status poller (when the node
+    takes raw requests).  Stopping is graceful: polling stops, what is
     queued has C{flush_timeout} seconds to be acknowledged, then the connection closes; what
     is left stays in the spool (when there is one).
     """
@@ -46,6 +47,7 @@ class EthClient(MultiService):
         node: INode,
         clock: IReactorTime,
         flush_timeout: float = FLUSH_TIMEOUT,
+        status: Service | None = None,
     ) -> None:
         super().__init__()
         self.poller = poller
@@ -55,8 +57,11 @@ class EthClient(MultiService):
         self.node = node
         self.clock = clock
         self.flush_timeout = flush_timeout
+        self.status = status
         delivery.setServiceParent(self)
         poller.setServiceParent(self)
+        if status is not None:
+            status.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -64,6 +69,8 @@ class EthClient(MultiService):
 
     async def _stop(self) -> None:
         await self.poller.stopService()
+        if self.status is not None:
+            await self.status.stopService()
         if len(self.outbox):
             log.info("waiting up to {t:g} s for {n} messages to be acknowledged",
                      t=self.flush_timeout, n=len(self.outbox))  # fmt: skip
@@ -84,5 +91,5 @@ class EthClient(MultiService):
             log.warn("{n} unacknowledged messages lost: no --spool given", n=left)
         await self.outbox.close()
         for service in self:
-            if service.running and service not in (self.poller, self.delivery):
+            if service.running and service not in (self.poller, self.delivery, self.status):
                 await service.stopService()

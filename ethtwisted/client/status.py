@@ -1,0 +1,153 @@
+"""
+The node's status: L{StatusPoller} reads it every C{--status-interval} seconds and at once when
+something changes, and sends it to the server that welcomed status frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ethtwisted.client.delivery import Delivery
+from ethtwisted.logs import describe, log_observer
+from ethtwisted.node import NodeError
+from ethtwisted.node.status import StatusReader
+from ethtwisted.protocol import Status
+
+log = Logger(namespace="ethtwisted.client", observer=log_observer)
+
+DEFAULT_STATUS_INTERVAL = 15.0
+
+
+def _unchanged(a: Status | None, b: Status | None) -> bool:
+    """
+    Whether two statuses say the same, but for the round-trip time (which always differs).
+    """
+    if a is None or b is None:
+        return a is b
+    return replace(a, rtt_ms=None) == replace(b, rtt_ms=None)
+
+
+class StatusPoller(Service):
+    """
+    Reads the node's status every C{interval} seconds on C{clock}, and at once when L{changed}
+    is called (a new head); never two reads at once (one asked for during a read follows it),
+    and a read never fails: a node that does not answer is said once, and once when it answers
+    again.  Each status read goes to the C{listeners}; it goes to the server through
+    C{delivery} when it changed, at most every C{interval} seconds when it did not, and at once
+    to a server that has just welcomed status frames.
+    """
+
+    def __init__(
+        self,
+        reader: StatusReader,
+        delivery: Delivery | None,
+        clock: IReactorTime,
+        interval: float = DEFAULT_STATUS_INTERVAL,
+    ) -> None:
+        self.reader = reader
+        self.delivery = delivery
+        self.clock = clock
+        self.interval = interval
+        self.status: Status | None = None
+        """The last status read."""
+        self.listeners: list[Callable[[Status], None]] = []
+        """Called with each status read."""
+        self.trouble: str | None = None
+        self._sent: Status | None = None
+        self._sent_at: float | None = None
+        self._loop: LoopingCall | None = None
+        self._finished: Deferred[None] = succeed(None)
+        self._current: Deferred[None] | None = None
+        self._again = False
+        self._waiting: list[Deferred[None]] = []
+        if delivery is not None:
+            delivery.welcome_listeners.append(self._welcomed)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = self.clock
+        finished = self._loop.start(self.interval, now=True)
+        self._finished = finished.addCallback(lambda _: None)
+        self._finished.addErrback(lambda f: log.failure("the status poller stopped", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._current is not None:
+            self._current.cancel()
+        return self._finished
+
+    def changed(self, *_: object) -> None:
+        """
+        Something changed (a new head): read the status now, or right after the read under way.
+        """
+        if self.running:
+            self.poll()
+
+    def poll(self) -> Deferred[None]:
+        """
+        Read the status (after the read under way, if there is one); never fails.
+        """
+        if self._current is not None:
+            self._again = True
+            d: Deferred[None] = Deferred()
+            self._waiting.append(d)
+            return d
+        current = self._current = Deferred.fromCoroutine(self._reads())
+        current.addErrback(lambda f: log.failure("bug while reading the node's status", f))
+        current.addBoth(self._done)
+        return current
+
+    def _done(self, _: object) -> None:
+        self._current = None
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def _reads(self) -> None:
+        for _ in range(2):  # the read asked for, and one more if more were asked for meanwhile
+            self._again = False
+            try:
+                status = await self.reader.read()
+            except CancelledError:
+                return
+            except NodeError as e:
+                if self.trouble is None:
+                    log.warn("cannot read the status of node {node}: {reason}",
+                             node=self.reader.node.description, reason=describe(e))  # fmt: skip
+                self.trouble = describe(e)
+            else:
+                if self.trouble is not None:
+                    log.info("the status of node {node} can be read again",
+                             node=self.reader.node.description)  # fmt: skip
+                    self.trouble = None
+                self._read(status)
+            if not self._again:
+                return
+
+    def _read(self, status: Status) -> None:
+        self.status = status
+        for listener in self.listeners:
+            listener(status)
+        now = self.clock.seconds()
+        due = self._sent_at is None or now - self._sent_at >= self.interval
+        if due or not _unchanged(status, self._sent):
+            self._send(status)
+
+    def _send(self, status: Status) -> None:
+        if self.delivery is not None and self.delivery.send_status(status):
+            log.debug("sent the node's status: {status}", status=status)
+            self._sent, self._sent_at = status, self.clock.seconds()
+
+    def _welcomed(self, features: frozenset[str]) -> None:
+        if "status" in features and self.status is not None:
+            self._send(self.status)
