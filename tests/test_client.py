@@ -54,6 +54,7 @@ from ethtwisted.protocol import (
     encode_control,
     payload_hash,
 )
+from ethtwisted.protocol import Sighting as SightingFrame
 from tests.helpers import wait_for
 from tests.test_protocol import feed, netstring
 
@@ -674,7 +675,7 @@ def test_a_bug_is_logged_once_and_polling_goes_on(logs: Logs) -> None:
     clock, node = Clock(), FakeNode()
     f, sink = follower(node)
 
-    def broken(blocks: Sequence[Block], checkpoint: Checkpoint) -> None:
+    def broken(sightings: Sequence[Sighting], checkpoint: Checkpoint) -> None:
         raise RuntimeError("bug")
 
     f.sink = broken
@@ -870,7 +871,9 @@ async def test_spool_queues_nothing_it_could_not_write(
     sent: list[bytes] = []
     outbox.listeners.append(sent.extend)
 
-    def full(sequence: int, payloads: Sequence[bytes], *sightings: object) -> None:
+    def full(
+        sequence: int, payloads: Sequence[bytes], sightings: Sequence[SightingFrame | None] = ()
+    ) -> None:
         raise SpoolError("batch: No space left on device")
 
     spool.write_batch = full  # type: ignore[method-assign]
@@ -897,7 +900,9 @@ async def test_a_spool_that_cannot_be_written_is_reported_once(
     poller = Poller(f, clock, interval=1.0)
     write_batch = spool.write_batch
 
-    def full(sequence: int, payloads: Sequence[bytes], *sightings: object) -> None:
+    def full(
+        sequence: int, payloads: Sequence[bytes], sightings: Sequence[SightingFrame | None] = ()
+    ) -> None:
         raise SpoolError("batch: No space left on device")
 
     spool.write_batch = full  # type: ignore[method-assign]

@@ -180,7 +180,7 @@ def test_resends_after_a_reconnect_carry_the_original_sighting(logs: Logs) -> No
     protocol, transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
     outbox.put([b"a"], sightings=[sighting(b"a", 11, "subscription")])
-    protocol.connectionLost(None)  # type: ignore[arg-type]
+    protocol.connectionLost(None)
     protocol, transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
     assert frames(transport) == [HELLO, sighting(b"a", 11, "subscription"), b"a"]

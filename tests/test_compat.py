@@ -23,18 +23,11 @@ from twisted.internet.task import deferLater
 
 import ethtwisted
 from ethtwisted.protocol import payload_hash
-from ethtwisted.server_tap import Options as ServerOptions
-from ethtwisted.server_tap import makeService as make_server  # noqa: N813
-from tests.conftest import Anvil, free_port
-from tests.test_client_e2e import (
-    Committed,
-    node_hashes,
-    start_client,
-    stored_blocks,
-)
+from tests.helpers import start_server, wait_for
+from tests.services import Anvil, free_port
+from tests.test_client_e2e import node_hashes, start_client, stored_blocks
 
 OLD = "33fc7a3"
-TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="session")
@@ -102,28 +95,6 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait(10)
 
 
-async def until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
-    """
-    Let the reactor run until C{condition()} holds (checked every 50 ms, at most C{timeout} s).
-    """
-    for _ in range(int(timeout / 0.05)):
-        if condition():  # type: ignore[operator]
-            return
-        await deferLater(reactor, 0.05)
-    pytest.fail(f"waited {timeout:g} s for {what} in vain")
-
-
-def server_options(db: Path, stats: int) -> ServerOptions:
-    """
-    The new server's options: its stats API on C{stats}, over the same SQLite file.
-    """
-    options = ServerOptions()
-    options.environ = {}
-    options.parseOptions(["--db", f"sqlite:///{db}", "--listen", "tcp:0:interface=127.0.0.1",
-                          "--stats", f"tcp:{stats}:interface=127.0.0.1"])  # fmt: skip
-    return options
-
-
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -153,17 +124,17 @@ async def test_new_client_delivers_every_block_to_an_old_server(
     port, db, log = free_port(), tmp_path / "old.sqlite", tmp_path / "old-server.log"
     processes.append(twistd(old_python, log, "eth-server", "--db", f"sqlite:///{db}",
                             "--listen", f"tcp:{port}:interface=127.0.0.1"))  # fmt: skip
-    await until(lambda: listening(port), "the old server to listen")
+    await wait_for(lambda: listening(port), what="the old server to listen")
     client = start_client(anvil.ipc_path, port)
     try:
-        await until(lambda: len(stored(db)) == 1, "block 0")
+        await wait_for(lambda: len(stored(db)) == 1, what="block 0")
         for _ in range(3):
             anvil.mine()
             await deferLater(reactor, 0.1)
-        await until(lambda: len(stored(db)) == len(node_hashes(anvil)), "blocks 1 to 3")
+        await wait_for(lambda: len(stored(db)) == len(node_hashes(anvil)), what="blocks 1 to 3")
         anvil.mine(5)
-        await until(lambda: len(stored(db)) == len(node_hashes(anvil)), "blocks 4 to 8")
-        await until(lambda: not len(client.outbox), "every acknowledgement")
+        await wait_for(lambda: len(stored(db)) == len(node_hashes(anvil)), what="blocks 4 to 8")
+        await wait_for(lambda: not len(client.outbox), what="every acknowledgement")
     finally:
         await client.stopService()
     assert stored(db) == sorted(node_hashes(anvil).items())
@@ -187,37 +158,32 @@ async def test_old_client_works_with_the_new_server(
     """
     from treq import get
 
-    committed = Committed()
-    stats = free_port()
     db = tmp_path / "new.sqlite"
-    service = make_server(server_options(db, stats), reactor)
-    service.startService()
-    collector = service.getServiceNamed("collector")
-    await collector.ready.addTimeout(TIMEOUT, reactor)
-    collector.factory.ingest.observers.append(committed)
-    port = collector.ports[0].getHost().port
+    server = await start_server(
+        ["--db", f"sqlite:///{db}", "--stats", "tcp:0:interface=127.0.0.1"]
+    )
     spool, log = tmp_path / "spool", tmp_path / "old-client.log"
     try:
         processes.append(twistd(old_python, log, "eth-client", "--node", anvil.ipc_path,
-                                "--server", f"tcp:host=127.0.0.1:port={port}",
+                                "--server", server.client_endpoint,
                                 "--interval", "0.05", "--name", "old", "--spool",
                                 str(spool)))  # fmt: skip
-        await committed.wait_for(list(node_hashes(anvil).values()))
+        await server.committed.wait_for(list(node_hashes(anvil).values()))
         anvil.mine(4)
         hashes = node_hashes(anvil)
-        await committed.wait_for(list(hashes.values()))
-        await until(lambda: not list(spool.glob("batch-*.json")), "every acknowledgement")
+        await server.committed.wait_for(list(hashes.values()))
+        await wait_for(lambda: not list(spool.glob("batch-*.json")), what="every acknowledgement")
         assert stored_blocks(db) == sorted(hashes.items())
         with sqlite3.connect(db) as rows:
             payloads = [p for (p,) in rows.execute("SELECT payload FROM ethereum_data")]
         for payload in payloads:
             response = await get(
-                f"http://127.0.0.1:{stats}/api/v1/blocks/{payload_hash(payload.encode())}"
+                f"{server.stats_url}/api/v1/blocks/{payload_hash(payload.encode())}"
             )
             body = json.loads(await response.content())
             [sighting] = body["sightings"]
             assert sighting["client"] == "old" and sighting["via"] == "unknown"
     finally:
-        await service.stopService()
+        await server.stop()
     text = log.read_text()
     assert "dropping connection" not in text and "Traceback" not in text
