@@ -12,15 +12,14 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from ethtwisted.client.delivery import Delivery
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.node.status import StatusReader
 from ethtwisted.protocol import Status
 
-log = Logger(namespace="ethtwisted.client", observer=log_observer)
+log = Logger(namespace="ethtwisted.client")
 
 DEFAULT_STATUS_INTERVAL = 15.0
 

@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from ethtwisted.interfaces import INodeRequests
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, describe
 from ethtwisted.node import LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import shown
 from ethtwisted.protocol import (
@@ -25,7 +24,7 @@ from ethtwisted.protocol import (
     SyncProgress,
 )
 
-log = Logger(namespace=LOG_NAMESPACE, observer=log_observer)
+log = Logger(namespace=LOG_NAMESPACE)
 
 METHOD_NOT_FOUND = -32601
 """JSON-RPC's code for a method the node does not have (or does not serve here)."""

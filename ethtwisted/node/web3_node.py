@@ -179,7 +179,7 @@ class Web3Node:
                 # Nodes without finality (before the merge, some dev chains) refuse the tag
                 # or say there is no such block.
                 log.debug("{node} reports no finalized block: {reason}", node=self.description,
-                          reason=nodenode_reason(e))  # fmt: skip
+                          reason=node_reason(e))  # fmt: skip
                 return None
             return as_finalized_number(data)
 
@@ -253,7 +253,7 @@ class Web3Node:
             elif isinstance(exc, NodeError):
                 result.errback(exc)
             elif isinstance(exc, NODE_TROUBLE):
-                reason = nodenode_reason(exc).replace(self.uri.target, self.description)
+                reason = node_reason(exc).replace(self.uri.target, self.description)
                 result.errback(NodeError(reason))
             else:
                 # A bug of ours: the caller logs it (log.failure), with this traceback.
@@ -297,7 +297,7 @@ class Web3Node:
                 gone = connection.gone()
                 if gone is False:
                     return connection, False
-                reason = "closed" if gone is True else nodenode_reason(gone)
+                reason = "closed" if gone is True else node_reason(gone)
                 log.debug("{node} hung up ({reason}); reconnecting", node=self.description,
                           reason=reason)  # fmt: skip
                 self._drop(connection)
@@ -353,4 +353,4 @@ class Web3Node:
             await asyncio.wait_for(connection.w3.provider.disconnect(), self._timeout)
         except (Exception, asyncio.CancelledError) as e:
             log.debug("closing the connection to {node}: {reason}", node=self.description,
-                      reason=nodenode_reason(e))  # fmt: skip
+                      reason=node_reason(e))  # fmt: skip
