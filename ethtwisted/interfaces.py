@@ -6,7 +6,7 @@ Each has one module of implementations; tests and the benchmarks use the same in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -190,6 +190,131 @@ class IBlockReader(Interface):
         """
         How many payloads were first seen since C{since}, per C{bucket} seconds: (start of the
         bucket, count), oldest first, empty buckets left out.
+        """
+
+
+@dataclass(frozen=True)
+class ChainBlock:
+    """
+    One stored block of a chain, as the fleet saw it: C{canonical} when it is an ancestor of
+    the best head by the stored parent links, else orphaned; C{finalized} when it is canonical
+    and at or below the finalized number a node reported.
+    """
+
+    number: int
+    block_hash: str
+    parent_hash: str
+    sha256: str
+    client: str
+    """The client that reported it first."""
+    first_seen: float
+    canonical: bool
+    finalized: bool
+
+
+@dataclass(frozen=True)
+class Reorg:
+    """
+    A branch of orphaned blocks: the fleet followed it from C{number} (the first height it
+    replaced) for C{depth} blocks, up to C{orphaned}, then the chain went on through
+    C{canonical} (L{None} where the canonical block at C{number} is not stored).
+    """
+
+    number: int
+    depth: int
+    orphaned: str
+    canonical: str | None
+
+
+@dataclass(frozen=True)
+class ChainRange:
+    """
+    What the store holds of one chain between C{low} and C{high}, both included.  C{gaps} are
+    the runs of heights with no block stored, up to the head; C{forks} the heights with more
+    than one block, each its blocks; C{reorgs} the orphaned branches starting in the range.
+    """
+
+    chain_id: int
+    low: int
+    high: int
+    head: int
+    """The highest stored number of the chain."""
+    finalized: int | None
+    blocks: int
+    canonical: int
+    gaps: list[tuple[int, int]]
+    forks: list[list[ChainBlock]]
+    reorgs: list[Reorg]
+
+    @property
+    def missing(self) -> int:
+        """Heights in the range, up to the head, with no block stored."""
+        return sum(high - low + 1 for low, high in self.gaps)
+
+
+class IChainReader(Interface):
+    """
+    The chains as the fleet saw them, from the blocks stored and their parent links.  Which
+    block is canonical is decided on each read: the best head (as L{IBlockReader.heads} picks
+    it) and its ancestors by parent hash; where a link is missing (a gap), the walk goes on
+    from the block of the next stored height that was first seen last.  The finalized number
+    of each chain is given by the caller (what the nodes report).
+    """
+
+    def chain(
+        chain_id: int, low: int, high: int, finalized: int | None
+    ) -> Deferred[ChainRange | None]:
+        """
+        The range C{low}..C{high} of one chain (at most L{MAX_CHAIN_RANGE} heights), or L{None}
+        if no block of that chain is stored.
+        """
+
+    def chains(limit: int, finalized: Mapping[int, int]) -> Deferred[list[ChainRange]]:
+        """
+        Each chain that clients report (the first C{limit} by chain id), over its last
+        L{CHAIN_WINDOW} heights up to its head.
+        """
+
+
+MAX_CHAIN_RANGE = 100_000
+"""The most heights one chain read covers."""
+CHAIN_WINDOW = 10_000
+"""The heights below the head that L{IChainReader.chains} summarises."""
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    """
+    A client entering or leaving a state (C{behind}, C{stalled}, C{silent}, C{syncing},
+    C{fork}), as the fleet view decides it.
+    """
+
+    id: int
+    client: str
+    chain_id: int | None
+    state: str
+    event: str
+    """C{entered} or C{left}."""
+    head: int | None
+    """The client's head when it happened."""
+    best_head: int | None
+    """The best head of its chain then."""
+    since: float
+    """Unix time the client entered the state."""
+    at: float
+    """Unix time of this event."""
+    text: str
+    """The event for people: one line."""
+
+
+class IEventSink(Interface):
+    """
+    Where the fleet view's events go (webhooks, and what else listens).
+    """
+
+    def publish(event: StateEvent) -> None:
+        """
+        Take C{event}, in order per client; never fail and never block the caller.
         """
 
 

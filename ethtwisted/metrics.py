@@ -21,11 +21,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.framing import DROP_KINDS
-from ethtwisted.interfaces import ClientRecord, Head, INode, Received
+from ethtwisted.interfaces import ChainRange, ClientRecord, Head, INode, Received
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import SOURCES, Block, Status, parse_block
 
 NAMESPACE = "ethtwisted"
+REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -158,6 +159,30 @@ class StoreMetrics:
             ["client"],
         )
 
+        self.chain_reorg_depth = _metric(
+            Histogram,
+            registry,
+            "chain_reorg_depth_blocks",
+            "Reorgs the fleet saw (orphaned branches in the stored blocks), by depth in blocks;"
+            " counted from this process's first scrape on.",
+            ["chain_id"],
+            buckets=REORG_DEPTH_BUCKETS,
+        )
+        self._reorgs_seen: set[tuple[int, int, str]] | None = None
+
+    def update_reorgs(self, chains: Sequence[ChainRange]) -> None:
+        """
+        Observe each orphaned branch of C{chains} not observed before; those there at the first
+        update are the baseline (a restart does not count old reorgs again).
+        """
+        current = {(c.chain_id, r.number, r.orphaned): r.depth for c in chains for r in c.reorgs}
+        if self._reorgs_seen is not None:
+            for (chain_id, number, orphaned), depth in current.items():
+                if (chain_id, number, orphaned) not in self._reorgs_seen:
+                    self.chain_reorg_depth.labels(str(chain_id)).observe(depth)
+        # Only what is still in the windows is remembered, so the set stays bounded.
+        self._reorgs_seen = set(current)
+
     def update_health(self, checks: dict[str, str | None]) -> None:
         """
         Record which stores answered: C{checks} maps a store to L{None} or its trouble.
@@ -188,7 +213,6 @@ class StoreMetrics:
 UNHEALTHY_AFTER = 30.0
 """Seconds the node or the server may be unreachable before eth-client's /healthz says 503."""
 ROUND_TRIP_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
 
 
 class ClientMetrics:

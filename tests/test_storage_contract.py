@@ -27,7 +27,11 @@ from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import (
+    CHAIN_WINDOW,
+    MAX_CHAIN_RANGE,
     BlockRecord,
+    ChainBlock,
+    ChainRange,
     ClientRecord,
     Head,
     IBlockReader,
@@ -35,9 +39,11 @@ from ethtwisted.interfaces import (
     ICounterReader,
     ICounterStore,
     Received,
+    Reorg,
 )
 from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
 from ethtwisted.storage import redis_store
+from ethtwisted.storage.chains import chain_reader
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
@@ -494,8 +500,130 @@ async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend)
         lambda: store.arrivals(T0, 60),
         lambda: store.latest_hashes(10),
         lambda: store.address_counts(10),
+        lambda: chain_reader(store).chain(1, 0, 10, None),
+        lambda: chain_reader(store).chains(10, {}),
     ]
     await all_fail_within(calls, blocks.timeout + MARGIN)
+
+
+# -- the chains, as the fleet saw them ---------------------------------------------------------
+
+
+def linked(chain_id: int, number: int, fork: int = 0, parent_fork: int = 0) -> Block:
+    """
+    Block C{number} of branch C{fork}, child of block C{number - 1} of branch C{parent_fork}.
+    """
+    return Block(
+        chain_id=chain_id,
+        number=number,
+        hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
+        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{parent_fork:08x}",
+        timestamp=1_600_000_000 + number,
+    )
+
+
+def chain_block(
+    b: Block, client: str, at: float, canonical: bool, finalized: bool = False
+) -> ChainBlock:
+    return ChainBlock(b.number, b.hash, b.parent_hash, payload_hash(block_json(b)), client, at,
+                      canonical, finalized)  # fmt: skip
+
+
+async def store_reorged_chain(store: BlockStore) -> None:
+    """
+    Chain 1: heights 1 to 12 with 4 and 5 missing; a branch of 9 and 10 replaced by the
+    chain through 11 and 12; at 3, below the gap, two blocks, the one first seen last on the
+    chain.  Chain 5: block 700 alone.  An older client's page (no chain).
+    """
+    batch = [received(block_json(linked(1, n)), "a", T0 + n) for n in (1, 2, 6, 7, 8)]
+    batch += [
+        received(block_json(linked(1, 3, fork=2)), "b", T0 + 3),
+        received(block_json(linked(1, 3)), "a", T0 + 3.5),
+        received(block_json(linked(1, 9, fork=1)), "b", T0 + 9),
+        received(block_json(linked(1, 10, fork=1, parent_fork=1)), "b", T0 + 10),
+        received(block_json(linked(5, 700)), "c", T0 + 20),
+        received(block_html(99), "d", T0 + 21),
+    ]
+    await store.store(batch)
+    await store.store([received(block_json(linked(1, n)), "a", T0 + 11 + n) for n in (9, 10)])
+    await store.store([received(block_json(linked(1, n)), "a", T0 + 22 + n) for n in (11, 12)])
+
+
+@pytest_twisted.ensureDeferred
+async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> None:
+    """
+    A chain read gives the best head's ancestry by parent links as canonical, the others as
+    orphaned; past a gap, the block first seen last goes on; the runs of heights with no block
+    (up to the head, never above it), the heights with several blocks (by block hash, who
+    reported each first), and each orphaned branch with its depth and what replaced it;
+    canonical blocks at or below the finalized number given are finalized.
+    """
+    store = await blocks.writer()
+    await store_reorged_chain(store)
+    chains = chain_reader(store)
+    whole = await chains.chain(1, 1, 12, finalized=9)
+    assert whole is not None
+    assert (whole.head, whole.blocks, whole.canonical, whole.finalized) == (12, 13, 10, 9)
+    assert whole.gaps == [(4, 5)] and whole.missing == 2
+    assert whole.forks == [
+        [
+            chain_block(linked(1, 3), "a", T0 + 3.5, True, True),
+            chain_block(linked(1, 3, fork=2), "b", T0 + 3, False),
+        ],
+        [
+            chain_block(linked(1, 9), "a", T0 + 20, True, True),
+            chain_block(linked(1, 9, fork=1), "b", T0 + 9, False),
+        ],
+        [
+            chain_block(linked(1, 10), "a", T0 + 21, True),
+            chain_block(linked(1, 10, fork=1, parent_fork=1), "b", T0 + 10, False),
+        ],
+    ]
+    assert whole.reorgs == [
+        Reorg(3, 1, linked(1, 3, fork=2).hash, linked(1, 3).hash),
+        Reorg(9, 2, linked(1, 10, fork=1).hash, linked(1, 9).hash),
+    ]
+
+    # A range from 0 to past the head: height 0 is missing, those above the head are not.
+    wide = await chains.chain(1, 0, 40, finalized=None)
+    assert wide is not None and wide.gaps == [(0, 0), (4, 5)]
+    assert not any(b.finalized for fork in wide.forks for b in fork)
+    # A range that starts inside a branch sees the branch from there.
+    upper = await chains.chain(1, 10, 12, finalized=None)
+    assert upper is not None and (upper.blocks, upper.canonical, upper.gaps) == (4, 3, [])
+    assert upper.reorgs == [Reorg(10, 1, linked(1, 10, fork=1).hash, linked(1, 10).hash)]
+    # Below the head, the canonical block is still the head's ancestor.
+    lower = await chains.chain(1, 9, 9, finalized=None)
+    assert lower is not None and [b.canonical for b in lower.forks[0]] == [True, False]
+    above = await chains.chain(1, 13, 20, finalized=None)
+    assert above == ChainRange(1, 13, 20, 12, None, 0, 0, [], [], [])
+    assert await chains.chain(77, 0, 10, finalized=None) is None
+    with pytest.raises(ValueError):
+        await chains.chain(1, 0, MAX_CHAIN_RANGE, finalized=None)
+
+    summaries = await chains.chains(10, {1: 9})
+    assert [(c.chain_id, c.low, c.high, c.head, c.finalized) for c in summaries] == [
+        (1, 0, 12, 12, 9),
+        (5, 0, 700, 700, None),
+    ]
+    assert summaries[0].forks == whole.forks and summaries[0].gaps == [(0, 0), (4, 5)]
+    assert summaries[1].gaps == [(0, 699)] and summaries[1].canonical == 1
+    assert [c.chain_id for c in await chains.chains(1, {})] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chain_summary_covers_the_window_below_the_head(blocks: BlockBackend) -> None:
+    """
+    A chain's summary covers the last CHAIN_WINDOW heights up to its head, and no more.
+    """
+    store = await blocks.writer()
+    head = CHAIN_WINDOW + 5
+    await store.store(
+        [received(block_json(linked(2, n)), "a", T0 + n) for n in (1, 6, head - 1, head)]
+    )
+    (summary,) = await chain_reader(store).chains(10, {})
+    assert (summary.low, summary.high, summary.blocks, summary.canonical) == (6, head, 3, 3)
+    assert summary.gaps == [(7, head - 2)]
 
 
 # -- the counters and their reader ------------------------------------------------------------

@@ -30,6 +30,7 @@ from ethtwisted.interfaces import (
 )
 from ethtwisted.protocol import Block
 from ethtwisted.storage import RejectedError, row_problem
+from ethtwisted.storage.chains import Row
 
 T = TypeVar("T")
 
@@ -215,6 +216,30 @@ class MemoryStore(_Answering):
 
     def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
         return self._answer(self._arrivals, since, bucket)
+
+    def chain_rows(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[int | None, list[Row]]]:
+        """
+        The rows of L{ethtwisted.storage.chains.ChainRows}, as the SQL store reads them.
+        """
+        return self._answer(self._chain_rows, chain_id, low, high, margin)
+
+    def _chain_rows(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> tuple[int | None, list[Row]]:
+        chain = [b for b in self.tables.blocks.values() if b.chain_id == chain_id]
+        numbers = [b.number for b in chain if b.number is not None]
+        if not numbers:
+            return None, []
+        head = max(numbers)
+        top = min(head, high + margin)
+        return head, [
+            Row(b.number, b.block_hash, b.parent_hash, b.sha256, b.client, b.first_seen)
+            for b in chain
+            if b.number is not None and low <= b.number <= top
+            if b.block_hash is not None and b.parent_hash is not None
+        ]
 
     def _arrivals(self, since: float, bucket: int) -> list[tuple[float, int]]:
         counts = Counter(

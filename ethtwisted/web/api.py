@@ -12,6 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.web.server import Request
 
 from ethtwisted.interfaces import BlockRecord, ClientRecord, Head
+from ethtwisted.web.chains import chains
 from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Reads
 from ethtwisted.web.resource import (
     Endpoint,
@@ -91,6 +92,9 @@ class ApiResource(Endpoint):
                         "/api/v1/clients",
                         "/api/v1/head",
                         "/api/v1/arrivals",
+                        "/api/v1/chains",
+                        "/api/v1/chains/{chain_id}/gaps?from=&to=",
+                        "/api/v1/chains/{chain_id}/forks?from=&to=",
                     ]
                 }
             )
@@ -99,6 +103,7 @@ class ApiResource(Endpoint):
             "clients": self.clients,
             "head": self.head,
             "arrivals": self.arrivals,
+            "chains": self.chains,
         }.get(path[0])
         if handler is None:
             raise HTTPError(404, "not found")
@@ -148,6 +153,9 @@ class ApiResource(Endpoint):
         return json_response(
             {"now": self.reads.reactor.seconds(), "clients": [_client(c, best) for c in clients]}
         )
+
+    async def chains(self, request: Request, rest: list[str]) -> Response:
+        return await chains(self.reads, request, rest)
 
     async def head(self, request: Request, rest: list[str]) -> Response:
         if rest:

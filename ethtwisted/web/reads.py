@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.metrics import StoreMetrics
+from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
 
 log = Logger()
@@ -40,7 +41,8 @@ class Reads:
     """
     What the web endpoints read, each read bounded in time: the durable store (SQL), the
     counters (Redis when configured, else SQL's) and, inside eth-server, the collector's own
-    trouble.
+    trouble.  The chains are read from the durable store (L{chain_reader}); C{finalized}
+    gives the finalized number per chain that their blocks are marked finalized up to.
     """
 
     def __init__(
@@ -51,9 +53,13 @@ class Reads:
         redis: ICounterReader | None = None,
         trouble: Callable[[], str | None] | None = None,
         registry: CollectorRegistry | None = None,
+        finalized: Callable[[], Deferred[Mapping[int, int]]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.sql = sql
+        self.chains = chain_reader(sql)
+        self.finalized = finalized if finalized is not None else lambda: succeed({})
+        """The finalized number per chain id, as the nodes report it (none yet)."""
         self.sql_counters = sql_counters
         self.redis = redis
         self.trouble = trouble
@@ -130,3 +136,14 @@ class Reads:
                      reason=_reason(e))  # fmt: skip
             return
         self.store_metrics.update_clients(clients, heads)
+        try:
+            finalized = await self.finalized().addTimeout(READ_TIMEOUT, self.reactor)
+            chains = await self.chains.chains(MAX_CHAINS, finalized).addTimeout(
+                READ_TIMEOUT, self.reactor
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn("stats: cannot read the chains for metrics: {reason}", reason=_reason(e))
+            return
+        self.store_metrics.update_reorgs(chains)

@@ -17,6 +17,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ethtwisted.logs import Logger
+from ethtwisted.protocol import MAX_BLOCK_INT
 
 log = Logger()
 
@@ -24,6 +25,8 @@ MAX_DIGITS = 9
 """The most digits a number in a query argument may have (C{?limit=}, C{?minutes=})."""
 MAX_ARG_BYTES = 1024
 """The longest query argument value read at all: a cursor is 64 characters, a token fits."""
+MAX_HEIGHT_DIGITS = 19
+"""The most digits of a block height or chain id (2**63 - 1 has 19)."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
 
@@ -179,6 +182,29 @@ def int_arg(request: Request, name: str, default: int, cap: int) -> int:
     if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise HTTPError(400, f"{name} must be a positive integer of at most {MAX_DIGITS} digits")
     return min(int(text), cap)
+
+
+def height(text: str, name: str) -> int:
+    """
+    C{text} as a block height or chain id: a non-negative integer that fits a signed 64-bit
+    column, in at most L{MAX_HEIGHT_DIGITS} digits.
+    """
+    if not (0 < len(text) <= MAX_HEIGHT_DIGITS and text.isascii() and text.isdigit()):
+        raise HTTPError(400, f"{name} must be a non-negative integer")
+    value = int(text)
+    if value > MAX_BLOCK_INT:
+        raise HTTPError(400, f"{name} is out of range")
+    return value
+
+
+def height_arg(request: Request, name: str) -> int:
+    """
+    A required query argument that is a block height (L{height}).
+    """
+    text = query_arg(request, name)
+    if text is None:
+        raise HTTPError(400, f"{name} is required")
+    return height(text, name)
 
 
 class NotFound(Endpoint):

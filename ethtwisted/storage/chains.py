@@ -1,0 +1,270 @@
+"""
+The chains as the fleet saw them (L{IChainReader}): which stored block is canonical or
+orphaned, the gaps, the forks and the reorgs, decided on each read from the blocks stored in
+C{eth_blocks} and their parent links.
+
+Deciding on read keeps the group commit as it was (no read, no update on the write path, and
+several servers writing at once never have to agree on a flag), at the cost of one bounded
+range read per request: at most L{MAX_CHAIN_RANGE} heights, and L{ANCESTRY_MARGIN} above them
+to find the ancestry that reaches into the range.  The SQL store and the memory store give
+the same rows to the same analysis, L{analyse}.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from ethtwisted.interfaces import (
+    CHAIN_WINDOW,
+    MAX_CHAIN_RANGE,
+    ChainBlock,
+    ChainRange,
+    Head,
+    IChainReader,
+    Reorg,
+)
+from ethtwisted.storage.sql_store import SQLStore
+
+ANCESTRY_MARGIN = 1024
+"""Heights read above a range that ends below the head: the walk from the head is not read
+further than this, and starts at the top of the margin from the block first seen last (a fork
+deeper than this across the range's end is decided by that rule alone)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """
+    One stored block of a chain, as read for the analysis.
+    """
+
+    number: int
+    block_hash: str
+    parent_hash: str
+    sha256: str
+    client: str
+    first_seen: float
+
+
+class ChainRows(Protocol):
+    """
+    What a store gives the analysis.
+    """
+
+    def heads(self, limit: int) -> Deferred[list[Head]]: ...
+
+    def chain_rows(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[int | None, list[Row]]]:
+        """
+        The highest stored number of the chain (L{None} if it has no block), and its blocks from
+        C{low} to C{min(head, high + margin)}.
+        """
+
+
+def _first_seen_last(rows: list[Row]) -> Row:
+    # As the heads' rule: of several blocks at a height, the one first seen last, then the
+    # highest hash.
+    return max(rows, key=lambda r: (r.first_seen, r.block_hash))
+
+
+def analyse(
+    chain_id: int,
+    low: int,
+    high: int,
+    head: int,
+    top: int,
+    rows: list[Row],
+    finalized: int | None,
+) -> ChainRange:
+    """
+    The range C{low}..C{high} of a chain whose highest stored block is at C{head}, from its
+    C{rows}, which cover C{low}..C{top} (the head, or L{ANCESTRY_MARGIN} above the range when
+    the head is further).
+    """
+    by_height: dict[int, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_height[r.number].append(r)
+    canonical: dict[int, Row] = {}
+    expected: str | None = None
+    for number in range(top, low - 1, -1):
+        here = by_height.get(number)
+        if not here:
+            expected = None  # a gap: the link is lost
+            continue
+        if expected is None:
+            chosen: Row | None = _first_seen_last(here)
+        else:
+            chosen = next((r for r in here if r.block_hash == expected), None)
+        if chosen is None:
+            expected = None  # the canonical block here is not stored, only others
+            continue
+        canonical[number] = chosen
+        expected = chosen.parent_hash
+
+    def record(r: Row) -> ChainBlock:
+        is_canonical = canonical.get(r.number) is r
+        is_final = is_canonical and finalized is not None and r.number <= finalized
+        return ChainBlock(
+            r.number, r.block_hash, r.parent_hash, r.sha256, r.client, r.first_seen,
+            is_canonical, is_final,
+        )  # fmt: skip
+
+    in_range = sorted(n for n in by_height if low <= n <= high)
+    gaps: list[tuple[int, int]] = []
+    previous = low - 1
+    for number in [*in_range, min(high, top) + 1]:
+        if number > previous + 1:
+            gaps.append((previous + 1, number - 1))
+        previous = number
+    forks = [
+        [record(r) for r in sorted(by_height[n], key=lambda r: r.block_hash)]
+        for n in in_range
+        if len(by_height[n]) > 1
+    ]
+    return ChainRange(
+        chain_id=chain_id,
+        low=low,
+        high=high,
+        head=head,
+        finalized=finalized,
+        blocks=sum(len(by_height[n]) for n in in_range),
+        canonical=sum(1 for n in in_range if n in canonical),
+        gaps=gaps,
+        forks=forks,
+        reorgs=_reorgs(rows, canonical, low, high),
+    )
+
+
+def _reorgs(rows: list[Row], canonical: Mapping[int, Row], low: int, high: int) -> list[Reorg]:
+    """
+    The orphaned branches whose first block is in C{low}..C{high}: each from the orphan whose
+    parent is no orphan, up to its highest descendant.
+    """
+    kept = {id(r) for r in canonical.values()}
+    orphans = sorted((r for r in rows if id(r) not in kept), key=lambda r: -r.number)
+    hashes = {r.block_hash for r in orphans}
+    tips: dict[str, Row] = {}
+    children: dict[str, list[Row]] = defaultdict(list)
+    for r in orphans:
+        children[r.parent_hash].append(r)
+    for r in orphans:  # highest first: a child's tip is known before its parent's
+        tip = r
+        for child in children.get(r.block_hash, ()):
+            candidate = tips[child.block_hash]
+            if (candidate.number, candidate.block_hash) > (tip.number, tip.block_hash):
+                tip = candidate
+        tips[r.block_hash] = tip
+    reorgs = []
+    for r in sorted(orphans, key=lambda r: (r.number, r.block_hash)):
+        if r.parent_hash in hashes or not low <= r.number <= high:
+            continue
+        tip = tips[r.block_hash]
+        replaced_by = canonical.get(r.number)
+        reorgs.append(
+            Reorg(
+                r.number,
+                tip.number - r.number + 1,
+                tip.block_hash,
+                replaced_by.block_hash if replaced_by is not None else None,
+            )
+        )
+    return reorgs
+
+
+@implementer(IChainReader)
+class ChainReader:
+    """
+    L{IChainReader} over a store's rows (L{ChainRows}: the SQL store or the memory store).
+    """
+
+    def __init__(self, store: ChainRows) -> None:
+        self.store = store
+
+    def chain(
+        self, chain_id: int, low: int, high: int, finalized: int | None
+    ) -> Deferred[ChainRange | None]:
+        return Deferred.fromCoroutine(self._chain(chain_id, low, high, finalized))
+
+    async def _chain(
+        self, chain_id: int, low: int, high: int, finalized: int | None
+    ) -> ChainRange | None:
+        if not 0 <= high - low < MAX_CHAIN_RANGE:
+            raise ValueError(f"a chain range is 1 to {MAX_CHAIN_RANGE} heights")
+        head, rows = await self.store.chain_rows(chain_id, low, high, ANCESTRY_MARGIN)
+        if head is None:
+            return None
+        if head < low:
+            # The range is above the head: no height of it is missing yet.
+            return ChainRange(chain_id, low, high, head, finalized, 0, 0, [], [], [])
+        top = min(head, high + ANCESTRY_MARGIN)
+        return analyse(chain_id, low, high, head, top, rows, finalized)
+
+    def chains(self, limit: int, finalized: Mapping[int, int]) -> Deferred[list[ChainRange]]:
+        return Deferred.fromCoroutine(self._chains(limit, finalized))
+
+    async def _chains(self, limit: int, finalized: Mapping[int, int]) -> list[ChainRange]:
+        heads = await self.store.heads(limit + 1)  # one more: blocks known only by number
+        summaries: list[ChainRange] = []
+        for head in heads:
+            if head.chain_id is None or len(summaries) == limit:
+                continue
+            low = max(head.number - CHAIN_WINDOW + 1, 0)
+            summary = await self._chain(head.chain_id, low, head.number,
+                                        finalized.get(head.chain_id))  # fmt: skip
+            if summary is not None:
+                summaries.append(summary)
+        return summaries
+
+
+def chain_reader(store: object) -> ChainReader:
+    """
+    The chains as C{store} (the SQL store, or one that gives L{ChainRows} itself, as the
+    memory store does) holds them.
+    """
+    if isinstance(store, SQLStore):
+        return ChainReader(_SQLRows(store))
+    if not hasattr(store, "chain_rows"):
+        raise TypeError(f"{type(store).__name__} holds no chains")
+    return ChainReader(store)  # type: ignore[arg-type]
+
+
+class _SQLRows:
+    """
+    L{ChainRows} of the SQL store: its heads, and the rows in one transaction.
+    """
+
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+
+    def heads(self, limit: int) -> Deferred[list[Head]]:
+        return self.store.heads(limit)
+
+    def chain_rows(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[int | None, list[Row]]]:
+        p = self.store.dialect.placeholder
+        return self.store.pool.runInteraction(_sql_chain_rows, p, chain_id, low, high, margin)
+
+
+def _sql_chain_rows(
+    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
+) -> tuple[int | None, list[Row]]:
+    # The maximum by the (chain_id, number) index, then one range scan of it.
+    txn.execute(f"SELECT MAX(number) FROM eth_blocks WHERE chain_id = {p}", (chain_id,))
+    row = txn.fetchone()
+    if row is None or row[0] is None:
+        return None, []
+    head = int(row[0])
+    txn.execute(
+        "SELECT number, block_hash, parent_hash, hash, client, first_seen FROM eth_blocks"
+        f" WHERE chain_id = {p} AND number >= {p} AND number <= {p} AND block_hash IS NOT NULL",
+        (chain_id, low, min(head, high + margin)),
+    )
+    rows = [Row(int(n), bh, ph, h, c, float(t)) for n, bh, ph, h, c, t in txn.fetchall()]
+    return head, rows

@@ -1,0 +1,199 @@
+"""
+C{/api/v1/chains...} and the reorg histogram of C{/metrics}, in memory (StubTreq) over the
+memory store; the analysis itself is held to the same answers on every backend by
+tests/test_storage_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import pytest_twisted
+from prometheus_client import CollectorRegistry
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+
+from ethtwisted.interfaces import MAX_CHAIN_RANGE
+from ethtwisted.protocol import block_json, payload_hash
+from ethtwisted.storage.memory_store import MemoryStore
+from ethtwisted.web.reads import Reads
+from ethtwisted.web.site import StatsRoot
+from tests.test_storage_contract import T0, linked, received, store_reorged_chain
+from tests.test_web import Client, metric
+
+TOKEN = "chain-token"
+
+
+async def filled(finalized: Mapping[int, int] | None = None) -> tuple[MemoryStore, Client]:
+    store = MemoryStore()
+    await store.start()
+    await store_reorged_chain(store)
+
+    def finalized_numbers() -> Deferred[Mapping[int, int]]:
+        return succeed(finalized or {})
+
+    registry = CollectorRegistry()
+    reads = Reads(reactor, store, store, registry=registry, finalized=finalized_numbers)
+    return store, Client(StatsRoot(reads, TOKEN))
+
+
+@pytest_twisted.ensureDeferred
+async def test_chains_summary() -> None:
+    """
+    /api/v1/chains gives, per chain clients report, its head, the finalized number the nodes
+    report, and over the window below the head: blocks, canonical and orphaned, gap runs and
+    missing heights, forks, reorgs and the deepest.
+    """
+    _, client = await filled({1: 9})
+    body = (await client.get("/api/v1/chains", TOKEN)).json()
+    assert body["window"] == 10_000
+    assert body["chains"] == [
+        {
+            "chain_id": 1,
+            "head": 12,
+            "finalized": 9,
+            "from": 0,
+            "to": 12,
+            "blocks": 13,
+            "canonical": 10,
+            "orphaned": 3,
+            "gaps": 2,
+            "missing": 3,
+            "forks": 3,
+            "reorgs": 2,
+            "deepest_reorg": 2,
+        },
+        {
+            "chain_id": 5,
+            "head": 700,
+            "finalized": None,
+            "from": 0,
+            "to": 700,
+            "blocks": 1,
+            "canonical": 1,
+            "orphaned": 0,
+            "gaps": 1,
+            "missing": 700,
+            "forks": 0,
+            "reorgs": 0,
+            "deepest_reorg": 0,
+        },
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_gaps_and_forks_of_a_range() -> None:
+    """
+    /gaps lists the runs of heights with no block ([] when none); /forks the heights with
+    several blocks (which is canonical, finalized, who reported it first) and the reorgs
+    with their depth, at most C{limit} heights with C{next} to go on from.
+    """
+    _, client = await filled({1: 9})
+    gaps = (await client.get("/api/v1/chains/1/gaps?from=0&to=40", TOKEN)).json()
+    assert gaps == {"chain_id": 1, "from": 0, "to": 40, "head": 12, "gaps": [[0, 0], [4, 5]]}
+    none = (await client.get("/api/v1/chains/1/gaps?from=6&to=12", TOKEN)).json()
+    assert none["gaps"] == []
+
+    forks = (await client.get("/api/v1/chains/1/forks?from=1&to=12", TOKEN)).json()
+    assert [f["number"] for f in forks["forks"]] == [3, 9, 10]
+    nine = forks["forks"][1]["blocks"]
+    assert nine == [
+        {
+            "hash": linked(1, 9).hash,
+            "parent_hash": linked(1, 8).hash,
+            "sha256": payload_hash(block_json(linked(1, 9))),
+            "client": "a",
+            "first_seen": T0 + 20,
+            "canonical": True,
+            "finalized": True,
+        },
+        {
+            "hash": linked(1, 9, fork=1).hash,
+            "parent_hash": linked(1, 8).hash,
+            "sha256": payload_hash(block_json(linked(1, 9, fork=1))),
+            "client": "b",
+            "first_seen": T0 + 9,
+            "canonical": False,
+            "finalized": False,
+        },
+    ]
+    assert forks["reorgs"] == [
+        {"number": 3, "depth": 1, "orphaned": linked(1, 3, fork=2).hash,
+         "canonical": linked(1, 3).hash},
+        {"number": 9, "depth": 2, "orphaned": linked(1, 10, fork=1).hash,
+         "canonical": linked(1, 9).hash},
+    ]  # fmt: skip
+    assert (forks["finalized"], forks["next"]) == (9, None)
+
+    page = (await client.get("/api/v1/chains/1/forks?from=1&to=12&limit=1", TOKEN)).json()
+    assert [f["number"] for f in page["forks"]] == [3]
+    assert page["next"] == 9 and [r["number"] for r in page["reorgs"]] == [3]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/chains/1/gaps", 400),
+        ("/api/v1/chains/1/gaps?from=5", 400),
+        ("/api/v1/chains/1/gaps?from=6&to=5", 400),
+        ("/api/v1/chains/1/gaps?from=-1&to=5", 400),
+        ("/api/v1/chains/1/gaps?from=0x1&to=5", 400),
+        ("/api/v1/chains/1/gaps?from=1&to=99999999999999999999", 400),
+        ("/api/v1/chains/1/gaps?from=0&to=9223372036854775808", 400),
+        (f"/api/v1/chains/1/gaps?from=0&to={MAX_CHAIN_RANGE}", 400),
+        (f"/api/v1/chains/1/forks?from=1&to={MAX_CHAIN_RANGE}", 200),
+        ("/api/v1/chains/1/forks?from=0&to=5&limit=0", 400),
+        ("/api/v1/chains/x/gaps?from=0&to=5", 400),
+        ("/api/v1/chains/77/gaps?from=0&to=5", 404),
+        ("/api/v1/chains/1/other?from=0&to=5", 404),
+        ("/api/v1/chains/1", 404),
+        ("/api/v1/chains/1/gaps/more?from=0&to=5", 404),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_ranges_are_bounded_and_validated(path: str, status: int) -> None:
+    """
+    A range needs from and to, non-negative integers of a signed 64-bit column, from not above
+    to, at most MAX_CHAIN_RANGE heights; a bad one is a 400, an unknown chain a 404, and the
+    answer is JSON either way.
+    """
+    _, client = await filled()
+    reply = await client.get(path, TOKEN)
+    assert reply.status == status, reply.text
+    reply.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chains_need_the_token() -> None:
+    """
+    The chains are part of the API: without the stats token, a 401.
+    """
+    _, client = await filled()
+    assert (await client.get("/api/v1/chains")).status == 401
+    assert (await client.get("/api/v1/chains/1/gaps?from=0&to=1")).status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_depth_histogram_counts_new_reorgs() -> None:
+    """
+    /metrics observes each reorg the fleet saw once, by depth and chain: those already stored
+    at the first scrape are the baseline, a later one is counted at its next scrape, and once.
+    """
+    store, client = await filled()
+    first = (await client.get("/metrics", TOKEN)).text
+    assert "ethtwisted_chain_reorg_depth_blocks_count{" not in first
+    # Blocks 11' and 12', on a branch from 10, replaced by 11..13.
+    await store.store(
+        [
+            received(block_json(linked(1, 11, fork=3)), "b", T0 + 40),
+            received(block_json(linked(1, 12, fork=3, parent_fork=3)), "b", T0 + 41),
+            received(block_json(linked(1, 13)), "a", T0 + 42),
+        ]
+    )
+    for _ in range(2):
+        text = (await client.get("/metrics", TOKEN)).text
+        assert metric(text, "ethtwisted_chain_reorg_depth_blocks_count", '{chain_id="1"}') == 1
+        assert metric(text, "ethtwisted_chain_reorg_depth_blocks_sum", '{chain_id="1"}') == 2
+        labels = '{chain_id="1",le="1.0"}'
+        assert metric(text, "ethtwisted_chain_reorg_depth_blocks_bucket", labels) == 0
