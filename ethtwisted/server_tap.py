@@ -31,6 +31,11 @@ from ethtwisted.server.factory import (
     ServerFactory,
 )
 from ethtwisted.server.ingest import Ingest
+from ethtwisted.server.webhooks import (
+    WebhookService,
+    WebhookURL,
+    parse_webhook_url,
+)
 from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore
 
@@ -80,6 +85,11 @@ class Options(StoreOptions):
          "Serve the stats API, /metrics and the dashboard on this endpoint, e.g."
          " tcp:8080:interface=127.0.0.1 (a bare port means loopback; off if unset)."],
         *STATS_TOKEN_OPTIONS,
+        ["webhook-file", None, None,
+         "File of webhook URLs, one a line (for URLs that hold secrets), besides --webhook."],
+        ["webhook-secret-file", None, None,
+         "File holding the secret that signs each webhook body (X-Ethtwisted-Signature:"
+         " sha256=HMAC-SHA256 of the body)."],
         # The older command line's listening flags.
         ["host", None, None, "Interface to listen on (same as --listen tcp:PORT:interface=HOST)."],
         ["port", None, None, "TCP port to listen on (default 9999).", positive_int],
@@ -88,12 +98,19 @@ class Options(StoreOptions):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["webhook"] = []
 
     def opt_listen(self, description: str) -> None:
         """
         Endpoint to listen on, e.g. tcp:9999:interface=127.0.0.1 (repeatable; default that).
         """
         self["listen"].append(description)
+
+    def opt_webhook(self, url: str) -> None:
+        """
+        URL to POST each client state event to as JSON (repeatable; http or https).
+        """
+        self["webhook"].append(url)
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -113,6 +130,27 @@ class Options(StoreOptions):
         if self["stats"]:
             self["stats"] = web_endpoint(self["stats"], "stats")
         self["stats_token"] = read_token(self, "stats-token")
+        self["webhooks"] = webhook_urls(self)
+
+
+def webhook_urls(config: Options) -> list[WebhookURL]:
+    """
+    The URLs of --webhook and --webhook-file, parsed; an error names the option and the
+    position of the URL, never the URL.
+    """
+    given = [("webhook", n, url) for n, url in enumerate(config["webhook"], 1)]
+    if config["webhook-file"]:
+        lines = read_lines(config["webhook-file"], "webhook-file")
+        given += [("webhook-file", n, url) for n, url in enumerate(lines, 1)]
+    urls = []
+    for option, n, url in given:
+        try:
+            urls.append(parse_webhook_url(url))
+        except ValueError as e:
+            raise usage.UsageError(f"--{option}: URL {n}: {e}") from None
+    if config["webhook-secret-file"] and not urls:
+        raise usage.UsageError("--webhook-secret-file needs a --webhook or --webhook-file")
+    return urls
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -141,9 +179,22 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     collector.setName("collector")
     collector.setServiceParent(service)
+    if config["webhooks"]:
+        # The fleet view publishes its state events to this sink (IEventSink).
+        webhooks(config, reactor).setServiceParent(service)
     if config["stats"]:
         stats_service(config, reactor, store, counters, ingest, factory).setServiceParent(service)
     return service
+
+
+def webhooks(config: Options, reactor: Any) -> WebhookService:
+    """
+    The webhooks of the options, each event signed when a secret file is given.
+    """
+    secret = None
+    if config["webhook-secret-file"]:
+        secret = read_lines(config["webhook-secret-file"], "webhook-secret-file")[0].encode()
+    return WebhookService(reactor, config["webhooks"], secret)
 
 
 def stats_service(

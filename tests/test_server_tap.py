@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactor
 
-from ethtwisted.server_tap import Options, with_backlog
+from ethtwisted.interfaces import IEventSink
+from ethtwisted.server.webhooks import WebhookService
+from ethtwisted.server_tap import Options, makeService, with_backlog
 from ethtwisted.storage.redis_store import RedisURL
 from ethtwisted.storage.sql_store import DatabaseURL
 from tests.services import MySQLDatabase
@@ -214,3 +218,50 @@ def test_twistd_refuses_a_latin1_table_in_one_line(
     assert len(lines) == 1
     assert "ALTER TABLE ethereum_data CONVERT TO CHARACTER SET utf8mb4" in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_webhooks_from_flags_environment_and_file(tmp_path: Path) -> None:
+    """
+    --webhook repeats (ETH_WEBHOOK holds several, separated by spaces), --webhook-file adds
+    one URL a line; makeService then has a "webhooks" service, the event sink, that signs
+    with the first line of --webhook-secret-file.  Without a URL there is no such service.
+    """
+    urls = tmp_path / "hooks"
+    urls.write_text("# secrets inside\nhttps://u:p@hooks.example/s3cret?k=v\n")
+    secret = tmp_path / "secret"
+    secret.write_text("signing-key\n")
+    config = parse(
+        ["--webhook", "http://127.0.0.1:9000/a", "--webhook=http://[::1]:9001/",
+         "--webhook-file", str(urls), "--webhook-secret-file", str(secret)]
+    )  # fmt: skip
+    assert [u.origin for u in config["webhooks"]] == [
+        "http://127.0.0.1:9000",
+        "http://[::1]:9001",
+        "https://hooks.example",
+    ]
+    service = makeService(config, MemoryReactor())
+    assert isinstance(service, MultiService)
+    sink = service.getServiceNamed("webhooks")
+    assert IEventSink.providedBy(sink) and isinstance(sink, WebhookService)
+    assert sink.secret == b"signing-key"
+    environ = {"ETH_WEBHOOK": "http://127.0.0.1:1/ http://127.0.0.1:2/"}
+    assert len(parse([], environ)["webhooks"]) == 2
+    plain = makeService(parse([]), MemoryReactor())
+    assert isinstance(plain, MultiService)
+    assert "webhooks" not in [s.name for s in plain]
+
+
+def test_bad_webhooks_are_one_line_without_the_url(tmp_path: Path) -> None:
+    """
+    A bad webhook URL is a usage error naming the option and the URL's position, never the
+    URL (it may hold a secret); a secret without a webhook is an error too.
+    """
+    urls = tmp_path / "hooks"
+    urls.write_text("https://hooks.example/ok\nftp://user:s3cret@host/\n")
+    error = usage_error(["--webhook-file", str(urls)])
+    assert "--webhook-file: URL 2:" in error and "s3cret" not in error
+    error = usage_error(["--webhook", "gopher://s3cret"])
+    assert "--webhook: URL 1:" in error and "s3cret" not in error
+    secret = tmp_path / "secret"
+    secret.write_text("key\n")
+    assert "needs a --webhook" in usage_error(["--webhook-secret-file", str(secret)])
