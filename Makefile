@@ -5,7 +5,7 @@
 #   make lint      ruff check, ruff format --check, mypy
 #   make venv      .venv: the locked dependencies, and the checkout on its sys.path
 #   make lock      refresh requirements.lock and requirements-test.lock from setup.cfg's ranges
-#   make services  MariaDB, Redis and Chromium from Debian's packages, when missing
+#   make services  MariaDB, Redis, Chromium and promtool (prometheus) from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
 #   make fuzz      the property tests with fresh random examples, 5,000 each (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
@@ -42,8 +42,8 @@ VENV_INPUTS := $(LOCK) $(TEST_LOCK) setup.cfg pyproject.toml setup.py
 PIP := -m pip install --disable-pip-version-check --no-input --progress-bar off --quiet
 
 # Binaries the tests start, and the Debian packages that provide them.
-SERVICE_BINARIES := mariadbd mariadb-install-db redis-server redis-cli chromium
-APT_PACKAGES := mariadb-server redis-server chromium
+SERVICE_BINARIES := mariadbd mariadb-install-db redis-server redis-cli chromium promtool
+APT_PACKAGES := mariadb-server redis-server chromium prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
