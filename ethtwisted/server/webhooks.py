@@ -25,7 +25,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
@@ -33,9 +33,9 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IEventSink, StateEvent
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 
-log = Logger(namespace="ethtwisted.server.webhooks", observer=log_observer)
+log = Logger(namespace="ethtwisted.server.webhooks")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUE = 10_000
@@ -146,7 +146,12 @@ class _Target:
         self.retry: IDelayedCall | None = None
         self.attempt = 0
         self.dropped = 0
-        self.failing: str | None = None
+        self.failing = Trouble(
+            log,
+            LogLevel.warn,
+            "{name}: delivery failed ({reason}); retrying with backoff",
+            "{name}: delivering again",
+        )
 
     def enqueue(self, body: bytes) -> None:
         if len(self.queue) >= self.owner.max_queue:
@@ -204,9 +209,7 @@ class _Target:
 
     def _recovered(self) -> None:
         self.attempt = 0
-        if self.failing is not None:
-            log.info("{name}: delivering again", name=self.name)
-            self.failing = None
+        self.failing.ended(name=self.name)
 
     def _failed(self, failure: Failure) -> None:
         self._settled()
@@ -218,10 +221,7 @@ class _Target:
             # The agent's errors wrap their reasons in a list.
             reasons = getattr(failure.value, "reasons", None)
             reason = describe(reasons[0] if reasons else failure)
-        if reason != self.failing:
-            log.warn("{name}: delivery failed ({reason}); retrying with backoff",
-                     name=self.name, reason=reason)  # fmt: skip
-            self.failing = reason
+        self.failing.say(reason, name=self.name)
         delay = self.owner.retry_policy(self.attempt)
         self.attempt += 1
         self.retry = self.owner.reactor.callLater(delay, self._again)
