@@ -35,7 +35,7 @@ from zope.interface import implementer
 from ethtwisted.interfaces import IEventSink, StateEvent
 from ethtwisted.logs import Logger, Trouble, describe
 
-log = Logger(namespace="ethtwisted.server.webhooks")
+log = Logger(namespace="ethtwisted.server")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUE = 10_000
