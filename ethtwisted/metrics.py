@@ -42,9 +42,9 @@ def _metric(
 class ServerMetrics:
     """
     The collector's counters.  The connections report to L{received}, L{acknowledged} and
-    L{dropped} (this is a connection observer), the ingest to L{committed}; at each scrape,
-    C{connections_open} and C{messages_pending} say how many connections are open and how
-    many payloads are received and not yet committed.  C{clock} times the commits.
+    L{dropped} (this is a connection observer), the ingest to L{committed} and L{conflict}; at
+    each scrape, C{connections_open} and C{messages_pending} say how many connections are open
+    and how many payloads are received and not yet committed.  C{clock} times the commits.
     """
 
     def __init__(
@@ -88,6 +88,13 @@ class ServerMetrics:
             "acks_sent",
             "Acknowledgements sent to clients.",
         )
+        self.store_conflicts = _metric(
+            Counter,
+            registry,
+            "store_conflicts",
+            "SQL transactions that lost to a concurrent one (a Galera certification failure, a"
+            " deadlock, a lock wait timeout), each tried again.",
+        )
         self.store_latency = _metric(
             Histogram,
             registry,
@@ -113,6 +120,9 @@ class ServerMetrics:
 
     def dropped(self, kind: str) -> None:
         self.rejected.labels(kind).inc()
+
+    def conflict(self) -> None:
+        self.store_conflicts.inc()
 
     def committed(self, group: Sequence[Received], new: int) -> None:
         self.messages_stored.inc(new)

@@ -15,6 +15,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import pymysql
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,6 +31,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
+from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import (
     Ack,
     Block,
@@ -42,7 +44,7 @@ from ethtwisted.protocol import (
 )
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ServerFactory
-from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, Ingest
+from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, MAX_CONFLICT_RETRIES, Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
@@ -189,6 +191,77 @@ def test_sql_failure_is_retried_with_backoff_and_logged_once() -> None:
     errors = [e for e in events if "holding" in e.get("log_format", "")]
     assert len(errors) == 1 and "MySQL has gone away" in errors[0]["reason"]
     assert len([e for e in events if "back after" in e.get("log_format", "")]) == 1
+    assert not clock.getDelayedCalls()
+
+
+DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+
+
+def test_conflict_is_retried_at_once_counted_and_not_an_outage() -> None:
+    """
+    A commit that loses to a concurrent transaction (a Galera certification failure, reported
+    as a deadlock) is tried again at once, the same group, not split; each conflict is told to
+    the conflict observers and logged at debug level only; nothing is acknowledged before the
+    commit succeeds, and the ingest never reports trouble.
+    """
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock)
+    conflicts: list[None] = []
+    ingest.conflict_observers.append(lambda: conflicts.append(None))
+    acked: list[object] = []
+    for text in ["a", "b"]:
+        ingest.submit(received(text)).addBoth(acked.append)
+    clock.advance(0)
+    set_verbose(True)
+    try:
+        with capturedLogs() as events:
+            for n in range(1, MAX_CONFLICT_RETRIES + 1):
+                store.results[-1].errback(DEADLOCK)
+                assert acked == [] and len(conflicts) == n and ingest.trouble.reason is None
+                assert [c.getTime() for c in clock.getDelayedCalls()] == [clock.seconds()]
+                clock.advance(0)
+            assert len(store.calls) == MAX_CONFLICT_RETRIES + 1
+            store.commit()
+    finally:
+        set_verbose(False)
+    assert acked == [payload_hash(b"a"), payload_hash(b"b")]
+    assert all([r.payload for r in c] == ["a", "b"] for c in store.calls)
+    assert [e["log_level"].name for e in events] == ["debug"] * MAX_CONFLICT_RETRIES
+    assert "Deadlock found" in events[0]["reason"]
+    assert not clock.getDelayedCalls()
+
+
+@pytest.mark.expected_log_errors("^SQL store unavailable: ")
+def test_conflicts_past_the_retries_are_an_outage_and_counting_starts_again() -> None:
+    """
+    A group that conflicts more than MAX_CONFLICT_RETRIES times in a row is taken for an
+    outage: logged once, tried again after the backoff delay; it is then given its at-once
+    retries again.  Every conflict is counted.
+    """
+    clock, store = Clock(), HeldStore()
+    ingest = Ingest(store, None, clock)
+    conflicts: list[None] = []
+    ingest.conflict_observers.append(lambda: conflicts.append(None))
+    acked: list[str] = []
+    ingest.submit(received("a")).addCallback(acked.append)
+    clock.advance(0)
+    with capturedLogs() as events:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            store.results[-1].errback(DEADLOCK)
+            clock.advance(0)
+        store.results[-1].errback(DEADLOCK)
+        assert ingest.trouble.reason is not None and "1213" in ingest.trouble.reason
+        assert clock.getDelayedCalls()[0].getTime() - clock.seconds() == pytest.approx(0.1)
+        clock.advance(0.1)
+        store.results[-1].errback(DEADLOCK)
+        assert [c.getTime() for c in clock.getDelayedCalls()] == [clock.seconds()]
+        clock.advance(0)
+        store.commit()
+    assert acked == [payload_hash(b"a")]
+    assert len(conflicts) == MAX_CONFLICT_RETRIES + 2
+    errors = [e for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1 and "Deadlock" in errors[0]["reason"]
+    assert ingest.trouble.reason is None
     assert not clock.getDelayedCalls()
 
 

@@ -24,7 +24,13 @@ from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import Received
 from ethtwisted.protocol import Block, payload_hash
-from ethtwisted.storage import RejectedError, StartupError, is_rejection, wait_for
+from ethtwisted.storage import (
+    RejectedError,
+    StartupError,
+    is_conflict,
+    is_rejection,
+    wait_for,
+)
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_store import SQLStore, parse_db_url
 from tests.services import MySQLDatabase, Redis
@@ -37,70 +43,73 @@ def received(text: str, client: str = "node", block: Block | int | None = None) 
                     client, 1700000000.5, block)  # fmt: skip
 
 
+OUTAGE, REJECTION, CONFLICT = "outage", "rejection", "conflict"
+
+
 @pytest.mark.parametrize(
-    ("error", "rejection"),
+    ("error", "kind"),
     [
-        (sqlite3.OperationalError("database is locked"), False),
-        (sqlite3.OperationalError("disk I/O error"), False),
-        (sqlite3.OperationalError("attempt to write a readonly database"), False),
-        (sqlite3.OperationalError("unable to open database file"), False),
-        (sqlite3.IntegrityError("CHECK constraint failed: x"), True),
-        (sqlite3.DataError("string or blob too big"), True),
-        (sqlite3.OperationalError("string or blob too big"), True),
-        (OverflowError("Python int too large to convert to SQLite INTEGER"), True),
-        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), True),
-        (RejectedError("payload over 65535 bytes"), True),
-        (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), False),
-        (pymysql.err.OperationalError(2006, "MySQL server has gone away"), False),
+        (sqlite3.OperationalError("database is locked"), OUTAGE),
+        (sqlite3.OperationalError("disk I/O error"), OUTAGE),
+        (sqlite3.OperationalError("attempt to write a readonly database"), OUTAGE),
+        (sqlite3.OperationalError("unable to open database file"), OUTAGE),
+        (sqlite3.IntegrityError("CHECK constraint failed: x"), REJECTION),
+        (sqlite3.DataError("string or blob too big"), REJECTION),
+        (sqlite3.OperationalError("string or blob too big"), REJECTION),
+        (OverflowError("Python int too large to convert to SQLite INTEGER"), REJECTION),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), REJECTION),
+        (RejectedError("payload over 65535 bytes"), REJECTION),
+        (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), OUTAGE),
+        (pymysql.err.OperationalError(2006, "MySQL server has gone away"), OUTAGE),
         (
             pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"),
-            False,
+            OUTAGE,
         ),
         (
             pymysql.err.OperationalError(1290, "The MariaDB server is running with --read-only"),
-            False,
+            OUTAGE,
         ),
-        (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), False),
-        (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), False),
-        (pymysql.err.OperationalError(1040, "Too many connections"), False),
-        (pymysql.err.InterfaceError(0, ""), False),
-        (pymysql.err.DataError(1406, "Data too long for column 'block_hash' at row 1"), True),
-        (pymysql.err.DataError(1264, "Out of range value for column 'number' at row 1"), True),
-        (pymysql.err.DataError(1366, "Incorrect string value: '\\xE2\\x98\\x83'"), True),
-        (pymysql.err.OperationalError(4025, "CONSTRAINT `CONSTRAINT_1` failed"), True),
-        (ConnectionLost(), False),
-        (defer.TimeoutError(5.0, "Deferred"), False),
-        (TimeoutError(), False),
-        (ConnectionRefusedError(), False),
-        (txredisapi.ConnectionError("Not connected"), False),
-        (txredisapi.TimeoutError("Connection timeout"), False),
-        (txredisapi.ResponseError("READONLY You can't write against a read only replica."), False),
-        (txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"), False),
-        (txredisapi.ResponseError("BUSY Redis is busy running a script."), False),
+        (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), CONFLICT),
+        (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), CONFLICT),
+        (pymysql.err.OperationalError(1040, "Too many connections"), OUTAGE),
+        (pymysql.err.InterfaceError(0, ""), OUTAGE),
+        (pymysql.err.DataError(1406, "Data too long for column 'block_hash' at row 1"), REJECTION),
+        (pymysql.err.DataError(1264, "Out of range value for column 'number' at row 1"), REJECTION),
+        (pymysql.err.DataError(1366, "Incorrect string value: '\\xE2\\x98\\x83'"), REJECTION),
+        (pymysql.err.OperationalError(4025, "CONSTRAINT `CONSTRAINT_1` failed"), REJECTION),
+        (ConnectionLost(), OUTAGE),
+        (defer.TimeoutError(5.0, "Deferred"), OUTAGE),
+        (TimeoutError(), OUTAGE),
+        (ConnectionRefusedError(), OUTAGE),
+        (txredisapi.ConnectionError("Not connected"), OUTAGE),
+        (txredisapi.TimeoutError("Connection timeout"), OUTAGE),
+        (txredisapi.ResponseError("READONLY You can't write against a read only replica."), OUTAGE),
+        (txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"), OUTAGE),
+        (txredisapi.ResponseError("BUSY Redis is busy running a script."), OUTAGE),
         (
             txredisapi.ResponseError("OOM command not allowed when used memory > 'maxmemory'."),
-            False,
+            OUTAGE,
         ),
         (
             txredisapi.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"),
-            False,
+            OUTAGE,
         ),
-        (txredisapi.ResponseError("ERR hash value is not an integer"), True),
-        (txredisapi.InvalidData("Error encoding unicode value"), True),
+        (txredisapi.ResponseError("ERR hash value is not an integer"), REJECTION),
+        (txredisapi.InvalidData("Error encoding unicode value"), REJECTION),
     ],
     ids=lambda v: repr(v)[:60] if isinstance(v, Exception) else str(v),
 )
-def test_outage_or_rejection(error: Exception, rejection: bool) -> None:
+def test_outage_rejection_or_conflict(error: Exception, kind: str) -> None:
     """
     Connection refused, lost or timed out, a read-only or locked or busy store is an outage
     (worth retrying); a value out of range, too long, not encodable or against a constraint is
-    a rejection of the data; unknown trouble counts as an outage.  Also when wrapped as the
-    first failure of a Deferred list.
+    a rejection of the data; a deadlock or lock wait timeout (how Galera reports a lost
+    certification too) is a conflict with a concurrent transaction; unknown trouble counts as
+    an outage.  Also when wrapped as the first failure of a Deferred list.
     """
-    assert is_rejection(error) is rejection
-    assert is_rejection(Failure(error)) is rejection
     wrapped = defer.FirstError(Failure(error), 0)
-    assert is_rejection(Failure(wrapped)) is rejection
+    for form in (error, Failure(error), Failure(wrapped)):
+        assert (is_rejection(form), is_conflict(form)) == (kind == REJECTION, kind == CONFLICT)
 
 
 @pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])

@@ -770,6 +770,7 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     metrics.acknowledged("0" * 64)
     metrics.dropped("too_large")
     metrics.committed([received(b"x", "c", reactor.seconds() - 0.02)] * 3, 1)
+    metrics.conflict()
     client = Client(StatsRoot(reads_over(sqlite_store, registry)))
     reply = await client.get("/metrics")
     assert reply.status == 200
@@ -782,6 +783,7 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     assert metric(text, "ethtwisted_rejected_total", '{reason="too_large"}') == 1
     assert metric(text, "ethtwisted_rejected_total", '{reason="idle"}') == 0
     assert metric(text, "ethtwisted_store_latency_seconds_count") == 3
+    assert metric(text, "ethtwisted_store_conflicts_total") == 1
     assert metric(text, "ethtwisted_store_latency_seconds_bucket", '{le="0.01"}') == 0
     assert metric(text, "ethtwisted_connections_open") == 0
     assert metric(text, "ethtwisted_store_up", '{store="sql"}') == 1

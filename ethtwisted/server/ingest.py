@@ -18,13 +18,16 @@ from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.storage import RejectedError, is_rejection
+from ethtwisted.storage import RejectedError, is_conflict, is_rejection
 
 log = Logger(namespace="ethtwisted.server")
 
 MAX_BATCH = 1000
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 MAX_RETRY_DELAY = 5.0
+MAX_CONFLICT_RETRIES = 3
+"""Times in a row a group that conflicts with a concurrent transaction is tried again at once;
+one conflict more is taken for an outage (retried after a delay, and logged)."""
 _retry_delay = backoffPolicy(
     initialDelay=0.1, maxDelay=MAX_RETRY_DELAY, factor=2.0, jitter=lambda: 0.0
 )
@@ -57,6 +60,10 @@ class Ingest:
     of pending bytes and resumed below half of it.  A store that rejects what a group holds
     (L{is_rejection}) has the group split in halves, tried again at once, until the message it
     rejects is alone: that message's Deferred fails with L{RejectedError}, the others are stored.
+    A transaction that conflicts with a concurrent one (L{is_conflict}: another server storing
+    the same blocks through another Galera node) is tried again at once, up to
+    L{MAX_CONFLICT_RETRIES} times in a row, then as an outage; each conflict is told to the
+    C{conflict_observers} and logged at debug level only.
     """
 
     def __init__(
@@ -90,9 +97,13 @@ class Ingest:
             "stores are back after {n} failed attempts",
         )
         self.failures = 0
+        self.conflicts = 0
+        """Conflicts in a row of the group under way."""
         self._idle: list[Deferred[None]] = []
         self.observers: list[Callable[[Sequence[Received], int], None]] = []
         """Called with each committed group and how many of its payloads were new."""
+        self.conflict_observers: list[Callable[[], None]] = []
+        """Called with each conflict, whether its group is then tried again at once or later."""
 
     def submit(self, received: Received) -> Deferred[str]:
         """
@@ -169,6 +180,16 @@ class Ingest:
         failure: Failure,
         again: Callable[[list[_Entry]], None],
     ) -> None:
+        if is_conflict(failure):
+            for observer in self.conflict_observers:
+                observer()
+            if self.conflicts < MAX_CONFLICT_RETRIES:
+                self.conflicts += 1
+                log.debug("{store} store conflict ({reason}): trying the group of {n} again",
+                          store=store, reason=describe(failure), n=len(group))  # fmt: skip
+                self.reactor.callLater(0, again, group)
+                return
+        self.conflicts = 0
         if not is_rejection(failure):
             self._retry(group, store, failure, again)
             return
@@ -201,6 +222,7 @@ class Ingest:
     def _done(self, group: list[_Entry]) -> None:
         self.trouble.ended(n=self.failures)
         self.failures = 0
+        self.conflicts = 0
         self._settle(group)
         for e in group:
             e.done.callback(e.received.sha256)

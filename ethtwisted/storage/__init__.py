@@ -57,6 +57,34 @@ _REDIS_REJECTIONS = (
 )
 """Redis error replies about a value (a client's count); any other reply is about Redis."""
 
+_MYSQL_CONFLICTS = frozenset({1205, 1213})
+"""MySQL errors about a concurrent transaction: lock wait timeout, and deadlock, which is also
+how a Galera node reports a transaction that lost certification to one committed on another
+node."""
+
+
+def _cause(error: Failure | BaseException) -> Any:
+    value: Any = error.value if isinstance(error, Failure) else error
+    while hasattr(value, "subFailure"):  # the first failure of a Deferred list
+        value = value.subFailure.value
+    return value
+
+
+def is_conflict(error: Failure | BaseException) -> bool:
+    """
+    Whether C{error}, from the SQL store, says that a concurrent transaction got in the way
+    (MySQL's deadlock or lock wait timeout, a Galera certification failure): neither about the
+    data nor an outage, the same transaction tried again at once is expected to succeed.
+    """
+    value = _cause(error)
+    mysql = sys.modules.get("pymysql.err")
+    return (
+        mysql is not None
+        and isinstance(value, mysql.MySQLError)
+        and bool(value.args)
+        and value.args[0] in _MYSQL_CONFLICTS
+    )
+
 
 def is_rejection(error: Failure | BaseException) -> bool:
     """
@@ -65,9 +93,7 @@ def is_rejection(error: Failure | BaseException) -> bool:
     out, read-only, locked, busy: worth retrying).  What is not known to be about the data is
     an outage: retrying it is what the collector always did.
     """
-    value: Any = error.value if isinstance(error, Failure) else error
-    while hasattr(value, "subFailure"):  # the first failure of a Deferred list
-        value = value.subFailure.value
+    value = _cause(error)
     if isinstance(value, RejectedError | UnicodeError | OverflowError):
         # Our own checks; a lone surrogate cannot be encoded; an int too large to bind.
         return True
