@@ -234,7 +234,9 @@ class StoreOptions(EnvOptions):
          " mysql://user@host:3306/database."],
         ["db-password-file", None, None,
          "File holding the MySQL password (else $ETH_MYSQL_PASSWORD)."],
-        ["redis", None, None, "Redis URL for the counters, redis://host:6379/0 (off if unset)."],
+        ["redis", None, None,
+         "Redis URL for the counters, redis://host:6379/0, or through Sentinel"
+         " sentinel://host:26379[,host:26380...]/master-name/0 (off if unset)."],
         ["redis-prefix", None, "eth:", "Prefix of the Redis keys."],
         ["wait", None, 30.0, "Seconds to wait for the stores at start-up.", non_negative_float],
         # The older command line's storage flags.

@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactor
 from ethtwisted.interfaces import IEventSink
 from ethtwisted.server.webhooks import WebhookService
 from ethtwisted.server_tap import Options, makeService, with_backlog
-from ethtwisted.storage.redis_store import RedisURL
+from ethtwisted.storage.redis_store import RedisURL, SentinelURL
 from ethtwisted.storage.sql_store import DatabaseURL
 from tests.services import MySQLDatabase
 
@@ -108,6 +108,24 @@ def test_older_command_line_maps_onto_urls() -> None:
     assert options["redis_url"] == RedisURL("cache", 6380, 1)
 
 
+def test_redis_through_sentinel() -> None:
+    """
+    C{--redis sentinel://} names one or more Sentinels (port 26379 unless given, IPv6 in
+    brackets), the master's name and the database (0 unless given), and a password for the
+    master that its C{str} never shows; C{redis://} URLs and the older flags are unaffected.
+    """
+    options = parse(["--redis", "sentinel://:s%40cret@10.0.0.1,10.0.0.2:26380,[::1]:1/eth/3"])
+    url = options["redis_url"]
+    assert url == SentinelURL(
+        (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 1)), "eth", 3, "s@cret"
+    )
+    assert str(url) == "sentinel://10.0.0.1:26379,10.0.0.2:26380,[::1]:1/eth/3"
+    assert parse(["--redis", "sentinel://h/m"])["redis_url"] == SentinelURL(
+        (("h", 26379),), "m", 0, None
+    )
+    assert parse(["--redis", "redis://h:1/2"])["redis_url"] == RedisURL("h", 1, 2)
+
+
 def test_mysql_password_from_environment_or_file(tmp_path: Path) -> None:
     """
     The MySQL password comes from ETH_MYSQL_PASSWORD, or from --db-password-file, which wins.
@@ -130,6 +148,11 @@ def test_mysql_password_from_environment_or_file(tmp_path: Path) -> None:
         (["--db", "mysql://u@h:99999/db"], {}, "bad port"),
         (["--db", "sqlite://relative"], {}, "a SQLite URL is"),
         (["--redis", "http://x"], {}, "--redis: a Redis URL is"),
+        (["--redis", "sentinel://h:26379"], {}, "--redis: a Sentinel URL is"),
+        (["--redis", "sentinel://h:1,/m/0"], {}, "--redis: a Sentinel URL is"),
+        (["--redis", "sentinel://h:x/m/0"], {}, "--redis: the Sentinel URL has a bad port"),
+        (["--redis", "sentinel://h/m/x"], {}, "bad database number"),
+        (["--redis", "sentinel://h/m/0/1"], {}, "--redis: a Sentinel URL is"),
         (["--listen", "tcp:notaport"], {}, "--listen 'tcp:notaport"),
         (["--listen", "tcp:1", "--port", "2"], {}, "either --listen or --host/--port"),
         (["--idle-timeout", "0"], {}, "must be above 0"),

@@ -5,7 +5,9 @@ sent), as the older servers kept them; each group of messages is counted once, b
 that first sets C{eth:group:<id>} (kept for ten minutes).
 
 txredisapi queues commands for as long as Redis is away; every call here has a timeout so
-that the caller sees the outage instead.
+that the caller sees the outage instead.  Through Sentinel (a C{sentinel://} URL), the
+counters follow the master the Sentinels name (L{sentinel}), and each group counted waits for
+a replica to confirm it, so that a failover right after an acknowledgement loses no count.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from ethtwisted.interfaces import ICounterReader, ICounterStore, Received
+from ethtwisted.logs import Logger, Trouble
+
+log = Logger()
 
 DEFAULT_PREFIX = "eth:"
 TIMEOUT = 5.0
@@ -28,6 +34,10 @@ SCAN_LIMIT = 10000
 """The most client addresses read for one answer of L{RedisCounters.address_counts}."""
 GROUP_TTL = 600
 """Seconds a counted group is remembered, so that counting it again changes nothing."""
+DEFAULT_SENTINEL_PORT = 26379
+REPLICA_WAIT_MS = 1000
+"""Through Sentinel: milliseconds a counted group waits for a replica to confirm it (C{WAIT});
+a group no replica confirms in time (none is up) is acknowledged all the same, said once."""
 
 _COUNT_GROUP = """
 -- KEYS: the group's marker, the first-seen sorted set, the per-address counts.
@@ -61,13 +71,36 @@ class RedisURL:
         return f"redis://{self.host}:{self.port}/{self.db}"
 
 
-def parse_redis_url(url: str) -> RedisURL:
+@dataclass(frozen=True)
+class SentinelURL:
     """
-    Parse C{redis://[:password@]host[:port][/db]}; raise L{ValueError} saying what is wrong.
+    A parsed C{--redis sentinel://} URL: the Sentinels to ask, the name they know the master
+    by, the database number and the master's password.  Its C{str} never shows a password.
     """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    password: str | None = None
+
+    def __str__(self) -> str:
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        return f"sentinel://{hosts}/{self.master}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisURL | SentinelURL:
+    """
+    Parse C{redis://[:password@]host[:port][/db]} or
+    C{sentinel://[:password@]host[:port][,host[:port]...]/master[/db]}; raise L{ValueError}
+    saying what is wrong.
+    """
+    if url.lower().startswith("sentinel://"):
+        return _parse_sentinel_url(url)
     parts = urlsplit(url)
     if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError("a Redis URL is redis://host[:port][/db]")
+        raise ValueError(
+            "a Redis URL is redis://host[:port][/db] or sentinel://host[:port][,...]/master[/db]"
+        )
     try:
         port = parts.port or 6379
         db = int(parts.path.lstrip("/") or 0)
@@ -77,22 +110,74 @@ def parse_redis_url(url: str) -> RedisURL:
     return RedisURL(parts.hostname, port, db, password)
 
 
+def _parse_sentinel_url(url: str) -> SentinelURL:
+    usage = "a Sentinel URL is sentinel://host[:port][,host[:port]...]/master[/db]"
+    rest = url[len("sentinel://") :]
+    where, _, path = rest.partition("/")
+    credentials, at, hosts = where.rpartition("@")
+    password = None
+    if at:
+        # As in redis://: a password alone (the master's), or user:password of which only the
+        # password counts.
+        password = unquote(credentials.partition(":")[2] or credentials) or None
+    sentinels = []
+    for item in hosts.split(","):
+        parts = urlsplit("//" + item)
+        try:
+            port = parts.port or DEFAULT_SENTINEL_PORT
+        except ValueError:
+            raise ValueError("the Sentinel URL has a bad port") from None
+        if not parts.hostname or parts.username is not None or parts.path:
+            raise ValueError(usage)
+        sentinels.append((parts.hostname, port))
+    master, _, db_text = path.partition("/")
+    master = unquote(master)
+    if not master or any(c.isspace() for c in master) or "/" in db_text:
+        raise ValueError(usage)
+    try:
+        db = int(db_text or 0)
+    except ValueError:
+        raise ValueError("the Sentinel URL has a bad database number") from None
+    if db < 0:
+        raise ValueError("the Sentinel URL has a bad database number")
+    return SentinelURL(tuple(sentinels), master, db, password)
+
+
 @implementer(ICounterStore, ICounterReader)
 class RedisCounters:
     """
     L{ICounterStore} in Redis, with a configurable key prefix, and its L{ICounterReader}.
     """
 
-    def __init__(self, url: RedisURL, reactor: IReactorTime, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, url: RedisURL | SentinelURL, reactor: IReactorTime, prefix: str = DEFAULT_PREFIX
+    ) -> None:
         self.url = url
         self.reactor = reactor
         self.hashes_key = f"{prefix}hashes"
         self.addresses_key = f"{prefix}ip_addresses"
         self.group_prefix = f"{prefix}group:"
+        self.unconfirmed = Trouble(
+            log, LogLevel.warn, "Redis: {reason}", "Redis: a replica confirms the counts again"
+        )
+        """Through Sentinel: said while the groups counted are confirmed by no replica."""
+        self.sentinels: Any = None
         # txredisapi takes the global reactor when imported: import it only once it is used.
+        if isinstance(url, SentinelURL):
+            from ethtwisted.storage.sentinel import Sentinels
+
+            self.sentinels = Sentinels(url.sentinels, reactor, TIMEOUT)
+            self.redis: Any = self.sentinels.master_for(
+                url.master,
+                dbid=url.db,
+                password=url.password,
+                replyTimeout=TIMEOUT,
+                convertNumbers=False,
+            )
+            return
         import txredisapi
 
-        self.redis: Any = txredisapi.lazyConnection(
+        self.redis = txredisapi.lazyConnection(
             url.host,
             url.port,
             dbid=url.db,
@@ -123,11 +208,28 @@ class RedisCounters:
         args = [GROUP_TTL, len(first_seen), *scored, *counts]
         d: Deferred[Any] = maybeDeferred(self.redis.eval, _COUNT_GROUP, keys, args)
         d.addTimeout(TIMEOUT, self.reactor)
-        return d.addCallback(lambda _: None)
+        if self.sentinels is None:
+            return d.addCallback(lambda _: None)
+        # Sent at once behind the script, on the same connection: WAIT counts the replicas that
+        # have what this connection wrote, the group included.
+        confirmed = self.command("WAIT", 1, REPLICA_WAIT_MS)
+        both = gatherResults([d, confirmed], consumeErrors=True)
+        return both.addCallback(lambda replies: self._confirmed(int(replies[1])))
+
+    def _confirmed(self, replicas: int) -> None:
+        if replicas >= 1:
+            self.unconfirmed.ended()
+        else:
+            self.unconfirmed.say(
+                f"no replica confirmed the counts within {REPLICA_WAIT_MS} ms:"
+                " a failover now would lose them"
+            )
 
     def close(self) -> Deferred[None]:
-        d: Deferred[Any] = self.redis.disconnect()
-        return d.addCallback(lambda _: None)
+        closing: list[Deferred[Any]] = [self.redis.disconnect()]
+        if self.sentinels is not None:
+            closing.append(self.sentinels.disconnect())
+        return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     # -- reading back (ICounterReader) ------------------------------------------------------------
 
