@@ -5,7 +5,8 @@
 #   make lint      ruff check, ruff format --check, mypy
 #   make venv      .venv: the locked dependencies, and the checkout on its sys.path
 #   make lock      refresh requirements.lock and requirements-test.lock from setup.cfg's ranges
-#   make services  MariaDB, Redis, Chromium and promtool (prometheus) from Debian's packages, when missing
+#   make services  MariaDB (with Galera), Redis (with Sentinel), Chromium and promtool
+#                  (prometheus) from Debian's packages, when missing
 #   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
 #   make fuzz      the property tests with fresh random examples, 5,000 each (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
@@ -41,9 +42,13 @@ TEST_LOCK := requirements-test.lock
 VENV_INPUTS := $(LOCK) $(TEST_LOCK) setup.cfg pyproject.toml setup.py
 PIP := -m pip install --disable-pip-version-check --no-input --progress-bar off --quiet
 
-# Binaries the tests start, and the Debian packages that provide them.
-SERVICE_BINARIES := mariadbd mariadb-install-db redis-server redis-cli chromium promtool
-APT_PACKAGES := mariadb-server redis-server chromium prometheus
+# Binaries (and the Galera library) the tests start, and the Debian packages that provide them:
+# galera-4 comes with mariadb-server, and a Galera node joining the cluster copies its data
+# with rsync.
+SERVICE_BINARIES := mariadbd mariadb-install-db redis-server redis-cli redis-sentinel rsync \
+	chromium promtool
+SERVICE_FILES := /usr/lib/galera/libgalera_smm.so
+APT_PACKAGES := mariadb-server galera-4 rsync redis-server redis-sentinel chromium prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
@@ -130,6 +135,9 @@ services:
 	@missing=""; \
 	for binary in $(SERVICE_BINARIES); do \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v "$$binary" >/dev/null || missing="$$missing $$binary"; \
+	done; \
+	for file in $(SERVICE_FILES); do \
+		[ -e "$$file" ] || missing="$$missing $$file"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(APT_PACKAGES) (missing:$$missing)"; \

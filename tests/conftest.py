@@ -9,6 +9,10 @@ temporary directory; a fixture returns once it answers and stops it at teardown.
   with FLUSHALL before the test.
 - ``anvil`` (function): a fresh anvil dev node per test; ``anvil_factory`` starts more, with
   extra command-line arguments.
+- ``galera`` (session): a 3-node MariaDB Galera cluster (about 11 s to start); ``galera_db``
+  (function) gives a test its own empty database, as seen through each node, every node
+  running (one a test killed joins again first).
+- ``sentinel_group`` (function): a Redis master, its replica and three Sentinels.
 
 A missing binary fails the test with a hint: ``make test`` installs every one of them.
 """
@@ -24,6 +28,7 @@ from collections.abc import Iterator
 from itertools import count
 from typing import cast
 
+import pymysql
 import pytest
 from hypothesis import HealthCheck, settings
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
@@ -32,10 +37,13 @@ from twisted.python.failure import Failure
 from tests.services import (
     Anvil,
     AnvilFactory,
+    GaleraCluster,
     MariaDB,
     MissingBinaryError,
     MySQLDatabase,
     Redis,
+    SentinelGroup,
+    ServiceError,
 )
 
 # Property tests: `make test` runs a fixed, bounded set of examples (the same every run);
@@ -165,6 +173,40 @@ def redis(redis_server: Redis) -> Redis:
     redis_server.ensure_running()
     redis_server.flushall()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def galera() -> Iterator[GaleraCluster]:
+    """The session's Galera cluster of three MariaDB nodes, one user and database on all."""
+    with installed():
+        cluster = GaleraCluster()
+    try:
+        cluster.setup()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def galera_db(galera: GaleraCluster) -> Iterator[list[MySQLDatabase]]:
+    """A new, empty database on the Galera cluster, as seen through each of its nodes."""
+    galera.ensure_running()
+    databases = galera.database_on_each(f"test_{next(_database_numbers):04d}")
+    yield databases
+    with contextlib.suppress(ServiceError, pymysql.MySQLError):
+        galera.running_node().drop_database(databases[0].name)
+
+
+@pytest.fixture
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A Redis master with one replica and three Sentinels watching it, for this test."""
+    with installed():
+        group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ service answers (a bounded poll, blocking: call it before any reactor-driven cod
 
 - ``MariaDB``: ``setup()`` makes a data directory, starts the server and creates one database
   and one password-protected user; ``query()`` runs a statement as root.
+- ``GaleraCluster``: three MariaDB nodes (``GaleraNode``) in one Galera cluster on loopback.
 - ``Redis``: ``execute()`` sends one command; ``flushall()`` empties it.
+- ``SentinelGroup``: a Redis master, its replica and three ``Sentinel`` processes watching it.
 - ``Anvil``: an Ethereum dev node serving HTTP and WebSocket on a port and IPC on a path;
   ``rpc()``, ``ipc_rpc()``, ``mine()``.
 
@@ -28,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -182,6 +185,10 @@ class _Service:
         self._process = _Process(name, workdir / f"{name}.log")
 
     @property
+    def name(self) -> str:
+        return self._process.name
+
+    @property
     def log_path(self) -> Path:
         return self._process.log_path
 
@@ -197,9 +204,17 @@ class _Service:
 
     def start(self) -> None:
         """Start the server on its port and return once it answers."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the server on its port, not waiting for it (then call ``wait_ready``)."""
         self._process.spawn(self._argv(), self.workdir)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Return once the server started by ``spawn`` answers; kill it if it never does."""
         try:
-            _wait_ready(self._process, self._ready, START_TIMEOUT)
+            _wait_ready(self._process, self._ready, timeout)
         except ServiceError:
             self._process.kill()
             raise
@@ -246,6 +261,7 @@ class MariaDB(_Service):
         self.user = user
         self.password = secrets.token_hex(12)
         self.database = database
+        self.run_as = "root"
         self._mariadbd = find_binary("mariadbd")
         self._install_db = find_binary("mariadb-install-db")
 
@@ -260,13 +276,19 @@ class MariaDB(_Service):
 
     def setup(self) -> None:
         """Create the data directory, start the server, create the database and the user."""
+        self.install()
+        self.start_on_free_port()
+        self.create_user()
+
+    def install(self) -> None:
+        """Create the data directory and the system tables."""
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         argv = [
             self._install_db,
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--tmpdir={self.tmpdir}",
-            "--user=root",
+            f"--user={self.run_as}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         ]
@@ -285,7 +307,9 @@ class MariaDB(_Service):
                 f"mariadb-install-db exited with status {result.returncode}:\n"
                 + result.stdout.decode(errors="replace")
             )
-        self.start_on_free_port()
+
+    def create_user(self) -> None:
+        """Create ``user`` with ``password`` and the database ``database``."""
         for host in ("%", "localhost"):
             self._execute("CREATE USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
             self._execute("GRANT ALL PRIVILEGES ON *.* TO %s@%s", (self.user, host))
@@ -301,7 +325,7 @@ class MariaDB(_Service):
             f"--bind-address={self.host}",
             f"--socket={self.socket}",
             f"--pid-file={self.datadir / 'mysqld.pid'}",
-            "--user=root",
+            f"--user={self.run_as}",
             "--skip-name-resolve",
             "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M",
@@ -393,15 +417,154 @@ class MySQLDatabase:
         return self.server.query(sql, args, database=self.name)
 
 
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+# A node killed is suspected after 2 s and dropped from the cluster after 4 s (Galera's defaults
+# are 5 s and 15 s): the others' commits wait meanwhile, and the node cannot join again before.
+GALERA_TIMEOUTS = (
+    "evs.keepalive_period=PT0.5S;evs.inactive_check_period=PT0.5S;"
+    "evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S;evs.install_timeout=PT4S"
+)
+
+
+class GaleraNode(MariaDB):
+    """One node of a ``GaleraCluster``: a MariaDB server with wsrep on, on ports of its own."""
+
+    def __init__(self, workdir: Path, cluster: GaleraCluster, index: int) -> None:
+        super().__init__(workdir, cluster.user, cluster.database)
+        self.password = cluster.password
+        self.cluster = cluster
+        self.index = index
+        self.port = free_port()
+        self.gcomm_port = free_port()  # group communication
+        self.ist_port = free_port()  # incremental state transfer
+        self.sst_port = free_port()  # whole state transfer (rsync)
+        self.bootstrap = False
+        """Start a new cluster (the first node's first start) rather than join one."""
+        self._process.name = f"mariadbd (Galera node {index + 1})"
+        if os.geteuid() == 0:
+            # rsync's daemon, run as root, would drop to nobody and could not write the
+            # joiner's data directory: the node runs as mysql, which owns its folder.
+            self.run_as = "mysql"
+
+    def _argv(self) -> list[str]:
+        gmcast = f"tcp://{self.host}:{self.gcomm_port}"
+        return [
+            *super()._argv(),
+            "--wsrep-on=ON",
+            f"--wsrep-provider={GALERA_PROVIDER}",
+            f"--wsrep-cluster-name={self.cluster.name}",
+            f"--wsrep-cluster-address={self.cluster.address}",
+            f"--wsrep-node-address={self.host}:{self.gcomm_port}",
+            f"--wsrep-provider-options=gmcast.listen_addr={gmcast};"
+            f"ist.recv_addr={self.host}:{self.ist_port};{GALERA_TIMEOUTS}",
+            f"--wsrep-sst-receive-address={self.host}:{self.sst_port}",
+            "--wsrep-sst-method=rsync",
+            "--binlog-format=ROW",
+            "--innodb-autoinc-lock-mode=2",
+            *(["--wsrep-new-cluster"] if self.bootstrap else []),
+        ]
+
+    def _ready(self) -> None:
+        super()._ready()
+        status = dict(self._execute("SHOW GLOBAL STATUS LIKE 'wsrep_%'"))
+        state = (status.get("wsrep_local_state_comment"), status.get("wsrep_cluster_status"))
+        if state != ("Synced", "Primary"):
+            raise ServiceError(f"Galera node {self.index + 1} is {state}, not synced yet")
+
+
+class GaleraCluster:
+    """A MariaDB Galera cluster of ``size`` nodes on loopback, sharing one user and database.
+
+    Each node has its own data directory, temporary directory, socket and ports (client,
+    group communication, IST, SST), all under one folder of its own below /tmp (as root,
+    owned by mysql: the nodes run as mysql, whose rsync must reach their folders). ``setup()``
+    makes the first node start the cluster, creates the user and the database there (Galera
+    copies them), then the others join by rsync SST and ``setup()`` returns once all are
+    synced. ``ensure_running()`` makes a node killed by a test join again.
+    """
+
+    def __init__(self, size: int = 3, name: str = "ethtwisted") -> None:
+        self.name = name
+        self.user = "ethtwisted"
+        self.database = "ethtwisted"
+        self.password = secrets.token_hex(12)
+        find_binary("rsync")
+        if not Path(GALERA_PROVIDER).is_file():
+            raise MissingBinaryError(f"{GALERA_PROVIDER} is not installed: {INSTALL_HINT}")
+        self.workdir = Path(tempfile.mkdtemp(prefix="ethtwisted-galera-"))
+        self.nodes: list[GaleraNode] = []
+        for index in range(size):
+            folder = self.workdir / f"node{index + 1}"
+            folder.mkdir()
+            self.nodes.append(GaleraNode(folder, self, index))
+        self._chown()
+
+    @property
+    def address(self) -> str:
+        return "gcomm://" + ",".join(f"{n.host}:{n.gcomm_port}" for n in self.nodes)
+
+    def _chown(self) -> None:
+        if os.geteuid() != 0:
+            return
+        for path in [self.workdir, *self.workdir.rglob("*")]:
+            shutil.chown(path, "mysql", "mysql")
+
+    def setup(self) -> None:
+        """Start the cluster, create the user and the database, wait until all are synced."""
+        first, *others = self.nodes
+        for node in self.nodes:
+            node.tmpdir.mkdir(parents=True)
+            node.datadir.mkdir()  # the joiners': filled by the state transfer
+        self._chown()
+        first.install()
+        first.bootstrap = True
+        try:
+            first.start()
+        finally:
+            first.bootstrap = False
+        first.create_user()
+        for node in others:
+            node.spawn()
+        for node in others:
+            node.wait_ready(START_TIMEOUT * 2)
+
+    def running_node(self) -> GaleraNode:
+        """A node that runs (to create and query databases through)."""
+        for node in self.nodes:
+            if node.running:
+                return node
+        raise ServiceError("no Galera node is running")
+
+    def ensure_running(self) -> None:
+        """Start again, joining the cluster, every node an earlier test left stopped."""
+        stopped = [node for node in self.nodes if not node.running]
+        for node in stopped:
+            node.spawn()
+        for node in stopped:
+            node.wait_ready(START_TIMEOUT * 2)
+
+    def database_on_each(self, name: str) -> list[MySQLDatabase]:
+        """``name`` created empty (through one node), as seen through each node."""
+        self.running_node().create_database(name)
+        return [MySQLDatabase(node, name) for node in self.nodes]
+
+    def stop(self) -> None:
+        """Stop every node and remove the cluster's folder."""
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class RedisReplyError(ServiceError):
     """Redis answered a command with an error reply."""
 
 
 class Redis(_Service):
-    """A private Redis server without persistence."""
+    """A private Redis server without persistence (``args``: more of its options)."""
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__("redis-server", workdir)
+    def __init__(self, workdir: Path, args: Sequence[str] = (), name: str = "redis-server"):
+        super().__init__(name, workdir)
+        self.args = list(args)
         self._redis_server = find_binary("redis-server")
 
     @property
@@ -421,6 +584,7 @@ class Redis(_Service):
             "no",
             "--dir",
             str(self.workdir),
+            *self.args,
         ]
 
     def _ready(self) -> None:
@@ -441,6 +605,110 @@ class Redis(_Service):
     def flushall(self) -> None:
         """Delete every key of every database."""
         self.execute("FLUSHALL")
+
+
+def _info(reply: bytes) -> dict[str, str]:
+    lines = reply.decode().splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in flat[::2]]
+    values = [v.decode() if isinstance(v, bytes) else v for v in flat[1::2]]
+    return dict(zip(keys, values, strict=True))
+
+
+class Sentinel(Redis):
+    """One Redis Sentinel watching the master ``name`` of a ``SentinelGroup``."""
+
+    def __init__(self, workdir: Path, group: SentinelGroup, index: int) -> None:
+        super().__init__(workdir, name=f"redis-sentinel-{index + 1}")
+        self.group = group
+        self.config = workdir / "sentinel.conf"
+        self._redis_sentinel = find_binary("redis-sentinel")
+
+    def _argv(self) -> list[str]:
+        name, master = self.group.name, self.group.master
+        # Sentinel rewrites its file (what it learnt, a failover): a new one at every start.
+        self.config.write_text(
+            f"port {self.port}\nbind {self.host}\ndir {self.workdir}\n"
+            f"sentinel monitor {name} {master.host} {master.port} 2\n"
+            f"sentinel down-after-milliseconds {name} {self.group.down_after_ms}\n"
+            f"sentinel failover-timeout {name} 10000\n"
+        )
+        return [self._redis_sentinel, str(self.config)]
+
+    def _ready(self) -> None:
+        self.master_state()
+
+    def master_state(self) -> dict[str, Any]:
+        """What this Sentinel says of the master (``SENTINEL MASTER name``)."""
+        return _pairs(self.execute("SENTINEL", "MASTER", self.group.name))
+
+    def master_address(self) -> tuple[str, int]:
+        """Where this Sentinel says the master is."""
+        host, port = self.execute("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.group.name)
+        return host.decode(), int(port)
+
+
+class SentinelGroup:
+    """A Redis master, its replica and three Sentinels watching it (quorum 2), on loopback.
+
+    ``start()`` returns once the replica is in sync and every Sentinel knows the replica and
+    the other two Sentinels, so that killing the master makes them promote the replica
+    (``down_after_ms`` after the master stops answering).  ``url`` is the ``--redis`` URL.
+    """
+
+    def __init__(self, workdir: Path, name: str = "ethmaster", down_after_ms: int = 1000):
+        self.name = name
+        self.down_after_ms = down_after_ms
+        for folder in ("master", "replica", "s1", "s2", "s3"):
+            (workdir / folder).mkdir()
+        self.master = Redis(workdir / "master", name="redis-master")
+        self.replica = Redis(workdir / "replica", name="redis-replica")
+        self.sentinels = [Sentinel(workdir / f"s{i + 1}", self, i) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
+        return f"sentinel://{hosts}/{self.name}/0"
+
+    def start(self) -> None:
+        self.master.start_on_free_port()
+        self.replica.args = ["--replicaof", self.master.host, str(self.master.port)]
+        self.replica.start_on_free_port()
+        for sentinel in self.sentinels:
+            sentinel.start_on_free_port()
+        self._wait(self._watched, "the replica in sync, known to three Sentinels that know"
+                   " each other")  # fmt: skip
+
+    def _watched(self) -> bool:
+        link = _info(self.replica.execute("INFO", "replication")).get("master_link_status")
+        states = [s.master_state() for s in self.sentinels]
+        return link == "up" and all(
+            int(st["num-slaves"]) == 1 and int(st["num-other-sentinels"]) == 2 for st in states
+        )
+
+    def _wait(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not condition():
+            if time.monotonic() > deadline:
+                raise ServiceError(f"not within {START_TIMEOUT:g} s: {what}")
+            time.sleep(POLL_INTERVAL)
+
+    def wait_promoted(self, server: Redis) -> None:
+        """Return once every Sentinel names ``server`` the master and it says it is one."""
+
+        def promoted() -> bool:
+            named = {s.master_address() for s in self.sentinels}
+            role = _info(server.execute("INFO", "replication")).get("role")
+            return named == {(server.host, server.port)} and role == "master"
+
+        self._wait(promoted, f"{server.name} promoted to master")
+
+    def stop(self) -> None:
+        for service in (*self.sentinels, self.replica, self.master):
+            service.stop()
 
 
 def _resp_command(args: Sequence[str | bytes | int | float]) -> bytes:
