@@ -8,12 +8,19 @@ prints one JSON line per run:
     python bench/ingest.py --mode persistent --store mysql --connections 50 --messages 20000
     python bench/ingest.py --mode oneshot --store mysql --connections 50 --messages 5000
     python bench/ingest.py --mode idle --connections 1000
+    python bench/ingest.py --store galera --connections 30 --messages 20000
 
 - persistent: C connections, each keeping up to --window messages unacknowledged; the clock
   stops when every message is acknowledged.
 - oneshot: the older client's way, a new connection per message (sent, then closed at once,
   nothing read), C at a time; the clock stops when SQL holds every row, or after --deadline.
 - idle: C connections that say hello and then nothing; reports the server's RSS.
+- --store galera: three servers, each on its own node of a private 3-node Galera cluster, and
+  every message sent to all three (C connections in all, a third on each), as a fleet sends
+  each block many times; reports distinct messages stored per second, acknowledgements per
+  second, and the conflicts the servers counted (from their /metrics).
+
+Every result carries the load average when it ended (the machine may be shared).
 
 `stored` is what SQL holds afterwards, never what was merely sent; `lost` is the rest.
 """
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +55,7 @@ from twisted.python.failure import Failure  # noqa: E402
 
 from ethtwisted.framing import FrameProtocol  # noqa: E402
 from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control, payload_hash  # noqa: E402
-from tests.services import MariaDB, Redis, free_port  # noqa: E402
+from tests.services import GaleraCluster, MariaDB, Redis, free_port  # noqa: E402
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -131,10 +139,21 @@ async def rows_reach(count_rows: Callable[[], int], n: int, deadline: float) -> 
         await task.deferLater(reactor, 0.05)
 
 
+def conflicts(stats_port: int) -> int:
+    """C{ethtwisted_store_conflicts_total} of the server whose stats API is on C{stats_port}."""
+    url = f"http://127.0.0.1:{stats_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("ethtwisted_store_conflicts_total "):
+                return int(float(line.split()[1]))
+    return 0
+
+
 async def run(
-    args: argparse.Namespace, port: int, count_rows: Callable[[], int], pid: int
+    args: argparse.Namespace, ports: list[int], count_rows: Callable[[], int], pids: list[int]
 ) -> dict:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
+    endpoints = [TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10) for port in ports]
+    endpoint, pid = endpoints[0], pids[0]
     result: dict[str, Any] = {"mode": args.mode, "store": args.store,
                               "connections": args.connections}  # fmt: skip
     if args.mode == "idle":
@@ -143,19 +162,27 @@ async def run(
             p.sendString(encode_control(Hello("idle")))
         await task.deferLater(reactor, 1.0)
         result["server_rss_mb"] = round(rss_mb(pid), 1)
+        result["server_kb_per_connection"] = round(
+            (rss_mb(pid) - args.rss_before) * 1024 / max(args.connections, 1), 1
+        )
         result["server_peak_rss_mb"] = round(rss_mb(pid, "VmHWM"), 1)
         for p in idle:
             p.transport.loseConnection()
         return result
     messages = payloads(args.messages, os.urandom(2).hex())
     start = time.monotonic()
-    cpu_start, own_start = cpu_seconds(pid), time.process_time()
+    cpu_start = [cpu_seconds(p) for p in pids]
+    own_start = time.process_time()
     deadline = start + args.deadline
     if args.mode == "persistent":
-        shares = [messages[i :: args.connections] for i in range(args.connections)]
-        done: list[Deferred[None]] = [Deferred() for _ in shares]
-        for share, d in zip(shares, done, strict=True):
-            await connectProtocol(endpoint, Sender(share, args.window, d))
+        # Every server is sent every message, over its share of the connections.
+        per_server = max(args.connections // len(endpoints), 1)
+        shares = [messages[i::per_server] for i in range(per_server)]
+        done: list[Deferred[None]] = []
+        for server in endpoints:
+            for share in shares:
+                done.append(Deferred())
+                await connectProtocol(server, Sender(share, args.window, done[-1]))
         await DeferredList(done).addTimeout(args.deadline, reactor)
     else:
         queue = iter(messages)
@@ -176,16 +203,24 @@ async def run(
         seconds=round(seconds, 3),
         stored_per_s=round(stored / seconds),
         server_peak_rss_mb=round(rss_mb(pid, "VmHWM"), 1),
-        server_cpu_s=round(cpu_seconds(pid) - cpu_start, 2),
+        server_cpu_s=round(sum(cpu_seconds(p) for p in pids) - sum(cpu_start), 2),
         load_generator_cpu_s=round(time.process_time() - own_start, 2),
     )
+    if len(ports) > 1:
+        found = [await threads.deferToThread(conflicts, p) for p in args.stats_ports]
+        result.update(
+            servers=len(ports),
+            acks_per_s=round(len(ports) * args.messages / seconds),
+            conflicts=sum(found),
+            conflicts_per_1000_messages=round(1000 * sum(found) / args.messages, 1),
+        )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["persistent", "oneshot", "idle"], default="persistent")
-    parser.add_argument("--store", choices=["sqlite", "mysql"], default="mysql")
+    parser.add_argument("--store", choices=["sqlite", "mysql", "galera"], default="mysql")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--window", type=int, default=100)
@@ -207,45 +242,81 @@ def main() -> None:
                 for service in services:
                     service.stop()
                 raise
-            db = ["--db", mariadb.url, "--redis", redis.url]
+            dbs = [["--db", mariadb.url, "--redis", redis.url]]
             env["ETH_MYSQL_PASSWORD"] = mariadb.password
 
             def count_rows() -> int:
                 return int(mariadb.query("SELECT COUNT(*) FROM ethereum_data",
                                          database=mariadb.database)[0][0])  # fmt: skip
+        elif args.store == "galera":
+            cluster = GaleraCluster()
+            services.append(cluster)
+            try:
+                cluster.setup()
+            except BaseException:
+                cluster.stop()
+                raise
+            dbs = [["--db", node.url] for node in cluster.nodes]
+            env["ETH_MYSQL_PASSWORD"] = cluster.password
+
+            def count_rows() -> int:
+                return int(cluster.nodes[0].query("SELECT COUNT(*) FROM ethereum_data")[0][0])
         else:
             path = work / "bench.sqlite"
-            db = ["--db", f"sqlite:///{path}"]
+            dbs = [["--db", f"sqlite:///{path}"]]
 
             def count_rows() -> int:
                 with sqlite3.connect(path) as c:
                     return int(c.execute("SELECT COUNT(*) FROM ethereum_data").fetchone()[0])
 
-        port = free_port()
-        server = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "eth-server", "--listen",
-             f"tcp:{port}:interface=127.0.0.1", *db, "--idle-timeout", "600"],
-            cwd=work, env=env, stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        ports = [free_port() for _ in dbs]
+        args.stats_ports = [free_port() for _ in dbs]
+        logs = [work / f"server{i + 1}.log" for i in range(len(dbs))]
+        servers = [
+            subprocess.Popen(
+                [
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "eth-server",
+                    "--listen",
+                    f"tcp:{port}:interface=127.0.0.1",
+                    *db,
+                    "--idle-timeout",
+                    "600",
+                    "--stats",
+                    f"tcp:{stats}:interface=127.0.0.1",
+                ],
+                cwd=work,
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            for port, stats, db, log in zip(ports, args.stats_ports, dbs, logs, strict=True)
+        ]
         try:
             deadline = time.monotonic() + 30
-            while b"collecting on" not in (work / "server.log").read_bytes():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit((work / "server.log").read_text())
-                time.sleep(0.05)
+            for server, log in zip(servers, logs, strict=True):
+                while b"collecting on" not in log.read_bytes():
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(log.read_text())
+                    time.sleep(0.05)
+            args.rss_before = rss_mb(servers[0].pid)
             outcome: dict[str, Any] = {}
 
             async def go() -> None:
-                outcome.update(await run(args, port, count_rows, server.pid))
+                outcome.update(await run(args, ports, count_rows, [s.pid for s in servers]))
 
             d = ensureDeferred(go())
             d.addErrback(lambda f: outcome.update(error=str(f.value)))
             d.addBoth(lambda _: reactor.stop())
             reactor.run()
+            outcome["load_average"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(outcome))
         finally:
-            server.terminate()
-            server.wait(30)
+            for server in servers:
+                server.terminate()
+                server.wait(30)
             for service in services:
                 service.stop()
 
