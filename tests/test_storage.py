@@ -72,9 +72,18 @@ OUTAGE, REJECTION, CONFLICT = "outage", "rejection", "conflict"
         (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), CONFLICT),
         (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), CONFLICT),
         (pymysql.err.OperationalError(1040, "Too many connections"), OUTAGE),
+        (
+            pymysql.err.OperationalError(
+                1047, "WSREP has not yet prepared node for application use"
+            ),
+            OUTAGE,
+        ),
         (pymysql.err.InterfaceError(0, ""), OUTAGE),
         (pymysql.err.DataError(1406, "Data too long for column 'block_hash' at row 1"), REJECTION),
-        (pymysql.err.DataError(1264, "Out of range value for column 'number' at row 1"), REJECTION),
+        (
+            pymysql.err.DataError(1264, "Out of range value for column 'number' at row 1"),
+            REJECTION,
+        ),
         (pymysql.err.DataError(1366, "Incorrect string value: '\\xE2\\x98\\x83'"), REJECTION),
         (pymysql.err.OperationalError(4025, "CONSTRAINT `CONSTRAINT_1` failed"), REJECTION),
         (ConnectionLost(), OUTAGE),
@@ -83,7 +92,10 @@ OUTAGE, REJECTION, CONFLICT = "outage", "rejection", "conflict"
         (ConnectionRefusedError(), OUTAGE),
         (txredisapi.ConnectionError("Not connected"), OUTAGE),
         (txredisapi.TimeoutError("Connection timeout"), OUTAGE),
-        (txredisapi.ResponseError("READONLY You can't write against a read only replica."), OUTAGE),
+        (
+            txredisapi.ResponseError("READONLY You can't write against a read only replica."),
+            OUTAGE,
+        ),
         (txredisapi.ResponseError("LOADING Redis is loading the dataset in memory"), OUTAGE),
         (txredisapi.ResponseError("BUSY Redis is busy running a script."), OUTAGE),
         (
