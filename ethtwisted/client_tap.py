@@ -41,7 +41,7 @@ from ethtwisted.options import (
 from ethtwisted.protocol import FEATURES, PAYLOAD_FORMATS, Hello, PayloadFormat, name_problem
 
 if TYPE_CHECKING:
-    from ethtwisted.metrics import ClientMetrics
+    from ethtwisted.metrics.client import ClientMetrics
 
 DEFAULT_SERVER = "tcp:host=127.0.0.1:port=9999"
 RECONNECT_INITIAL = 0.25
@@ -227,7 +227,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if config["metrics"]:
         from prometheus_client import CollectorRegistry
 
-        from ethtwisted.metrics import ClientMetrics
+        from ethtwisted.metrics.client import ClientMetrics
 
         registry = CollectorRegistry()
         directory = outbox.spool.directory if outbox.spool else None

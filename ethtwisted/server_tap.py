@@ -210,7 +210,7 @@ def stats_service(
     """
     from prometheus_client import CollectorRegistry
 
-    from ethtwisted.metrics import ServerMetrics
+    from ethtwisted.metrics.server import ServerMetrics
     from ethtwisted.web.reads import Reads
     from ethtwisted.web.site import serve_stats
 

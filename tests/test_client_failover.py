@@ -20,7 +20,7 @@ from ethtwisted.client.delivery import Delivery, ReconnectingService
 from ethtwisted.client.failover import ServerList
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox
-from ethtwisted.metrics import ClientMetrics
+from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import Ack, Hello, Refusal, payload_hash
 from tests.test_client import AckingPeer, FakeEndpoint, Logs, OneShotServer
 

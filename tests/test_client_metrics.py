@@ -18,12 +18,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 import ethtwisted.metrics
+import ethtwisted.metrics.client
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
-from ethtwisted.metrics import ClientMetrics
+from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
 from tests.helpers import start_server, wait_for
 from tests.services import LOOPBACK, Anvil, free_port
@@ -49,12 +50,15 @@ def watched(metrics: ClientMetrics, outbox: Outbox, clock: Clock) -> Delivery:
 
 def test_metrics_know_no_client_or_server_class() -> None:
     """
-    The metrics module imports nothing from the client or the server packages, not even for
-    type checking: what it measures is given to it as callables.
+    The metrics modules import nothing from the client or the server packages, not even for
+    type checking: what they measure is given to them as callables.
     """
-    tree = ast.parse(Path(ethtwisted.metrics.__file__).read_text())
-    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported: list[str] = []
+    for path in Path(ethtwisted.metrics.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert "ethtwisted.metrics" in imported  # the modules were read
     assert [
         m
         for m in imported
@@ -182,7 +186,7 @@ async def test_metrics_served_by_a_real_client(
     A client started with --metrics serves /metrics whose head and acknowledged block match
     the node, and /healthz that turns 503 once the server has been gone past the threshold.
     """
-    monkeypatch.setattr(ethtwisted.metrics, "UNHEALTHY_AFTER", 0.5)
+    monkeypatch.setattr(ethtwisted.metrics.client, "UNHEALTHY_AFTER", 0.5)
     anvil.mine(3)
     server = await start_server(["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}"])
     committed = server.committed

@@ -42,7 +42,7 @@ from ethtwisted.interfaces import (
     ICounterReader,
     Received,
 )
-from ethtwisted.metrics import ServerMetrics
+from ethtwisted.metrics.server import ServerMetrics
 from ethtwisted.protocol import (
     Block,
     block_html,

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.metrics import StoreMetrics
+from ethtwisted.metrics.server import StoreMetrics
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
 

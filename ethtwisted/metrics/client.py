@@ -1,224 +1,19 @@
 """
-Prometheus metrics, each service with its own L{CollectorRegistry}: the stats API's, and
-eth-client's (L{ClientMetrics}).
-
-L{ServerMetrics} counts what an eth-server's connections and ingest report to it;
-L{StoreMetrics} shows the stores' health and what each client last reported, read from the
-durable store at each scrape (so eth-stats shows it too, for every collector).
-
-What is measured is given as callables, and what happens is reported to the metrics' own
-methods: the wiring (C{server_tap}, C{client_tap}) connects them, so this module knows neither
-the client's nor the server's classes.
+eth-client's metrics and its /healthz verdict.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
-from ethtwisted.framing import DROP_KINDS
-from ethtwisted.interfaces import ChainRange, ClientRecord, Head, INode, Received
+from ethtwisted.interfaces import INode
+from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import SOURCES, Block, Status, parse_block
-
-NAMESPACE = "ethtwisted"
-REORG_DEPTH_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 64, 128, 256)
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _metric(
-    kind: Any, registry: CollectorRegistry, name: str, doc: str, *args: Any, **kwargs: Any
-) -> Any:
-    """
-    A metric of C{kind} named C{ethtwisted_<name>} in C{registry}.
-    """
-    return kind(name, doc, *args, namespace=NAMESPACE, registry=registry, **kwargs)
-
-
-class ServerMetrics:
-    """
-    The collector's counters.  The connections report to L{received}, L{acknowledged} and
-    L{dropped} (this is a connection observer), the ingest to L{committed} and L{conflict}; at
-    each scrape, C{connections_open} and C{messages_pending} say how many connections are open
-    and how many payloads are received and not yet committed.  C{clock} times the commits.
-    """
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        clock: IReactorTime,
-        connections_open: Callable[[], int],
-        messages_pending: Callable[[], int],
-    ) -> None:
-        self.clock = clock
-        self.messages_received = _metric(
-            Counter,
-            registry,
-            "messages_received",
-            "Payloads received from clients (every send, duplicates included).",
-        )
-        self.messages_stored = _metric(
-            Counter,
-            registry,
-            "messages_stored",
-            "Payloads committed to SQL that were new.",
-        )
-        self.messages_duplicate = _metric(
-            Counter,
-            registry,
-            "messages_duplicate",
-            "Payloads committed to SQL that were already stored.",
-        )
-        self.rejected = _metric(
-            Counter,
-            registry,
-            "rejected",
-            "Connections dropped by the server, by reason.",
-            ["reason"],
-        )
-        for kind in DROP_KINDS:
-            self.rejected.labels(kind)
-        self.acks_sent = _metric(
-            Counter,
-            registry,
-            "acks_sent",
-            "Acknowledgements sent to clients.",
-        )
-        self.store_conflicts = _metric(
-            Counter,
-            registry,
-            "store_conflicts",
-            "SQL transactions that lost to a concurrent one (a Galera certification failure, a"
-            " deadlock, a lock wait timeout), each tried again.",
-        )
-        self.store_latency = _metric(
-            Histogram,
-            registry,
-            "store_latency_seconds",
-            "Seconds from a payload's arrival until it is committed to SQL.",
-            buckets=LATENCY_BUCKETS,
-        )
-        connections = _metric(Gauge, registry, "connections_open", "Client connections open now.")
-        connections.set_function(connections_open)
-        pending = _metric(
-            Gauge,
-            registry,
-            "messages_pending",
-            "Payloads received and not yet committed.",
-        )
-        pending.set_function(messages_pending)
-
-    def received(self, received: Received) -> None:
-        self.messages_received.inc()
-
-    def acknowledged(self, sha256: str) -> None:
-        self.acks_sent.inc()
-
-    def dropped(self, kind: str) -> None:
-        self.rejected.labels(kind).inc()
-
-    def conflict(self) -> None:
-        self.store_conflicts.inc()
-
-    def committed(self, group: Sequence[Received], new: int) -> None:
-        self.messages_stored.inc(new)
-        self.messages_duplicate.inc(len(group) - new)
-        now = self.clock.seconds()
-        for r in group:
-            self.store_latency.observe(max(now - r.received, 0.0))
-
-
-class StoreMetrics:
-    """
-    Store health and per-client gauges, set by L{update} before each scrape.
-    """
-
-    def __init__(self, registry: CollectorRegistry, stores: Sequence[str]) -> None:
-        self.store_up = _metric(
-            Gauge,
-            registry,
-            "store_up",
-            "1 when the store answered the last check, else 0.",
-            ["store"],
-        )
-        for store in stores:
-            self.store_up.labels(store)
-        self.client_last_block = _metric(
-            Gauge,
-            registry,
-            "client_last_block",
-            "The last block number each client reported.",
-            ["client", "chain_id"],
-        )
-        self.client_lag = _metric(
-            Gauge,
-            registry,
-            "client_lag_blocks",
-            "How many blocks each client's last report is behind the best head of its chain.",
-            ["client", "chain_id"],
-        )
-        self.client_last_seen = _metric(
-            Gauge,
-            registry,
-            "client_last_seen_timestamp_seconds",
-            "Unix time of each client's last message.",
-            ["client"],
-        )
-
-        self.chain_reorg_depth = _metric(
-            Histogram,
-            registry,
-            "chain_reorg_depth_blocks",
-            "Reorgs the fleet saw (orphaned branches in the stored blocks), by depth in blocks;"
-            " counted from this process's first scrape on.",
-            ["chain_id"],
-            buckets=REORG_DEPTH_BUCKETS,
-        )
-        self._reorgs_seen: set[tuple[int, int, str]] | None = None
-
-    def update_reorgs(self, chains: Sequence[ChainRange]) -> None:
-        """
-        Observe each orphaned branch of C{chains} not observed before; those there at the first
-        update are the baseline (a restart does not count old reorgs again).
-        """
-        current = {(c.chain_id, r.number, r.orphaned): r.depth for c in chains for r in c.reorgs}
-        if self._reorgs_seen is not None:
-            for (chain_id, number, orphaned), depth in current.items():
-                if (chain_id, number, orphaned) not in self._reorgs_seen:
-                    self.chain_reorg_depth.labels(str(chain_id)).observe(depth)
-        # Only what is still in the windows is remembered, so the set stays bounded.
-        self._reorgs_seen = set(current)
-
-    def update_health(self, checks: dict[str, str | None]) -> None:
-        """
-        Record which stores answered: C{checks} maps a store to L{None} or its trouble.
-        """
-        for store, trouble in checks.items():
-            self.store_up.labels(store).set(0 if trouble else 1)
-
-    def update_clients(self, clients: Sequence[ClientRecord], heads: Sequence[Head]) -> None:
-        """
-        Replace the per-client gauges with what the durable store says now.
-        """
-        best = {h.chain_id: h.number for h in heads}
-        for gauge in (self.client_last_block, self.client_lag, self.client_last_seen):
-            gauge.clear()
-        for c in clients:
-            self.client_last_seen.labels(c.client).set(c.last_seen)
-            if c.last_block is None:
-                continue
-            chain = "" if c.chain_id is None else str(c.chain_id)
-            self.client_last_block.labels(c.client, chain).set(c.last_block)
-            head = best.get(c.chain_id)
-            if head is not None:
-                self.client_lag.labels(c.client, chain).set(max(head - c.last_block, 0))
-
-
-# -- eth-client -------------------------------------------------------------------------------
 
 UNHEALTHY_AFTER = 30.0
 """Seconds the node or the server may be unreachable before eth-client's /healthz says 503."""
@@ -250,67 +45,67 @@ class ClientMetrics:
         self.refusal: Callable[[], str | None] = lambda: None
         self.servers: list[str] = []
 
-        self.node_up = _metric(
+        self.node_up = metric(
             Gauge, registry, "node_up", "1 when the node answered the last call, else 0."
         )
-        self.node_round_trip = _metric(
+        self.node_round_trip = metric(
             Histogram,
             registry,
             "node_round_trip_seconds",
             "Seconds per call to the node that answered.",
             buckets=ROUND_TRIP_BUCKETS,
         )
-        self.head = _metric(
+        self.head = metric(
             Gauge, registry, "head_block", "Number of the node's head block, last seen."
         )
-        self.node_peers = _metric(
+        self.node_peers = metric(
             Gauge, registry, "node_peers", "Peers of the node, last read (NaN: it does not say)."
         )
-        self.node_syncing = _metric(
+        self.node_syncing = metric(
             Gauge, registry, "node_syncing",
             "1 while the node says it is syncing, 0 when not (NaN: it does not say).",
         )  # fmt: skip
         for unknown in (self.node_peers, self.node_syncing):
             unknown.set(float("nan"))
-        self.acknowledged_block = _metric(
+        self.acknowledged_block = metric(
             Gauge,
             registry,
             "acknowledged_block",
             "Number of the last block the server acknowledged.",
         )
-        self.reconnects = _metric(
+        self.reconnects = metric(
             Counter, registry, "server_reconnects", "Connections to the server after the first."
         )
-        self.in_use = _metric(
+        self.in_use = metric(
             Gauge,
             registry,
             "server_in_use",
             "1 for the server connected to now, 0 for the other servers listed.",
             ["server"],
         )
-        self.switches = _metric(
+        self.switches = metric(
             Counter, registry, "server_switches", "Switches from one listed server to another."
         )
-        self.reorgs = _metric(Counter, registry, "reorgs", "Reorgs followed.")
-        self.reorg_depth = _metric(
+        self.reorgs = metric(Counter, registry, "reorgs", "Reorgs followed.")
+        self.reorg_depth = metric(
             Histogram,
             registry,
             "reorg_depth_blocks",
             "Blocks replaced by each reorg followed.",
             buckets=REORG_DEPTH_BUCKETS,
         )
-        depth = _metric(
+        depth = metric(
             Gauge, registry, "outbox_messages", "Messages not acknowledged by the server yet."
         )
         depth.set_function(outbox_messages)
-        spool = _metric(
+        spool = metric(
             Gauge,
             registry,
             "spool_bytes",
             "Bytes of the files in the spool directory (0 without one).",
         )
         spool.set_function(lambda: _directory_bytes(spool_directory))
-        self.heads = _metric(
+        self.heads = metric(
             Counter,
             registry,
             "heads",
@@ -320,19 +115,19 @@ class ClientMetrics:
         )
         for source in SOURCES:
             self.heads.labels(source)
-        self.subscription_misses = _metric(
+        self.subscription_misses = metric(
             Counter,
             registry,
             "subscription_misses",
             "Heads the subscription did not deliver within a poll interval, delivered by a poll.",
         )
-        self.resubscriptions = _metric(
+        self.resubscriptions = metric(
             Counter,
             registry,
             "resubscriptions",
             "Subscriptions made again after one ended or went silent.",
         )
-        self.subscription_lag = _metric(
+        self.subscription_lag = metric(
             Histogram,
             registry,
             "subscription_lag_seconds",
@@ -340,7 +135,7 @@ class ClientMetrics:
             "subscription was first).",
             buckets=LATENCY_BUCKETS,
         )
-        self.subscription_active = _metric(
+        self.subscription_active = metric(
             Gauge, registry, "subscription_active", "1 while a new-heads subscription is live."
         )
 

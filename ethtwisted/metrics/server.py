@@ -1,0 +1,195 @@
+"""
+eth-server's metrics: L{ServerMetrics} counts what its connections and ingest report to it;
+L{StoreMetrics} shows the stores' health and what each client last reported, read from the
+durable store at each scrape (so eth-stats shows it too, for every collector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.interfaces import IReactorTime
+
+from ethtwisted.framing import DROP_KINDS
+from ethtwisted.interfaces import ChainRange, ClientRecord, Head, Received
+from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
+
+
+class ServerMetrics:
+    """
+    The collector's counters.  The connections report to L{received}, L{acknowledged} and
+    L{dropped} (this is a connection observer), the ingest to L{committed} and L{conflict}; at
+    each scrape, C{connections_open} and C{messages_pending} say how many connections are open
+    and how many payloads are received and not yet committed.  C{clock} times the commits.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        clock: IReactorTime,
+        connections_open: Callable[[], int],
+        messages_pending: Callable[[], int],
+    ) -> None:
+        self.clock = clock
+        self.messages_received = metric(
+            Counter,
+            registry,
+            "messages_received",
+            "Payloads received from clients (every send, duplicates included).",
+        )
+        self.messages_stored = metric(
+            Counter,
+            registry,
+            "messages_stored",
+            "Payloads committed to SQL that were new.",
+        )
+        self.messages_duplicate = metric(
+            Counter,
+            registry,
+            "messages_duplicate",
+            "Payloads committed to SQL that were already stored.",
+        )
+        self.rejected = metric(
+            Counter,
+            registry,
+            "rejected",
+            "Connections dropped by the server, by reason.",
+            ["reason"],
+        )
+        for kind in DROP_KINDS:
+            self.rejected.labels(kind)
+        self.acks_sent = metric(
+            Counter,
+            registry,
+            "acks_sent",
+            "Acknowledgements sent to clients.",
+        )
+        self.store_conflicts = metric(
+            Counter,
+            registry,
+            "store_conflicts",
+            "SQL transactions that lost to a concurrent one (a Galera certification failure, a"
+            " deadlock, a lock wait timeout), each tried again.",
+        )
+        self.store_latency = metric(
+            Histogram,
+            registry,
+            "store_latency_seconds",
+            "Seconds from a payload's arrival until it is committed to SQL.",
+            buckets=LATENCY_BUCKETS,
+        )
+        connections = metric(Gauge, registry, "connections_open", "Client connections open now.")
+        connections.set_function(connections_open)
+        pending = metric(
+            Gauge,
+            registry,
+            "messages_pending",
+            "Payloads received and not yet committed.",
+        )
+        pending.set_function(messages_pending)
+
+    def received(self, received: Received) -> None:
+        self.messages_received.inc()
+
+    def acknowledged(self, sha256: str) -> None:
+        self.acks_sent.inc()
+
+    def dropped(self, kind: str) -> None:
+        self.rejected.labels(kind).inc()
+
+    def conflict(self) -> None:
+        self.store_conflicts.inc()
+
+    def committed(self, group: Sequence[Received], new: int) -> None:
+        self.messages_stored.inc(new)
+        self.messages_duplicate.inc(len(group) - new)
+        now = self.clock.seconds()
+        for r in group:
+            self.store_latency.observe(max(now - r.received, 0.0))
+
+
+class StoreMetrics:
+    """
+    Store health and per-client gauges, set by L{update} before each scrape.
+    """
+
+    def __init__(self, registry: CollectorRegistry, stores: Sequence[str]) -> None:
+        self.store_up = metric(
+            Gauge,
+            registry,
+            "store_up",
+            "1 when the store answered the last check, else 0.",
+            ["store"],
+        )
+        for store in stores:
+            self.store_up.labels(store)
+        self.client_last_block = metric(
+            Gauge,
+            registry,
+            "client_last_block",
+            "The last block number each client reported.",
+            ["client", "chain_id"],
+        )
+        self.client_lag = metric(
+            Gauge,
+            registry,
+            "client_lag_blocks",
+            "How many blocks each client's last report is behind the best head of its chain.",
+            ["client", "chain_id"],
+        )
+        self.client_last_seen = metric(
+            Gauge,
+            registry,
+            "client_last_seen_timestamp_seconds",
+            "Unix time of each client's last message.",
+            ["client"],
+        )
+
+        self.chain_reorg_depth = metric(
+            Histogram,
+            registry,
+            "chain_reorg_depth_blocks",
+            "Reorgs the fleet saw (orphaned branches in the stored blocks), by depth in blocks;"
+            " counted from this process's first scrape on.",
+            ["chain_id"],
+            buckets=REORG_DEPTH_BUCKETS,
+        )
+        self._reorgs_seen: set[tuple[int, int, str]] | None = None
+
+    def update_reorgs(self, chains: Sequence[ChainRange]) -> None:
+        """
+        Observe each orphaned branch of C{chains} not observed before; those there at the first
+        update are the baseline (a restart does not count old reorgs again).
+        """
+        current = {(c.chain_id, r.number, r.orphaned): r.depth for c in chains for r in c.reorgs}
+        if self._reorgs_seen is not None:
+            for (chain_id, number, orphaned), depth in current.items():
+                if (chain_id, number, orphaned) not in self._reorgs_seen:
+                    self.chain_reorg_depth.labels(str(chain_id)).observe(depth)
+        # Only what is still in the windows is remembered, so the set stays bounded.
+        self._reorgs_seen = set(current)
+
+    def update_health(self, checks: dict[str, str | None]) -> None:
+        """
+        Record which stores answered: C{checks} maps a store to L{None} or its trouble.
+        """
+        for store, trouble in checks.items():
+            self.store_up.labels(store).set(0 if trouble else 1)
+
+    def update_clients(self, clients: Sequence[ClientRecord], heads: Sequence[Head]) -> None:
+        """
+        Replace the per-client gauges with what the durable store says now.
+        """
+        best = {h.chain_id: h.number for h in heads}
+        for gauge in (self.client_last_block, self.client_lag, self.client_last_seen):
+            gauge.clear()
+        for c in clients:
+            self.client_last_seen.labels(c.client).set(c.last_seen)
+            if c.last_block is None:
+                continue
+            chain = "" if c.chain_id is None else str(c.chain_id)
+            self.client_last_block.labels(c.client, chain).set(c.last_block)
+            head = best.get(c.chain_id)
+            if head is not None:
+                self.client_lag.labels(c.client, chain).set(max(head - c.last_block, 0))
