@@ -53,8 +53,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # no
 from twisted.internet.protocol import Protocol, connectionDone  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
+from ethtwisted.frames import Ack, ControlFrame, Hello, encode_control  # noqa: E402
 from ethtwisted.framing import FrameProtocol  # noqa: E402
-from ethtwisted.protocol import Ack, ControlFrame, Hello, encode_control, payload_hash  # noqa: E402
+from ethtwisted.protocol import payload_hash  # noqa: E402
 from tests.services import GaleraCluster, MariaDB, Redis, free_port  # noqa: E402
 
 TWISTD = str(Path(sys.executable).parent / "twistd")

@@ -24,6 +24,7 @@ from ethtwisted.client.poller import DEFAULT_INTERVAL, MIN_INTERVAL, Poller
 from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.client.status import DEFAULT_STATUS_INTERVAL, StatusPoller
 from ethtwisted.client.subscriber import SUBSCRIBE_MODES, Subscriber
+from ethtwisted.frames import FEATURES, Hello, name_problem
 from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
@@ -38,7 +39,7 @@ from ethtwisted.options import (
     token_options,
     web_endpoint,
 )
-from ethtwisted.protocol import FEATURES, PAYLOAD_FORMATS, Hello, PayloadFormat, name_problem
+from ethtwisted.protocol import PAYLOAD_FORMATS, PayloadFormat
 
 if TYPE_CHECKING:
     from ethtwisted.metrics.client import ClientMetrics

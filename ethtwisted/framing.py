@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from twisted.internet.protocol import Protocol
 
+from ethtwisted.frames import ControlFrame, decode_control, encode_control
 from ethtwisted.logs import Logger
-from ethtwisted.protocol import (
-    CONTROL_MARK,
-    ControlFrame,
-    ProtocolError,
-    decode_control,
-    encode_control,
-)
+from ethtwisted.protocol import CONTROL_MARK, ProtocolError
 
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 

@@ -29,9 +29,10 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import Received
-from ethtwisted.protocol import Ack, Block, ControlFrame, Hello, Refusal, payload_hash
+from ethtwisted.protocol import Block, payload_hash
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server_tap import Options, makeService
 from ethtwisted.web.site import WebService

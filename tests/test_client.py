@@ -40,21 +40,12 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.spool import Spool, SpoolError
+from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, encode_control
+from ethtwisted.frames import Sighting as SightingFrame
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import INode
 from ethtwisted.node import NodeError
-from ethtwisted.protocol import (
-    Ack,
-    Block,
-    ControlFrame,
-    Hello,
-    Refusal,
-    block_html,
-    block_json,
-    encode_control,
-    payload_hash,
-)
-from ethtwisted.protocol import Sighting as SightingFrame
+from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from tests.helpers import wait_for
 from tests.test_protocol import feed, netstring
 

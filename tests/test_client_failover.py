@@ -20,8 +20,9 @@ from ethtwisted.client.delivery import Delivery, ReconnectingService
 from ethtwisted.client.failover import ServerList
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox
+from ethtwisted.frames import Ack, Hello, Refusal
 from ethtwisted.metrics.client import ClientMetrics
-from ethtwisted.protocol import Ack, Hello, Refusal, payload_hash
+from ethtwisted.protocol import payload_hash
 from tests.test_client import AckingPeer, FakeEndpoint, Logs, OneShotServer
 
 ACK_TIMEOUT = 30.0

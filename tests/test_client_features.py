@@ -22,8 +22,7 @@ from ethtwisted.client.delivery import WELCOME_TIMEOUT, Delivery
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.spool import Spool
-from ethtwisted.protocol import (
-    CONTROL_MARK,
+from ethtwisted.frames import (
     FEATURES,
     Ack,
     Hello,
@@ -32,11 +31,10 @@ from ethtwisted.protocol import (
     Sighting,
     Status,
     Welcome,
-    block_json,
     decode_control,
     encode_control,
-    payload_hash,
 )
+from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
 from tests.test_client import FakeNode, Logs, one_server
 from tests.test_protocol import feed, netstring
 

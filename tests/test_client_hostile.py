@@ -31,18 +31,14 @@ from ethtwisted.client.follower import Checkpoint, Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.spool import Spool
+from ethtwisted.frames import Ack, Hello, Refusal, decode_control, encode_control
 from ethtwisted.node import NodeError
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import (
     CONTROL_MARK,
-    Ack,
     Block,
-    Hello,
     ProtocolError,
-    Refusal,
     block_json,
-    decode_control,
-    encode_control,
     parse_block,
     payload_hash,
 )

@@ -14,16 +14,13 @@ import web3  # noqa: F401  -- imported for its side effect: py_ecc raises the re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ethtwisted.protocol import (
-    CONTROL_MARK,
+from ethtwisted.frames import (
     FEATURES,
     MAX_WIRE_INT,
-    SOURCES,
     ControlFrame,
     Hello,
     Ping,
     Pong,
-    ProtocolError,
     Sighting,
     Status,
     SyncProgress,
@@ -31,6 +28,7 @@ from ethtwisted.protocol import (
     decode_control,
     encode_control,
 )
+from ethtwisted.protocol import CONTROL_MARK, SOURCES, ProtocolError
 
 SHA = "ab" * 32
 

@@ -16,11 +16,11 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
 from ethtwisted.client.status import StatusPoller
+from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import NodeError, open_node
 from ethtwisted.node.status import StatusReader
-from ethtwisted.protocol import Status, SyncProgress
 from tests.conftest import Anvil
 from tests.test_client import Logs
 

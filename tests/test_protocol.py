@@ -15,20 +15,15 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
+from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, decode_control, encode_control
 from ethtwisted.framing import DROP_KINDS, FrameProtocol
 from ethtwisted.protocol import (
     CONTROL_MARK,
-    Ack,
     Block,
-    ControlFrame,
-    Hello,
     ProtocolError,
-    Refusal,
     block_html,
     block_json,
     check_payload,
-    decode_control,
-    encode_control,
     encode_payload,
     json_depth_over,
     loads_bounded,

@@ -30,18 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from ethtwisted.frames import Ack, Hello, Refusal, encode_control
 from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
 from ethtwisted.logs import set_verbose
-from ethtwisted.protocol import (
-    Ack,
-    Block,
-    Hello,
-    Refusal,
-    block_html,
-    block_json,
-    encode_control,
-    payload_hash,
-)
+from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, MAX_CONFLICT_RETRIES, Ingest

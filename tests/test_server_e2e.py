@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from ethtwisted.protocol import Hello, encode_control
+from ethtwisted.frames import Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
 from ethtwisted.server.ingest import MAX_BATCH
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES

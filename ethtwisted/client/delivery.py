@@ -18,19 +18,10 @@ from zope.interface import implementer
 
 from ethtwisted.client.failover import DEFAULT_ACK_TIMEOUT, Prober, ServerList
 from ethtwisted.client.outbox import Outbox
+from ethtwisted.frames import Ack, ControlFrame, Hello, Ping, Pong, Refusal, Status, Welcome
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger, Trouble, describe, log_observer
-from ethtwisted.protocol import (
-    Ack,
-    ControlFrame,
-    Hello,
-    Ping,
-    Pong,
-    ProtocolError,
-    Refusal,
-    Status,
-    Welcome,
-)
+from ethtwisted.protocol import ProtocolError
 
 log = Logger(namespace="ethtwisted.client")
 

@@ -18,9 +18,10 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.protocol import Ack, ControlFrame, Hello, Refusal, payload_hash
+from ethtwisted.protocol import payload_hash
 
 log = Logger(namespace="ethtwisted.client")
 

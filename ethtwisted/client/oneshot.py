@@ -17,9 +17,10 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.client.outbox import Outbox
+from ethtwisted.frames import ControlFrame
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.protocol import ControlFrame, payload_hash
+from ethtwisted.protocol import payload_hash
 
 log = Logger(namespace="ethtwisted.client")
 

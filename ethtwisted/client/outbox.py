@@ -15,8 +15,9 @@ from twisted.python.failure import Failure
 from ethtwisted.client.follower import Checkpoint, Sink
 from ethtwisted.client.follower import Sighting as Seen
 from ethtwisted.client.spool import Spool, SpoolError
+from ethtwisted.frames import Sighting
 from ethtwisted.logs import Logger, describe
-from ethtwisted.protocol import PayloadFormat, Sighting, encode_payload, payload_hash
+from ethtwisted.protocol import PayloadFormat, encode_payload, payload_hash
 
 log = Logger(namespace="ethtwisted.client")
 

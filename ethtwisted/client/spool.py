@@ -17,16 +17,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from ethtwisted.frames import MAX_WIRE_INT, Sighting
 from ethtwisted.logs import Logger, describe
-from ethtwisted.protocol import (
-    MAX_WIRE_INT,
-    SOURCES,
-    ProtocolError,
-    Sighting,
-    loads_bounded,
-    parse_block,
-    payload_hash,
-)
+from ethtwisted.protocol import SOURCES, ProtocolError, loads_bounded, parse_block, payload_hash
 
 log = Logger(namespace="ethtwisted.client")
 

@@ -14,10 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from ethtwisted.client.delivery import Delivery
+from ethtwisted.frames import Status
 from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.node.status import StatusReader
-from ethtwisted.protocol import Status
 
 log = Logger(namespace="ethtwisted.client")
 

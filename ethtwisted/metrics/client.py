@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
+from ethtwisted.frames import Status
 from ethtwisted.interfaces import INode
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
 from ethtwisted.node.measured import MeasuredNode
-from ethtwisted.protocol import SOURCES, Block, Status, parse_block
+from ethtwisted.protocol import SOURCES, Block, parse_block
 
 UNHEALTHY_AFTER = 30.0
 """Seconds the node or the server may be unreachable before eth-client's /healthz says 503."""

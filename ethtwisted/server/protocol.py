@@ -13,20 +13,11 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, name_problem
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.interfaces import Received
 from ethtwisted.logs import Logger
-from ethtwisted.protocol import (
-    Ack,
-    ControlFrame,
-    Hello,
-    ProtocolError,
-    Refusal,
-    check_payload,
-    name_problem,
-    parse_block,
-    payload_hash,
-)
+from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
 from ethtwisted.storage import RejectedError
 
 if TYPE_CHECKING:
