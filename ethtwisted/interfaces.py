@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ethtwisted.protocol import Block
+from ethtwisted.protocol import Block, Status
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,29 @@ class Received:
     """Unix time of arrival."""
     block: Block | int | None
     """What the payload says about a block (see L{ethtwisted.protocol.parse_block})."""
+    seen: float | None = None
+    """When the client saw the block, on the server's clock (its sighting, corrected for the
+    client's clock offset); L{None} for a payload that came without one: seen on arrival."""
+    via: str = "unknown"
+    """How the client learnt of the block (L{ethtwisted.protocol.SIGHTING_SOURCES}), or
+    C{unknown} for a payload without a sighting (older and one-shot clients)."""
+
+    @property
+    def seen_at(self) -> float:
+        return self.received if self.seen is None else self.seen
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """
+    A client's status frame as the server received it: committed with the payloads, never
+    acknowledged.
+    """
+
+    client: str
+    received: float
+    """Unix time of arrival."""
+    status: Status
 
 
 class IBlockStore(Interface):
@@ -45,9 +68,11 @@ class IBlockStore(Interface):
         Connect and create the tables that are missing; fail if the database cannot be reached.
         """
 
-    def store(batch: Sequence[Received]) -> Deferred[int]:
+    def store(batch: Sequence[Received | StatusReport]) -> Deferred[int]:
         """
-        Commit C{batch} in one transaction; fire with how many payloads were new.  Fail with
+        Commit C{batch} in one transaction: each payload once, each payload's sighting (one
+        per client and payload, the first kept), each client's status and the changes it
+        shows; fire with how many payloads were new.  Fail with
         an error that L{ethtwisted.storage.is_rejection} recognises when the batch holds a value
         the store cannot take (nothing of it is then committed), with any other when the store
         is unavailable.
@@ -403,4 +428,96 @@ class INodeRequests(Interface):
         The node's JSON-RPC response to one request of C{method} with C{params}, as it came
         (a mapping with a C{result} or an C{error}, unchecked: the caller checks it).  Fails
         with L{ethtwisted.node.NodeError} when the node does not answer.
+        """
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """
+    A client's latest status report as the durable store keeps it.
+    """
+
+    client: str
+    updated: float
+    """Unix time the server received it."""
+    status: Status
+
+
+@dataclass(frozen=True)
+class SightingRecord:
+    """
+    One client's sighting of one payload: when (on the server's clock, corrected for the
+    client's), how far behind the first sighting of that payload in the fleet, and how.
+    """
+
+    client: str
+    seen_at: float
+    received: float
+    via: str
+    delay_ms: float
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """
+    One change in a client's state, dated; C{kind} says which (L{EVENT_KINDS}).
+    """
+
+    id: int
+    client: str
+    at: float
+    kind: str
+    detail: str
+
+
+EVENT_KINDS = (
+    "version_changed",
+    "sync_started",
+    "sync_finished",
+    "peers_lost",
+    "peers_back",
+    "chain_changed",
+)
+"""The changes recorded in C{eth_events} from a client's status reports."""
+
+
+class ILedger(Interface):
+    """
+    Who saw which payload when, and what each client's node says about itself: written by
+    L{IBlockStore.store} in the same transaction as the payloads, read back here for the stats
+    API.  Every list is bounded by its C{limit}.
+    """
+
+    def node_statuses(clients: Sequence[str]) -> Deferred[dict[str, NodeRecord]]:
+        """
+        The latest status of each of C{clients} that has reported one.
+        """
+
+    def propagation(client: str, limit: int) -> Deferred[list[float]]:
+        """
+        For the C{limit} blocks C{client} saw last (payloads that are blocks), newest first:
+        how many ms it saw each after the first sighting of that payload in the fleet.
+        """
+
+    def sightings(sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
+        """
+        The sightings of one payload, earliest first (then by client).
+        """
+
+    def events(client: str, limit: int) -> Deferred[list[EventRecord]]:
+        """
+        The C{limit} latest changes of C{client}'s state, newest first.
+        """
+
+    def missing(
+        client: str, chain_id: int, low: int, high: int, limit: int
+    ) -> Deferred[list[int]]:
+        """
+        The heights C{low} to C{high} of chain C{chain_id} that hold a stored block of which
+        C{client} reported none, lowest first.
+        """
+
+    def prune_sightings(before: float, limit: int) -> Deferred[int]:
+        """
+        Delete at most C{limit} sightings received before C{before}; fire with how many.
         """

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted.frames import Ack, Hello, Refusal, encode_control
-from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
+from ethtwisted.interfaces import IBlockStore, ICounterStore, Received, StatusReport
 from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
@@ -52,16 +52,20 @@ class HeldStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[list[Received]] = []
+        """The payloads of each commit."""
+        self.batches: list[list[Received | StatusReport]] = []
+        """Each commit whole: its payloads and status reports."""
         self.results: list[Deferred[int]] = []
 
-    def store(self, batch: Sequence[Received]) -> Deferred[int]:
-        self.calls.append(list(batch))
+    def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
+        self.calls.append([r for r in batch if isinstance(r, Received)])
+        self.batches.append(list(batch))
         d: Deferred[int] = Deferred()
         self.results.append(d)
         return d
 
     def commit(self, index: int = -1) -> None:
-        super().store(self.calls[index]).chainDeferred(self.results[index])
+        super().store(self.batches[index]).chainDeferred(self.results[index])
 
 
 REDIS_DOWN = ConnectionError("Redis is down")

@@ -38,10 +38,22 @@ from ethtwisted.interfaces import (
     IBlockStore,
     ICounterReader,
     ICounterStore,
+    ILedger,
+    NodeRecord,
     Received,
     Reorg,
+    SightingRecord,
+    StatusReport,
 )
-from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
+from ethtwisted.protocol import (
+    Block,
+    Status,
+    SyncProgress,
+    block_html,
+    block_json,
+    parse_block,
+    payload_hash,
+)
 from ethtwisted.storage import redis_store
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
@@ -51,7 +63,14 @@ from tests.helpers import ROLLBACK_FAILED
 from tests.services import MySQLDatabase, Redis
 
 T0 = 1_700_000_000.0
-SQL_TABLES = {"ethereum_data", "eth_blocks", "eth_clients"}
+SQL_TABLES = {
+    "ethereum_data",
+    "eth_blocks",
+    "eth_clients",
+    "eth_sightings",
+    "eth_node_status",
+    "eth_events",
+}
 MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_store.connection_pool
 MARGIN = 5.0  # for a loaded machine: the answer must come within the store's timeout plus this
 
@@ -68,7 +87,14 @@ def block(chain_id: int, number: int, fork: int = 0) -> Block:
     )
 
 
-def received(payload: bytes, client: str, at: float, address: str = "127.0.0.1") -> Received:
+def received(
+    payload: bytes,
+    client: str,
+    at: float,
+    address: str = "127.0.0.1",
+    seen: float | None = None,
+    via: str = "unknown",
+) -> Received:
     return Received(
         sha256=payload_hash(payload),
         payload=payload.decode("utf-8"),
@@ -76,6 +102,8 @@ def received(payload: bytes, client: str, at: float, address: str = "127.0.0.1")
         client=client,
         received=at,
         block=parse_block(payload),
+        seen=seen,
+        via=via,
     )
 
 
@@ -502,6 +530,12 @@ async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend)
         lambda: store.address_counts(10),
         lambda: chain_reader(store).chain(1, 0, 10, None),
         lambda: chain_reader(store).chains(10, {}),
+        lambda: store.ledger.node_statuses(["a"]),
+        lambda: store.ledger.propagation("a", 100),
+        lambda: store.ledger.sightings(payload_hash(b"before"), 10),
+        lambda: store.ledger.events("a", 10),
+        lambda: store.ledger.missing("a", 1, 0, 10, 10),
+        lambda: store.ledger.prune_sightings(T0 + 10, 10),
     ]
     await all_fail_within(calls, blocks.timeout + MARGIN)
 
@@ -624,6 +658,151 @@ async def test_chain_summary_covers_the_window_below_the_head(blocks: BlockBacke
     (summary,) = await chain_reader(store).chains(10, {})
     assert (summary.low, summary.high, summary.blocks, summary.canonical) == (6, head, 3, 3)
     assert summary.gaps == [(7, head - 2)]
+# -- the ledger: sightings, node status, events ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_sightings_one_per_client_and_payload_with_their_delays(
+    blocks: BlockBackend,
+) -> None:
+    """
+    Each client's first sighting of a payload is kept (a repeat, in the same batch or a later
+    one, changes nothing); a payload without a sighting is seen on arrival, via C{unknown}; the
+    sightings of a payload list earliest first, each with its delay behind the first.
+    """
+    store = await blocks.writer()
+    assert verifyObject(ILedger, store.ledger)
+    a, b = block_json(block(1, 1)), block_json(block(1, 2))
+    await store.store(
+        [
+            received(a, "x", T0 + 1.5, seen=T0 + 1.0, via="subscription"),
+            received(a, "x", T0 + 1.6, seen=T0 + 0.5, via="poll"),
+            received(a, "y", T0 + 1.75),
+        ]
+    )
+    await store.store(
+        [
+            received(a, "z", T0 + 2.0, seen=T0 + 1.25, via="poll"),
+            received(a, "y", T0 + 2.5, seen=T0, via="poll"),
+            received(b, "x", T0 + 3, seen=T0 + 3, via="backfill"),
+        ]
+    )
+    assert await store.ledger.sightings(payload_hash(a), 10) == [
+        SightingRecord("x", T0 + 1.0, T0 + 1.5, "subscription", 0.0),
+        SightingRecord("z", T0 + 1.25, T0 + 2.0, "poll", 250.0),
+        SightingRecord("y", T0 + 1.75, T0 + 1.75, "unknown", 750.0),
+    ]
+    assert [s.client for s in await store.ledger.sightings(payload_hash(a), 2)] == ["x", "z"]
+    assert await store.ledger.sightings(payload_hash(b"never"), 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_propagation_is_a_clients_delay_over_its_last_blocks(blocks: BlockBackend) -> None:
+    """
+    A client's propagation lists, for the blocks it saw last (newest first, payloads that are
+    not blocks left out), how many ms after the fleet's first sighting it saw each.
+    """
+    store = await blocks.writer()
+    batch = []
+    for n in range(1, 6):
+        payload = block_json(block(1, n))
+        batch.append(received(payload, "fast", T0 + n, seen=T0 + n, via="poll"))
+        batch.append(received(payload, "slow", T0 + n + 0.1 * n, seen=T0 + n + 0.1 * n))
+    batch.append(received(b"no block", "slow", T0 + 10))
+    await store.store(batch)
+    assert await store.ledger.propagation("fast", 100) == [0.0] * 5
+    slow = await store.ledger.propagation("slow", 3)
+    assert slow == [pytest.approx(500.0), pytest.approx(400.0), pytest.approx(300.0)]
+    assert await store.ledger.propagation("nobody", 100) == []
+
+
+def status(**values: Any) -> Status:
+    fields: dict[str, Any] = {"client_version": "anvil/1", "chain_id": 1, "peers": 3,
+                              "syncing": False}  # fmt: skip
+    return Status(**{**fields, **values})
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_status_is_the_latest_and_its_changes_are_events(blocks: BlockBackend) -> None:
+    """
+    A client's status row is its latest report, every field kept as sent; each change between
+    reports (version, chain, syncing, peers to 0 and back) is one dated event, newest first,
+    with changes inside one batch counted in order.
+    """
+    store = await blocks.writer()
+
+    def later(**values: Any) -> Status:
+        return status(client_version="anvil/2", chain_id=5, **values)
+
+    full = Status("geth/1.14", 1, 5, SyncProgress(10, 20), 2**62, 7, 100, 90, 4, 2, 1.5)
+    await store.store([StatusReport("a", T0, full), StatusReport("b", T0, status())])
+    assert await store.ledger.node_statuses(["a", "b", "c"]) == {
+        "a": NodeRecord("a", T0, full),
+        "b": NodeRecord("b", T0, status()),
+    }
+    assert await store.ledger.events("a", 10) == []
+    await store.store(
+        [
+            StatusReport("b", T0 + 1, status(peers=0, client_version="anvil/2")),
+            received(block_json(block(1, 1)), "b", T0 + 1.5),
+            StatusReport("b", T0 + 2, later(peers=0, syncing=SyncProgress(1, 9))),
+        ]
+    )
+    await store.store([StatusReport("b", T0 + 3, later(peers=2, syncing=None))])
+    await store.store([StatusReport("b", T0 + 4, later(peers=2))])
+    events = await store.ledger.events("b", 10)
+    assert [(e.at, e.kind, e.detail) for e in events] == [
+        (T0 + 3, "peers_back", "0 -> 2"),
+        (T0 + 2, "sync_started", "at 1 of 9"),
+        (T0 + 2, "chain_changed", "1 -> 5"),
+        (T0 + 1, "peers_lost", "3 -> 0"),
+        (T0 + 1, "version_changed", "anvil/1 -> anvil/2"),
+    ]
+    assert [e.kind for e in await store.ledger.events("b", 2)] == ["peers_back", "sync_started"]
+    latest = await store.ledger.node_statuses(["b"])
+    assert latest == {"b": NodeRecord("b", T0 + 4, later(peers=2))}
+    assert await store.ledger.node_statuses([]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_heights_are_those_a_client_reported_no_block_of(
+    blocks: BlockBackend,
+) -> None:
+    """
+    The heights in range holding a stored block of which the client reported none, lowest
+    first and at most C{limit}: a fork block reported at a height counts for that height; other
+    chains do not count.
+    """
+    store = await blocks.writer()
+    batch = [received(block_json(block(1, n)), "x", T0 + n) for n in range(1, 8)]
+    batch += [received(block_json(block(1, n)), "y", T0 + n) for n in (2, 4)]
+    batch += [received(block_json(block(1, 3, fork=1)), "y", T0 + 3)]
+    batch += [received(block_json(block(2, 5)), "y", T0 + 5)]
+    await store.store(batch)
+    assert await store.ledger.missing("y", 1, 0, 100, 1000) == [1, 5, 6, 7]
+    assert await store.ledger.missing("y", 1, 2, 5, 1000) == [5]
+    assert await store.ledger.missing("y", 1, 0, 100, 2) == [1, 5]
+    assert await store.ledger.missing("x", 1, 0, 100, 1000) == []
+    assert await store.ledger.missing("x", 2, 0, 100, 1000) == [5]
+    assert await store.ledger.missing("x", 9, 0, 100, 1000) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pruning_deletes_old_sightings_in_batches(blocks: BlockBackend) -> None:
+    """
+    Pruning deletes at most C{limit} sightings received before the cut, oldest first, and
+    keeps the payloads; once none is left before it, it deletes nothing.
+    """
+    store = await blocks.writer()
+    payloads = [block_json(block(1, n)) for n in range(5)]
+    await store.store([received(p, "x", T0 + n) for n, p in enumerate(payloads)])
+    assert await store.ledger.prune_sightings(T0 + 3, 2) == 2
+    assert await store.ledger.sightings(payload_hash(payloads[0]), 10) == []
+    assert len(await store.ledger.sightings(payload_hash(payloads[2]), 10)) == 1
+    assert await store.ledger.prune_sightings(T0 + 3, 2) == 1
+    assert await store.ledger.prune_sightings(T0 + 3, 2) == 0
+    assert len(await store.ledger.sightings(payload_hash(payloads[3]), 10)) == 1
+    assert await store.payload(payload_hash(payloads[0])) == payloads[0].decode()
 
 
 # -- the counters and their reader ------------------------------------------------------------

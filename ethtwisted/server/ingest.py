@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import IBlockStore, ICounterStore, Received
+from ethtwisted.interfaces import IBlockStore, ICounterStore, Received, StatusReport
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.storage import RejectedError, is_conflict, is_rejection
 
@@ -39,13 +39,20 @@ whose commit never ends (Python 3.11): 1,895 bytes each besides the payload for 
 block message (its str, its SHA256, the parsed L{Block} with two hex strings, L{Received}, the
 entry, its Deferred and the connection's callbacks on it, the peer's address), 1,467 for a
 payload that is no block; tests/test_server.py measures it again."""
+STATUS_BYTES = 3000
+"""What a status report held costs, as counted against the high-water mark (at most one
+pending per client)."""
 
 
 @dataclass
 class _Entry:
-    received: Received
+    received: Received | StatusReport
     size: int
     done: Deferred[str] = field(default_factory=Deferred)
+
+
+def _payloads(group: Sequence[_Entry]) -> list[Received]:
+    return [e.received for e in group if isinstance(e.received, Received)]
 
 
 class Ingest:
@@ -55,11 +62,14 @@ class Ingest:
     Whatever arrives while a transaction is being committed goes into the next one, so a lone
     message is committed at once and a busy server commits in large groups.  A group is
     committed to SQL, then counted in Redis (when configured); only then is each payload's
-    Deferred fired and its sender acknowledged.  A store that is unavailable is retried with
-    capped backoff, the same group again; meanwhile readers are paused past a high-water mark
-    of pending bytes and resumed below half of it.  A store that rejects what a group holds
-    (L{is_rejection}) has the group split in halves, tried again at once, until the message it
-    rejects is alone: that message's Deferred fails with L{RejectedError}, the others are stored.
+    Deferred fired and its sender acknowledged.  Status reports go into the same groups (each
+    payload's sighting is in the payload's L{Received}): a client's report not yet taken into a
+    transaction is replaced by its next one, so each client holds at most one.  A store that
+    is unavailable is retried with capped backoff, the same group again; meanwhile readers are
+    paused past a high-water mark of pending bytes and resumed below half of it.  A store that
+    rejects what a group holds (L{is_rejection}) has the group split in halves, tried again at
+    once, until the message it rejects is alone: that message's Deferred fails with
+    L{RejectedError}, the others are stored.
     A transaction that conflicts with a concurrent one (L{is_conflict}: another server storing
     the same blocks through another Galera node) is tried again at once, up to
     L{MAX_CONFLICT_RETRIES} times in a row, then as an outage; each conflict is told to the
@@ -104,12 +114,35 @@ class Ingest:
         """Called with each committed group and how many of its payloads were new."""
         self.conflict_observers: list[Callable[[], None]] = []
         """Called with each conflict, whether its group is then tried again at once or later."""
+        self.statuses: dict[str, _Entry] = {}
+        """Each client's status report not yet taken into a transaction."""
 
     def submit(self, received: Received) -> Deferred[str]:
         """
         Queue C{received}; the Deferred fires with its SHA256 once it is stored and counted.
         """
         entry = _Entry(received, len(received.payload) + ENTRY_OVERHEAD_BYTES)
+        self._queue(entry)
+        return entry.done
+
+    def report(self, status: StatusReport) -> None:
+        """
+        Queue C{status} for the next group, in place of that client's report still queued.
+        """
+        queued = self.statuses.get(status.client)
+        if queued is not None:
+            queued.received = status
+            return
+        entry = _Entry(status, STATUS_BYTES)
+        self.statuses[status.client] = entry
+        entry.done.addErrback(
+            lambda f: log.warn(
+                "status of {client} not stored: {reason}", client=status.client, reason=describe(f)
+            )
+        )
+        self._queue(entry)
+
+    def _queue(self, entry: _Entry) -> None:
         self.pending.append(entry)
         self.unsettled += 1
         self.pending_bytes += entry.size
@@ -123,7 +156,6 @@ class Ingest:
                      n=len(self.producers), bytes=self.pending_bytes)  # fmt: skip
             for producer in self.producers:
                 producer.pauseProducing()
-        return entry.done
 
     def add_producer(self, producer: IPushProducer) -> None:
         self.producers.add(producer)
@@ -145,6 +177,9 @@ class Ingest:
                 d.callback(None)
             return
         group = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+        for e in group:
+            if isinstance(e.received, StatusReport):
+                del self.statuses[e.received.client]
         self._store(group)
 
     def _store(self, group: list[_Entry]) -> None:
@@ -157,16 +192,16 @@ class Ingest:
 
     def _stored(self, group: list[_Entry], new: int) -> None:
         for observer in self.observers:
-            observer([e.received for e in group], new)
+            observer(_payloads(group), new)
         self._record(group)
 
     def _record(self, group: list[_Entry], name: str | None = None) -> None:
-        if self.counters is None:
+        if self.counters is None or not _payloads(group):
             self._done(group)
             return
         # A retry keeps the group's name, so that Redis counts it once however often it is sent.
         name = name or uuid.uuid4().hex
-        d = self.counters.record([e.received for e in group], name)
+        d = self.counters.record(_payloads(group), name)
         d.addCallbacks(
             lambda _: self._done(group),
             lambda f: self._failed(group, "Redis", f, lambda g: self._record(g, name)),
@@ -225,7 +260,7 @@ class Ingest:
         self.conflicts = 0
         self._settle(group)
         for e in group:
-            e.done.callback(e.received.sha256)
+            e.done.callback(e.received.sha256 if isinstance(e.received, Received) else "")
         self._next()
 
     def _settle(self, group: list[_Entry]) -> None:

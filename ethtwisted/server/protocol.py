@@ -5,6 +5,8 @@ shared L{Ingest}, acknowledgements out; and when reading from it pauses and why.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -15,9 +17,22 @@ from zope.interface import implementer
 
 from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, name_problem
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.interfaces import Received
+from ethtwisted.interfaces import Received, StatusReport
 from ethtwisted.logs import Logger
+from ethtwisted.frames import (
+    Ack,
+    ControlFrame,
+    Hello,
+    Ping,
+    Pong,
+    Refusal,
+    Sighting,
+    Status,
+    Welcome,
+    name_problem,
+)
 from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
+from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, PING_INTERVAL, ClockOffset
 from ethtwisted.storage import RejectedError
 
 if TYPE_CHECKING:
@@ -32,6 +47,14 @@ MAX_IN_FLIGHT = 1000
 frames are taken (nor read) until acknowledgements go out: one flooding peer cannot fill the
 ingest and so pause every other reader.  A group commit's worth, so a busy peer keeps a whole
 group in each transaction."""
+SERVER_FEATURES = ("status", "sighting", "ping")
+"""What this server understands beyond hello and ack; a welcome lists those the client's hello
+listed too."""
+MAX_PENDING_SIGHTINGS = 16
+"""Sightings awaiting their payload on one connection; one more forgets the oldest."""
+CLOCK_WAIT = 1.0
+"""How long a connection's payloads wait for the first pong (so that their sightings are
+corrected for the client's clock) before they go on with the clock taken as right."""
 
 
 @implementer(IPushProducer)
@@ -92,6 +115,16 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.counted = 0
         """Bytes of this connection in the factory's L{ServerFactory.buffered_bytes}."""
         self.hello_deadline: IDelayedCall | None = None
+        self.welcomed: frozenset[str] = frozenset()
+        """The features listed in the welcome sent to this client."""
+        self.sightings: OrderedDict[str, Sighting] = OrderedDict()
+        """Sightings received, by SHA256, awaiting their payload."""
+        self.clock = ClockOffset()
+        self.pinging: IDelayedCall | None = None
+        self.pings_sent = 0
+        self.awaiting_clock: list[tuple[Received, Sighting | None]] | None = None
+        """Payloads waiting for the first pong (L{CLOCK_WAIT} at most), while one is awaited."""
+        self.clock_deadline: IDelayedCall | None = None
 
     @property
     def held(self) -> int:
@@ -119,6 +152,10 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             self.delivering.cancel()
         if self.hello_deadline is not None and self.hello_deadline.active():
             self.hello_deadline.cancel()
+        if self.pinging is not None and self.pinging.active():
+            self.pinging.cancel()
+        # What was read is stored, even from a client gone before its first pong.
+        self._clock_ready()
         self.factory.ingest.remove_producer(self.for_the_stores)
         self.factory.gone(self)
 
@@ -231,8 +268,25 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.drop(reason, "unauthorized")
 
     def controlReceived(self, frame: ControlFrame) -> None:
-        if not isinstance(frame, Hello):
+        if isinstance(frame, Hello):
+            self._hello(frame)
+        elif isinstance(frame, Sighting) and "sighting" in self.welcomed:
+            self.sightings.pop(frame.sha256, None)
+            self.sightings[frame.sha256] = frame
+            if len(self.sightings) > MAX_PENDING_SIGHTINGS:
+                self.sightings.popitem(last=False)
+        elif isinstance(frame, Status) and "status" in self.welcomed:
+            assert self.hello is not None
+            now = self.factory.reactor.seconds()
+            self.factory.ingest.report(StatusReport(self.hello.name, now, frame))
+        elif isinstance(frame, Pong) and "ping" in self.welcomed:
+            if not self.clock.pong(frame.id, frame.client_ms, self.factory.reactor.seconds()):
+                raise ProtocolError(f"pong {frame.id} answers no ping awaited")
+            self._clock_ready()
+        else:
             raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
+
+    def _hello(self, frame: Hello) -> None:
         if self.hello is not None:
             raise ProtocolError("second hello")
         if self.sent_payload:
@@ -249,6 +303,35 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         # A client that said hello keeps its connection open between blocks by design.
         self.setTimeout(None)
         log.debug("{peer} is client {name}", peer=self.peer, name=frame.name)
+        if frame.features is not None:
+            features = tuple(f for f in SERVER_FEATURES if f in frame.features)
+            self.welcomed = frozenset(features)
+            self.send_control(Welcome(features))
+            if "ping" in self.welcomed:
+                self.awaiting_clock = []
+                self.clock_deadline = self.callLater(CLOCK_WAIT, self._clock_ready)
+                self._ping()
+
+    def _ping(self) -> None:
+        self.pinging = None
+        if not self.connected or self.dropped:
+            return
+        self.send_control(Ping(self.clock.ping(self.factory.reactor.seconds())))
+        self.pings_sent += 1
+        delay = FIRST_PING_INTERVAL if self.pings_sent < FIRST_PINGS else PING_INTERVAL
+        self.pinging = self.callLater(delay, self._ping)
+
+    def _clock_ready(self) -> None:
+        """
+        The first pong came (or L{CLOCK_WAIT} passed, or the connection ended): hand on the
+        payloads that waited for it.
+        """
+        if self.clock_deadline is not None and self.clock_deadline.active():
+            self.clock_deadline.cancel()
+        self.clock_deadline = None
+        waiting, self.awaiting_clock = self.awaiting_clock, None
+        for received, sighting in waiting or ():
+            self._submit(received, sighting)
 
     def payloadReceived(self, payload: bytes) -> None:
         if self.factory.tokens is not None and self.hello is None:
@@ -265,12 +348,22 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             received=self.factory.reactor.seconds(),
             block=parse_block(payload),
         )
-        for observer in self.factory.observers:
-            observer.received(received)
-        d = self.factory.ingest.submit(received)
+        sighting = self.sightings.pop(received.sha256, None)
         self.in_flight += 1
         if self.in_flight >= self.factory.max_in_flight:
             self.pause_reading("in_flight")
+        if self.awaiting_clock is not None:
+            self.awaiting_clock.append((received, sighting))
+        else:
+            self._submit(received, sighting)
+
+    def _submit(self, received: Received, sighting: Sighting | None) -> None:
+        if sighting is not None:
+            seen = self.clock.server_time(sighting.seen_ms, received.received)
+            received = replace(received, seen=seen, via=sighting.via)
+        for observer in self.factory.observers:
+            observer.received(received)
+        d = self.factory.ingest.submit(received)
         d.addCallbacks(self._acknowledge, self._rejected, errbackArgs=(received.sha256,))
         d.addBoth(self._settled)
         d.addErrback(lambda f: log.failure("acknowledging {peer}", f, peer=self.peer))

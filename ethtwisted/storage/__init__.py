@@ -19,7 +19,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
+from ethtwisted.protocol import MAX_BLOCK_INT, Block, Status, SyncProgress, block_problem
 
 if TYPE_CHECKING:
     from ethtwisted.interfaces import Received
@@ -137,6 +137,37 @@ def row_problem(r: Received, max_payload_bytes: int) -> str | None:
     if isinstance(r.block, int) and not 0 <= r.block <= MAX_BLOCK_INT:
         return "number is out of range"
     return None
+
+
+def status_events(old: Status | None, new: Status) -> list[tuple[str, str]]:
+    """
+    The changes from a client's status C{old} (L{None}: it reported none yet) to C{new}, as
+    (kind, detail) pairs of L{ethtwisted.interfaces.EVENT_KINDS}: only between values both
+    report (a value the node does not say is no change).
+    """
+    if old is None:
+        return []
+    events = []
+    if None not in (old.client_version, new.client_version) and (
+        old.client_version != new.client_version
+    ):
+        events.append(("version_changed", f"{old.client_version} -> {new.client_version}"))
+    if old.chain_id is not None and new.chain_id is not None and old.chain_id != new.chain_id:
+        events.append(("chain_changed", f"{old.chain_id} -> {new.chain_id}"))
+    if old.syncing is not None and new.syncing is not None:
+        was, now = isinstance(old.syncing, SyncProgress), isinstance(new.syncing, SyncProgress)
+        if now and not was:
+            assert isinstance(new.syncing, SyncProgress)
+            p = new.syncing
+            events.append(("sync_started", f"at {p.current} of {p.highest}"))
+        elif was and not now:
+            events.append(("sync_finished", ""))
+    if old.peers is not None and new.peers is not None:
+        if old.peers > 0 and new.peers == 0:
+            events.append(("peers_lost", f"{old.peers} -> 0"))
+        elif old.peers == 0 and new.peers > 0:
+            events.append(("peers_back", f"0 -> {new.peers}"))
+    return events
 
 
 async def wait_for(

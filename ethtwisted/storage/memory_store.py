@@ -21,15 +21,20 @@ from zope.interface import implementer
 from ethtwisted.interfaces import (
     BlockRecord,
     ClientRecord,
+    EventRecord,
     Head,
     IBlockReader,
     IBlockStore,
     ICounterReader,
     ICounterStore,
+    ILedger,
+    NodeRecord,
     Received,
+    SightingRecord,
+    StatusReport,
 )
 from ethtwisted.protocol import Block
-from ethtwisted.storage import RejectedError, row_problem
+from ethtwisted.storage import RejectedError, row_problem, status_events
 from ethtwisted.storage.chains import Row
 
 T = TypeVar("T")
@@ -54,6 +59,17 @@ class _Answering:
         return succeed(None)
 
 
+@dataclass(frozen=True)
+class _Sighting:
+    client: str
+    sha256: str
+    chain_id: int | None
+    number: int | None
+    seen_at: float
+    received: float
+    via: str
+
+
 @dataclass
 class Tables:
     """
@@ -67,6 +83,12 @@ class Tables:
     """C{eth_blocks}: SHA256 → its record."""
     clients: dict[str, ClientRecord] = field(default_factory=dict)
     """C{eth_clients}: client → its record."""
+    sightings: dict[tuple[str, str], _Sighting] = field(default_factory=dict)
+    """C{eth_sightings}: (client, SHA256) → its first sighting."""
+    statuses: dict[str, NodeRecord] = field(default_factory=dict)
+    """C{eth_node_status}: client → its latest status."""
+    events: list[EventRecord] = field(default_factory=list)
+    """C{eth_events}, oldest first."""
 
 
 class ReadOnlyError(Exception):
@@ -87,6 +109,7 @@ class MemoryStore(_Answering):
     def __init__(self, tables: Tables | None = None, read_only: bool = False) -> None:
         self.tables = Tables() if tables is None else tables
         self.read_only = read_only
+        self.ledger = MemoryLedger(self)
 
     def start(self) -> Deferred[None]:
         return self._answer(self._start)
@@ -97,12 +120,34 @@ class MemoryStore(_Answering):
         elif not self.tables.created:
             raise LookupError("no such table: ethereum_data")
 
-    def store(self, batch: Sequence[Received]) -> Deferred[int]:
-        return self._answer(self._store, batch)
+    def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
+        return self._answer(self._store_all, batch)
 
-    def _store(self, batch: Sequence[Received]) -> int:
+    def _store_all(self, batch: Sequence[Received | StatusReport]) -> int:
         if self.read_only:
             raise ReadOnlyError("the store is read-only")
+        payloads = [r for r in batch if isinstance(r, Received)]
+        new = self._store(payloads)
+        t = self.tables
+        for r in payloads:
+            chain_id, number = _chain_and_number(r.block)
+            t.sightings.setdefault(
+                (r.client, r.sha256),
+                _Sighting(r.client, r.sha256, chain_id, number, r.seen_at, r.received, r.via),
+            )
+        for report in batch:
+            if isinstance(report, StatusReport):
+                old = t.statuses.get(report.client)
+                for kind, detail in status_events(old.status if old else None, report.status):
+                    record = EventRecord(len(t.events) + 1, report.client, report.received,
+                                         kind, detail)  # fmt: skip
+                    t.events.append(record)
+                t.statuses[report.client] = NodeRecord(
+                    report.client, report.received, report.status
+                )
+        return new
+
+    def _store(self, batch: Sequence[Received]) -> int:
         for r in batch:
             problem = row_problem(r, self.max_payload_bytes)
             if problem is not None:
@@ -248,6 +293,82 @@ class MemoryStore(_Answering):
             if b.first_seen >= since
         )
         return sorted(counts.items())
+
+
+@implementer(ILedger)
+class MemoryLedger(_Answering):
+    """
+    L{ILedger} over a L{MemoryStore}'s tables, answering as the SQL ledger does.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    @property
+    def down(self) -> BaseException | None:  # type: ignore[override]
+        return self.store.down
+
+    @property
+    def tables(self) -> Tables:
+        return self.store.tables
+
+    def node_statuses(self, clients: Sequence[str]) -> Deferred[dict[str, NodeRecord]]:
+        statuses = self.tables.statuses
+        return self._answer(lambda: {c: statuses[c] for c in clients if c in statuses})
+
+    def _first(self, sha256: str) -> float:
+        return min(s.seen_at for s in self.tables.sightings.values() if s.sha256 == sha256)
+
+    def propagation(self, client: str, limit: int) -> Deferred[list[float]]:
+        return self._answer(self._propagation, client, limit)
+
+    def _propagation(self, client: str, limit: int) -> list[float]:
+        mine = [s for s in self.tables.sightings.values()
+                if s.client == client and s.number is not None]  # fmt: skip
+        mine.sort(key=lambda s: (s.seen_at, s.sha256), reverse=True)
+        return [(s.seen_at - self._first(s.sha256)) * 1000 for s in mine[:limit]]
+
+    def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
+        return self._answer(self._sightings, sha256, limit)
+
+    def _sightings(self, sha256: str, limit: int) -> list[SightingRecord]:
+        rows = sorted((s for s in self.tables.sightings.values() if s.sha256 == sha256),
+                      key=lambda s: (s.seen_at, s.client))[:limit]  # fmt: skip
+        return [
+            SightingRecord(
+                s.client, s.seen_at, s.received, s.via, (s.seen_at - rows[0].seen_at) * 1000
+            )
+            for s in rows
+        ]
+
+    def events(self, client: str, limit: int) -> Deferred[list[EventRecord]]:
+        mine = [e for e in reversed(self.tables.events) if e.client == client]
+        return self._answer(lambda: mine[:limit])
+
+    def missing(
+        self, client: str, chain_id: int, low: int, high: int, limit: int
+    ) -> Deferred[list[int]]:
+        return self._answer(self._missing, client, chain_id, low, high, limit)
+
+    def _missing(self, client: str, chain_id: int, low: int, high: int, limit: int) -> list[int]:
+        t = self.tables
+        heights: dict[int, bool] = {}
+        for b in t.blocks.values():
+            if b.chain_id == chain_id and b.number is not None and low <= b.number <= high:
+                seen = (client, b.sha256) in t.sightings
+                heights[b.number] = heights.get(b.number, False) or seen
+        return sorted(n for n, seen in heights.items() if not seen)[:limit]
+
+    def prune_sightings(self, before: float, limit: int) -> Deferred[int]:
+        return self._answer(self._prune, before, limit)
+
+    def _prune(self, before: float, limit: int) -> int:
+        t = self.tables
+        old = sorted((s for s in t.sightings.values() if s.received < before),
+                     key=lambda s: s.received)[:limit]  # fmt: skip
+        for s in old:
+            del t.sightings[(s.client, s.sha256)]
+        return len(old)
 
 
 @implementer(ICounterStore, ICounterReader)

@@ -30,16 +30,17 @@ from ethtwisted.interfaces import (
     IBlockStore,
     ICounterReader,
     Received,
+    StatusReport,
 )
 from ethtwisted.protocol import Block
-from ethtwisted.storage import RejectedError, StartupError, row_problem
+from ethtwisted.storage import RejectedError, StartupError, ledger, row_problem
 
 DEFAULT_DB_URL = "sqlite:///ethtwisted.sqlite"
 MYSQL_TEXT_BYTES = 65535
 MYSQL_MODE = "TRADITIONAL"
 """Strict: a value a column cannot hold is an error, never a warning and a changed value."""
 _TIMEOUT = 30
-_TABLES = ("ethereum_data", "eth_blocks", "eth_clients")
+_TABLES = ("ethereum_data", "eth_blocks", "eth_clients", *ledger.TABLES)
 _BLOCK_COLUMNS = "hash, first_seen, client, chain_id, number, block_hash, parent_hash, block_time"
 
 
@@ -230,7 +231,8 @@ def _check_charset(txn: Any) -> None:
     """
     txn.execute(
         "SELECT table_name, MIN(character_set_name) FROM information_schema.columns"
-        " WHERE table_schema = DATABASE() AND table_name IN (%s, %s, %s)"
+        " WHERE table_schema = DATABASE()"
+        f" AND table_name IN ({', '.join(['%s'] * len(_TABLES))})"
         " AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4'"
         " GROUP BY table_name ORDER BY table_name",
         _TABLES,
@@ -278,6 +280,7 @@ class SQLStore:
         self.dialect = SQLITE if url.dialect == "sqlite" else MYSQL
         self.max_payload_bytes = MYSQL_TEXT_BYTES if url.dialect == "mysql" else 2**30
         self.pool = connection_pool(url, reactor, read_only)
+        self.ledger = ledger.SQLLedger(self.pool, url.dialect)
 
     def start(self) -> Deferred[None]:
         if self.read_only:
@@ -295,13 +298,15 @@ class SQLStore:
         if self.dialect is MYSQL:
             _check_charset(txn)
 
-    def store(self, batch: Sequence[Received]) -> Deferred[int]:
+    def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
         return self.pool.runInteraction(self._store, batch)
 
-    def _store(self, txn: Any, batch: Sequence[Received]) -> int:
+    def _store(self, txn: Any, batch: Sequence[Received | StatusReport]) -> int:
         first: dict[str, Received] = {}
         clients: dict[str, list[Any]] = {}
         for r in batch:
+            if not isinstance(r, Received):
+                continue
             problem = row_problem(r, self.max_payload_bytes)
             if problem is not None:
                 raise RejectedError(problem)
@@ -317,16 +322,19 @@ class SQLStore:
                     row[5], row[6] = chain_id, number
         # Sorted keys take row locks in one order, so concurrent servers cannot deadlock.
         hashes = sorted(first)
-        txn.executemany(self.dialect.insert_data, [(h, first[h].payload) for h in hashes])
-        new = max(txn.rowcount, 0)
-        txn.executemany(
-            self.dialect.insert_block,
-            [
-                (h, first[h].received, first[h].client, *_block_columns(first[h].block))
-                for h in hashes
-            ],
-        )
-        txn.executemany(self.dialect.upsert_client, [clients[c] for c in sorted(clients)])
+        new = 0
+        if hashes:
+            txn.executemany(self.dialect.insert_data, [(h, first[h].payload) for h in hashes])
+            new = max(txn.rowcount, 0)
+            txn.executemany(
+                self.dialect.insert_block,
+                [
+                    (h, first[h].received, first[h].client, *_block_columns(first[h].block))
+                    for h in hashes
+                ],
+            )
+            txn.executemany(self.dialect.upsert_client, [clients[c] for c in sorted(clients)])
+        ledger.write(txn, self.ledger.statements, batch)
         return new
 
     def close(self) -> Deferred[None]:

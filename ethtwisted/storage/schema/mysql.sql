@@ -30,3 +30,51 @@ CREATE TABLE IF NOT EXISTS eth_clients (
     chain_id BIGINT,
     last_block BIGINT
 ) DEFAULT CHARSET = utf8mb4;
+
+-- Who saw which payload when: one row per client and payload, the first sighting kept.
+-- seen_at is on the server's clock (the client's sighting corrected for its clock offset, or
+-- the arrival when the payload came without one); received is the arrival.
+CREATE TABLE IF NOT EXISTS eth_sightings (
+    id BIGINT PRIMARY KEY AUTO_INCREMENT,
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    hash VARCHAR(64) NOT NULL,
+    chain_id BIGINT,
+    number BIGINT,
+    block_hash VARCHAR(66),
+    seen_at DOUBLE NOT NULL,
+    received DOUBLE NOT NULL,
+    via VARCHAR(16) NOT NULL,
+    UNIQUE INDEX eth_sightings_client_hash (client, hash),
+    INDEX eth_sightings_hash (hash, seen_at),
+    INDEX eth_sightings_client (client, seen_at),
+    INDEX eth_sightings_received (received)
+) DEFAULT CHARSET = utf8mb4;
+
+-- Each client's latest status report: what its node says about itself (NULL: it does not say).
+CREATE TABLE IF NOT EXISTS eth_node_status (
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+    updated DOUBLE NOT NULL,
+    client_version VARCHAR(256),
+    chain_id BIGINT,
+    peers BIGINT,
+    syncing SMALLINT,
+    sync_current BIGINT,
+    sync_highest BIGINT,
+    gas_price BIGINT,
+    base_fee BIGINT,
+    safe BIGINT,
+    finalized BIGINT,
+    pending BIGINT,
+    queued BIGINT,
+    rtt_ms DOUBLE
+) DEFAULT CHARSET = utf8mb4;
+
+-- Dated changes in a client's state (version, sync, peers, chain); kind names which.
+CREATE TABLE IF NOT EXISTS eth_events (
+    id BIGINT PRIMARY KEY AUTO_INCREMENT,
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    at DOUBLE NOT NULL,
+    kind VARCHAR(32) NOT NULL,
+    detail VARCHAR(600) NOT NULL,
+    INDEX eth_events_client (client, id)
+) DEFAULT CHARSET = utf8mb4;

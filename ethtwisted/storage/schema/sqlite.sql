@@ -29,3 +29,51 @@ CREATE TABLE IF NOT EXISTS eth_clients (
     chain_id BIGINT,
     last_block BIGINT
 );
+
+-- Who saw which payload when: one row per client and payload, the first sighting kept.
+-- seen_at is on the server's clock (the client's sighting corrected for its clock offset, or
+-- the arrival when the payload came without one); received is the arrival.
+CREATE TABLE IF NOT EXISTS eth_sightings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client VARCHAR(255) NOT NULL,
+    hash VARCHAR(64) NOT NULL,
+    chain_id BIGINT,
+    number BIGINT,
+    block_hash VARCHAR(66),
+    seen_at DOUBLE NOT NULL,
+    received DOUBLE NOT NULL,
+    via VARCHAR(16) NOT NULL,
+    UNIQUE (client, hash)
+);
+CREATE INDEX IF NOT EXISTS eth_sightings_hash ON eth_sightings (hash, seen_at);
+CREATE INDEX IF NOT EXISTS eth_sightings_client ON eth_sightings (client, seen_at);
+CREATE INDEX IF NOT EXISTS eth_sightings_received ON eth_sightings (received);
+
+-- Each client's latest status report: what its node says about itself (NULL: it does not say).
+CREATE TABLE IF NOT EXISTS eth_node_status (
+    client VARCHAR(255) NOT NULL PRIMARY KEY,
+    updated DOUBLE NOT NULL,
+    client_version VARCHAR(256),
+    chain_id BIGINT,
+    peers BIGINT,
+    syncing SMALLINT,
+    sync_current BIGINT,
+    sync_highest BIGINT,
+    gas_price BIGINT,
+    base_fee BIGINT,
+    safe BIGINT,
+    finalized BIGINT,
+    pending BIGINT,
+    queued BIGINT,
+    rtt_ms DOUBLE
+);
+
+-- Dated changes in a client's state (version, sync, peers, chain); kind names which.
+CREATE TABLE IF NOT EXISTS eth_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client VARCHAR(255) NOT NULL,
+    at DOUBLE NOT NULL,
+    kind VARCHAR(32) NOT NULL,
+    detail VARCHAR(600) NOT NULL
+);
+CREATE INDEX IF NOT EXISTS eth_events_client ON eth_events (client, id);
