@@ -93,6 +93,7 @@ class Options(EnvOptions):
             f"--db=sqlite:///{state_dir / 'ethtwisted.sqlite'}",
             f"--listen=tcp:{self['port']}:interface=127.0.0.1",
             f"--stats={self['stats']}",
+            "--summary-interval=10",
             *verbose,
         ])  # fmt: skip
         self["client"] = self.sub_options(client_tap.Options(), [

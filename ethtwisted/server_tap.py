@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -35,6 +36,13 @@ from ethtwisted.server.webhooks import (
     WebhookService,
     WebhookURL,
     parse_webhook_url,
+)
+from ethtwisted.server.upkeep import (
+    DEFAULT_KEEP_SIGHTINGS,
+    DEFAULT_SUMMARY_INTERVAL,
+    PRUNE_INTERVAL,
+    SightingPruner,
+    Summary,
 )
 from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore
@@ -81,6 +89,11 @@ class Options(StoreOptions):
         ["max-buffered-bytes", None, DEFAULT_MAX_BUFFERED_BYTES,
          "Most bytes all connections may hold together (partial messages, unread acks);"
          " past it the connection holding the most is dropped.", positive_int],
+        ["keep-sightings", None, DEFAULT_KEEP_SIGHTINGS,
+         "Days to keep each client's sightings of blocks; older ones are pruned.", positive_int],
+        ["summary-interval", None, DEFAULT_SUMMARY_INTERVAL,
+         "Log one summary line (blocks stored, clients connected, heads, clients not current)"
+         " every this many seconds.", positive_float],
         ["stats", None, None,
          "Serve the stats API, /metrics and the dashboard on this endpoint, e.g."
          " tcp:8080:interface=127.0.0.1 (a bare port means loopback; off if unset)."],
@@ -182,6 +195,22 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if config["webhooks"]:
         # The fleet view publishes its state events to this sink (IEventSink).
         webhooks(config, reactor).setServiceParent(service)
+
+    def ready() -> bool:
+        return collector.ready.called
+
+    # Both wait for the collector to have its stores.
+    pruner = SightingPruner(store.ledger, reactor, config["keep-sightings"], ready)
+    summary = Summary(store, lambda: len(factory.connections), ready)
+    ingest.observers.append(summary.committed)
+    for name, step, run in [
+        ("prune-sightings", PRUNE_INTERVAL, pruner.run),
+        ("summary", config["summary-interval"], summary.run),
+    ]:
+        timer = TimerService(step, run)
+        timer.clock = reactor
+        timer.setName(name)
+        timer.setServiceParent(service)
     if config["stats"]:
         stats_service(config, reactor, store, counters, ingest, factory).setServiceParent(service)
     return service

@@ -1,0 +1,143 @@
+"""
+What an eth-server does on a timer beside the collecting: prune old sightings in small batches
+(L{SightingPruner}) and say in one line how it is doing (L{Summary}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ethtwisted.interfaces import IBlockReader, ILedger, Received
+from ethtwisted.logs import describe, log_observer
+
+log = Logger(namespace="ethtwisted.server", observer=log_observer)
+
+PRUNE_INTERVAL = 60.0
+PRUNE_BATCH = 500
+"""Sightings deleted per transaction: short, so the group commits never wait long for one."""
+MAX_PRUNE_BATCHES = 20
+"""Batches per run at most; what is left waits for the next run."""
+DEFAULT_KEEP_SIGHTINGS = 30
+DEFAULT_SUMMARY_INTERVAL = 60.0
+MAX_NAMED = 5
+"""Clients named in a summary line as not current; the rest are counted."""
+
+
+class SightingPruner:
+    """
+    Deletes sightings received over C{keep_days} days ago, L{PRUNE_BATCH} at a time, one
+    transaction after another, at most L{MAX_PRUNE_BATCHES} per L{run}.
+    """
+
+    def __init__(
+        self,
+        ledger: ILedger,
+        reactor: IReactorTime,
+        keep_days: int,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.ledger = ledger
+        self.ready = ready
+        self.reactor = reactor
+        self.keep = keep_days * 86400.0
+        self.trouble: str | None = None
+
+    def run(self) -> Deferred[None]:
+        """
+        One run, once C{ready} says the stores are; never fails (a failing timer would stop
+        for good).
+        """
+        if not self.ready():
+            return succeed(None)
+        return Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        before = self.reactor.seconds() - self.keep
+        deleted = 0
+        try:
+            for _ in range(MAX_PRUNE_BATCHES):
+                n = await self.ledger.prune_sightings(before, PRUNE_BATCH)
+                deleted += n
+                if n < PRUNE_BATCH:
+                    break
+        except Exception as e:
+            reason = describe(e)
+            if reason != self.trouble:
+                self.trouble = reason
+                log.warn("cannot prune old sightings: {reason}", reason=reason)
+            return
+        if self.trouble is not None:
+            self.trouble = None
+            log.info("pruning old sightings again")
+        if deleted:
+            log.debug("pruned {n} sightings", n=deleted)
+
+
+class Summary:
+    """
+    One log line per run: payloads stored since the last line, clients connected, the best
+    head of each chain and the clients whose last block is behind it.
+    """
+
+    def __init__(
+        self,
+        reads: IBlockReader,
+        connected: Callable[[], int],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.reads = reads
+        self.ready = ready
+        self.connected = connected
+        self.stored = 0
+        self.trouble: str | None = None
+
+    def committed(self, group: Sequence[Received], new: int) -> None:
+        """An L{Ingest} observer: count what each commit stored."""
+        self.stored += new
+
+    def run(self) -> Deferred[None]:
+        """
+        Log the line, once C{ready} says the stores are; never fails.
+        """
+        if not self.ready():
+            return succeed(None)
+        return Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        stored, self.stored = self.stored, 0
+        try:
+            heads = await self.reads.heads(10)
+            clients = await self.reads.clients(1000)
+        except Exception as e:
+            reason = describe(e)
+            if reason != self.trouble:
+                self.trouble = reason
+                log.warn("no summary: the store does not answer: {reason}", reason=reason)
+            return
+        self.trouble = None
+        best = {h.chain_id: h.number for h in heads}
+        behind = [
+            f"{c.client} at {c.last_block}"
+            for c in clients
+            if c.last_block is not None
+            and c.chain_id in best
+            and c.last_block < best[c.chain_id]
+        ]
+        lagging = ", ".join(behind[:MAX_NAMED]) or "none"
+        if len(behind) > MAX_NAMED:
+            lagging += f" and {len(behind) - MAX_NAMED} more"
+        chains = ", ".join(
+            f"chain {h.chain_id if h.chain_id is not None else '?'} at {h.number}" for h in heads
+        )
+        log.info(
+            "stored {stored} new payloads; {connected} clients connected; heads: {heads};"
+            " not current: {lagging}",
+            stored=stored,
+            connected=self.connected(),
+            heads=chains or "none yet",
+            lagging=lagging,
+        )
