@@ -183,6 +183,8 @@ class IBlockReader(Interface):
     C{limit}.
     """
 
+    ledger: ILedger = Attribute("Sightings, node statuses and events over the same store.")
+
     def payload(sha256: str) -> Deferred[str | None]:
         """
         The stored payload with this SHA256, or L{None}.

@@ -41,10 +41,13 @@ from ethtwisted.interfaces import (
     IBlockReader,
     ICounterReader,
     Received,
+    StatusReport,
 )
 from ethtwisted.metrics.server import ServerMetrics
 from ethtwisted.protocol import (
     Block,
+    Status,
+    SyncProgress,
     block_html,
     block_json,
     parse_block,
@@ -447,11 +450,72 @@ async def test_api_clients_and_heads(sqlite_store: SQLStore) -> None:
         "chain_id": 1,
         "last_block": 12,
         "lag": 0,
+        "node": None,
+        "propagation": {"p50_ms": 0.0, "p95_ms": 0.0, "blocks": 12},
     }
     assert (clients["beta"]["last_block"], clients["beta"]["lag"]) == (9, 3)
     assert (clients["gamma"]["chain_id"], clients["gamma"]["lag"]) == (5, 0)
     assert clients["10.0.0.4"]["last_block"] == 4242
     assert clients["10.0.0.4"]["messages"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_node_status_propagation_events_missing_and_sightings(
+    sqlite_store: SQLStore,
+) -> None:
+    """
+    A client's entry carries its node's latest status and its propagation (delay behind the
+    fleet's first sighting, p50/p95 over its last blocks); /api/v1/clients/<name> adds its
+    events; .../missing the heights it never reported (bounded by from/to); a block lists who
+    saw it when, earliest first.  Bad arguments are 400s, unknown clients 404s.
+    """
+    await fill(sqlite_store)
+    old = Status("anvil/1.0", 1, 0, False, 10, 7, 8, 6, 2, 1, 0.25)
+    new = Status("anvil/1.1", 1, 3, SyncProgress(9, 12), 11, 7, 9, 8, 0, 0, 0.5)
+    await sqlite_store.store([StatusReport("beta", T0 + 30, old)])
+    await sqlite_store.store([StatusReport("beta", T0 + 31, new)])
+    client = Client(StatsRoot(reads_over(sqlite_store)))
+    clients = {c["client"]: c for c in (await client.get("/api/v1/clients")).json()["clients"]}
+    assert clients["beta"]["node"] == {
+        "client_version": "anvil/1.1",
+        "chain_id": 1,
+        "peers": 3,
+        "syncing": {"current": 9, "highest": 12},
+        "gas_price": 11,
+        "base_fee": 7,
+        "pending": 0,
+        "queued": 0,
+        "safe": 9,
+        "finalized": 8,
+        "rtt_ms": 0.5,
+        "updated": T0 + 31,
+    }
+    assert clients["beta"]["propagation"] == {"p50_ms": 500.0, "p95_ms": 500.0, "blocks": 9}
+    assert clients["gamma"]["propagation"]["blocks"] == 1
+    assert clients["10.0.0.4"]["propagation"]["blocks"] == 1  # the page, not the other payload
+
+    one = (await client.get("/api/v1/clients/beta")).json()
+    assert one["propagation"] == clients["beta"]["propagation"]
+    assert [(e["kind"], e["at"]) for e in one["events"]] == [
+        ("peers_back", T0 + 31),
+        ("sync_started", T0 + 31),
+        ("version_changed", T0 + 31),
+    ]
+    body = (await client.get("/api/v1/clients/beta/missing?chain_id=1")).json()
+    assert body["missing"] == [10, 11, 12]
+    body = (await client.get("/api/v1/clients/beta/missing?chain_id=1&from=0&to=10")).json()
+    assert body["missing"] == [10]
+    assert (await client.get("/api/v1/clients/nobody")).status == 404
+    for bad in ["missing", "missing?chain_id=x", "missing?chain_id=1&from=5&to=4",
+                "missing?chain_id=1&to=-1"]:  # fmt: skip
+        assert (await client.get(f"/api/v1/clients/beta/{bad}")).status == 400, bad
+
+    sha = payload_hash(block_json(block(1, 3)))
+    body = (await client.get(f"/api/v1/blocks/{sha}")).json()
+    assert body["sightings"] == [
+        {"client": "alpha", "seen_at": T0 + 3, "delay_ms": 0.0, "via": "unknown"},
+        {"client": "beta", "seen_at": T0 + 3.5, "delay_ms": 500.0, "via": "unknown"},
+    ]
 
 
 @pytest_twisted.ensureDeferred

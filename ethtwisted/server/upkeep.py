@@ -123,9 +123,7 @@ class Summary:
         behind = [
             f"{c.client} at {c.last_block}"
             for c in clients
-            if c.last_block is not None
-            and c.chain_id in best
-            and c.last_block < best[c.chain_id]
+            if c.last_block is not None and c.chain_id in best and c.last_block < best[c.chain_id]
         ]
         lagging = ", ".join(behind[:MAX_NAMED]) or "none"
         if len(behind) > MAX_NAMED:

@@ -1,6 +1,7 @@
 """
-C{/api/v1/...}: the JSON API over the durable store (blocks, one block, clients, heads,
-arrivals), what the dashboard polls.
+C{/api/v1/...}: the JSON API over the durable store (blocks, one block and who saw it when,
+clients with their nodes' status and propagation, one client with its events and the heights
+it missed, heads, arrivals), what the dashboard polls.
 """
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 from twisted.web.server import Request
 
-from ethtwisted.interfaces import BlockRecord, ClientRecord, Head
+from ethtwisted.interfaces import (
+    BlockRecord,
+    ClientRecord,
+    EventRecord,
+    Head,
+    NodeRecord,
+    SightingRecord,
+)
+from ethtwisted.protocol import MAX_BLOCK_INT, SyncProgress, name_problem
 from ethtwisted.web.chains import chains
 from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Reads
 from ethtwisted.web.resource import (
+    MAX_DIGITS,
     Endpoint,
     HTTPError,
     Response,
@@ -27,6 +37,79 @@ from ethtwisted.web.resource import (
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_MINUTES = 24 * 60
+PROPAGATION_BLOCKS = 100
+"""A client's propagation is over the blocks it saw last, this many."""
+MAX_SIGHTINGS = 1000
+MAX_EVENTS = 100
+MAX_MISSING = 1000
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """
+    The nearest-rank percentile of C{values} (L{None} for none).
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.5) - 1))]
+
+
+def _node(record: NodeRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    s = record.status
+    syncing: Any = s.syncing
+    if isinstance(syncing, SyncProgress):
+        syncing = {"current": syncing.current, "highest": syncing.highest}
+    return {
+        "client_version": s.client_version,
+        "chain_id": s.chain_id,
+        "peers": s.peers,
+        "syncing": syncing,
+        "gas_price": s.gas_price,
+        "base_fee": s.base_fee,
+        "pending": s.pending,
+        "queued": s.queued,
+        "safe": s.safe,
+        "finalized": s.finalized,
+        "rtt_ms": s.rtt_ms,
+        "updated": record.updated,
+    }
+
+
+def _propagation(delays: list[float]) -> dict[str, Any]:
+    return {
+        "p50_ms": percentile(delays, 0.5),
+        "p95_ms": percentile(delays, 0.95),
+        "blocks": len(delays),
+    }
+
+
+def _sighting(record: SightingRecord) -> dict[str, Any]:
+    return {
+        "client": record.client,
+        "seen_at": record.seen_at,
+        "delay_ms": record.delay_ms,
+        "via": record.via,
+    }
+
+
+def _event(record: EventRecord) -> dict[str, Any]:
+    return {"id": record.id, "at": record.at, "kind": record.kind, "detail": record.detail}
+
+
+def height_arg(request: Request, name: str, default: int | None = None) -> int:
+    """
+    A block height (0 or more, at most L{MAX_DIGITS} digits); required unless C{default}.
+    """
+    text = query_arg(request, name)
+    if text is None:
+        if default is None:
+            raise HTTPError(400, f"{name} is required")
+        return default
+    if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
+        raise HTTPError(400, f"{name} must be an integer of at most {MAX_DIGITS} digits")
+    return min(int(text), MAX_BLOCK_INT)
 
 
 def _block(record: BlockRecord) -> dict[str, Any]:
@@ -90,6 +173,8 @@ class ApiResource(Endpoint):
                         "/api/v1/blocks",
                         "/api/v1/blocks/{sha256}",
                         "/api/v1/clients",
+                        "/api/v1/clients/{name}",
+                        "/api/v1/clients/{name}/missing?chain_id=&from=&to=",
                         "/api/v1/head",
                         "/api/v1/arrivals",
                         "/api/v1/chains",
@@ -120,8 +205,10 @@ class ApiResource(Endpoint):
             )
             if record is None and payload is None:
                 raise HTTPError(404, "Hash not found")
-            body = _block(record) if record is not None else {"sha256": sha256}
+            body: dict[str, Any] = _block(record) if record is not None else {"sha256": sha256}
             body["payload"] = payload
+            sightings = await self.reads.read(sql.ledger.sightings(sha256, MAX_SIGHTINGS))
+            body["sightings"] = [_sighting(s) for s in sightings]
             return json_response(body)
         if rest:
             raise HTTPError(404, "not found")
@@ -141,17 +228,74 @@ class ApiResource(Endpoint):
 
     async def clients(self, request: Request, rest: list[str]) -> Response:
         if rest:
-            raise HTTPError(404, "not found")
+            return await self.one_client(request, rest)
         limit = int_arg(request, "limit", MAX_CLIENTS, MAX_CLIENTS)
+        entries = await self._clients(limit)
+        return json_response({"now": self.reads.reactor.seconds(), "clients": entries})
+
+    async def _clients(self, limit: int, name: str | None = None) -> list[dict[str, Any]]:
+        """
+        The clients' entries (only C{name}'s, when given), with their nodes and propagation.
+        """
+        sql = self.reads.sql
         clients, heads = await self.reads.read(
+            gatherResults([sql.clients(limit), sql.heads(MAX_CHAINS)], consumeErrors=True)
+        )
+        if name is not None:
+            clients = [c for c in clients if c.client == name]
+        names = [c.client for c in clients]
+        nodes, *delays = await self.reads.read(
             gatherResults(
-                [self.reads.sql.clients(limit), self.reads.sql.heads(MAX_CHAINS)],
+                [
+                    sql.ledger.node_statuses(names),
+                    *(sql.ledger.propagation(n, PROPAGATION_BLOCKS) for n in names),
+                ],
                 consumeErrors=True,
             )
         )
         best = {h.chain_id: h.number for h in heads}
+        entries = []
+        for client, delay in zip(clients, delays, strict=True):
+            entry = _client(client, best)
+            entry["node"] = _node(nodes.get(client.client))
+            entry["propagation"] = _propagation(delay)
+            entries.append(entry)
+        return entries
+
+    async def one_client(self, request: Request, rest: list[str]) -> Response:
+        name = rest[0]
+        if name_problem(name) is not None or len(rest) > 2:
+            raise HTTPError(404, "not found")
+        if len(rest) == 2:
+            if rest[1] != "missing":
+                raise HTTPError(404, "not found")
+            return await self.missing(request, name)
+        entries = await self._clients(MAX_CLIENTS, name)
+        if not entries:
+            raise HTTPError(404, "no such client")
+        events = await self.reads.read(self.reads.sql.ledger.events(name, MAX_EVENTS))
+        entry = entries[0]
+        entry["events"] = [_event(e) for e in events]
+        return json_response({"now": self.reads.reactor.seconds(), **entry})
+
+    async def missing(self, request: Request, name: str) -> Response:
+        chain_id = height_arg(request, "chain_id")
+        low = height_arg(request, "from", 0)
+        high = height_arg(request, "to", MAX_BLOCK_INT)
+        if high < low:
+            raise HTTPError(400, "to must not be below from")
+        heights = await self.reads.read(
+            self.reads.sql.ledger.missing(name, chain_id, low, high, MAX_MISSING)
+        )
         return json_response(
-            {"now": self.reads.reactor.seconds(), "clients": [_client(c, best) for c in clients]}
+            {
+                "client": name,
+                "chain_id": chain_id,
+                "from": low,
+                "to": high,
+                "missing": heights,
+                "limit": MAX_MISSING,
+            }
         )
 
     async def chains(self, request: Request, rest: list[str]) -> Response:
