@@ -55,6 +55,16 @@ from twisted.python.failure import Failure  # noqa: E402
 
 from ethtwisted.frames import Ack, ControlFrame, Hello, encode_control  # noqa: E402
 from ethtwisted.framing import FrameProtocol  # noqa: E402
+from ethtwisted.frames import (  # noqa: E402
+    Ack,
+    ControlFrame,
+    Hello,
+    Ping,
+    Pong,
+    Sighting,
+    Welcome,
+    encode_control,
+)
 from ethtwisted.protocol import payload_hash  # noqa: E402
 from tests.services import GaleraCluster, MariaDB, Redis, free_port  # noqa: E402
 
@@ -84,16 +94,23 @@ class Sender(FrameProtocol):
         self.done = done
         self.next = 0
         self.unacked: set[str] = set()
+        self.sightings = False
 
     def connectionMade(self) -> None:
-        self.sendString(encode_control(Hello(f"bench-{id(self)}")))
-        self.fill()
+        # As a client of today: features in the hello, payloads once welcomed, each after its
+        # sighting; pings answered.
+        hello = Hello(f"bench-{id(self)}", features=("status", "sighting", "ping"))
+        self.sendString(encode_control(hello))
 
     def fill(self) -> None:
         while self.next < len(self.payloads) and len(self.unacked) < self.window:
             payload = self.payloads[self.next]
             self.next += 1
-            self.unacked.add(payload_hash(payload))
+            sha256 = payload_hash(payload)
+            self.unacked.add(sha256)
+            if self.sightings:
+                seen_ms = int(reactor.seconds() * 1000)
+                self.sendString(encode_control(Sighting(sha256, seen_ms, "subscription")))
             self.sendString(payload)
         if not self.unacked and not self.done.called:
             self.done.callback(None)
@@ -104,6 +121,11 @@ class Sender(FrameProtocol):
         if isinstance(frame, Ack):
             self.unacked.discard(frame.sha256)
             self.fill()
+        elif isinstance(frame, Welcome):
+            self.sightings = "sighting" in frame.features
+            self.fill()
+        elif isinstance(frame, Ping):
+            self.sendString(encode_control(Pong(frame.id, int(reactor.seconds() * 1000))))
 
 
 class OneShot(Protocol):
@@ -246,8 +268,8 @@ def main() -> None:
             dbs = [["--db", mariadb.url, "--redis", redis.url]]
             env["ETH_MYSQL_PASSWORD"] = mariadb.password
 
-            def count_rows() -> int:
-                return int(mariadb.query("SELECT COUNT(*) FROM ethereum_data",
+            def count_rows(table: str = "ethereum_data") -> int:
+                return int(mariadb.query(f"SELECT COUNT(*) FROM {table}",  # noqa: S608
                                          database=mariadb.database)[0][0])  # fmt: skip
         elif args.store == "galera":
             cluster = GaleraCluster()
@@ -266,9 +288,10 @@ def main() -> None:
             path = work / "bench.sqlite"
             dbs = [["--db", f"sqlite:///{path}"]]
 
-            def count_rows() -> int:
+            def count_rows(table: str = "ethereum_data") -> int:
                 with sqlite3.connect(path) as c:
-                    return int(c.execute("SELECT COUNT(*) FROM ethereum_data").fetchone()[0])
+                    query = f"SELECT COUNT(*) FROM {table}"  # noqa: S608
+                    return int(c.execute(query).fetchone()[0])
 
         ports = [free_port() for _ in dbs]
         args.stats_ports = [free_port() for _ in dbs]
@@ -307,6 +330,7 @@ def main() -> None:
 
             async def go() -> None:
                 outcome.update(await run(args, ports, count_rows, [s.pid for s in servers]))
+                outcome["sightings"] = await threads.deferToThread(count_rows, "eth_sightings")
 
             d = ensureDeferred(go())
             d.addErrback(lambda f: outcome.update(error=str(f.value)))
