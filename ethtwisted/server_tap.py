@@ -32,17 +32,17 @@ from ethtwisted.server.factory import (
     ServerFactory,
 )
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.webhooks import (
-    WebhookService,
-    WebhookURL,
-    parse_webhook_url,
-)
 from ethtwisted.server.upkeep import (
     DEFAULT_KEEP_SIGHTINGS,
     DEFAULT_SUMMARY_INTERVAL,
     PRUNE_INTERVAL,
     SightingPruner,
     Summary,
+)
+from ethtwisted.server.webhooks import (
+    WebhookService,
+    WebhookURL,
+    parse_webhook_url,
 )
 from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore

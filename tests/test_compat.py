@@ -142,10 +142,6 @@ async def test_new_client_delivers_every_block_to_an_old_server(
     assert "dropping connection" not in text and "Traceback" not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server side of node status and sightings (issue 12) is not merged yet",
-)
 @pytest_twisted.ensureDeferred
 async def test_old_client_works_with_the_new_server(
     anvil: Anvil, old_python: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path

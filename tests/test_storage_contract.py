@@ -658,6 +658,8 @@ async def test_chain_summary_covers_the_window_below_the_head(blocks: BlockBacke
     (summary,) = await chain_reader(store).chains(10, {})
     assert (summary.low, summary.high, summary.blocks, summary.canonical) == (6, head, 3, 3)
     assert summary.gaps == [(7, head - 2)]
+
+
 # -- the ledger: sightings, node status, events ------------------------------------------------
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from twisted.logger import Logger
+from ethtwisted.logs import Logger
 
-from ethtwisted.logs import log_observer
-
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 SAMPLES = 8
 """Pong samples kept per connection; the estimate is the one of least delay among them."""

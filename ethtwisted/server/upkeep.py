@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from ethtwisted.interfaces import IBlockReader, ILedger, Received
-from ethtwisted.logs import describe, log_observer
+from ethtwisted.logs import Logger, Trouble, describe
 
-log = Logger(namespace="ethtwisted.server", observer=log_observer)
+log = Logger(namespace="ethtwisted.server")
 
 PRUNE_INTERVAL = 60.0
 PRUNE_BATCH = 500
@@ -44,7 +44,8 @@ class SightingPruner:
         self.ready = ready
         self.reactor = reactor
         self.keep = keep_days * 86400.0
-        self.trouble: str | None = None
+        self.trouble = Trouble(log, LogLevel.warn, "cannot prune old sightings: {reason}",
+                               "pruning old sightings again")  # fmt: skip
 
     def run(self) -> Deferred[None]:
         """
@@ -65,14 +66,9 @@ class SightingPruner:
                 if n < PRUNE_BATCH:
                     break
         except Exception as e:
-            reason = describe(e)
-            if reason != self.trouble:
-                self.trouble = reason
-                log.warn("cannot prune old sightings: {reason}", reason=reason)
+            self.trouble.say(describe(e))
             return
-        if self.trouble is not None:
-            self.trouble = None
-            log.info("pruning old sightings again")
+        self.trouble.ended()
         if deleted:
             log.debug("pruned {n} sightings", n=deleted)
 
@@ -93,7 +89,8 @@ class Summary:
         self.ready = ready
         self.connected = connected
         self.stored = 0
-        self.trouble: str | None = None
+        self.trouble = Trouble(log, LogLevel.warn,
+                               "no summary: the store does not answer: {reason}")  # fmt: skip
 
     def committed(self, group: Sequence[Received], new: int) -> None:
         """An L{Ingest} observer: count what each commit stored."""
@@ -113,12 +110,9 @@ class Summary:
             heads = await self.reads.heads(10)
             clients = await self.reads.clients(1000)
         except Exception as e:
-            reason = describe(e)
-            if reason != self.trouble:
-                self.trouble = reason
-                log.warn("no summary: the store does not answer: {reason}", reason=reason)
+            self.trouble.say(describe(e))
             return
-        self.trouble = None
+        self.trouble.ended()
         best = {h.chain_id: h.number for h in heads}
         behind = [
             f"{c.client} at {c.last_block}"
