@@ -53,8 +53,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # no
 from twisted.internet.protocol import Protocol, connectionDone  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 
-from ethtwisted.frames import Ack, ControlFrame, Hello, encode_control  # noqa: E402
-from ethtwisted.framing import FrameProtocol  # noqa: E402
 from ethtwisted.frames import (  # noqa: E402
     Ack,
     ControlFrame,
@@ -65,6 +63,7 @@ from ethtwisted.frames import (  # noqa: E402
     Welcome,
     encode_control,
 )
+from ethtwisted.framing import FrameProtocol  # noqa: E402
 from ethtwisted.protocol import payload_hash  # noqa: E402
 from tests.services import GaleraCluster, MariaDB, Redis, free_port  # noqa: E402
 
@@ -282,8 +281,9 @@ def main() -> None:
             dbs = [["--db", node.url] for node in cluster.nodes]
             env["ETH_MYSQL_PASSWORD"] = cluster.password
 
-            def count_rows() -> int:
-                return int(cluster.nodes[0].query("SELECT COUNT(*) FROM ethereum_data")[0][0])
+            def count_rows(table: str = "ethereum_data") -> int:
+                query = f"SELECT COUNT(*) FROM {table}"  # noqa: S608
+                return int(cluster.nodes[0].query(query)[0][0])
         else:
             path = work / "bench.sqlite"
             dbs = [["--db", f"sqlite:///{path}"]]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ethtwisted.protocol import Block, Status
+from ethtwisted.frames import Status
+from ethtwisted.protocol import Block
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from ethtwisted.interfaces import Received, StatusReport
-from ethtwisted.protocol import (
+from ethtwisted.frames import (
     Ack,
     Hello,
     Ping,
@@ -22,11 +21,11 @@ from ethtwisted.protocol import (
     Sighting,
     Status,
     Welcome,
-    block_json,
     decode_control,
     encode_control,
-    payload_hash,
 )
+from ethtwisted.interfaces import Received, StatusReport
+from ethtwisted.protocol import block_json, payload_hash
 from ethtwisted.server.clock import (
     FIRST_PING_INTERVAL,
     FIRST_PINGS,

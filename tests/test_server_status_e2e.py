@@ -11,18 +11,8 @@ from pathlib import Path
 import pytest_twisted
 import treq
 
-from ethtwisted.protocol import (
-    Ack,
-    ControlFrame,
-    Hello,
-    Ping,
-    Pong,
-    Sighting,
-    Status,
-    Welcome,
-    block_json,
-    payload_hash,
-)
+from ethtwisted.frames import Ack, ControlFrame, Hello, Ping, Pong, Sighting, Status, Welcome
+from ethtwisted.protocol import block_json, payload_hash
 from tests.helpers import Peer, connect, connect_peer, start_server, the_reactor, wait_for
 from tests.test_storage_contract import block
 

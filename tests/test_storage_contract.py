@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
+from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import (
     CHAIN_WINDOW,
     MAX_CHAIN_RANGE,
@@ -45,15 +46,7 @@ from ethtwisted.interfaces import (
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.protocol import (
-    Block,
-    Status,
-    SyncProgress,
-    block_html,
-    block_json,
-    parse_block,
-    payload_hash,
-)
+from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
 from ethtwisted.storage import redis_store
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables

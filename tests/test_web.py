@@ -36,6 +36,7 @@ from twisted.web.resource import IResource
 from zope.interface.verify import verifyObject
 
 from ethtwisted import stats_tap
+from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import (
     ClientRecord,
     IBlockReader,
@@ -44,15 +45,7 @@ from ethtwisted.interfaces import (
     StatusReport,
 )
 from ethtwisted.metrics.server import ServerMetrics
-from ethtwisted.protocol import (
-    Block,
-    Status,
-    SyncProgress,
-    block_html,
-    block_json,
-    parse_block,
-    payload_hash,
-)
+from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions

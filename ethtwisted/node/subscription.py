@@ -25,7 +25,7 @@ from zope.interface import implementer
 from ethtwisted.interfaces import IHeadSubscription
 from ethtwisted.node import NodeError
 from ethtwisted.node.answers import as_block, as_int
-from ethtwisted.node.trouble import NODE_TROUBLE, answer, node_reason
+from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
 from ethtwisted.node.web3_node import Web3Node, _Connection
 from ethtwisted.protocol import Block
 
@@ -138,7 +138,7 @@ class HeadSubscription:
         if failure.check(NodeError):
             return failure
         exc: Any = failure.value
-        if isinstance(exc, NODE_TROUBLE):
+        if is_node_trouble(exc):
             reason = node_reason(exc).replace(self._node.uri.target, self.description)
             return Failure(NodeError(reason))
         return failure

@@ -24,6 +24,18 @@ _T = TypeVar("_T")
 # JSON-RPC.  All of it means "this node does not serve us now".
 NODE_TROUBLE = (Web3Exception, OSError, EOFError, TimeoutError, ClientError, WebSocketException)
 
+
+def is_node_trouble(exc: BaseException) -> bool:
+    """
+    Whether C{exc} means the node does not serve us now: one of L{NODE_TROUBLE}, or the bare
+    C{RuntimeError("Connection closed.")} that aiohttp's stream reader raises when the HTTP
+    connection closes under a read (aiohttp/streams.py, C{StreamReader._wait}).
+    """
+    if isinstance(exc, NODE_TROUBLE):
+        return True
+    return type(exc) is RuntimeError and str(exc) == "Connection closed."
+
+
 # What web3 raises from inside its own decoding and formatting when an answer is not what it
 # expects (JSON it cannot parse or nested too deep, a field of the wrong type or missing).  Only
 # around web3's calls (L{answer}) is this the node's fault; raised by our code, it is a bug.

@@ -34,7 +34,7 @@ from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRe
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
-from ethtwisted.node.trouble import NODE_TROUBLE, answer, node_reason
+from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block
 
@@ -252,7 +252,7 @@ class Web3Node:
                 result.callback(task.result())
             elif isinstance(exc, NodeError):
                 result.errback(exc)
-            elif isinstance(exc, NODE_TROUBLE):
+            elif is_node_trouble(exc):
                 reason = node_reason(exc).replace(self.uri.target, self.description)
                 result.errback(NodeError(reason))
             else:

@@ -15,10 +15,6 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, name_problem
-from ethtwisted.framing import FrameProtocol
-from ethtwisted.interfaces import Received, StatusReport
-from ethtwisted.logs import Logger
 from ethtwisted.frames import (
     Ack,
     ControlFrame,
@@ -31,6 +27,9 @@ from ethtwisted.frames import (
     Welcome,
     name_problem,
 )
+from ethtwisted.framing import FrameProtocol
+from ethtwisted.interfaces import Received, StatusReport
+from ethtwisted.logs import Logger
 from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
 from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, PING_INTERVAL, ClockOffset
 from ethtwisted.storage import RejectedError

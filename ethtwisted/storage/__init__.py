@@ -18,8 +18,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.protocol import MAX_BLOCK_INT, Block, Status, SyncProgress, block_problem
+from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 
 if TYPE_CHECKING:
     from ethtwisted.interfaces import Received

@@ -15,6 +15,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import (
     EventRecord,
     ILedger,
@@ -23,7 +24,7 @@ from ethtwisted.interfaces import (
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.protocol import Block, Status, SyncProgress
+from ethtwisted.protocol import Block
 from ethtwisted.storage import status_events
 
 TABLES = ("eth_sightings", "eth_node_status", "eth_events")

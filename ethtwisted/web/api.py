@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 from twisted.web.server import Request
 
+from ethtwisted.frames import SyncProgress, name_problem
 from ethtwisted.interfaces import (
     BlockRecord,
     ClientRecord,
@@ -20,7 +21,7 @@ from ethtwisted.interfaces import (
     NodeRecord,
     SightingRecord,
 )
-from ethtwisted.protocol import MAX_BLOCK_INT, SyncProgress, name_problem
+from ethtwisted.protocol import MAX_BLOCK_INT
 from ethtwisted.web.chains import chains
 from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Reads
 from ethtwisted.web.resource import (
