@@ -854,6 +854,54 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_metrics_of_nodes_and_propagation() -> None:
+    """
+    /metrics shows each client's node peers, sync state and version (one series per client,
+    the old version's gone when it changes) and its propagation delay behind the fleet's first
+    sighting at its p50 and p95, read from the store at each scrape; a status that does not say
+    leaves its gauge out.
+    """
+    store = MemoryStore()
+    delays = {"alpha": [0.0] * 3, "beta": [0.1, 0.2, 0.3], "gamma": [0.0, 0.4, 1.5]}
+    for n in range(3):
+        payload = block_json(block(1, n + 1))
+        store.store([received(payload, c, T0 + n + d[n]) for c, d in delays.items()])
+    store.store([
+        StatusReport("alpha", T0 + 5, Status("anvil/1.0", 1, 4, False)),
+        StatusReport("beta", T0 + 5, Status("geth/1.14", 1, 0, SyncProgress(2, 3))),
+        StatusReport("gamma", T0 + 5, Status(None, 1, None, None)),
+    ])  # fmt: skip
+    client = Client(StatsRoot(Reads(reactor, store, store)))
+    text = (await client.get("/metrics")).text
+    assert metric(text, "ethtwisted_client_peers", '{client="alpha"}') == 4
+    assert metric(text, "ethtwisted_client_peers", '{client="beta"}') == 0
+    assert metric(text, "ethtwisted_client_syncing", '{client="alpha"}') == 0
+    assert metric(text, "ethtwisted_client_syncing", '{client="beta"}') == 1
+    assert 'ethtwisted_client_peers{client="gamma"}' not in text
+    assert 'ethtwisted_client_syncing{client="gamma"}' not in text
+    info = "ethtwisted_client_node_info"
+    assert metric(text, info, '{client="alpha",version="anvil/1.0"}') == 1
+    assert metric(text, info, '{client="beta",version="geth/1.14"}') == 1
+    assert 'client="gamma"' not in "".join(re.findall(rf"^{info}.*$", text, re.MULTILINE))
+    p50, p95 = (
+        "ethtwisted_client_propagation_p50_seconds",
+        "ethtwisted_client_propagation_p95_seconds",
+    )
+    assert metric(text, p50, '{client="alpha"}') == 0
+    assert metric(text, p50, '{client="beta"}') == pytest.approx(0.2)
+    assert metric(text, p95, '{client="beta"}') == pytest.approx(0.3)
+    assert metric(text, p50, '{client="gamma"}') == pytest.approx(0.4)
+    assert metric(text, p95, '{client="gamma"}') == pytest.approx(1.5)
+
+    store.store([StatusReport("alpha", T0 + 6, Status("anvil/1.1", 1, 5, False))])
+    text = (await client.get("/metrics")).text
+    assert re.findall(rf'^{info}{{client="alpha",.*$', text, re.MULTILINE) == [
+        f'{info}{{client="alpha",version="anvil/1.1"}} 1.0'
+    ]
+    assert metric(text, "ethtwisted_client_peers", '{client="alpha"}') == 5
+
+
+@pytest_twisted.ensureDeferred
 async def test_agent_resource_serves_a_given_registry_and_check() -> None:
     """
     The agent's resource (for eth-client) serves /metrics from the registry it is given and

@@ -6,14 +6,17 @@ durable store at each scrape (so eth-stats shows it too, for every collector).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.framing import DROP_KINDS
-from ethtwisted.interfaces import ChainRange, ClientRecord, Head, Received
+from ethtwisted.interfaces import ChainRange, ClientRecord, Head, NodeRecord, Received
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
+
+PROPAGATION_PERCENTILES = (50, 95)
+"""The percentiles of each client's propagation delay that the API and C{/metrics} show."""
 
 
 class ServerMetrics:
@@ -146,6 +149,38 @@ class StoreMetrics:
             ["client"],
         )
 
+        self.client_peers = metric(
+            Gauge,
+            registry,
+            "client_peers",
+            "The peers of each client's node, as its last status said.",
+            ["client"],
+        )
+        self.client_syncing = metric(
+            Gauge,
+            registry,
+            "client_syncing",
+            "1 while each client's node says it is syncing, 0 when it says it is not.",
+            ["client"],
+        )
+        self.client_node = metric(
+            Info,
+            registry,
+            "client_node",
+            "The version each client's node reports (web3_clientVersion).",
+            ["client"],
+        )
+        self.client_propagation = {
+            percent: metric(
+                Gauge,
+                registry,
+                f"client_propagation_p{percent}_seconds",
+                f"How long after the fleet's first sighting of a block each client saw it: the"
+                f" {percent}th percentile over the last blocks it saw.",
+                ["client"],
+            )
+            for percent in PROPAGATION_PERCENTILES
+        }
         self.chain_reorg_depth = metric(
             Histogram,
             registry,
@@ -193,3 +228,27 @@ class StoreMetrics:
             head = best.get(c.chain_id)
             if head is not None:
                 self.client_lag.labels(c.client, chain).set(max(head - c.last_block, 0))
+
+    def update_nodes(
+        self, nodes: Mapping[str, NodeRecord], propagation: Mapping[str, Mapping[int, float]]
+    ) -> None:
+        """
+        Replace the node gauges with each client's latest status in C{nodes}, and the
+        propagation gauges with C{propagation}: per client, its delay in ms at each of
+        L{PROPAGATION_PERCENTILES} (those it has).  A status, a version or a client that is
+        gone leaves no series behind.
+        """
+        for m in (self.client_peers, self.client_syncing, self.client_node,
+                  *self.client_propagation.values()):  # fmt: skip
+            m.clear()
+        for client, record in nodes.items():
+            status = record.status
+            if status.peers is not None:
+                self.client_peers.labels(client).set(status.peers)
+            if status.syncing is not None:
+                self.client_syncing.labels(client).set(0 if status.syncing is False else 1)
+            if status.client_version is not None:
+                self.client_node.labels(client).info({"version": status.client_version})
+        for client, percentiles in propagation.items():
+            for percent, ms in percentiles.items():
+                self.client_propagation[percent].labels(client).set(ms / 1000)

@@ -23,7 +23,14 @@ from ethtwisted.interfaces import (
 )
 from ethtwisted.protocol import MAX_BLOCK_INT
 from ethtwisted.web.chains import chains
-from ethtwisted.web.reads import MAX_CHAINS, MAX_CLIENTS, Reads
+from ethtwisted.web.reads import (
+    MAX_CHAINS,
+    MAX_CLIENTS,
+    PROPAGATION_BLOCKS,
+    PROPAGATION_PERCENTILES,
+    Reads,
+    percentile,
+)
 from ethtwisted.web.resource import (
     MAX_DIGITS,
     Endpoint,
@@ -38,21 +45,9 @@ from ethtwisted.web.resource import (
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_MINUTES = 24 * 60
-PROPAGATION_BLOCKS = 100
-"""A client's propagation is over the blocks it saw last, this many."""
 MAX_SIGHTINGS = 1000
 MAX_EVENTS = 100
 MAX_MISSING = 1000
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    """
-    The nearest-rank percentile of C{values} (L{None} for none).
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.5) - 1))]
 
 
 def _node(record: NodeRecord | None) -> dict[str, Any] | None:
@@ -79,11 +74,11 @@ def _node(record: NodeRecord | None) -> dict[str, Any] | None:
 
 
 def _propagation(delays: list[float]) -> dict[str, Any]:
-    return {
-        "p50_ms": percentile(delays, 0.5),
-        "p95_ms": percentile(delays, 0.95),
-        "blocks": len(delays),
+    entry: dict[str, Any] = {
+        f"p{p}_ms": percentile(delays, p / 100) for p in PROPAGATION_PERCENTILES
     }
+    entry["blocks"] = len(delays)
+    return entry
 
 
 def _sighting(record: SightingRecord) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.logs import Logger, Trouble, describe
-from ethtwisted.metrics.server import StoreMetrics
+from ethtwisted.metrics.server import PROPAGATION_PERCENTILES, StoreMetrics
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
 
@@ -27,6 +27,20 @@ MAX_CLIENTS = 1000
 MAX_CHAINS = 100
 CHECK_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
+
+
+PROPAGATION_BLOCKS = 100
+"""A client's propagation is over the blocks it saw last, this many."""
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """
+    The nearest-rank percentile of C{values} (L{None} for none).
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.5) - 1))]
 
 
 MAX_REASON = 200
@@ -136,6 +150,29 @@ class Reads:
                      reason=_reason(e))  # fmt: skip
             return
         self.store_metrics.update_clients(clients, heads)
+        names = [c.client for c in clients]
+        reading: list[Deferred[Any]] = [
+            self.sql.ledger.node_statuses(names),
+            *(self.sql.ledger.propagation(n, PROPAGATION_BLOCKS) for n in names),
+        ]
+        try:
+            nodes, *delays = await gatherResults(reading, consumeErrors=True).addTimeout(
+                READ_TIMEOUT, self.reactor
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn("stats: cannot read the nodes for metrics: {reason}", reason=_reason(e))
+            return
+        propagation = {
+            name: {
+                p: ms
+                for p in PROPAGATION_PERCENTILES
+                if (ms := percentile(d, p / 100)) is not None
+            }
+            for name, d in zip(names, delays, strict=True)
+        }
+        self.store_metrics.update_nodes(nodes, propagation)
         try:
             finalized = await self.finalized().addTimeout(READ_TIMEOUT, self.reactor)
             chains = await self.chains.chains(MAX_CHAINS, finalized).addTimeout(
