@@ -195,6 +195,20 @@ Array.from(document.querySelectorAll('#clients tbody tr[data-client]')).map(func
           head: tr.querySelector('.head').textContent, lag: tr.querySelector('.lag').textContent};
 })
 """
+NODES = """
+Array.from(document.querySelectorAll('#clients tbody tr[data-client]')).map(function (tr) {
+  function cell(cls) { return tr.querySelector('.' + cls).textContent; }
+  return {client: tr.dataset.client, version: cell('version'), peers: cell('peers'),
+          sync: cell('sync'), p50: cell('p50'), p95: cell('p95')};
+})
+"""
+SIGHTINGS = """
+Array.from(document.querySelectorAll('#blocks tr.sightings tbody tr')).map(function (tr) {
+  return {client: tr.dataset.client, delay: tr.querySelector('.delay').textContent};
+})
+"""
+NONE = "\u2013"
+"""What the page shows for a value the API does not give."""
 HEAD = """
 (function () {
   var n = document.querySelector('#heads .head[data-chain="31337"] .number');
@@ -213,9 +227,10 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
 ) -> None:
     """
     With three clients following anvil (over IPC, WebSocket and HTTP) into eth-server, the
-    dashboard lists each client with its head, shows the chain's best head, and, while it
-    stays open, follows new blocks and marks in red the client that stopped and fell behind.
-    A screenshot is saved in the test's temporary folder.
+    dashboard lists each client with its head and its node's version, peers, sync state and
+    propagation p50/p95, shows the chain's best head, and, while it stays open, follows new
+    blocks and marks in red the client that stopped and fell behind; a block's row, clicked,
+    opens who saw it when.  A screenshot is saved in the test's temporary folder.
     """
     await deferToThread(anvil.mine, 5)
     server = await stats_server(
@@ -250,6 +265,22 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         assert await browser.evaluate("location.search") == ""
         assert await browser.evaluate("sessionStorage.getItem('ethtwisted-token')") == TOKEN
 
+        async def nodes_shown() -> bool:
+            rows = await browser.evaluate(NODES)
+            return len(rows) == 3 and all(r["version"] != NONE for r in rows)
+
+        await wait_for(nodes_shown, interval=0.1)
+        listed = {
+            c["client"]: c for c in (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
+        }
+        for name, row in by_client(await browser.evaluate(NODES)).items():
+            node = listed[name]["node"]
+            assert row["version"] == node["client_version"]
+            assert row["version"].startswith("anvil")
+            assert row["peers"] == (NONE if node["peers"] is None else str(node["peers"]))
+            assert row["sync"] == "synced"
+            assert row["p50"].endswith((" ms", " s")) and row["p95"].endswith((" ms", " s"))
+
         # One client stops; the chain moves on, and the page follows without a reload.
         await clients.pop("node-http").stopService()
         await deferToThread(anvil.mine, 3)
@@ -267,6 +298,22 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         recent = await browser.evaluate("document.querySelectorAll('#blocks tbody tr').length")
         stored = (await server.get("/api/v1/blocks?limit=15", TOKEN)).json()["blocks"]
         assert recent == len(stored) >= 4
+
+        # A block's row opens who saw it when: the three clients, earliest first.
+        sha = stored[-1]["sha256"]
+        sightings = (await server.get(f"/api/v1/blocks/{sha}", TOKEN)).json()["sightings"]
+        await browser.evaluate(
+            f"document.querySelector('#blocks tr[data-sha256=\"{sha}\"]').click()"
+        )
+
+        async def sightings_shown() -> bool:
+            return len(await browser.evaluate(SIGHTINGS)) == len(sightings)
+
+        await wait_for(sightings_shown, interval=0.1)
+        shown = await browser.evaluate(SIGHTINGS)
+        assert [r["client"] for r in shown] == [s["client"] for s in sightings]
+        assert {r["client"] for r in shown} == {"node-ipc", "node-ws", "node-http"}
+        assert shown[0]["delay"] == "0 ms"
 
         screenshot = tmp_path / "dashboard.png"
         await browser.screenshot(screenshot)
