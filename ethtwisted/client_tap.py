@@ -25,9 +25,9 @@ from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.client.status import DEFAULT_STATUS_INTERVAL, StatusPoller
 from ethtwisted.client.subscriber import SUBSCRIBE_MODES, Subscriber
 from ethtwisted.frames import FEATURES, Hello, name_problem
-from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import default_node_uris, open_node, parse_node_uri
+from ethtwisted.node.interfaces import INodeRequests
 from ethtwisted.options import (
     EnvOptions,
     check_endpoint,

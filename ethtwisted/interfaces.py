@@ -1,60 +1,30 @@
 """
-The seams of ethtwisted: where blocks come from (L{INode}), where they go (L{IBlockStore},
-L{ICounterStore}) and how the stats API reads them back (L{ICounterReader}, L{IBlockReader}).
-Each has one module of implementations; tests and the benchmarks use the same interfaces.
+The seams of ethtwisted's storage: where blocks go (L{IBlockStore}, L{ICounterStore}), how the
+stats API reads them back (L{ICounterReader}, L{IBlockReader}, L{IChainReader}, L{ILedger}) and
+where the fleet view's events go (L{IEventSink}).  Where blocks come from is
+L{ethtwisted.node.interfaces}; the records passed are L{ethtwisted.records}.  Each has one module
+of implementations; tests and the benchmarks use the same interfaces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ethtwisted.frames import Status
-from ethtwisted.protocol import Block
-
-
-@dataclass(frozen=True)
-class Received:
-    """
-    One payload as the server received it.
-    """
-
-    sha256: str
-    payload: str
-    address: str
-    """The sending peer's IP address."""
-    client: str
-    """The name the client gave in its hello, or its address."""
-    received: float
-    """Unix time of arrival."""
-    block: Block | int | None
-    """What the payload says about a block (see L{ethtwisted.protocol.parse_block})."""
-    seen: float | None = None
-    """When the client saw the block, on the server's clock (its sighting, corrected for the
-    client's clock offset); L{None} for a payload that came without one: seen on arrival."""
-    via: str = "unknown"
-    """How the client learnt of the block (L{ethtwisted.protocol.SIGHTING_SOURCES}), or
-    C{unknown} for a payload without a sighting (older and one-shot clients)."""
-
-    @property
-    def seen_at(self) -> float:
-        return self.received if self.seen is None else self.seen
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    """
-    A client's status frame as the server received it: committed with the payloads, never
-    acknowledged.
-    """
-
-    client: str
-    received: float
-    """Unix time of arrival."""
-    status: Status
+from ethtwisted.records import (
+    BlockRecord,
+    ChainRange,
+    ClientRecord,
+    EventRecord,
+    Head,
+    NodeRecord,
+    Received,
+    SightingRecord,
+    StateEvent,
+    StatusReport,
+)
 
 
 class IBlockStore(Interface):
@@ -106,52 +76,6 @@ class ICounterStore(Interface):
         """
         Disconnect.
         """
-
-
-@dataclass(frozen=True)
-class BlockRecord:
-    """
-    One distinct payload as the stats API shows it: when it was first seen, by whom, and what
-    it says about a block (the block fields are L{None} for payloads that are not blocks, and
-    all but C{number} for the older HTML page).
-    """
-
-    sha256: str
-    first_seen: float
-    client: str
-    chain_id: int | None
-    number: int | None
-    block_hash: str | None
-    parent_hash: str | None
-    block_time: int | None
-
-
-@dataclass(frozen=True)
-class ClientRecord:
-    """
-    One client (its hello name, or its address) as the durable store remembers it.
-    """
-
-    client: str
-    address: str
-    messages: int
-    first_seen: float
-    last_seen: float
-    chain_id: int | None
-    last_block: int | None
-
-
-@dataclass(frozen=True)
-class Head:
-    """
-    The best (highest) block seen on one chain; C{chain_id} is L{None} for blocks known only by
-    number (the older HTML page).
-    """
-
-    chain_id: int | None
-    number: int
-    block_hash: str | None
-    first_seen: float
 
 
 class ICounterReader(Interface):
@@ -221,65 +145,6 @@ class IBlockReader(Interface):
         """
 
 
-@dataclass(frozen=True)
-class ChainBlock:
-    """
-    One stored block of a chain, as the fleet saw it: C{canonical} when it is an ancestor of
-    the best head by the stored parent links, else orphaned; C{finalized} when it is canonical
-    and at or below the finalized number a node reported.
-    """
-
-    number: int
-    block_hash: str
-    parent_hash: str
-    sha256: str
-    client: str
-    """The client that reported it first."""
-    first_seen: float
-    canonical: bool
-    finalized: bool
-
-
-@dataclass(frozen=True)
-class Reorg:
-    """
-    A branch of orphaned blocks: the fleet followed it from C{number} (the first height it
-    replaced) for C{depth} blocks, up to C{orphaned}, then the chain went on through
-    C{canonical} (L{None} where the canonical block at C{number} is not stored).
-    """
-
-    number: int
-    depth: int
-    orphaned: str
-    canonical: str | None
-
-
-@dataclass(frozen=True)
-class ChainRange:
-    """
-    What the store holds of one chain between C{low} and C{high}, both included.  C{gaps} are
-    the runs of heights with no block stored, up to the head; C{forks} the heights with more
-    than one block, each its blocks; C{reorgs} the orphaned branches starting in the range.
-    """
-
-    chain_id: int
-    low: int
-    high: int
-    head: int
-    """The highest stored number of the chain."""
-    finalized: int | None
-    blocks: int
-    canonical: int
-    gaps: list[tuple[int, int]]
-    forks: list[list[ChainBlock]]
-    reorgs: list[Reorg]
-
-    @property
-    def missing(self) -> int:
-        """Heights in the range, up to the head, with no block stored."""
-        return sum(high - low + 1 for low, high in self.gaps)
-
-
 class IChainReader(Interface):
     """
     The chains as the fleet saw them, from the blocks stored and their parent links.  Which
@@ -310,31 +175,6 @@ CHAIN_WINDOW = 10_000
 """The heights below the head that L{IChainReader.chains} summarises."""
 
 
-@dataclass(frozen=True)
-class StateEvent:
-    """
-    A client entering or leaving a state (C{behind}, C{stalled}, C{silent}, C{syncing},
-    C{fork}), as the fleet view decides it.
-    """
-
-    id: int
-    client: str
-    chain_id: int | None
-    state: str
-    event: str
-    """C{entered} or C{left}."""
-    head: int | None
-    """The client's head when it happened."""
-    best_head: int | None
-    """The best head of its chain then."""
-    since: float
-    """Unix time the client entered the state."""
-    at: float
-    """Unix time of this event."""
-    text: str
-    """The event for people: one line."""
-
-
 class IEventSink(Interface):
     """
     Where the fleet view's events go (webhooks, and what else listens).
@@ -344,144 +184,6 @@ class IEventSink(Interface):
         """
         Take C{event}, in order per client; never fail and never block the caller.
         """
-
-
-class INode(Interface):
-    """
-    An Ethereum node, reached over JSON-RPC.  Every call fails rather than hangs when the node
-    does not answer.
-    """
-
-    description: str = Attribute("Where the node is, for logs (never a secret).")
-
-    def block_number() -> Deferred[int]:
-        """
-        The number of the node's head block (C{eth_blockNumber}).
-        """
-
-    def head() -> Deferred[Block]:
-        """
-        The node's head block (C{eth_getBlockByNumber("latest")}).
-        """
-
-    def block_by_number(number: int) -> Deferred[Block | None]:
-        """
-        The canonical block at C{number}, or L{None} if the node has none there.
-        """
-
-    def block_by_hash(block_hash: str) -> Deferred[Block | None]:
-        """
-        The block with this hash, or L{None} if the node does not know it.
-        """
-
-    def finalized_number() -> Deferred[int | None]:
-        """
-        The number of the node's finalized block, or L{None} if it reports none.
-        """
-
-    def close() -> Deferred[None]:
-        """
-        Close the connection to the node.
-        """
-
-
-class IHeadSubscription(Interface):
-    """
-    A subscription to a node's new heads, live until L{close} or until the node ends it.
-    """
-
-    description: str = Attribute("The node subscribed to, for logs (never a secret).")
-    ended: Deferred[None] = Attribute(
-        "Fires with None once closed; fails with NodeError when the node ends the subscription "
-        "(it hung up) or sends a header that is unusable."
-    )
-
-    def close() -> Deferred[None]:
-        """
-        End the subscription and close its connection.
-        """
-
-
-class IHeadSource(Interface):
-    """
-    A node that can push its new heads (IPC and WebSocket can, HTTP cannot).
-    """
-
-    def subscribe_heads(
-        deliver: Callable[[Block], object],
-    ) -> Deferred[IHeadSubscription | None]:
-        """
-        Subscribe to the new heads of the node in use: C{deliver} is called with each header
-        the node pushes, checked like any answer, in the order it sends them, possibly before
-        this fires.  Fires with the subscription, or L{None} when the node cannot push; fails
-        with L{ethtwisted.node.NodeError} when it does not subscribe.
-        """
-
-
-class INodeRequests(Interface):
-    """
-    A node that takes any JSON-RPC request (for what it says about itself: its version, peers,
-    sync state).
-    """
-
-    description: str = Attribute("The node in use, for logs (never a secret).")
-
-    def rpc(method: str, params: Sequence[object]) -> Deferred[object]:
-        """
-        The node's JSON-RPC response to one request of C{method} with C{params}, as it came
-        (a mapping with a C{result} or an C{error}, unchecked: the caller checks it).  Fails
-        with L{ethtwisted.node.NodeError} when the node does not answer.
-        """
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    """
-    A client's latest status report as the durable store keeps it.
-    """
-
-    client: str
-    updated: float
-    """Unix time the server received it."""
-    status: Status
-
-
-@dataclass(frozen=True)
-class SightingRecord:
-    """
-    One client's sighting of one payload: when (on the server's clock, corrected for the
-    client's), how far behind the first sighting of that payload in the fleet, and how.
-    """
-
-    client: str
-    seen_at: float
-    received: float
-    via: str
-    delay_ms: float
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """
-    One change in a client's state, dated; C{kind} says which (L{EVENT_KINDS}).
-    """
-
-    id: int
-    client: str
-    at: float
-    kind: str
-    detail: str
-
-
-EVENT_KINDS = (
-    "version_changed",
-    "sync_started",
-    "sync_finished",
-    "peers_lost",
-    "peers_back",
-    "chain_changed",
-)
-"""The changes recorded in C{eth_events} from a client's status reports."""
 
 
 class ILedger(Interface):

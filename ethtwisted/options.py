@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from ethtwisted.endpoints import endpoint_port
 from ethtwisted.storage.redis_store import parse_redis_url
-from ethtwisted.storage.sql_store import DEFAULT_DB_URL, parse_db_url
+from ethtwisted.storage.sql_pool import DEFAULT_DB_URL, parse_db_url
 
 DEFAULT_WEB = "tcp:8080:interface=127.0.0.1"
 """Where eth-stats (C{--listen}) and eth-demo (C{--stats}) serve HTTP unless told."""

@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 
 from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.interfaces import Received
 from ethtwisted.protocol import Block, payload_hash
+from ethtwisted.records import Received
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server_tap import Options, makeService
 from ethtwisted.web.site import WebService

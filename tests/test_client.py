@@ -43,8 +43,8 @@ from ethtwisted.client.spool import Spool, SpoolError
 from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, encode_control
 from ethtwisted.frames import Sighting as SightingFrame
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.interfaces import INode
 from ethtwisted.node import NodeError
+from ethtwisted.node.interfaces import INode
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from tests.helpers import wait_for
 from tests.test_protocol import feed, netstring

@@ -35,7 +35,6 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ethtwisted.interfaces import INode
 from ethtwisted.node import (
     DEFAULT_HTTP_URI,
     NodeError,
@@ -46,6 +45,7 @@ from ethtwisted.node import (
     web3_node,
 )
 from ethtwisted.node.failover import FailoverNode
+from ethtwisted.node.interfaces import INode
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block

@@ -17,9 +17,9 @@ from zope.interface import implementer
 
 from ethtwisted.client.status import StatusPoller
 from ethtwisted.frames import Status, SyncProgress
-from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import set_verbose
 from ethtwisted.node import NodeError, open_node
+from ethtwisted.node.interfaces import INodeRequests
 from ethtwisted.node.status import StatusReader
 from tests.conftest import Anvil
 from tests.test_client import Logs

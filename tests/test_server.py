@@ -31,15 +31,17 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted.frames import Ack, Hello, Refusal, encode_control
-from ethtwisted.interfaces import IBlockStore, ICounterStore, Received, StatusReport
+from ethtwisted.interfaces import IBlockStore, ICounterStore
 from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
+from ethtwisted.records import Received, StatusReport
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, MAX_CONFLICT_RETRIES, Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
-from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
+from ethtwisted.storage.memory_counters import MemoryCounters
+from ethtwisted.storage.memory_store import MemoryStore
 from tests.test_protocol import feed, netstring
 
 

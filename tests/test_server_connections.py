@@ -19,8 +19,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 
 from ethtwisted.frames import Ack, Hello, encode_control
-from ethtwisted.interfaces import IBlockStore, Received
+from ethtwisted.interfaces import IBlockStore
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
+from ethtwisted.records import Received
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES, ServerProtocol

@@ -24,8 +24,8 @@ from ethtwisted.frames import (
     decode_control,
     encode_control,
 )
-from ethtwisted.interfaces import Received, StatusReport
 from ethtwisted.protocol import block_json, payload_hash
+from ethtwisted.records import Received, StatusReport
 from ethtwisted.server.clock import (
     FIRST_PING_INTERVAL,
     FIRST_PINGS,

@@ -17,7 +17,7 @@ from ethtwisted.interfaces import IEventSink
 from ethtwisted.server.webhooks import WebhookService
 from ethtwisted.server_tap import Options, makeService, with_backlog
 from ethtwisted.storage.redis_store import RedisURL, SentinelURL
-from ethtwisted.storage.sql_store import DatabaseURL
+from ethtwisted.storage.sql_pool import DatabaseURL
 from tests.services import MySQLDatabase
 
 TWISTD = str(Path(sys.executable).parent / "twistd")

@@ -22,17 +22,12 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import Received
 from ethtwisted.protocol import Block, payload_hash
-from ethtwisted.storage import (
-    RejectedError,
-    StartupError,
-    is_conflict,
-    is_rejection,
-    wait_for,
-)
+from ethtwisted.records import Received
+from ethtwisted.storage import RejectedError, StartupError, is_conflict, is_rejection, wait_for
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
-from ethtwisted.storage.sql_store import SQLStore, parse_db_url
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from tests.services import MySQLDatabase, Redis
 
 HASH = "0x" + "ab" * 32

@@ -30,28 +30,32 @@ from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import (
     CHAIN_WINDOW,
     MAX_CHAIN_RANGE,
-    BlockRecord,
-    ChainBlock,
-    ChainRange,
-    ClientRecord,
-    Head,
     IBlockReader,
     IBlockStore,
     ICounterReader,
     ICounterStore,
     ILedger,
+)
+from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
+from ethtwisted.records import (
+    BlockRecord,
+    ChainBlock,
+    ChainRange,
+    ClientRecord,
+    Head,
     NodeRecord,
     Received,
     Reorg,
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
 from ethtwisted.storage import redis_store
 from ethtwisted.storage.chains import chain_reader
-from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore, Tables
+from ethtwisted.storage.memory_counters import MemoryCounters
+from ethtwisted.storage.memory_store import MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
-from ethtwisted.storage.sql_store import SQLStore, parse_db_url
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from tests.helpers import ROLLBACK_FAILED
 from tests.services import MySQLDatabase, Redis
 
@@ -64,7 +68,7 @@ SQL_TABLES = {
     "eth_node_status",
     "eth_events",
 }
-MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_store.connection_pool
+MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_pool.connection_pool
 MARGIN = 5.0  # for a loaded machine: the answer must come within the store's timeout plus this
 
 BlockStore = SQLStore | MemoryStore

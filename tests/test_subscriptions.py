@@ -22,8 +22,8 @@ from ethtwisted.client import EthClient
 from ethtwisted.client.follower import Follower, Sighting
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.subscriber import Subscriber
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.node import NodeError
+from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.protocol import Block
 from tests.helpers import Committed, Server, wait_for
 from tests.services import Anvil

@@ -37,22 +37,19 @@ from zope.interface.verify import verifyObject
 
 from ethtwisted import stats_tap
 from ethtwisted.frames import Status, SyncProgress
-from ethtwisted.interfaces import (
-    ClientRecord,
-    IBlockReader,
-    ICounterReader,
-    Received,
-    StatusReport,
-)
+from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.metrics.server import ServerMetrics
 from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
+from ethtwisted.records import ClientRecord, Received, StatusReport
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
-from ethtwisted.storage.memory_store import MemoryCounters, MemoryStore
+from ethtwisted.storage.memory_counters import MemoryCounters
+from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
-from ethtwisted.storage.sql_store import SQLStore, parse_db_url
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.web.cat import plain_table
 from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource

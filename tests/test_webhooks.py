@@ -24,13 +24,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
-from ethtwisted.interfaces import IEventSink, StateEvent
-from ethtwisted.server.webhooks import (
-    WebhookService,
-    WebhookURL,
-    event_body,
-    parse_webhook_url,
-)
+from ethtwisted.interfaces import IEventSink
+from ethtwisted.records import StateEvent
+from ethtwisted.server.webhooks import WebhookService, WebhookURL, event_body, parse_webhook_url
 from tests.helpers import the_reactor, wait_for
 from tests.services import free_port
 

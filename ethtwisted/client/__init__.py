@@ -21,8 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.client.poller import Poller
-from ethtwisted.interfaces import INode
 from ethtwisted.logs import Logger, describe
+from ethtwisted.node.interfaces import INode
 
 log = Logger(namespace="ethtwisted.client")
 

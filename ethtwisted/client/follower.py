@@ -13,9 +13,9 @@ from typing import Any
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
-from ethtwisted.interfaces import INode
 from ethtwisted.logs import Logger
 from ethtwisted.node import NodeError
+from ethtwisted.node.interfaces import INode
 from ethtwisted.protocol import Block, block_problem
 
 log = Logger(namespace="ethtwisted.client")

@@ -13,9 +13,9 @@ from twisted.python.failure import Failure
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription
 from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
+from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription
 from ethtwisted.protocol import Block
 
 log = Logger(namespace="ethtwisted.client")

@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.frames import Status
-from ethtwisted.interfaces import INode
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
+from ethtwisted.node.interfaces import INode
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.protocol import SOURCES, Block, parse_block
 

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.framing import DROP_KINDS
-from ethtwisted.interfaces import ChainRange, ClientRecord, Head, NodeRecord, Received
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
+from ethtwisted.records import ChainRange, ClientRecord, Head, NodeRecord, Received
 
 PROPAGATION_PERCENTILES = (50, 95)
 """The percentiles of each client's propagation delay that the API and C{/metrics} show."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
-from ethtwisted.interfaces import INode
+from ethtwisted.node.interfaces import INode
 from ethtwisted.node.uri import (
     DEFAULT_HTTP_URI,
     NodeURI,

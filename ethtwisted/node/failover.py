@@ -11,9 +11,9 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
+from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.protocol import Block
 
 log = Logger(namespace=LOG_NAMESPACE)

@@ -13,8 +13,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.node import NodeError
+from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")

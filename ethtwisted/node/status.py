@@ -14,10 +14,10 @@ from typing import Any, Literal
 from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.frames import MAX_CLIENT_VERSION_LENGTH, MAX_WIRE_INT, Status, SyncProgress
-from ethtwisted.interfaces import INodeRequests
 from ethtwisted.logs import Logger, describe
 from ethtwisted.node import LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import shown
+from ethtwisted.node.interfaces import INodeRequests
 
 log = Logger(namespace=LOG_NAMESPACE)
 

@@ -22,9 +22,9 @@ from twisted.python.failure import Failure
 from web3 import AsyncWeb3
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSubscription
 from ethtwisted.node import NodeError
 from ethtwisted.node.answers import as_block, as_int
+from ethtwisted.node.interfaces import IHeadSubscription
 from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
 from ethtwisted.node.web3_node import Web3Node, _Connection
 from ethtwisted.protocol import Block

@@ -30,10 +30,10 @@ from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import BlockIdentifier
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import as_block, as_finalized_number, as_int
+from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block

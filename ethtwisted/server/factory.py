@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
-from ethtwisted.interfaces import Received
 from ethtwisted.logs import Logger
+from ethtwisted.records import Received
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, ServerProtocol
 

@@ -16,8 +16,9 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import IBlockStore, ICounterStore, Received, StatusReport
+from ethtwisted.interfaces import IBlockStore, ICounterStore
 from ethtwisted.logs import Logger, Trouble, describe
+from ethtwisted.records import Received, StatusReport
 from ethtwisted.storage import RejectedError, is_conflict, is_rejection
 
 log = Logger(namespace="ethtwisted.server")

@@ -28,9 +28,9 @@ from ethtwisted.frames import (
     name_problem,
 )
 from ethtwisted.framing import FrameProtocol
-from ethtwisted.interfaces import Received, StatusReport
 from ethtwisted.logs import Logger
 from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
+from ethtwisted.records import Received, StatusReport
 from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, PING_INTERVAL, ClockOffset
 from ethtwisted.storage import RejectedError
 

@@ -11,8 +11,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
-from ethtwisted.interfaces import IBlockReader, ILedger, Received
+from ethtwisted.interfaces import IBlockReader, ILedger
 from ethtwisted.logs import Logger, Trouble, describe
+from ethtwisted.records import Received
 
 log = Logger(namespace="ethtwisted.server")
 

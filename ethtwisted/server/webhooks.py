@@ -32,8 +32,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IEventSink, StateEvent
+from ethtwisted.interfaces import IEventSink
 from ethtwisted.logs import Logger, Trouble, describe
+from ethtwisted.records import StateEvent
 
 log = Logger(namespace="ethtwisted.server")
 

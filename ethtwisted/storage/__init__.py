@@ -23,7 +23,7 @@ from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.protocol import MAX_BLOCK_INT, Block, block_problem
 
 if TYPE_CHECKING:
-    from ethtwisted.interfaces import Received
+    from ethtwisted.records import Received
 
 log = Logger()
 
@@ -143,7 +143,7 @@ def row_problem(r: Received, max_payload_bytes: int) -> str | None:
 def status_events(old: Status | None, new: Status) -> list[tuple[str, str]]:
     """
     The changes from a client's status C{old} (L{None}: it reported none yet) to C{new}, as
-    (kind, detail) pairs of L{ethtwisted.interfaces.EVENT_KINDS}: only between values both
+    (kind, detail) pairs of L{ethtwisted.records.EVENT_KINDS}: only between values both
     report (a value the node does not say is no change).
     """
     if old is None:

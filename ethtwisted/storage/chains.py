@@ -20,15 +20,8 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ethtwisted.interfaces import (
-    CHAIN_WINDOW,
-    MAX_CHAIN_RANGE,
-    ChainBlock,
-    ChainRange,
-    Head,
-    IChainReader,
-    Reorg,
-)
+from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, IChainReader
+from ethtwisted.records import ChainBlock, ChainRange, Head, Reorg
 from ethtwisted.storage.sql_store import SQLStore
 
 ANCESTRY_MARGIN = 1024

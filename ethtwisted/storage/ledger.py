@@ -16,15 +16,9 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from ethtwisted.frames import Status, SyncProgress
-from ethtwisted.interfaces import (
-    EventRecord,
-    ILedger,
-    NodeRecord,
-    Received,
-    SightingRecord,
-    StatusReport,
-)
+from ethtwisted.interfaces import ILedger
 from ethtwisted.protocol import Block
+from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord, StatusReport
 from ethtwisted.storage import status_events
 
 TABLES = ("eth_sightings", "eth_node_status", "eth_events")

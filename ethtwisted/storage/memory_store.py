@@ -1,10 +1,10 @@
 """
-The stores in memory: L{MemoryStore} answers as L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}
-does and L{MemoryCounters} as
-L{RedisCounters<ethtwisted.storage.redis_store.RedisCounters>} does, for the same traffic
-(tests/test_storage_contract.py holds them to it).  Every call answers at once;
-while C{down} holds an exception, every call but C{close} fails with it, as a store that cannot
-be reached does.  For unit tests, and for anything else that needs a store without a server.
+The store in memory: L{MemoryStore} answers as L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}
+does, and L{MemoryLedger} as its ledger, for the same traffic (tests/test_storage_contract.py
+holds them to it; the counters in memory are L{ethtwisted.storage.memory_counters}).  Every call
+answers at once; while C{down} holds an exception, every call but C{close} fails with it, as a
+store that cannot be reached does.  For unit tests, and for anything else that needs a store
+without a server.
 """
 
 from __future__ import annotations
@@ -18,29 +18,29 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ethtwisted.interfaces import (
+from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader, ILedger
+from ethtwisted.protocol import Block
+from ethtwisted.records import (
     BlockRecord,
     ClientRecord,
     EventRecord,
     Head,
-    IBlockReader,
-    IBlockStore,
-    ICounterReader,
-    ICounterStore,
-    ILedger,
     NodeRecord,
     Received,
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.protocol import Block
 from ethtwisted.storage import RejectedError, row_problem, status_events
 from ethtwisted.storage.chains import Row
 
 T = TypeVar("T")
 
 
-class _Answering:
+class Answering:
+    """
+    What every store in memory answers alike: each call fires at once, or fails while C{down}.
+    """
+
     down: BaseException | None = None
     """While set, every call but C{close} fails with this exception."""
 
@@ -98,7 +98,7 @@ class ReadOnlyError(Exception):
 
 
 @implementer(IBlockStore, ICounterReader, IBlockReader)
-class MemoryStore(_Answering):
+class MemoryStore(Answering):
     """
     L{IBlockStore} and its readers over L{Tables} in memory.  With C{read_only} it never
     writes, and L{start} fails unless a writing store has started on the same C{tables}.
@@ -296,7 +296,7 @@ class MemoryStore(_Answering):
 
 
 @implementer(ILedger)
-class MemoryLedger(_Answering):
+class MemoryLedger(Answering):
     """
     L{ILedger} over a L{MemoryStore}'s tables, answering as the SQL ledger does.
     """
@@ -369,40 +369,6 @@ class MemoryLedger(_Answering):
         for s in old:
             del t.sightings[(s.client, s.sha256)]
         return len(old)
-
-
-@implementer(ICounterStore, ICounterReader)
-class MemoryCounters(_Answering):
-    """
-    L{ICounterStore} and its L{ICounterReader} in memory: first sightings and messages per address.
-    """
-
-    def __init__(self) -> None:
-        self.first_seen: dict[str, float] = {}
-        """SHA256 → unix time first seen (C{eth:hashes})."""
-        self.messages: Counter[str] = Counter()
-        """Client IP address → messages sent (C{eth:ip_addresses})."""
-        self.groups: set[str] = set()
-        """The names of the groups counted (C{eth:group:<id>}), each counted once."""
-
-    def record(self, batch: Sequence[Received], group: str) -> Deferred[None]:
-        return self._answer(self._record, batch, group)
-
-    def _record(self, batch: Sequence[Received], group: str) -> None:
-        if group in self.groups:
-            return
-        self.groups.add(group)
-        for r in batch:
-            self.first_seen.setdefault(r.sha256, r.received)
-            self.messages[r.address] += 1
-
-    def latest_hashes(self, limit: int) -> Deferred[list[tuple[str, float]]]:
-        newest = sorted(self.first_seen.items(), key=lambda r: (r[1], r[0]), reverse=True)
-        return self._answer(lambda: newest[:limit])
-
-    def address_counts(self, limit: int) -> Deferred[list[tuple[str, int]]]:
-        busiest = sorted(self.messages.items(), key=lambda r: (-r[1], r[0]))
-        return self._answer(lambda: busiest[:limit])
 
 
 def _chain_and_number(block: Block | int | None) -> tuple[int | None, int | None]:

@@ -23,8 +23,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
-from ethtwisted.interfaces import ICounterReader, ICounterStore, Received
+from ethtwisted.interfaces import ICounterReader, ICounterStore
 from ethtwisted.logs import Logger, Trouble
+from ethtwisted.records import Received
 
 log = Logger()
 

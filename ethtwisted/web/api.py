@@ -13,7 +13,8 @@ from twisted.internet.defer import gatherResults
 from twisted.web.server import Request
 
 from ethtwisted.frames import SyncProgress, name_problem
-from ethtwisted.interfaces import (
+from ethtwisted.protocol import MAX_BLOCK_INT
+from ethtwisted.records import (
     BlockRecord,
     ClientRecord,
     EventRecord,
@@ -21,7 +22,6 @@ from ethtwisted.interfaces import (
     NodeRecord,
     SightingRecord,
 )
-from ethtwisted.protocol import MAX_BLOCK_INT
 from ethtwisted.web.chains import chains
 from ethtwisted.web.reads import (
     MAX_CHAINS,

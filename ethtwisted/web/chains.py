@@ -9,16 +9,10 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, ChainBlock, ChainRange, Reorg
+from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE
+from ethtwisted.records import ChainBlock, ChainRange, Reorg
 from ethtwisted.web.reads import MAX_CHAINS, Reads
-from ethtwisted.web.resource import (
-    HTTPError,
-    Response,
-    height,
-    height_arg,
-    int_arg,
-    json_response,
-)
+from ethtwisted.web.resource import HTTPError, Response, height, height_arg, int_arg, json_response
 
 MAX_FORKS = 1000
 """The most fork heights one answer lists; C{next} says where to go on."""
