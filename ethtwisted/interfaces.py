@@ -25,6 +25,7 @@ from ethtwisted.records import (
     StateEvent,
     StatusReport,
 )
+from ethtwisted.states import State, Thresholds
 
 
 class IBlockStore(Interface):
@@ -173,6 +174,41 @@ MAX_CHAIN_RANGE = 100_000
 """The most heights one chain read covers."""
 CHAIN_WINDOW = 10_000
 """The heights below the head that L{IChainReader.chains} summarises."""
+
+
+class IFleet(Interface):
+    """
+    The fleet view's states (L{ethtwisted.states}), kept where several servers agree on them:
+    each server calls L{decide} once a second, and each change of state is returned by the one
+    call that recorded it.
+    """
+
+    def decide(
+        server: str,
+        now: float,
+        connected: Mapping[str, float],
+        gone: Mapping[str, float],
+        thresholds: Thresholds,
+    ) -> Deferred[list[StateEvent]]:
+        """
+        Record that C{server} (an id of this run of it) holds the connections of the clients
+        in C{connected} (name → when a frame of it last arrived) and no longer those in
+        C{gone}, decide every watched client's states at C{now}, record each change and fire
+        with the changes, in order.  Fail with an error that
+        L{ethtwisted.storage.is_conflict} recognises when another server decided at the same
+        time (nothing is then recorded: try again later).
+        """
+
+    def states() -> Deferred[dict[str, dict[str, State]]]:
+        """
+        Every watched client → the states it is in (empty: current).
+        """
+
+    def events(since: float | None, client: str | None, limit: int) -> Deferred[list[StateEvent]]:
+        """
+        The C{limit} latest changes of state, newest first: only those at or after C{since},
+        and only C{client}'s, when given.
+        """
 
 
 class IEventSink(Interface):

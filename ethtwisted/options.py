@@ -56,13 +56,24 @@ def non_negative_float(value: str) -> float:
     return number
 
 
-def positive_int(value: str) -> int:
+def _int(value: str) -> int:
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
         raise ValueError(f"expected a whole number, not {value!r}") from None
+
+
+def positive_int(value: str) -> int:
+    number = _int(value)
     if number < 1:
         raise ValueError(f"must be at least 1, not {value}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = _int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, not {value}")
     return number
 
 

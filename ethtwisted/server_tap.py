@@ -18,12 +18,14 @@ from ethtwisted.options import (
     STATS_TOKEN_OPTIONS,
     StoreOptions,
     check_endpoint,
+    non_negative_int,
     positive_float,
     positive_int,
     read_lines,
     read_token,
     web_endpoint,
 )
+from ethtwisted.server.clock import PING_INTERVAL
 from ethtwisted.server.collector import CollectorService
 from ethtwisted.server.factory import (
     DEFAULT_HELLO_TIMEOUT,
@@ -31,6 +33,7 @@ from ethtwisted.server.factory import (
     DEFAULT_MAX_CONNECTIONS,
     ServerFactory,
 )
+from ethtwisted.server.fleet import FleetService
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.upkeep import (
     DEFAULT_KEEP_SIGHTINGS,
@@ -43,6 +46,14 @@ from ethtwisted.server.webhooks import (
     WebhookService,
     WebhookURL,
     parse_webhook_url,
+)
+from ethtwisted.states import (
+    DEFAULT_BEHIND_BLOCKS,
+    DEFAULT_BEHIND_SECONDS,
+    DEFAULT_FORK_SECONDS,
+    DEFAULT_SILENT_SECONDS,
+    DEFAULT_STALL_SECONDS,
+    Thresholds,
 )
 from ethtwisted.storage.redis_store import RedisCounters
 from ethtwisted.storage.sql_store import SQLStore
@@ -94,6 +105,20 @@ class Options(StoreOptions):
         ["summary-interval", None, DEFAULT_SUMMARY_INTERVAL,
          "Log one summary line (blocks stored, clients connected, heads, clients not current)"
          " every this many seconds.", positive_float],
+        ["behind-blocks", None, DEFAULT_BEHIND_BLOCKS,
+         "A client whose head is more than this many blocks behind the best head of its chain"
+         " for --behind-seconds is behind.", non_negative_int],
+        ["behind-seconds", None, DEFAULT_BEHIND_SECONDS,
+         "See --behind-blocks.", positive_float],
+        ["stall-seconds", None, DEFAULT_STALL_SECONDS,
+         "A client with no new head for this many seconds while its chain went on is"
+         " stalled.", positive_float],
+        ["silent-seconds", None, DEFAULT_SILENT_SECONDS,
+         "A client not heard from for this many seconds (or with no connection) is silent.",
+         positive_float],
+        ["fork-seconds", None, DEFAULT_FORK_SECONDS,
+         "A client that has reported, at some height, a block other than the one most of the"
+         " fleet has there for this many seconds is on a fork.", positive_float],
         ["stats", None, None,
          "Serve the stats API, /metrics and the dashboard on this endpoint, e.g."
          " tcp:8080:interface=127.0.0.1 (a bare port means loopback; off if unset)."],
@@ -144,6 +169,13 @@ class Options(StoreOptions):
             self["stats"] = web_endpoint(self["stats"], "stats")
         self["stats_token"] = read_token(self, "stats-token")
         self["webhooks"] = webhook_urls(self)
+        self["thresholds"] = Thresholds(
+            behind_blocks=self["behind-blocks"],
+            behind_seconds=self["behind-seconds"],
+            stall_seconds=self["stall-seconds"],
+            silent_seconds=self["silent-seconds"],
+            fork_seconds=self["fork-seconds"],
+        )
 
 
 def webhook_urls(config: Options) -> list[WebhookURL]:
@@ -184,6 +216,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         hello_timeout=config["hello-timeout"],
         max_connections=config["max-connections"],
         max_buffered_bytes=config["max-buffered-bytes"],
+        # A client that sends nothing else is still heard, by its pongs, before it is silent.
+        ping_interval=min(PING_INTERVAL, config["silent-seconds"] / 3),
     )
     endpoints = [(d, serverFromString(reactor, d)) for d in config["listen"]]
     service = MultiService()
@@ -192,12 +226,18 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     collector.setName("collector")
     collector.setServiceParent(service)
+    sinks = []
     if config["webhooks"]:
-        # The fleet view publishes its state events to this sink (IEventSink).
-        webhooks(config, reactor).setServiceParent(service)
+        hooks = webhooks(config, reactor)
+        hooks.setServiceParent(service)
+        sinks.append(hooks)
 
     def ready() -> bool:
         return collector.ready.called
+
+    fleet = FleetService(reactor, store.fleet, factory, config["thresholds"], sinks, ready)
+    fleet.setName("fleet")
+    fleet.setServiceParent(service)
 
     # Both wait for the collector to have its stores.
     pruner = SightingPruner(store.ledger, reactor, config["keep-sightings"], ready)

@@ -67,6 +67,10 @@ SQL_TABLES = {
     "eth_sightings",
     "eth_node_status",
     "eth_events",
+    "eth_presence",
+    "eth_states",
+    "eth_state_events",
+    "eth_fleet",
 }
 MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_pool.connection_pool
 MARGIN = 5.0  # for a loaded machine: the answer must come within the store's timeout plus this

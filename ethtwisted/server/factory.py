@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory
 
 from ethtwisted.logs import Logger
 from ethtwisted.records import Received
+from ethtwisted.server.clock import PING_INTERVAL
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, ServerProtocol
 
@@ -62,6 +63,7 @@ class ServerFactory(Factory):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_in_flight: int = MAX_IN_FLIGHT,
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         self.ingest = ingest
         self.reactor = reactor
@@ -72,6 +74,9 @@ class ServerFactory(Factory):
         self.max_connections = max_connections
         self.max_buffered_bytes = max_buffered_bytes
         self.max_in_flight = max_in_flight
+        self.ping_interval = ping_interval
+        """Seconds between the pings of a connection, after its first few: each pong is a
+        frame, so a client that sends nothing else is still heard (L{ethtwisted.states})."""
         self.connections: set[ServerProtocol] = set()
         self.observers: list[ConnectionObserver] = []
         self.turned_away = 0

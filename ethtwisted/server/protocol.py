@@ -31,7 +31,7 @@ from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger
 from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
 from ethtwisted.records import Received, StatusReport
-from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, PING_INTERVAL, ClockOffset
+from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, ClockOffset
 from ethtwisted.storage import RejectedError
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.awaiting_clock: list[tuple[Received, Sighting | None]] | None = None
         """Payloads waiting for the first pong (L{CLOCK_WAIT} at most), while one is awaited."""
         self.clock_deadline: IDelayedCall | None = None
+        self.last_heard = factory.reactor.seconds()
+        """When bytes of this peer last arrived (or the connection opened)."""
 
     @property
     def held(self) -> int:
@@ -177,6 +179,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.last_heard = self.factory.reactor.seconds()
         super().dataReceived(data)
         self.factory.account(self)
 
@@ -317,7 +320,9 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             return
         self.send_control(Ping(self.clock.ping(self.factory.reactor.seconds())))
         self.pings_sent += 1
-        delay = FIRST_PING_INTERVAL if self.pings_sent < FIRST_PINGS else PING_INTERVAL
+        delay = self.factory.ping_interval
+        if self.pings_sent < FIRST_PINGS:
+            delay = FIRST_PING_INTERVAL
         self.pinging = self.callLater(delay, self._ping)
 
     def _clock_ready(self) -> None:

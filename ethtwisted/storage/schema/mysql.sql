@@ -78,3 +78,50 @@ CREATE TABLE IF NOT EXISTS eth_events (
     detail VARCHAR(600) NOT NULL,
     INDEX eth_events_client (client, id)
 ) DEFAULT CHARSET = utf8mb4;
+
+-- Which server holds each watched client's connection (one of today's protocol, whose hello
+-- lists features) and when a frame of it last arrived there: refreshed by that server each second.
+CREATE TABLE IF NOT EXISTS eth_presence (
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    server VARCHAR(64) NOT NULL,
+    last_frame DOUBLE NOT NULL,
+    connected SMALLINT NOT NULL,
+    updated DOUBLE NOT NULL,
+    PRIMARY KEY (client, server)
+) DEFAULT CHARSET = utf8mb4;
+
+-- The states each watched client is in now, one row per client and state (none: current).
+CREATE TABLE IF NOT EXISTS eth_states (
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    chain_id BIGINT,
+    since DOUBLE NOT NULL,
+    head BIGINT,
+    best_head BIGINT,
+    PRIMARY KEY (client, state)
+) DEFAULT CHARSET = utf8mb4;
+
+-- Each change of a client's state, dated: what /api/v1/events lists and webhooks are sent.
+CREATE TABLE IF NOT EXISTS eth_state_events (
+    id BIGINT PRIMARY KEY AUTO_INCREMENT,
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    chain_id BIGINT,
+    state VARCHAR(16) NOT NULL,
+    event VARCHAR(8) NOT NULL,
+    head BIGINT,
+    best_head BIGINT,
+    since DOUBLE NOT NULL,
+    at DOUBLE NOT NULL,
+    text VARCHAR(600) NOT NULL,
+    INDEX eth_state_events_at (at),
+    INDEX eth_state_events_client (client, id)
+) DEFAULT CHARSET = utf8mb4;
+
+-- One row, updated first by each server's decision on the states: deciders wait for (on
+-- Galera, conflict with) one another, so each change of state is recorded once.
+CREATE TABLE IF NOT EXISTS eth_fleet (
+    id INTEGER PRIMARY KEY,
+    decided DOUBLE NOT NULL,
+    server VARCHAR(64) NOT NULL
+) DEFAULT CHARSET = utf8mb4;
+INSERT INTO eth_fleet (id, decided, server) VALUES (1, 0, '') ON DUPLICATE KEY UPDATE id = id;

@@ -1,0 +1,228 @@
+"""
+The fleet view in SQL (L{ethtwisted.storage.fleet.SQLFleet}) on SQLite and on MySQL (a private
+MariaDB): states decided from what the store holds, each change recorded once and read back,
+also when several servers decide at the same moment on one database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from zope.interface.verify import verifyObject
+
+from ethtwisted.frames import Status, SyncProgress
+from ethtwisted.interfaces import IFleet
+from ethtwisted.protocol import Block, block_json, payload_hash
+from ethtwisted.records import Received, StateEvent, StatusReport
+from ethtwisted.states import RECONNECT_GRACE, Thresholds
+from ethtwisted.storage import is_conflict
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
+
+T0 = 1_700_000_000.0
+T = Thresholds(behind_blocks=3, behind_seconds=30, stall_seconds=60, silent_seconds=60,
+               fork_seconds=30)  # fmt: skip
+CHAIN = 1
+
+
+def block_hash(number: int, branch: str = "a") -> str:
+    return "0x" + f"{branch}{number:x}".rjust(64, "0")
+
+
+def received(client: str, number: int, at: float, branch: str = "a") -> Received:
+    """C{client}'s report of block C{number} of C{branch}, arriving (and seen) at C{at}."""
+    parent = block_hash(number - 1, branch) if number else "0x" + "0" * 64
+    block = Block(CHAIN, number, block_hash(number, branch), parent, int(at))
+    payload = block_json(block)
+    return Received(payload_hash(payload), payload.decode(), "127.0.0.1", client, at, block,
+                    seen=at, via="subscription")  # fmt: skip
+
+
+Opener = Callable[[], SQLStore]
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """
+    Opens started stores on one empty database, each with a pool of its own (as several
+    servers have); closes them afterwards.
+    """
+    if request.param == "sqlite":
+        url = parse_db_url(f"sqlite:///{tmp_path / 'fleet.sqlite'}")
+    else:
+        db = request.getfixturevalue("mysql_db")
+        url = parse_db_url(db.url).with_password(db.password)
+    opened: list[SQLStore] = []
+
+    def opener() -> SQLStore:
+        store = SQLStore(url, reactor)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        await store.close()
+
+
+async def started(open_store: Opener) -> SQLStore:
+    store = open_store()
+    await store.start()
+    return store
+
+
+def changes(events: list[StateEvent]) -> list[tuple[str, str, str]]:
+    return [(e.client, e.state, e.event) for e in events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fleet_store_provides_its_interface(open_store: Opener) -> None:
+    """The SQL store's fleet is an L{IFleet}."""
+    store = await started(open_store)
+    assert verifyObject(IFleet, store.fleet)
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_then_current_each_change_once(open_store: Opener) -> None:
+    """
+    A client left 10 blocks behind another enters C{behind} once the fleet has had block
+    head + 4 for over 30 s, is told so once (a second decision changes nothing), and leaves it
+    once it catches up; the events carry heads, times and a text, and read back newest first.
+    """
+    store = await started(open_store)
+    await store.store([received("b", n, T0 + n) for n in range(0, 21)])
+    await store.store([received("a", n, T0 + n) for n in range(0, 11)])
+    fleet = store.fleet
+    heard = {"a": T0 + 50, "b": T0 + 50}
+    # The fleet reached 14 (10 + 3 + 1) at T0 + 14: behind from T0 + 44 on.
+    assert await fleet.decide("s1", T0 + 44, heard, {}, T) == []
+    entered = await fleet.decide("s1", T0 + 45, heard, {}, T)
+    assert changes(entered) == [("a", "behind", "entered")]
+    (event,) = entered
+    assert (event.chain_id, event.head, event.best_head, event.since, event.at) == (
+        CHAIN, 10, 20, T0 + 14, T0 + 45)  # fmt: skip
+    assert "a" in event.text and "behind" in event.text
+    assert await fleet.decide("s1", T0 + 46, heard, {}, T) == []
+    assert (await fleet.states()) == {
+        "a": {"behind": (await fleet.states())["a"]["behind"]},
+        "b": {},
+    }
+    await store.store([received("a", n, T0 + 47) for n in range(11, 21)])
+    left = await fleet.decide("s1", T0 + 48, heard, {}, T)
+    assert changes(left) == [("a", "behind", "left")]
+    assert (left[0].head, left[0].best_head, left[0].since) == (20, 20, T0 + 14)
+    assert await fleet.states() == {"a": {}, "b": {}}
+    listed = await fleet.events(None, None, 10)
+    assert [e.id for e in listed] == [left[0].id, event.id]
+    assert listed[0] == left[0] and listed[1] == event
+    assert await fleet.events(T0 + 46, None, 10) == [left[0]]
+    assert await fleet.events(None, "b", 10) == []
+    assert len(await fleet.events(None, "a", 1)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_and_silent_as_the_presence_says(open_store: Opener) -> None:
+    """
+    A client whose connection ends is silent past the grace and current again once a server
+    holds it; one whose head stops while the chain goes on is stalled after 60 s.
+    """
+    store = await started(open_store)
+    await store.store([received("a", n, T0 + n) for n in range(0, 6)])
+    await store.store([received("b", n, T0 + n) for n in range(0, 6)])
+    fleet = store.fleet
+    both = {"a": T0 + 5, "b": T0 + 5}
+    assert await fleet.decide("s1", T0 + 5, both, {}, T) == []
+    # a's connection ends at T0 + 6.
+    assert await fleet.decide("s1", T0 + 6, {"b": T0 + 6}, {"a": T0 + 5.5}, T) == []
+    gone = await fleet.decide("s1", T0 + 6 + RECONNECT_GRACE + 1, {"b": T0 + 9}, {}, T)
+    assert changes(gone) == [("a", "silent", "entered")]
+    assert gone[0].since == T0 + 5.5
+    back = await fleet.decide("s2", T0 + 12, {"a": T0 + 12}, {}, T)
+    assert changes(back) == [("a", "silent", "left")]
+    # b goes on to 20 at T0 + 20; a stays at 5, last head at T0 + 5.
+    await store.store([received("b", n, T0 + 20) for n in range(6, 21)])
+    heard = {"a": T0 + 65, "b": T0 + 65}
+    assert changes(await fleet.decide("s2", T0 + 65, heard, {}, T)) == [("a", "behind", "entered")]
+    stalled = await fleet.decide("s2", T0 + 65.5, heard, {}, T)
+    assert changes(stalled) == [("a", "stalled", "entered")]
+    assert stalled[0].since == T0 + 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_gone_without_a_word_leaves_its_clients_silent(open_store: Opener) -> None:
+    """
+    A server killed leaves its rows saying it holds the client: once they are older than
+    C{silent_seconds}, that says nothing, and the client is silent.
+    """
+    store = await started(open_store)
+    fleet = store.fleet
+    assert await fleet.decide("dead", T0, {"a": T0}, {}, T) == []
+    assert await fleet.decide("alive", T0 + 60, {}, {}, T) == []
+    silent = await fleet.decide("alive", T0 + 61, {}, {}, T)
+    assert changes(silent) == [("a", "silent", "entered")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncing_from_the_latest_status(open_store: Opener) -> None:
+    """A client whose node reports syncing is C{syncing} until a status says otherwise."""
+    store = await started(open_store)
+    fleet = store.fleet
+    syncing = Status(syncing=SyncProgress(current=5, highest=90))
+    await store.store([StatusReport("a", T0, syncing)])
+    assert changes(await fleet.decide("s", T0, {"a": T0}, {}, T)) == [("a", "syncing", "entered")]
+    await store.store([StatusReport("a", T0 + 1, Status(syncing=False))])
+    assert changes(await fleet.decide("s", T0 + 1, {"a": T0 + 1}, {}, T)) == [
+        ("a", "syncing", "left")
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_minority_at_a_contested_height_is_on_a_fork(open_store: Opener) -> None:
+    """
+    Three clients, one of them reporting its own blocks at the same heights: after 30 s it is
+    on a fork, the other two are not; once it reports the fleet's blocks there, it leaves.
+    """
+    store = await started(open_store)
+    fleet = store.fleet
+    await store.store([received(c, n, T0 + n) for c in "ab" for n in range(0, 8)])
+    await store.store([received("c", n, T0 + n) for n in range(0, 4)])
+    await store.store([received("c", n, T0 + n + 0.5, "c") for n in range(4, 8)])
+    heard = {c: T0 + 40 for c in "abc"}
+    assert await fleet.decide("s", T0 + 34, heard, {}, T) == []
+    forked = await fleet.decide("s", T0 + 35, heard, {}, T)
+    assert changes(forked) == [("c", "fork", "entered")]
+    assert forked[0].since == T0 + 4.5
+    await store.store([received("c", n, T0 + 36) for n in range(4, 8)])
+    assert changes(await fleet.decide("s", T0 + 37, heard, {}, T)) == [("c", "fork", "left")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_deciding_at_once_record_each_change_once(open_store: Opener) -> None:
+    """
+    Three servers, each with a pool of its own, decide at the same moments on one database:
+    every change is recorded and returned by exactly one of them; a server that collided with
+    another (Galera) fails with a conflict and records nothing.
+    """
+    stores = [await started(open_store) for _ in range(3)]
+    await stores[0].store([received("b", n, T0 + n) for n in range(0, 21)])
+    await stores[0].store([received("a", n, T0 + n) for n in range(0, 11)])
+    told: list[StateEvent] = []
+    for step, now in enumerate([T0 + 40, T0 + 45, T0 + 46, T0 + 50, T0 + 55]):
+        if step == 3:
+            await stores[1].store([received("a", n, T0 + 49) for n in range(11, 21)])
+        heard = {"a": now, "b": now}
+        results = await DeferredList(
+            [s.fleet.decide(f"s{i}", now, heard, {}, T) for i, s in enumerate(stores)],
+            consumeErrors=True,
+        )
+        for ok, value in results:
+            if ok:
+                told += value
+            else:
+                assert is_conflict(value), value
+    assert changes(told) == [("a", "behind", "entered"), ("a", "behind", "left")]
+    assert sorted(await stores[2].fleet.events(None, None, 10), key=lambda e: e.id) == told
