@@ -241,7 +241,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
     # Both wait for the collector to have its stores.
     pruner = SightingPruner(store.ledger, reactor, config["keep-sightings"], ready)
-    summary = Summary(store, lambda: len(factory.connections), ready)
+    summary = Summary(store, store.fleet, lambda: len(factory.connections), ready)
     ingest.observers.append(summary.committed)
     for name, step, run in [
         ("prune-sightings", PRUNE_INTERVAL, pruner.run),

@@ -4,13 +4,20 @@ The server's timers: old sightings pruned in small batches, and the summary line
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from ethtwisted.protocol import block_json
 from ethtwisted.server import upkeep
 from ethtwisted.server.upkeep import PRUNE_BATCH, SightingPruner, Summary
+from ethtwisted.states import Thresholds
 from ethtwisted.storage.memory_store import MemoryStore
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from tests.test_storage_contract import block, received
 
 DAY = 86400.0
@@ -41,23 +48,32 @@ def test_pruner_deletes_sightings_older_than_kept_in_batches_and_never_fails() -
     assert [e["log_format"] for e in events] == ["cannot prune old sightings: {reason}"]
 
 
-def test_summary_names_heads_and_the_clients_behind() -> None:
+@pytest_twisted.ensureDeferred
+async def test_summary_names_heads_and_the_clients_not_current(tmp_path: Path) -> None:
     """
     The line says how many payloads were stored since the last one, the clients connected,
-    each chain's head and which clients' last block is behind it.
+    each chain's head and which clients are not current, with their states in order.
     """
-    store = MemoryStore()
-    summary = Summary(store, lambda: 2)
-    batch = [received(block_json(block(1, n)), "fast", float(n)) for n in range(1, 4)]
+    store = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'summary.sqlite'}"), reactor)
+    await store.start()
+    summary = Summary(store, store.fleet, lambda: 2)
+    batch = [received(block_json(block(1, n)), "fast", float(n)) for n in range(1, 10)]
     batch.append(received(block_json(block(1, 2)), "slow", 5.0))
-    store.store(batch)
-    summary.committed(batch, 3)
+    await store.store(batch)
+    summary.committed(batch, 9)
+    thresholds = Thresholds(behind_blocks=3, behind_seconds=1, stall_seconds=1, silent_seconds=60)
+    await store.fleet.decide(
+        "s", 100.0, {"fast": 100.0, "slow": 100.0, "gone": 30.0}, {}, thresholds
+    )
     with capturedLogs() as events:
-        summary.run()
-        summary.run()
+        await summary.run()
+        await summary.run()
+    await store.close()
     lines = [e["log_format"].format(**e) for e in events]
     assert lines == [
-        "stored 3 new payloads; 2 clients connected; heads: chain 1 at 3; not current: slow at 2",
-        "stored 0 new payloads; 2 clients connected; heads: chain 1 at 3; not current: slow at 2",
+        "stored 9 new payloads; 2 clients connected; heads: chain 1 at 9;"
+        " not current: gone (silent), slow (behind, stalled)",
+        "stored 0 new payloads; 2 clients connected; heads: chain 1 at 9;"
+        " not current: gone (silent), slow (behind, stalled)",
     ]
     assert upkeep.log.namespace == "ethtwisted.server"

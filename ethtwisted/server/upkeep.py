@@ -11,9 +11,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
-from ethtwisted.interfaces import IBlockReader, ILedger
+from ethtwisted.interfaces import IBlockReader, IFleet, ILedger
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.records import Received
+from ethtwisted.states import STATES
 
 log = Logger(namespace="ethtwisted.server")
 
@@ -77,16 +78,18 @@ class SightingPruner:
 class Summary:
     """
     One log line per run: payloads stored since the last line, clients connected, the best
-    head of each chain and the clients whose last block is behind it.
+    head of each chain and the clients not current, with their states (L{ethtwisted.states}).
     """
 
     def __init__(
         self,
         reads: IBlockReader,
+        fleet: IFleet,
         connected: Callable[[], int],
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.reads = reads
+        self.fleet = fleet
         self.ready = ready
         self.connected = connected
         self.stored = 0
@@ -109,16 +112,16 @@ class Summary:
         stored, self.stored = self.stored, 0
         try:
             heads = await self.reads.heads(10)
-            clients = await self.reads.clients(1000)
+            states = await self.fleet.states()
         except Exception as e:
             self.trouble.say(describe(e))
             return
         self.trouble.ended()
-        best = {h.chain_id: h.number for h in heads}
+        # In the order of STATES, as everywhere the states are listed.
         behind = [
-            f"{c.client} at {c.last_block}"
-            for c in clients
-            if c.last_block is not None and c.chain_id in best and c.last_block < best[c.chain_id]
+            f"{client} ({', '.join(s for s in STATES if s in states[client])})"
+            for client in sorted(states)
+            if states[client]
         ]
         lagging = ", ".join(behind[:MAX_NAMED]) or "none"
         if len(behind) > MAX_NAMED:
