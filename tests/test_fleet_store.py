@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from ethtwisted.frames import Status, SyncProgress
@@ -223,6 +224,6 @@ async def test_servers_deciding_at_once_record_each_change_once(open_store: Open
             if ok:
                 told += value
             else:
-                assert is_conflict(value), value
+                assert isinstance(value, Failure) and is_conflict(value), value
     assert changes(told) == [("a", "behind", "entered"), ("a", "behind", "left")]
     assert sorted(await stores[2].fleet.events(None, None, 10), key=lambda e: e.id) == told
