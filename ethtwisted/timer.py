@@ -24,7 +24,7 @@ class CancellingTimerService(TimerService):
 
     def __init__(self, step: float, call: Callable[[], Deferred[None]], clock: IReactorTime):
         super().__init__(step, self.call_now)
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self._call = call
         self._under_way: list[Deferred[None]] = []
 

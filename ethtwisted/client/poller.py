@@ -6,10 +6,9 @@ a L{Subscriber}, its polls are the subscription's watchdog and fallback.
 from __future__ import annotations
 
 from twisted.application.internet import backoffPolicy
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
@@ -17,6 +16,7 @@ from ethtwisted.client.subscriber import Subscriber
 from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.protocol import Block
+from ethtwisted.timer import CancellingTimerService
 
 log = Logger(namespace="ethtwisted.client")
 
@@ -34,7 +34,7 @@ _RECOVERED = {
 }
 
 
-class Poller(Service):
+class Poller(CancellingTimerService):
     """
     Runs L{Follower.follow} every C{interval} seconds, never two at once.  A poll never fails:
     when the node does not answer, the next polls wait longer (doubling, up to
@@ -50,10 +50,9 @@ class Poller(Service):
         max_backoff: float = MAX_NODE_BACKOFF,
         subscriber: Subscriber | None = None,
     ) -> None:
+        super().__init__(interval, self.poll, clock)
         self.follower = follower
         self.subscriber = subscriber
-        self.clock = clock
-        self.interval = interval
         self.max_backoff = max(max_backoff, interval)
         self.backoff = backoffPolicy(
             initialDelay=interval, maxDelay=self.max_backoff, factor=2.0, jitter=lambda: 0.0
@@ -64,44 +63,25 @@ class Poller(Service):
         """Whose the trouble is: C{node}, C{spool} or C{bug}."""
         self.failures = 0
         self.polls = 0
-        self._loop: LoopingCall | None = None
-        self._finished: Deferred[None] = succeed(None)
-        self._current: Deferred[None] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        # Subscribe before the first poll, which the timer makes as it starts.
         if self.subscriber is not None:
             self.subscriber.start()
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = self.clock
-        finished = self._loop.start(self.interval, now=True)
-        self._finished = finished.addCallback(lambda _: None)
-        self._finished.addErrback(lambda f: log.failure("the poller stopped", f))
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._current is not None:
-            self._current.cancel()
+        stopped = super().stopService()
         if self.subscriber is None:
-            return self._finished
-        both = gatherResults([self._finished, self.subscriber.stop()], consumeErrors=True)
+            return stopped
+        both = gatherResults([stopped, self.subscriber.stop()], consumeErrors=True)
         return both.addCallback(lambda _: None)
 
     def poll(self) -> Deferred[None]:
         """
         One poll, and the wait after it when the node is in trouble; never fails.
         """
-        d = Deferred.fromCoroutine(self._poll())
-        if not d.called:
-            self._current = d
-            d.addBoth(self._polled)
-        return d
-
-    def _polled(self, result: object) -> object:
-        self._current = None
-        return result
+        return Deferred.fromCoroutine(self._poll())
 
     @property
     def node(self) -> str:
@@ -117,13 +97,13 @@ class Poller(Service):
         except CancelledError:
             return
         except NodeError as e:
-            self._failed(describe(e), "node")
+            self._poll_failed(describe(e), "node")
         except SpoolError as e:
-            self._failed(f"cannot write the spool: {e}", "spool")
+            self._poll_failed(f"cannot write the spool: {e}", "spool")
         except Exception:
             if self.trouble_kind != "bug":
                 log.failure("bug while following {node}", node=self.node)
-            self._failed("internal error", "bug")
+            self._poll_failed("internal error", "bug")
         else:
             self._answered(head)
             return
@@ -144,7 +124,7 @@ class Poller(Service):
         self.trouble_kind = None
         self.failures = 0
 
-    def _failed(self, reason: str, kind: str) -> None:
+    def _poll_failed(self, reason: str, kind: str) -> None:
         self.failures += 1
         if self.trouble is None or kind != self.trouble_kind:
             if kind == "node":
