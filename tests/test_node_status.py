@@ -240,6 +240,36 @@ def test_the_poller_paces_reads_and_sends(logs: Logs) -> None:
     assert not clock.getDelayedCalls()
 
 
+@pytest.mark.parametrize("asked_by", ["change", "timer"])
+def test_stopping_the_poller_cancels_the_read_under_way(logs: Logs, asked_by: str) -> None:
+    """
+    Stopping while a read is under way, whether a change or the timer asked for it (the other
+    asking for one more meanwhile), cancels it: the stop is over at once, nothing more is read
+    or sent, even on a change after it, and nothing is left on the clock.
+    """
+    clock, node, sent = Clock(), FakeRequests(), Sent()
+    poller = StatusPoller(StatusReader(node, clock), sent, clock, 15.0)  # type: ignore[arg-type]
+    poller.startService()
+    sent.welcome()
+    node.held = []
+    if asked_by == "change":
+        clock.advance(5)
+        poller.changed()
+        clock.advance(15)  # the timer's read at 15 s waits for the one under way
+    else:
+        clock.advance(15)
+        poller.changed()
+    calls = len(node.calls)
+    assert node.calls.count("eth_chainId") == 2 and node.calls[-1] == "eth_chainId"
+    stopped = poller.stopService()
+    assert stopped.called and not poller.running
+    poller.changed()
+    node.release()
+    clock.advance(30)
+    assert len(node.calls) == calls and sent.statuses == [FULL]
+    assert not clock.getDelayedCalls()
+
+
 def test_the_poller_says_a_dead_node_once_and_never_stops(logs: Logs) -> None:
     """
     A node that does not answer is one warning however many reads fail, one note when it
