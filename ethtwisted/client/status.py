@@ -8,16 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.frames import Status
 from ethtwisted.logs import Logger, describe
 from ethtwisted.node import NodeError
 from ethtwisted.node.status import StatusReader
+from ethtwisted.timer import CancellingTimerService
 
 log = Logger(namespace="ethtwisted.client")
 
@@ -33,7 +32,7 @@ def _unchanged(a: Status | None, b: Status | None) -> bool:
     return replace(a, rtt_ms=None) == replace(b, rtt_ms=None)
 
 
-class StatusPoller(Service):
+class StatusPoller(CancellingTimerService):
     """
     Reads the node's status every C{interval} seconds on C{clock}, and at once when L{changed}
     is called (a new head); never two reads at once (one asked for during a read follows it),
@@ -50,10 +49,9 @@ class StatusPoller(Service):
         clock: IReactorTime,
         interval: float = DEFAULT_STATUS_INTERVAL,
     ) -> None:
+        super().__init__(interval, self.poll, clock)
         self.reader = reader
         self.delivery = delivery
-        self.clock = clock
-        self.interval = interval
         self.status: Status | None = None
         """The last status read."""
         self.listeners: list[Callable[[Status], None]] = []
@@ -61,36 +59,18 @@ class StatusPoller(Service):
         self.trouble: str | None = None
         self._sent: Status | None = None
         self._sent_at: float | None = None
-        self._loop: LoopingCall | None = None
-        self._finished: Deferred[None] = succeed(None)
         self._current: Deferred[None] | None = None
         self._again = False
         self._waiting: list[Deferred[None]] = []
         if delivery is not None:
             delivery.welcome_listeners.append(self._welcomed)
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = self.clock
-        finished = self._loop.start(self.interval, now=True)
-        self._finished = finished.addCallback(lambda _: None)
-        self._finished.addErrback(lambda f: log.failure("the status poller stopped", f))
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._current is not None:
-            self._current.cancel()
-        return self._finished
-
     def changed(self, *_: object) -> None:
         """
         Something changed (a new head): read the status now, or right after the read under way.
         """
         if self.running:
-            self.poll()
+            self.call_now()
 
     def poll(self) -> Deferred[None]:
         """
@@ -138,7 +118,7 @@ class StatusPoller(Service):
         for listener in self.listeners:
             listener(status)
         now = self.clock.seconds()
-        due = self._sent_at is None or now - self._sent_at >= self.interval
+        due = self._sent_at is None or now - self._sent_at >= self.step
         if due or not _unchanged(status, self._sent):
             self._send(status)
 
