@@ -214,6 +214,27 @@ def test_a_same_height_reorg_pushed_is_followed(watched: Watched) -> None:
     assert watched.sink.blocks[-2:] == watched.node.canonical[2:]
 
 
+def test_a_reorg_to_a_shorter_chain_pushed_is_followed_at_once(watched: Watched) -> None:
+    """
+    Pushed headers below the last block that are not the blocks handed over there (the node
+    replaced blocks 1-3 by two others) lead, before any poll, to the node's chain being
+    followed from the fork, as a reorg of depth 3; the same headers pushed again are not
+    news and cost no call to the node.
+    """
+    depths: list[int] = []
+    watched.follower.reorg_listeners.append(depths.append)
+    watched.start()
+    watched.node.push(*(watched.node.mine() for _ in range(3)))
+    watched.node.reorg(3, length=2)
+    watched.node.push(*watched.node.canonical[1:])
+    assert watched.sink.numbers == [0, 1, 2, 3, 1, 2]
+    assert watched.sink.blocks[-2:] == watched.node.canonical[1:]
+    assert depths == [3]
+    calls = len(watched.node.calls)
+    watched.node.push(*watched.node.canonical[1:])
+    assert len(watched.node.calls) == calls
+
+
 def test_a_header_pushed_before_the_subscribe_reply_is_handed_over(watched: Watched) -> None:
     """
     A notification that arrives before the reply to the subscribe request is handed over at

@@ -174,8 +174,9 @@ class Follower:
     async def pushed(self, header: Block, seen: float) -> None:
         """
         Follow a header the node pushed at C{seen}: at once when it extends the last block
-        handed over, ignored when it is that block or an older one (a duplicate, or late), and
-        otherwise by asking the node for its head.
+        handed over; ignored when it is a block handed over (a duplicate, or late) or older
+        than those remembered; otherwise (a gap, a reorg, to a shorter chain too) by asking
+        the node for its head.
         """
         async with self._lock:
             last = self.checkpoint.last
@@ -183,7 +184,11 @@ class Follower:
                 if header.number == last.number + 1 and header.parent_hash == last.hash:
                     await self._follow(header, "subscription", seen)
                     return
-                if header.number < last.number or header.hash == last.hash:
+                recent = self.checkpoint.recent  # by number, ascending
+                handed = recent.get(header.number) == header.hash
+                if handed or header.number < next(iter(recent), header.number):
+                    # A header below the last block that is not the one handed over there
+                    # is news: the node may have gone over to a shorter chain.
                     log.debug("pushed block {number} {hash} is not news: the last block "
                               "handed over is {last}", number=header.number, hash=header.hash,
                               last=last.number)  # fmt: skip
