@@ -135,8 +135,9 @@ class IBlockReader(Interface):
 
     def heads(limit: int) -> Deferred[list[Head]]:
         """
-        The best head of each chain that clients currently report, by chain id: its highest
-        block; of several at that height, the one first seen last, then the highest hash.
+        The best head of each chain that clients currently report, by chain id: the highest
+        block a client is on now (the last it reported); of several at that height, the one
+        first seen last, then the highest hash (L{ethtwisted.storage.heads}).
         """
 
     def arrivals(since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:

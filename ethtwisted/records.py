@@ -89,8 +89,9 @@ class ClientRecord:
 @dataclass(frozen=True)
 class Head:
     """
-    The best (highest) block seen on one chain; C{chain_id} is L{None} for blocks known only by
-    number (the older HTML page).
+    The best head of one chain: the highest block a client is on now
+    (L{ethtwisted.storage.heads}); C{chain_id} is L{None} for blocks known only by number (the
+    older HTML page).
     """
 
     chain_id: int | None
@@ -144,7 +145,7 @@ class ChainRange:
     low: int
     high: int
     head: int
-    """The highest stored number of the chain."""
+    """The number of the chain's best head (orphaned blocks may be stored above it)."""
     finalized: int | None
     blocks: int
     canonical: int

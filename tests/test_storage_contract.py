@@ -36,7 +36,14 @@ from ethtwisted.interfaces import (
     ICounterStore,
     ILedger,
 )
-from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
+from ethtwisted.protocol import (
+    MAX_BLOCK_INT,
+    Block,
+    block_html,
+    block_json,
+    parse_block,
+    payload_hash,
+)
 from ethtwisted.records import (
     BlockRecord,
     ChainBlock,
@@ -430,9 +437,12 @@ async def test_blocks_newest_first_and_the_before_cursor(blocks: BlockBackend) -
 async def test_heads_per_chain_that_clients_report(blocks: BlockBackend) -> None:
     """
     C{heads} gives, for each chain a client reports, by chain id (blocks known only by number
-    first), its highest block; of two blocks at that height, the one first seen last (then
-    the higher block hash); chains
-    that no client reports any more are left out, and C{limit} bounds the chains.
+    first), the highest block a client is on now (its last report; of its blocks at that
+    height, the one it saw last): a client that went back to a lower block no longer holds the
+    head up; of two blocks at that height, the one first seen last (then the higher block
+    hash); chains that no client reports any more are left out, and C{limit} bounds the
+    chains.  With no sighting left to tell who is on which block, the highest stored block by
+    the same rule.
     """
     store = await blocks.writer()
     await store.store(
@@ -448,18 +458,29 @@ async def test_heads_per_chain_that_clients_report(blocks: BlockBackend) -> None
             received(b"opaque", "f", T0 + 9),
             received(block_json(block(10, 8, fork=1)), "g", T0 + 11),
             received(block_json(block(10, 8, fork=2)), "h", T0 + 11),
+            received(block_json(block(11, 5)), "p", T0 + 11),
+            received(block_json(block(11, 5, fork=1)), "q", T0 + 12),
+            # "k" goes over from block 4' to block 4 of chain 12, where "l" is.
+            received(block_json(block(12, 4)), "l", T0 + 11),
+            received(block_json(block(12, 4, fork=1)), "k", T0 + 12),
+            received(block_json(block(12, 4)), "k", T0 + 13),
         ]
     )
     # "d" moves on to chain 5, where it is behind; nobody reports chain 9 any more.
     await store.store([received(block_json(block(5, 650)), "d", T0 + 10)])
-    assert await store.heads(10) == [
-        Head(None, 42, None, T0 + 7),
-        Head(1, 12, block(1, 12, fork=1).hash, T0 + 3),
+    heads = [
+        Head(None, 40, None, T0 + 8),
+        Head(1, 12, block(1, 12).hash, T0 + 2),
         Head(5, 700, block(5, 700).hash, T0 + 5),
         Head(10, 8, block(10, 8, fork=2).hash, T0 + 11),
+        Head(11, 5, block(11, 5, fork=1).hash, T0 + 12),
+        Head(12, 4, block(12, 4).hash, T0 + 11),
     ]
-    assert await store.heads(2) == (await store.heads(10))[:2]
+    assert await store.heads(10) == heads
+    assert await store.heads(2) == heads[:2]
     assert await store.heads(0) == []
+    assert await store.ledger.prune_sightings(T0 + 100, 100) == 17
+    assert (await store.heads(10))[-1] == Head(12, 4, block(12, 4, fork=1).hash, T0 + 12)
 
 
 @pytest_twisted.ensureDeferred
@@ -632,6 +653,8 @@ async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> No
     assert lower is not None and [b.canonical for b in lower.forks[0]] == [True, False]
     above = await chains.chain(1, 13, 20, finalized=None)
     assert above == ChainRange(1, 13, 20, 12, None, 0, 0, [], [], [])
+    top = await chains.chain(1, MAX_BLOCK_INT - 5, MAX_BLOCK_INT, finalized=None)
+    assert top == ChainRange(1, MAX_BLOCK_INT - 5, MAX_BLOCK_INT, 12, None, 0, 0, [], [], [])
     assert await chains.chain(77, 0, 10, finalized=None) is None
     with pytest.raises(ValueError):
         await chains.chain(1, 0, MAX_CHAIN_RANGE, finalized=None)
@@ -644,6 +667,47 @@ async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> No
     assert summaries[0].forks == whole.forks and summaries[0].gaps == [(0, 0), (4, 5)]
     assert summaries[1].gaps == [(0, 699)] and summaries[1].canonical == 1
     assert [c.chain_id for c in await chains.chains(1, {})] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chain_that_went_over_to_a_shorter_branch(blocks: BlockBackend) -> None:
+    """
+    When the clients leave a branch for a shorter one (blocks 6-8 replaced by 6' and 7'), the
+    best head is the block they are on now: the shorter branch is canonical, the longer one
+    orphaned, above the head too, and one reorg of its depth; no height above the head is a
+    gap.  A client still on the longer branch holds its head up.
+    """
+    store = await blocks.writer()
+    await store.store([received(block_json(linked(3, n)), "a", T0 + n) for n in range(1, 9)])
+    await store.store(
+        [
+            received(block_json(linked(3, 6, fork=1)), "a", T0 + 20),
+            received(block_json(linked(3, 7, fork=1, parent_fork=1)), "a", T0 + 20.5),
+        ]
+    )
+    assert await store.heads(10) == [Head(3, 7, linked(3, 7, fork=1).hash, T0 + 20.5)]
+    chains = chain_reader(store)
+    whole = await chains.chain(3, 1, 20, finalized=None)
+    assert whole is not None
+    assert (whole.head, whole.blocks, whole.canonical, whole.gaps) == (7, 10, 7, [])
+    assert [[(b.number, b.block_hash, b.canonical) for b in f] for f in whole.forks] == [
+        [(n, linked(3, n).hash, False), (n, linked(3, n, fork=1, parent_fork=n - 6).hash, True)]
+        for n in (6, 7)
+    ]
+    assert whole.reorgs == [Reorg(6, 3, linked(3, 8).hash, linked(3, 6, fork=1).hash)]
+    above = await chains.chain(3, 8, 20, finalized=None)
+    assert above == ChainRange(3, 8, 20, 7, None, 1, 0, [], [],
+                               [Reorg(8, 1, linked(3, 8).hash, None)])  # fmt: skip
+    (summary,) = await chains.chains(10, {})
+    assert (summary.head, summary.low, summary.high, summary.canonical) == (7, 0, 7, 7)
+    assert summary.reorgs == whole.reorgs
+
+    await store.store([received(block_json(linked(3, 8)), "b", T0 + 30)])
+    assert [h.block_hash for h in await store.heads(10)] == [linked(3, 8).hash]
+    stuck = await chains.chain(3, 1, 20, finalized=None)
+    assert stuck is not None and stuck.reorgs == [
+        Reorg(6, 2, linked(3, 7, fork=1, parent_fork=1).hash, linked(3, 6).hash)
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -1,7 +1,8 @@
 """
 The chains as the fleet saw them (L{IChainReader}): which stored block is canonical or
 orphaned, the gaps, the forks and the reorgs, decided on each read from the blocks stored in
-C{eth_blocks} and their parent links.
+C{eth_blocks} and their parent links, walking back from the best head
+(L{ethtwisted.storage.heads}).
 
 Deciding on read keeps the group commit as it was (no read, no update on the write path, and
 several servers writing at once never have to agree on a flag), at the cost of one bounded
@@ -21,13 +22,15 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, IChainReader
+from ethtwisted.protocol import MAX_BLOCK_INT
 from ethtwisted.records import ChainBlock, ChainRange, Head, Reorg
+from ethtwisted.storage.heads import sql_best_head
 from ethtwisted.storage.sql_store import SQLStore
 
 ANCESTRY_MARGIN = 1024
-"""Heights read above a range that ends below the head: the walk from the head is not read
-further than this, and starts at the top of the margin from the block first seen last (a fork
-deeper than this across the range's end is decided by that rule alone)."""
+"""Heights read above a range: the walk from a head further above starts at the top of the
+margin from the block first seen last (a fork deeper than this across the range's end is
+decided by that rule alone); orphaned branches are followed this far up for their depth."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,10 @@ class ChainRows(Protocol):
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[int | None, list[Row]]]:
+    ) -> Deferred[tuple[Head | None, list[Row]]]:
         """
-        The highest stored number of the chain (L{None} if it has no block), and its blocks from
-        C{low} to C{min(head, high + margin)}.
+        The best head of the chain (L{None} if it has no block), and its blocks from C{low} to
+        C{high + margin}.
         """
 
 
@@ -70,21 +73,20 @@ def analyse(
     chain_id: int,
     low: int,
     high: int,
-    head: int,
-    top: int,
+    head: Head,
     rows: list[Row],
     finalized: int | None,
 ) -> ChainRange:
     """
-    The range C{low}..C{high} of a chain whose highest stored block is at C{head}, from its
-    C{rows}, which cover C{low}..C{top} (the head, or L{ANCESTRY_MARGIN} above the range when
-    the head is further).
+    The range C{low}..C{high} of a chain whose best head is C{head}, from its C{rows}, which
+    cover C{low}..C{high + ANCESTRY_MARGIN}.
     """
     by_height: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
         by_height[r.number].append(r)
     canonical: dict[int, Row] = {}
-    expected: str | None = None
+    top = min(head.number, high + ANCESTRY_MARGIN)
+    expected: str | None = head.block_hash if top == head.number else None
     for number in range(top, low - 1, -1):
         here = by_height.get(number)
         if not here:
@@ -109,9 +111,11 @@ def analyse(
         )  # fmt: skip
 
     in_range = sorted(n for n in by_height if low <= n <= high)
+    # Heights above the best head are not gaps: only orphans can be there.
+    end = min(high, head.number)
     gaps: list[tuple[int, int]] = []
     previous = low - 1
-    for number in [*in_range, min(high, top) + 1]:
+    for number in [*(n for n in in_range if n <= end), end + 1]:
         if number > previous + 1:
             gaps.append((previous + 1, number - 1))
         previous = number
@@ -124,7 +128,7 @@ def analyse(
         chain_id=chain_id,
         low=low,
         high=high,
-        head=head,
+        head=head.number,
         finalized=finalized,
         blocks=sum(len(by_height[n]) for n in in_range),
         canonical=sum(1 for n in in_range if n in canonical),
@@ -189,14 +193,12 @@ class ChainReader:
     ) -> ChainRange | None:
         if not 0 <= high - low < MAX_CHAIN_RANGE:
             raise ValueError(f"a chain range is 1 to {MAX_CHAIN_RANGE} heights")
-        head, rows = await self.store.chain_rows(chain_id, low, high, ANCESTRY_MARGIN)
+        # Never past the largest height a block can have (a signed 64-bit column).
+        margin = min(ANCESTRY_MARGIN, MAX_BLOCK_INT - high)
+        head, rows = await self.store.chain_rows(chain_id, low, high, margin)
         if head is None:
             return None
-        if head < low:
-            # The range is above the head: no height of it is missing yet.
-            return ChainRange(chain_id, low, high, head, finalized, 0, 0, [], [], [])
-        top = min(head, high + ANCESTRY_MARGIN)
-        return analyse(chain_id, low, high, head, top, rows, finalized)
+        return analyse(chain_id, low, high, head, rows, finalized)
 
     def chains(self, limit: int, finalized: Mapping[int, int]) -> Deferred[list[ChainRange]]:
         return Deferred.fromCoroutine(self._chains(limit, finalized))
@@ -240,24 +242,22 @@ class _SQLRows:
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[int | None, list[Row]]]:
+    ) -> Deferred[tuple[Head | None, list[Row]]]:
         p = self.store.dialect.placeholder
         return self.store.pool.runInteraction(_sql_chain_rows, p, chain_id, low, high, margin)
 
 
 def _sql_chain_rows(
     txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
-) -> tuple[int | None, list[Row]]:
-    # The maximum by the (chain_id, number) index, then one range scan of it.
-    txn.execute(f"SELECT MAX(number) FROM eth_blocks WHERE chain_id = {p}", (chain_id,))
-    row = txn.fetchone()
-    if row is None or row[0] is None:
+) -> tuple[Head | None, list[Row]]:
+    # The best head by index look-ups, then one range scan of the (chain_id, number) index.
+    head = sql_best_head(txn, p, chain_id)
+    if head is None:
         return None, []
-    head = int(row[0])
     txn.execute(
         "SELECT number, block_hash, parent_hash, hash, client, first_seen FROM eth_blocks"
         f" WHERE chain_id = {p} AND number >= {p} AND number <= {p} AND block_hash IS NOT NULL",
-        (chain_id, low, min(head, high + margin)),
+        (chain_id, low, high + margin),
     )
     rows = [Row(int(n), bh, ph, h, c, float(t)) for n, bh, ph, h, c, t in txn.fetchall()]
     return head, rows

@@ -32,6 +32,7 @@ from ethtwisted.records import (
 )
 from ethtwisted.storage import RejectedError, row_problem, status_events
 from ethtwisted.storage.chains import Row
+from ethtwisted.storage.heads import OnBlock, best_at, best_of
 
 T = TypeVar("T")
 
@@ -242,29 +243,38 @@ class MemoryStore(Answering):
     def _heads(self, limit: int) -> list[Head]:
         reported = {c.chain_id for c in self.tables.clients.values() if c.last_block is not None}
         chains = sorted(reported, key=lambda chain: (chain is not None, chain or 0))[:limit]
-        heads = []
-        for chain_id in chains:
-            numbered = [
-                b
-                for b in self.tables.blocks.values()
-                if b.chain_id == chain_id and b.number is not None
+        return [h for h in map(self._best_head, chains) if h is not None]
+
+    def _best_head(self, chain_id: int | None) -> Head | None:
+        # As ethtwisted.storage.heads.sql_best_head reads it.
+        t = self.tables
+        on = [c for c in t.clients.values() if c.chain_id == chain_id and c.last_block is not None]
+        blocks = [b for b in t.blocks.values() if b.chain_id == chain_id and b.number is not None]
+        if on:
+            number = max(c.last_block for c in on if c.last_block is not None)
+            at = {b.sha256: b for b in blocks if b.number == number}
+            there = {c.client for c in on if c.last_block == number}
+            seen = [
+                OnBlock(s.client, s.seen_at, at[s.sha256].block_hash, at[s.sha256].first_seen)
+                for s in t.sightings.values()
+                if s.client in there and s.sha256 in at
             ]
-            if not numbered:
-                continue
-            number = max(b.number for b in numbered if b.number is not None)
-            best = max(
-                (b for b in numbered if b.number == number),
-                key=lambda b: (b.block_hash is not None, b.first_seen, b.block_hash or ""),
-            )
-            heads.append(Head(chain_id, number, best.block_hash, best.first_seen))
-        return heads
+            head = best_at(chain_id, number, seen)
+            if head is not None:
+                return head
+        elif blocks:
+            number = max(b.number for b in blocks if b.number is not None)
+        else:
+            return None
+        stored = [(b.block_hash, b.first_seen) for b in blocks if b.number == number]
+        return best_of(chain_id, number, stored)
 
     def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
         return self._answer(self._arrivals, since, bucket)
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[int | None, list[Row]]]:
+    ) -> Deferred[tuple[Head | None, list[Row]]]:
         """
         The rows of L{ethtwisted.storage.chains.ChainRows}, as the SQL store reads them.
         """
@@ -272,17 +282,14 @@ class MemoryStore(Answering):
 
     def _chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> tuple[int | None, list[Row]]:
-        chain = [b for b in self.tables.blocks.values() if b.chain_id == chain_id]
-        numbers = [b.number for b in chain if b.number is not None]
-        if not numbers:
+    ) -> tuple[Head | None, list[Row]]:
+        head = self._best_head(chain_id)
+        if head is None:
             return None, []
-        head = max(numbers)
-        top = min(head, high + margin)
         return head, [
             Row(b.number, b.block_hash, b.parent_hash, b.sha256, b.client, b.first_seen)
-            for b in chain
-            if b.number is not None and low <= b.number <= top
+            for b in self.tables.blocks.values()
+            if b.chain_id == chain_id and b.number is not None and low <= b.number <= high + margin
             if b.block_hash is not None and b.parent_hash is not None
         ]
 

@@ -21,6 +21,7 @@ from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader
 from ethtwisted.protocol import Block
 from ethtwisted.records import BlockRecord, ClientRecord, Head, Received, StatusReport
 from ethtwisted.storage import RejectedError, StartupError, fleet, ledger, row_problem
+from ethtwisted.storage.heads import sql_best_head
 from ethtwisted.storage.sql_pool import DatabaseURL, connection_pool
 
 MYSQL_TEXT_BYTES = 65535
@@ -280,8 +281,8 @@ class SQLStore:
 
     def _heads(self, txn: Any, limit: int) -> list[Head]:
         p = self.dialect.placeholder
-        # The chains come from the small clients table; each head is then one index look-up
-        # on (chain_id, number) rather than a scan of every block.
+        # The chains come from the small clients table; each head is then a few index look-ups
+        # (ethtwisted.storage.heads) rather than a scan of every block.
         txn.execute(
             "SELECT DISTINCT chain_id FROM eth_clients WHERE last_block IS NOT NULL"
             f" ORDER BY chain_id LIMIT {p}",
@@ -289,20 +290,9 @@ class SQLStore:
         )
         heads = []
         for (chain_id,) in txn.fetchall():
-            chain = "chain_id IS NULL" if chain_id is None else f"chain_id = {p}"
-            args: tuple[Any, ...] = () if chain_id is None else (chain_id,)
-            txn.execute(f"SELECT MAX(number) FROM eth_blocks WHERE {chain}", args)
-            row = txn.fetchone()
-            if row is None or row[0] is None:
-                continue
-            number = int(row[0])
-            txn.execute(
-                f"SELECT block_hash, first_seen FROM eth_blocks WHERE {chain} AND number = {p}"
-                " ORDER BY block_hash IS NULL, first_seen DESC, block_hash DESC LIMIT 1",
-                (*args, number),
-            )
-            block_hash, first_seen = txn.fetchone()
-            heads.append(Head(_int(chain_id), number, block_hash, float(first_seen)))
+            head = sql_best_head(txn, p, _int(chain_id))
+            if head is not None:
+                heads.append(head)
         return heads
 
     def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
