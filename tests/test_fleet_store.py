@@ -202,6 +202,25 @@ async def test_the_minority_at_a_contested_height_is_on_a_fork(open_store: Opene
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_fleet_gone_over_to_a_shorter_branch_is_not_behind_the_one_it_left(
+    open_store: Opener,
+) -> None:
+    """
+    Two clients that left blocks 6-12 for a branch of two blocks from 5 are on the best head
+    (the highest block a client is on, not the highest stored): neither is behind, however
+    long after.
+    """
+    store = await started(open_store)
+    fleet = store.fleet
+    await store.store([received(c, n, T0 + n) for c in "ab" for n in range(0, 13)])
+    await store.store([received(c, n, T0 + 20, "b") for c in "ab" for n in (6, 7)])
+    heard = {c: T0 + 200 for c in "ab"}
+    assert await fleet.decide("s", T0 + 100, heard, {}, T) == []
+    assert await fleet.decide("s", T0 + 200, heard, {}, T) == []
+    assert await fleet.states() == {"a": {}, "b": {}}
+
+
+@pytest_twisted.ensureDeferred
 async def test_servers_deciding_at_once_record_each_change_once(open_store: Opener) -> None:
     """
     Three servers, each with a pool of its own, decide at the same moments on one database:

@@ -32,6 +32,7 @@ from ethtwisted.states import (
     decide,
     describe_change,
 )
+from ethtwisted.storage.heads import sql_best_head
 
 TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet")
 PRESENCE_KEEP = 86400.0
@@ -226,12 +227,10 @@ class SQLFleet:
         chains = {}
         ids = sorted({c.chain_id for c in clients if c.chain_id is not None})
         for chain_id in ids:
-            (best,) = self._execute(
-                txn, "SELECT MAX(number) FROM eth_blocks WHERE chain_id = ?", chain_id
-            )[0]
-            if best is None:
+            head = sql_best_head(txn, self.statements.placeholder, chain_id)
+            if head is None:
                 continue
-            best = int(best)
+            best = head.number
             targets = {
                 h
                 for c in clients
