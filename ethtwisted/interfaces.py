@@ -211,6 +211,28 @@ class IFleet(Interface):
         and only C{client}'s, when given.
         """
 
+    def claim(
+        hook: str, owner: str, now: float, lease: float, settled: int | None
+    ) -> Deferred[int | None]:
+        """
+        Take, or keep, the delivery of the state events to the webhooks C{hook} for C{owner}
+        until C{now + lease}, unless another owner holds it; while C{owner} does, the events up
+        to C{settled} are recorded as delivered.  Fire with the id of the last event delivered
+        to C{hook} (for a new one, the latest event: it is sent no history), or L{None} when
+        another owner holds it.
+        """
+
+    def release(hook: str, owner: str, settled: int) -> Deferred[None]:
+        """
+        C{owner} hands the delivery to C{hook} on at once, the events up to C{settled}
+        delivered.
+        """
+
+    def pending(after: int, limit: int) -> Deferred[list[StateEvent]]:
+        """
+        The first C{limit} changes of state after the one with id C{after}, oldest first.
+        """
+
 
 class IEventSink(Interface):
     """

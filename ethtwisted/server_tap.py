@@ -33,6 +33,7 @@ from ethtwisted.server.factory import (
     DEFAULT_MAX_CONNECTIONS,
     ServerFactory,
 )
+from ethtwisted.server.feed import WebhookFeed, hook_id
 from ethtwisted.server.fleet import FleetService
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.upkeep import (
@@ -226,14 +227,19 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     collector.setName("collector")
     collector.setServiceParent(service)
+
+    def ready() -> bool:
+        return collector.ready.called
+
     sinks = []
     if config["webhooks"]:
         hooks = webhooks(config, reactor)
         hooks.setServiceParent(service)
-        sinks.append(hooks)
-
-    def ready() -> bool:
-        return collector.ready.called
+        # Added after the webhooks, so stopped before them: it hands on what they settled.
+        feed = WebhookFeed(reactor, store.fleet, hooks, hook_id(config["webhooks"]), ready)
+        feed.setName("webhook-feed")
+        feed.setServiceParent(service)
+        sinks.append(feed)
 
     fleet = FleetService(reactor, store.fleet, factory, config["thresholds"], sinks, ready)
     fleet.setName("fleet")

@@ -78,6 +78,7 @@ SQL_TABLES = {
     "eth_states",
     "eth_state_events",
     "eth_fleet",
+    "eth_webhooks",
 }
 MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_pool.connection_pool
 MARGIN = 5.0  # for a loaded machine: the answer must come within the store's timeout plus this

@@ -140,7 +140,10 @@ class _Target:
         self.owner = owner
         self.url = url
         self.name = f"webhook {index} ({url.origin})"
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[tuple[int, bytes]] = deque()
+        """(event id, body), oldest first."""
+        self.done = 0
+        """The id of the last event settled: delivered, refused by the receiver, or dropped."""
         self.sending: Deferred[int] | None = None
         self.timer: IDelayedCall | None = None
         self.timed_out = False
@@ -154,14 +157,14 @@ class _Target:
             "{name}: delivering again",
         )
 
-    def enqueue(self, body: bytes) -> None:
+    def enqueue(self, event_id: int, body: bytes) -> None:
         if len(self.queue) >= self.owner.max_queue:
-            self.queue.popleft()
+            self.done = self.queue.popleft()[0]
             if self.dropped == 0:
                 log.warn("{name}: {size} events wait, the most kept: dropping the oldest",
                          name=self.name, size=len(self.queue) + 1)  # fmt: skip
             self.dropped += 1
-        self.queue.append(body)
+        self.queue.append((event_id, body))
         self.next()
 
     def next(self) -> None:
@@ -169,11 +172,12 @@ class _Target:
             return
         if not self.queue:
             return
-        body = self.queue[0]
+        entry = self.queue[0]
+        body = entry[1]
         self.timed_out = False
         self.timer = self.owner.reactor.callLater(self.owner.timeout, self._time_out)
         self.sending = Deferred.fromCoroutine(self.owner.post(self.url, body))
-        self.sending.addCallbacks(self._answered, self._failed, callbackArgs=(body,))
+        self.sending.addCallbacks(self._answered, self._failed, callbackArgs=(entry,))
         self.sending.addErrback(lambda f: log.failure("{name}: delivering", f, name=self.name))
 
     def _time_out(self) -> None:
@@ -189,7 +193,7 @@ class _Target:
             self.timer.cancel()
             self.timer = None
 
-    def _answered(self, status: int, body: bytes) -> None:
+    def _answered(self, status: int, entry: tuple[int, bytes]) -> None:
         self._settled()
         if 200 <= status < 300:
             self._recovered()
@@ -200,8 +204,8 @@ class _Target:
         else:
             self._failed(Failure(RetryableStatusError(f"status {status}")))
             return
-        if self.queue and self.queue[0] is body:
-            self.queue.popleft()
+        if self.queue and self.queue[0] is entry:
+            self.done = self.queue.popleft()[0]
         if not self.queue and self.dropped:
             log.info("{name}: caught up; {dropped} events were dropped while the queue was full",
                      name=self.name, dropped=self.dropped)  # fmt: skip
@@ -230,6 +234,14 @@ class _Target:
     def _again(self) -> None:
         self.retry = None
         self.next()
+
+    def restart(self, done: int) -> None:
+        """
+        Forget the queue: the events after C{done} come again.  A delivery under way ends as
+        it will, and settles nothing.
+        """
+        self.queue.clear()
+        self.done = done
 
     def stop(self) -> None:
         if self.retry is not None:
@@ -275,7 +287,21 @@ class WebhookService(Service):
     def publish(self, event: StateEvent) -> None:
         body = event_body(event)
         for target in self.targets:
-            target.enqueue(body)
+            target.enqueue(event.id, body)
+
+    def settled(self) -> int:
+        """
+        The id of the last event that every URL has settled (delivered, refused, dropped).
+        """
+        return min(target.done for target in self.targets)
+
+    def restart(self, done: int) -> None:
+        """
+        Forget every queue: the events after C{done} are published again (by another server,
+        or by this one when it delivers again).
+        """
+        for target in self.targets:
+            target.restart(done)
 
     async def post(self, url: WebhookURL, body: bytes) -> int:
         """

@@ -1,7 +1,7 @@
 """
 The fleet view in SQL (L{IFleet}): which server holds each client's connection
-(C{eth_presence}), the states each client is in (C{eth_states}) and each change of them
-(C{eth_state_events}).
+(C{eth_presence}), the states each client is in (C{eth_states}), each change of them
+(C{eth_state_events}), and who delivers the changes to the webhooks (C{eth_webhooks}).
 
 Every server decides the states once a second, in one transaction that first updates the one
 row of C{eth_fleet}: on one MySQL (or SQLite) server the decisions of several eth-servers so
@@ -34,7 +34,7 @@ from ethtwisted.states import (
 )
 from ethtwisted.storage.heads import sql_best_head
 
-TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet")
+TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet", "eth_webhooks")
 PRESENCE_KEEP = 86400.0
 """Seconds a row of C{eth_presence} that is not its client's newest is kept (the rows a
 restarted or replaced server left behind)."""
@@ -60,6 +60,15 @@ class _Statements:
             f" VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
         )
         self.delete_state = f"DELETE FROM eth_states WHERE client = {p} AND state = {p}"
+        skip = (
+            "WHERE 1 = 1 ON CONFLICT (hook) DO NOTHING"
+            if dialect == "sqlite"
+            else ("ON DUPLICATE KEY UPDATE hook = hook")
+        )
+        self.add_hook = (
+            "INSERT INTO eth_webhooks (hook, delivered, owner, lease_until)"
+            f" SELECT {p}, COALESCE(MAX(id), 0), '', 0 FROM eth_state_events {skip}"
+        )
         self.insert_event = (
             "INSERT INTO eth_state_events (client, chain_id, state, event, head, best_head,"
             f" since, at, text) VALUES ({', '.join([p] * 9)})"
@@ -319,5 +328,51 @@ class SQLFleet:
         )
         d: Deferred[list[Any]] = self.pool.runQuery(
             statement.replace("?", self.statements.placeholder), (*args, limit)
+        )
+        return d.addCallback(lambda rows: [_event(r) for r in rows])
+
+    # -- delivering to the webhooks ------------------------------------------------------------
+
+    def claim(
+        self, hook: str, owner: str, now: float, lease: float, settled: int | None
+    ) -> Deferred[int | None]:
+        return self.pool.runInteraction(self._claim, hook, owner, now, lease, settled)
+
+    def _claim(
+        self, txn: Any, hook: str, owner: str, now: float, lease: float, settled: int | None
+    ) -> int | None:
+        s = self.statements
+        txn.execute(s.add_hook.replace("?", s.placeholder), (hook,))
+        # delivered first: MySQL gives later assignments the values already assigned.
+        self._execute(
+            txn,
+            "UPDATE eth_webhooks SET delivered = CASE WHEN owner = ? AND delivered < ? THEN ?"
+            " ELSE delivered END, owner = ?, lease_until = ?"
+            " WHERE hook = ? AND (owner = ? OR lease_until < ?)",
+            owner, -1 if settled is None else settled, -1 if settled is None else settled,
+            owner, now + lease, hook, owner, now,
+        )  # fmt: skip
+        ((holder, delivered),) = self._execute(
+            txn, "SELECT owner, delivered FROM eth_webhooks WHERE hook = ?", hook
+        )
+        return int(delivered) if holder == owner else None
+
+    def release(self, hook: str, owner: str, settled: int) -> Deferred[None]:
+        return self.pool.runInteraction(self._release, hook, owner, settled)
+
+    def _release(self, txn: Any, hook: str, owner: str, settled: int) -> None:
+        self._execute(
+            txn,
+            "UPDATE eth_webhooks SET delivered = CASE WHEN delivered < ? THEN ? ELSE delivered"
+            " END, lease_until = 0 WHERE hook = ? AND owner = ?",
+            settled, settled, hook, owner,
+        )  # fmt: skip
+
+    def pending(self, after: int, limit: int) -> Deferred[list[StateEvent]]:
+        statement = (
+            f"SELECT {_EVENT_COLUMNS} FROM eth_state_events WHERE id > ? ORDER BY id LIMIT ?"
+        )
+        d: Deferred[list[Any]] = self.pool.runQuery(
+            statement.replace("?", self.statements.placeholder), (after, limit)
         )
         return d.addCallback(lambda rows: [_event(r) for r in rows])

@@ -124,3 +124,12 @@ CREATE TABLE IF NOT EXISTS eth_fleet (
     server VARCHAR(64) NOT NULL
 );
 INSERT INTO eth_fleet (id, decided, server) VALUES (1, 0, '') ON CONFLICT (id) DO NOTHING;
+
+-- Who delivers the state events to a set of webhooks (the SHA256 of its URLs), until when, and
+-- the last event all of them have settled: one server at a time, the next one takes over from there.
+CREATE TABLE IF NOT EXISTS eth_webhooks (
+    hook VARCHAR(64) NOT NULL PRIMARY KEY,
+    delivered BIGINT NOT NULL,
+    owner VARCHAR(64) NOT NULL,
+    lease_until DOUBLE NOT NULL
+);
