@@ -133,12 +133,17 @@ def decide(
     left out.
     """
     decided: dict[str, dict[str, State]] = {}
+    majority = {
+        chain_id: {height: fleet_block(r) for height, r in chain.contested.items()}
+        for chain_id, chain in chains.items()
+    }
     for facts in clients:
         chain = chains.get(facts.chain_id) if facts.chain_id is not None else None
         best = chain.best if chain is not None else None
+        fleet = majority.get(facts.chain_id, {}) if facts.chain_id is not None else {}
         states = {
             state: State(state, since, facts.chain_id, facts.head, best)
-            for state, since in _causes(facts, chain, thresholds, now)
+            for state, since in _causes(facts, chain, fleet, thresholds, now)
         }
         if states:
             decided[facts.client] = states
@@ -146,7 +151,11 @@ def decide(
 
 
 def _causes(
-    facts: ClientFacts, chain: ChainFacts | None, thresholds: Thresholds, now: float
+    facts: ClientFacts,
+    chain: ChainFacts | None,
+    fleet: Mapping[int, str | None],
+    thresholds: Thresholds,
+    now: float,
 ) -> Iterator[tuple[str, float]]:
     """
     Each state C{facts}' client is in, with since when.
@@ -173,23 +182,21 @@ def _causes(
         and now - facts.head_at > thresholds.stall_seconds
     ):
         yield "stalled", facts.head_at
-    since = fork_since(facts.client, chain)
+    since = fork_since(facts.client, chain, fleet)
     if since is not None and now - since > thresholds.fork_seconds:
         yield "fork", since
 
 
-def fork_since(client: str, chain: ChainFacts) -> float | None:
+def fork_since(client: str, chain: ChainFacts, fleet: Mapping[int, str | None]) -> float | None:
     """
-    Since when C{client} has reported, at some height, a block other than the fleet's there:
-    the earliest such sighting, or L{None}.
+    Since when C{client} has reported, at some height, a block other than the fleet's there
+    (C{fleet}: height → L{fleet_block}): the earliest such sighting, or L{None}.
     """
     since = None
-    for reports in chain.contested.values():
+    for height, reports in chain.contested.items():
         own = reports.get(client)
-        if own is None:
-            continue
-        fleet = fleet_block(reports)
-        if fleet is not None and own[0] != fleet:
+        block = fleet.get(height)
+        if own is not None and block is not None and own[0] != block:
             since = own[1] if since is None else min(since, own[1])
     return since
 

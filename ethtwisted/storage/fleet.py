@@ -260,20 +260,42 @@ class SQLFleet:
                 )
             ]
             if heights:
-                marks = ", ".join(["?"] * len(heights))
-                for client, number, block_hash, seen_at in self._execute(
-                    txn,
-                    "SELECT s.client, b.number, b.block_hash, s.seen_at FROM eth_blocks b"
-                    f" JOIN eth_sightings s ON s.hash = b.hash WHERE b.chain_id = ?"
-                    f" AND b.number IN ({marks}) ORDER BY s.seen_at",
-                    chain_id,
-                    *heights,
-                ):
-                    # Seen in order: what a client reported last at a height wins.
-                    contested.setdefault(int(number), {})[client] = (block_hash, float(seen_at))
+                contested = self._contested(txn, chain_id, heights)
             best_at = self._reached(txn, chain_id, best)
             chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested)
         return chains
+
+    def _contested(
+        self, txn: Any, chain_id: int, heights: Sequence[int]
+    ) -> dict[int, dict[str, tuple[str, float]]]:
+        """
+        Who reported which block at C{heights}, and when: the blocks there first (an index
+        look-up), then their sightings by payload (one more each).
+        """
+        marks = ", ".join(["?"] * len(heights))
+        blocks = {
+            sha256: (int(number), block_hash)
+            for sha256, number, block_hash in self._execute(
+                txn,
+                "SELECT hash, number, block_hash FROM eth_blocks WHERE chain_id = ?"
+                f" AND number IN ({marks})",
+                chain_id,
+                *heights,
+            )
+        }
+        contested: dict[int, dict[str, tuple[str, float]]] = {}
+        marks = ", ".join(["?"] * len(blocks))
+        for client, sha256, seen_at in self._execute(
+            txn,
+            f"SELECT client, hash, seen_at FROM eth_sightings WHERE hash IN ({marks})",
+            *blocks,
+        ):
+            number, block_hash = blocks[sha256]
+            reports = contested.setdefault(number, {})
+            # What a client reported last at a height is what its node has there.
+            if client not in reports or reports[client][1] < float(seen_at):
+                reports[client] = (block_hash, float(seen_at))
+        return contested
 
     def _reached(self, txn: Any, chain_id: int, height: int) -> float:
         """
