@@ -257,6 +257,12 @@ class ILedger(Interface):
         The latest status of each of C{clients} that has reported one.
         """
 
+    def finalized(limit: int) -> Deferred[dict[int, int]]:
+        """
+        Per chain id (the first C{limit} by id): the highest finalized number that the latest
+        status of a client's node reports for that chain.
+        """
+
     def propagation(client: str, limit: int) -> Deferred[list[float]]:
         """
         For the C{limit} blocks C{client} saw last (payloads that are blocks), newest first:

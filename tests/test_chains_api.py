@@ -12,10 +12,11 @@ import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
 
+from ethtwisted.frames import Status
 from ethtwisted.interfaces import MAX_CHAIN_RANGE
 from ethtwisted.protocol import block_json, payload_hash
+from ethtwisted.records import StatusReport
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import StatsRoot
@@ -26,15 +27,18 @@ TOKEN = "chain-token"
 
 
 async def filled(finalized: Mapping[int, int] | None = None) -> tuple[MemoryStore, Client]:
+    """
+    The reorged chain in a memory store, with a client's node on each chain of C{finalized}
+    reporting that finalized number; the stats site over it.
+    """
     store = MemoryStore()
     await store.start()
     await store_reorged_chain(store)
-
-    def finalized_numbers() -> Deferred[Mapping[int, int]]:
-        return succeed(finalized or {})
-
+    for chain_id, number in (finalized or {}).items():
+        status = Status("anvil/1", chain_id, 1, False, finalized=number)
+        await store.store([StatusReport(f"node-{chain_id}", T0 + 50, status)])
     registry = CollectorRegistry()
-    reads = Reads(reactor, store, store, registry=registry, finalized=finalized_numbers)
+    reads = Reads(reactor, store, store, registry=registry)
     return store, Client(StatsRoot(reads, TOKEN))
 
 

@@ -833,6 +833,32 @@ async def test_node_status_is_the_latest_and_its_changes_are_events(blocks: Bloc
 
 
 @pytest_twisted.ensureDeferred
+async def test_finalized_is_the_highest_latest_report_per_chain(blocks: BlockBackend) -> None:
+    """
+    Per chain id, the highest finalized number among the clients' latest statuses (an older
+    report that said more no longer counts); a status without a chain id or a finalized number
+    counts for nothing; the first C{limit} chains by id.
+    """
+    store = await blocks.writer()
+    assert await store.ledger.finalized(10) == {}
+    top = 2**63 - 1
+    await store.store(
+        [
+            StatusReport("a", T0, status(chain_id=1, finalized=8)),
+            StatusReport("b", T0, status(chain_id=1, finalized=12)),
+            StatusReport("c", T0, status(chain_id=1, finalized=None)),
+            StatusReport("d", T0, status(chain_id=5, finalized=3)),
+            StatusReport("e", T0, status(chain_id=None, finalized=99)),
+            StatusReport("f", T0, status(chain_id=7, finalized=top)),
+        ]
+    )
+    assert await store.ledger.finalized(10) == {1: 12, 5: 3, 7: top}
+    await store.store([StatusReport("b", T0 + 1, status(chain_id=1, finalized=6))])
+    assert await store.ledger.finalized(10) == {1: 8, 5: 3, 7: top}
+    assert await store.ledger.finalized(2) == {1: 8, 5: 3}
+
+
+@pytest_twisted.ensureDeferred
 async def test_missing_heights_are_those_a_client_reported_no_block_of(
     blocks: BlockBackend,
 ) -> None:

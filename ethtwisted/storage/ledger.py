@@ -186,6 +186,15 @@ class SQLLedger:
             lambda rows: {r[0]: NodeRecord(r[0], float(r[1]), _status(r[2:])) for r in rows}
         )
 
+    def finalized(self, limit: int) -> Deferred[dict[int, int]]:
+        d = self._query(
+            "SELECT chain_id, MAX(finalized) FROM eth_node_status"
+            " WHERE chain_id IS NOT NULL AND finalized IS NOT NULL"
+            " GROUP BY chain_id ORDER BY chain_id LIMIT ?",
+            limit,
+        )
+        return d.addCallback(lambda rows: {int(c): int(n) for c, n in rows})
+
     def propagation(self, client: str, limit: int) -> Deferred[list[float]]:
         d = self._query(
             "SELECT s.seen_at - (SELECT MIN(f.seen_at) FROM eth_sightings f"

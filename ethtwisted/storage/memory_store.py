@@ -323,6 +323,17 @@ class MemoryLedger(Answering):
         statuses = self.tables.statuses
         return self._answer(lambda: {c: statuses[c] for c in clients if c in statuses})
 
+    def finalized(self, limit: int) -> Deferred[dict[int, int]]:
+        return self._answer(self._finalized, limit)
+
+    def _finalized(self, limit: int) -> dict[int, int]:
+        highest: dict[int, int] = {}
+        for record in self.tables.statuses.values():
+            chain_id, number = record.status.chain_id, record.status.finalized
+            if chain_id is not None and number is not None:
+                highest[chain_id] = max(highest.get(chain_id, number), number)
+        return {c: highest[c] for c in sorted(highest)[:limit]}
+
     def _first(self, sha256: str) -> float:
         return min(s.seen_at for s in self.tables.sightings.values() if s.sha256 == sha256)
 

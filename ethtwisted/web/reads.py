@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -55,8 +55,8 @@ class Reads:
     """
     What the web endpoints read, each read bounded in time: the durable store (SQL), the
     counters (Redis when configured, else SQL's) and, inside eth-server, the collector's own
-    trouble.  The chains are read from the durable store (L{chain_reader}); C{finalized}
-    gives the finalized number per chain that their blocks are marked finalized up to.
+    trouble.  The chains are read from the durable store (L{chain_reader}), their blocks
+    marked finalized up to what the clients' nodes report (L{finalized}).
     """
 
     def __init__(
@@ -67,13 +67,10 @@ class Reads:
         redis: ICounterReader | None = None,
         trouble: Callable[[], str | None] | None = None,
         registry: CollectorRegistry | None = None,
-        finalized: Callable[[], Deferred[Mapping[int, int]]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.sql = sql
         self.chains = chain_reader(sql)
-        self.finalized = finalized if finalized is not None else lambda: succeed({})
-        """The finalized number per chain id, as the nodes report it (none yet)."""
         self.sql_counters = sql_counters
         self.redis = redis
         self.trouble = trouble
@@ -87,6 +84,12 @@ class Reads:
             "stats: a store read failed: {reason}",
             "stats: store reads work again",
         )
+
+    def finalized(self) -> Deferred[dict[int, int]]:
+        """
+        The finalized number per chain id: the highest the clients' nodes report.
+        """
+        return self.sql.ledger.finalized(MAX_CHAINS)
 
     @property
     def counters(self) -> ICounterReader:
