@@ -296,7 +296,9 @@ def stats_service(
     factory.observers.append(metrics)
     ingest.observers.append(metrics.committed)
     ingest.conflict_observers.append(metrics.conflict)
-    reads = Reads(reactor, store, store, redis, lambda: ingest.trouble.reason, registry)
+    reads = Reads(
+        reactor, store, store, redis, lambda: ingest.trouble.reason, registry, store.fleet
+    )
     service = serve_stats(reactor, reads, config["stats"], config["stats_token"])
     service.setName("stats")
     return service

@@ -60,7 +60,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         redis = RedisCounters(config["redis_url"], reactor, config["redis-prefix"])
         waits.append((str(config["redis_url"]), redis.ping))
         closes.append(redis.close)
-    reads = Reads(reactor, store, store, redis)
+    reads = Reads(reactor, store, store, redis, fleet=store.fleet)
     service = MultiService()
     web = serve_stats(
         reactor, reads, config["listen"], config["stats_token"], waits, config["wait"], closes

@@ -78,8 +78,9 @@ async def test_live_metrics_of_server_and_client_pass_promtool(
     anvil: Anvil, tmp_path: Path
 ) -> None:
     """
-    The /metrics of a running eth-server (with a client, its blocks and the chain view) and
-    of a running eth-client pass promtool check metrics (names, types, help and units).
+    The /metrics of a running eth-server (with a client, its blocks, its states and the chain
+    view) and of a running eth-client pass promtool check metrics (names, types, help and
+    units); the server's state gauges carry the labels the alerting rules select on.
     """
     anvil.mine(3)
     server = await start_server(
@@ -99,11 +100,28 @@ async def test_live_metrics_of_server_and_client_pass_promtool(
         head = anvil.rpc("eth_getBlockByNumber", "latest", False)
         await server.committed.wait_for([head["hash"]])
         await wait_for(lambda: len(client.outbox) == 0, what="the client's blocks acknowledged")
-        server_text = await (await treq.get(f"{server.stats_url}/metrics")).text()
+
+        async def scraped() -> str:
+            return str(await (await treq.get(f"{server.stats_url}/metrics")).text())
+
+        async def states_shown() -> bool:
+            return 'ethtwisted_client_state{client="node-one",state="behind"} 0.0' in (
+                await scraped()
+            )
+
+        # The client is watched once the server has decided (after its first seconds).
+        await wait_for(states_shown, what="node-one's state gauges")
+        server_text = await scraped()
         assert "ethtwisted_store_latency_seconds_count" in server_text
+        gauge = r'^ethtwisted_client_state\{client="node-one",state="(\w+)"\}'
+        states = re.findall(gauge, server_text, re.MULTILINE)
+        assert sorted(states) == ["behind", "fork", "silent", "stalled", "syncing"]
         await deferToThread(check_metrics, server_text)
         chains = json.loads(await (await treq.get(f"{server.stats_url}/api/v1/chains")).text())
         assert [(c["chain_id"], c["head"]) for c in chains["chains"]] == [(31337, 3)]
+        # The chain is finalized as far as the client's node says (anvil: block 0).
+        clients = json.loads(await (await treq.get(f"{server.stats_url}/api/v1/clients")).text())
+        assert clients["clients"][0]["node"]["finalized"] == chains["chains"][0]["finalized"] == 0
         client_text = await (await treq.get(f"http://127.0.0.1:{port}/metrics")).text()
         assert "ethtwisted_head_block 3.0" in client_text
         await deferToThread(check_metrics, client_text)

@@ -442,6 +442,8 @@ async def test_api_clients_and_heads(sqlite_store: SQLStore) -> None:
         "lag": 0,
         "node": None,
         "propagation": {"p50_ms": 0.0, "p95_ms": 0.0, "blocks": 12},
+        "state": None,
+        "states": None,
     }
     assert (clients["beta"]["last_block"], clients["beta"]["lag"]) == (9, 3)
     assert (clients["gamma"]["chain_id"], clients["gamma"]["lag"]) == (5, 0)
@@ -982,7 +984,8 @@ segments = st.sampled_from(
 ).map(str.encode) | st.binary(max_size=80)  # fmt: skip
 routes = st.sampled_from(
     [[], ["api", "v1"], ["api", "v1", "blocks"], ["api", "v1", "blocks", SHA],
-     ["api", "v1", "clients"], ["api", "v1", "head"], ["api", "v1", "arrivals"], ["_cat"],
+     ["api", "v1", "clients"], ["api", "v1", "head"], ["api", "v1", "arrivals"],
+     ["api", "v1", "events"], ["_cat"],
      ["_cat", "hashes"], ["_cat", "hashes", SHA], ["_cat", "clients"], ["metrics"], ["healthz"]]
 ).map(lambda route: [s.encode() for s in route])  # fmt: skip
 paths = (
@@ -990,9 +993,9 @@ paths = (
     | st.builds(lambda route, tail: route + tail, routes, st.lists(segments, max_size=2))
     | st.lists(segments, max_size=6)
 )
-argument_names = st.sampled_from([b"limit", b"minutes", b"before", b"token"]) | st.binary(
-    max_size=9
-)
+argument_names = st.sampled_from(
+    [b"limit", b"minutes", b"before", b"token", b"since", b"client"]
+) | st.binary(max_size=9)
 argument_values = (
     st.binary(max_size=60)
     | st.sampled_from([TOKEN, SHA, "0", "1", "-1", "1e3", "\u0663", "\ud800"]).map(

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from ethtwisted.framing import DROP_KINDS
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
 from ethtwisted.records import ChainRange, ClientRecord, Head, NodeRecord, Received
+from ethtwisted.states import STATES, State
 
 PROPAGATION_PERCENTILES = (50, 95)
 """The percentiles of each client's propagation delay that the API and C{/metrics} show."""
@@ -181,6 +182,14 @@ class StoreMetrics:
             )
             for percent in PROPAGATION_PERCENTILES
         }
+        self.client_state = metric(
+            Gauge,
+            registry,
+            "client_state",
+            "1 while each watched client is in the state (behind, stalled, silent, syncing,"
+            " fork), else 0, as the fleet view decided.",
+            ["client", "state"],
+        )
         self.chain_reorg_depth = metric(
             Histogram,
             registry,
@@ -204,6 +213,16 @@ class StoreMetrics:
                     self.chain_reorg_depth.labels(str(chain_id)).observe(depth)
         # Only what is still in the windows is remembered, so the set stays bounded.
         self._reorgs_seen = set(current)
+
+    def update_states(self, states: Mapping[str, Mapping[str, State]]) -> None:
+        """
+        Replace the state gauges with C{states} (every watched client → the states it is in):
+        one series per client and state of L{STATES}, none for a client no longer watched.
+        """
+        self.client_state.clear()
+        for client, current in states.items():
+            for state in STATES:
+                self.client_state.labels(client, state).set(1 if state in current else 0)
 
     def update_health(self, checks: dict[str, str | None]) -> None:
         """

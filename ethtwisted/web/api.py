@@ -1,7 +1,7 @@
 """
 C{/api/v1/...}: the JSON API over the durable store (blocks, one block and who saw it when,
-clients with their nodes' status and propagation, one client with its events and the heights
-it missed, heads, arrivals), what the dashboard polls.
+clients with their nodes' status, propagation and states, one client with its events and the
+heights it missed, heads, arrivals, the changes of state), what the dashboard polls.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ethtwisted.records import (
     SightingRecord,
 )
 from ethtwisted.web.chains import chains
+from ethtwisted.web.fleet import events, state_fields
 from ethtwisted.web.reads import (
     MAX_CHAINS,
     MAX_CLIENTS,
@@ -176,6 +177,7 @@ class ApiResource(Endpoint):
                         "/api/v1/chains",
                         "/api/v1/chains/{chain_id}/gaps?from=&to=",
                         "/api/v1/chains/{chain_id}/forks?from=&to=",
+                        "/api/v1/events?since=&client=&limit=",
                     ]
                 }
             )
@@ -185,6 +187,7 @@ class ApiResource(Endpoint):
             "head": self.head,
             "arrivals": self.arrivals,
             "chains": self.chains,
+            "events": self.events,
         }.get(path[0])
         if handler is None:
             raise HTTPError(404, "not found")
@@ -231,11 +234,15 @@ class ApiResource(Endpoint):
 
     async def _clients(self, limit: int, name: str | None = None) -> list[dict[str, Any]]:
         """
-        The clients' entries (only C{name}'s, when given), with their nodes and propagation.
+        The clients' entries (only C{name}'s, when given), with their nodes, propagation and
+        states.
         """
         sql = self.reads.sql
-        clients, heads = await self.reads.read(
-            gatherResults([sql.clients(limit), sql.heads(MAX_CHAINS)], consumeErrors=True)
+        clients, heads, states = await self.reads.read(
+            gatherResults(
+                [sql.clients(limit), sql.heads(MAX_CHAINS), self.reads.states()],
+                consumeErrors=True,
+            )
         )
         if name is not None:
             clients = [c for c in clients if c.client == name]
@@ -255,6 +262,7 @@ class ApiResource(Endpoint):
             entry = _client(client, best)
             entry["node"] = _node(nodes.get(client.client))
             entry["propagation"] = _propagation(delay)
+            entry.update(state_fields(states.get(client.client)))
             entries.append(entry)
         return entries
 
@@ -296,6 +304,9 @@ class ApiResource(Endpoint):
 
     async def chains(self, request: Request, rest: list[str]) -> Response:
         return await chains(self.reads, request, rest)
+
+    async def events(self, request: Request, rest: list[str]) -> Response:
+        return await events(self.reads, request, rest)
 
     async def head(self, request: Request, rest: list[str]) -> Response:
         if rest:

@@ -10,14 +10,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ethtwisted.interfaces import IBlockReader, ICounterReader
+from ethtwisted.interfaces import IBlockReader, ICounterReader, IFleet
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.metrics.server import PROPAGATION_PERCENTILES, StoreMetrics
+from ethtwisted.states import State
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
 
@@ -56,7 +57,8 @@ class Reads:
     What the web endpoints read, each read bounded in time: the durable store (SQL), the
     counters (Redis when configured, else SQL's) and, inside eth-server, the collector's own
     trouble.  The chains are read from the durable store (L{chain_reader}), their blocks
-    marked finalized up to what the clients' nodes report (L{finalized}).
+    marked finalized up to what the clients' nodes report (L{finalized}); the clients'
+    states from C{fleet}, the store's fleet view, when it has one.
     """
 
     def __init__(
@@ -67,10 +69,12 @@ class Reads:
         redis: ICounterReader | None = None,
         trouble: Callable[[], str | None] | None = None,
         registry: CollectorRegistry | None = None,
+        fleet: IFleet | None = None,
     ) -> None:
         self.reactor = reactor
         self.sql = sql
         self.chains = chain_reader(sql)
+        self.fleet = fleet
         self.sql_counters = sql_counters
         self.redis = redis
         self.trouble = trouble
@@ -90,6 +94,12 @@ class Reads:
         The finalized number per chain id: the highest the clients' nodes report.
         """
         return self.sql.ledger.finalized(MAX_CHAINS)
+
+    def states(self) -> Deferred[dict[str, dict[str, State]]]:
+        """
+        Every watched client → the states it is in (none without a fleet view).
+        """
+        return self.fleet.states() if self.fleet is not None else succeed({})
 
     @property
     def counters(self) -> ICounterReader:
@@ -176,6 +186,14 @@ class Reads:
             for name, d in zip(names, delays, strict=True)
         }
         self.store_metrics.update_nodes(nodes, propagation)
+        try:
+            states = await self.states().addTimeout(READ_TIMEOUT, self.reactor)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn("stats: cannot read the states for metrics: {reason}", reason=_reason(e))
+            return
+        self.store_metrics.update_states(states)
         try:
             finalized = await self.finalized().addTimeout(READ_TIMEOUT, self.reactor)
             chains = await self.chains.chains(MAX_CHAINS, finalized).addTimeout(

@@ -28,6 +28,7 @@ MAX_ARG_BYTES = 1024
 MAX_HEIGHT_DIGITS = 19
 """The most digits of a block height or chain id (2**63 - 1 has 19)."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_UNIX_TIME = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?\Z")
 
 
 class HTTPError(Exception):
@@ -182,6 +183,19 @@ def int_arg(request: Request, name: str, default: int, cap: int) -> int:
     if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise HTTPError(400, f"{name} must be a positive integer of at most {MAX_DIGITS} digits")
     return min(int(text), cap)
+
+
+def time_arg(request: Request, name: str) -> float | None:
+    """
+    An optional query argument that is a unix time: seconds, at most 12 digits, with at most
+    9 decimals.
+    """
+    text = query_arg(request, name)
+    if text is None:
+        return None
+    if not _UNIX_TIME.match(text):
+        raise HTTPError(400, f"{name} must be a unix time: seconds, like 1732525000.5")
+    return float(text)
 
 
 def height(text: str, name: str) -> int:
