@@ -25,6 +25,11 @@ from twisted.python.failure import Failure
 
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
+from ethtwisted.frames import Status, SyncProgress
+from ethtwisted.records import StatusReport
+from ethtwisted.states import Thresholds
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from tests.helpers import wait_for
 from tests.services import Anvil
 from tests.test_web import TIMEOUT, TOKEN, stats_server
@@ -207,6 +212,23 @@ Array.from(document.querySelectorAll('#blocks tr.sightings tbody tr')).map(funct
   return {client: tr.dataset.client, delay: tr.querySelector('.delay').textContent};
 })
 """
+STATES = """
+Array.from(document.querySelectorAll('#clients tbody tr[data-client]')).map(function (tr) {
+  var chips = Array.from(tr.querySelectorAll('.states .chip'));
+  return {client: tr.dataset.client,
+          states: chips.map(function (c) { return c.dataset.state; }),
+          since: chips.map(function (c) { return c.dataset.since || null; }),
+          text: tr.querySelector('.states').textContent};
+})
+"""
+EVENTS = """
+Array.from(document.querySelectorAll('#events tbody tr[data-event-id]')).map(function (tr) {
+  return {id: Number(tr.dataset.eventId), client: tr.querySelector('.client').textContent,
+          state: tr.querySelector('.change .chip').dataset.state,
+          change: tr.querySelector('.change').textContent,
+          text: tr.querySelector('.text').textContent};
+})
+"""
 NONE = "\u2013"
 """What the page shows for a value the API does not give."""
 HEAD = """
@@ -230,7 +252,10 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
     dashboard lists each client with its head and its node's version, peers, sync state and
     propagation p50/p95, shows the chain's best head, and, while it stays open, follows new
     blocks and marks in red the client that stopped and fell behind; a block's row, clicked,
-    opens who saw it when.  A screenshot is saved in the test's temporary folder.
+    opens who saw it when.  The client that stopped goes silent, as the server decides: the
+    page shows each client's states as the API has them (the others current) and the changes
+    of state, newest first, as /api/v1/events lists them.  A screenshot is saved in the test's
+    temporary folder.
     """
     await deferToThread(anvil.mine, 5)
     server = await stats_server(
@@ -281,7 +306,13 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
             assert row["sync"] == "synced"
             assert row["p50"].endswith((" ms", " s")) and row["p95"].endswith((" ms", " s"))
 
-        # One client stops; the chain moves on, and the page follows without a reload.
+        # One client stops once the server watches all three (from its first decision on);
+        # the chain moves on, and the page follows without a reload.
+        async def all_watched() -> bool:
+            rows = (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
+            return {c["client"] for c in rows if c["states"] is not None} == set(clients)
+
+        await wait_for(all_watched, interval=0.1)
         await clients.pop("node-http").stopService()
         await deferToThread(anvil.mine, 3)
         await wait_for(lambda: clients_at(8), interval=0.1)
@@ -314,6 +345,73 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         assert [r["client"] for r in shown] == [s["client"] for s in sightings]
         assert {r["client"] for r in shown} == {"node-ipc", "node-ws", "node-http"}
         assert shown[0]["delay"] == "0 ms"
+
+        # Meanwhile, through the store, another server holds "node-far", whose node says it
+        # is syncing, then that it is not (the page's server decides the same on these facts).
+        writer = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'eth.sqlite'}"), reactor)
+        await writer.start()
+        try:
+            for syncing in (SyncProgress(1, 9), False):
+                now = reactor.seconds()
+                await writer.store([StatusReport("node-far", now, Status(syncing=syncing))])
+                await writer.fleet.decide("elsewhere", now, {"node-far": now}, {}, Thresholds())
+        finally:
+            await writer.close()
+
+        # The stopped client goes silent once the server has missed it for a few seconds.
+        async def all_told() -> bool:
+            events = (await server.get("/api/v1/events", TOKEN)).json()["events"]
+            told = [(e["client"], e["state"], e["event"]) for e in events]
+            far = [t for t in told if t[0] == "node-far"]
+            return ("node-http", "silent", "entered") in told and far == [
+                ("node-far", "syncing", "left"),
+                ("node-far", "syncing", "entered"),
+            ]
+
+        await wait_for(all_told, interval=0.2)
+
+        async def states_agree() -> bool:
+            listed = (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
+            expected = {
+                c["client"]: sorted(c["states"]) or ["current"]
+                for c in listed
+                if c["states"] is not None
+            }
+            shown = {r["client"]: sorted(r["states"]) for r in await browser.evaluate(STATES)}
+            return bool(shown == expected and expected["node-http"] == ["silent"])
+
+        await wait_for(states_agree, interval=0.2)
+        listed = {
+            c["client"]: c for c in (await server.get("/api/v1/clients", TOKEN)).json()["clients"]
+        }
+        states: dict[str, dict[str, Any]] = {
+            row["client"]: row for row in await browser.evaluate(STATES)
+        }
+        assert {name: row["states"] for name, row in states.items()} == {
+            "node-ipc": ["current"],
+            "node-ws": ["current"],
+            "node-http": ["silent"],
+        }
+        [since] = states["node-http"]["since"]
+        assert float(since) == listed["node-http"]["states"]["silent"]["since"]
+        assert states["node-http"]["text"].startswith("silent ")
+        assert by_client(await browser.evaluate(ROWS))["node-http"]["state"] == "bad"
+
+        async def events_agree() -> bool:
+            events = (await server.get("/api/v1/events?limit=20", TOKEN)).json()["events"]
+            shown = await browser.evaluate(EVENTS)
+            return bool(events) and [r["id"] for r in shown] == [e["id"] for e in events]
+
+        await wait_for(events_agree, interval=0.2)
+        events = (await server.get("/api/v1/events?limit=20", TOKEN)).json()["events"]
+        shown_events = await browser.evaluate(EVENTS)
+        assert [e["id"] for e in events] == sorted((e["id"] for e in events), reverse=True)
+        for row, event in zip(shown_events, events, strict=True):
+            assert (row["client"], row["state"], row["text"]) == (
+                event["client"], event["state"], event["text"])  # fmt: skip
+            assert row["change"] == f"{event['state']} {event['event']}"
+        assert ("node-http", "silent") in [(r["client"], r["state"]) for r in shown_events]
+        assert len(shown_events) == 3
 
         screenshot = tmp_path / "dashboard.png"
         await browser.screenshot(screenshot)
