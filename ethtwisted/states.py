@@ -122,6 +122,28 @@ def fleet_block(reports: Mapping[str, tuple[str, float]]) -> str | None:
     return max(counts, key=counts.__getitem__)
 
 
+def fleet_head(
+    clients: Iterable[ClientFacts],
+    contested: Mapping[int, Mapping[str, tuple[str, float]]],
+    stored: int,
+) -> int:
+    """
+    The best head of a chain that its clients are measured against: C{stored} (the highest
+    block a client is on), unless clients on a fork are on it; then the highest head of the
+    others, so that a node on blocks of its own ahead of the fleet does not put the fleet
+    behind.
+    """
+    majority = {height: fleet_block(r) for height, r in contested.items()}
+    heads = [
+        c.head
+        for c in clients
+        if c.head is not None and fork_since(c.client, contested, majority) is None
+    ]
+    if len(heads) == sum(c.head is not None for c in clients):
+        return stored
+    return max(heads, default=stored)
+
+
 def decide(
     clients: Iterable[ClientFacts],
     chains: Mapping[int, ChainFacts],
@@ -182,18 +204,22 @@ def _causes(
         and now - facts.head_at > thresholds.stall_seconds
     ):
         yield "stalled", facts.head_at
-    since = fork_since(facts.client, chain, fleet)
+    since = fork_since(facts.client, chain.contested, fleet)
     if since is not None and now - since > thresholds.fork_seconds:
         yield "fork", since
 
 
-def fork_since(client: str, chain: ChainFacts, fleet: Mapping[int, str | None]) -> float | None:
+def fork_since(
+    client: str,
+    contested: Mapping[int, Mapping[str, tuple[str, float]]],
+    fleet: Mapping[int, str | None],
+) -> float | None:
     """
     Since when C{client} has reported, at some height, a block other than the fleet's there
     (C{fleet}: height → L{fleet_block}): the earliest such sighting, or L{None}.
     """
     since = None
-    for height, reports in chain.contested.items():
+    for height, reports in contested.items():
         own = reports.get(client)
         block = fleet.get(height)
         if own is not None and block is not None and own[0] != block:

@@ -246,3 +246,21 @@ async def test_servers_deciding_at_once_record_each_change_once(open_store: Open
                 assert isinstance(value, Failure) and is_conflict(value), value
     assert changes(told) == [("a", "behind", "entered"), ("a", "behind", "left")]
     assert sorted(await stores[2].fleet.events(None, None, 10), key=lambda e: e.id) == told
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fork_ahead_of_the_fleet_puts_nobody_behind(open_store: Opener) -> None:
+    """
+    A client on blocks of its own, far ahead of the two others: it is on a fork, and the best
+    head the others are measured against is theirs, so they are not behind; the fork client
+    reports the best head of the fleet, not its own.
+    """
+    store = await started(open_store)
+    fleet = store.fleet
+    await store.store([received(c, n, T0 + n) for c in "ab" for n in range(0, 8)])
+    await store.store([received("c", n, T0 + n) for n in range(0, 4)])
+    await store.store([received("c", n, T0 + n / 10, "c") for n in range(4, 30)])
+    heard = {c: T0 + 100 for c in "abc"}
+    states = await fleet.decide("s", T0 + 100, heard, {}, T)
+    assert changes(states) == [("c", "fork", "entered")]
+    assert (states[0].head, states[0].best_head) == (29, 7)

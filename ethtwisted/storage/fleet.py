@@ -31,6 +31,7 @@ from ethtwisted.states import (
     behind_height,
     decide,
     describe_change,
+    fleet_head,
 )
 from ethtwisted.storage.heads import sql_best_head
 
@@ -240,14 +241,6 @@ class SQLFleet:
             if head is None:
                 continue
             best = head.number
-            targets = {
-                h
-                for c in clients
-                if c.chain_id == chain_id
-                and (h := behind_height(c, thresholds)) is not None
-                and h <= best
-            }
-            reached = {h: self._reached(txn, chain_id, h) for h in sorted(targets)}
             contested: dict[int, dict[str, tuple[str, float]]] = {}
             heights = [
                 int(r[0])
@@ -261,6 +254,14 @@ class SQLFleet:
             ]
             if heights:
                 contested = self._contested(txn, chain_id, heights)
+            on_chain = [c for c in clients if c.chain_id == chain_id]
+            best = fleet_head(on_chain, contested, best)
+            targets = {
+                h
+                for c in on_chain
+                if (h := behind_height(c, thresholds)) is not None and h <= best
+            }
+            reached = {h: self._reached(txn, chain_id, h) for h in sorted(targets)}
             best_at = self._reached(txn, chain_id, best)
             chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested)
         return chains
