@@ -1,0 +1,264 @@
+"""
+L{FleetService} on a L{Clock}, over a real SQLite store and real server connections (on
+L{StringTransport}s): when it starts deciding, what it records of the connections it holds and
+of those gone, how it tells each change (log and sinks), and how it rides out a store that
+fails or a decision that conflicts with another server's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ethtwisted.frames import Hello, encode_control
+from ethtwisted.interfaces import IEventSink, IFleet
+from ethtwisted.records import StateEvent
+from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.fleet import DECIDE_INTERVAL, FleetService
+from ethtwisted.server.ingest import Ingest
+from ethtwisted.server.protocol import ServerProtocol
+from ethtwisted.states import RECONNECT_GRACE, Thresholds
+from ethtwisted.storage.fleet import SQLFleet
+from ethtwisted.storage.memory_store import MemoryStore
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
+from tests.test_protocol import feed, netstring
+
+T = Thresholds(silent_seconds=60)
+
+
+@implementer(IEventSink)
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[StateEvent] = []
+
+    def publish(self, event: StateEvent) -> None:
+        self.events.append(event)
+
+
+class Conflicting(SQLFleet):
+    """
+    The store's fleet, whose next decision fails with a MySQL deadlock (as when another
+    server decided at the same moment) when told to.
+    """
+
+    def __init__(self, store: SQLStore) -> None:
+        super().__init__(store.pool, store.url.dialect)
+        self.conflict_next = False
+
+    def decide(
+        self,
+        server: str,
+        now: float,
+        connected: Mapping[str, float],
+        gone: Mapping[str, float],
+        thresholds: Thresholds,
+    ) -> Deferred[list[StateEvent]]:
+        if self.conflict_next:
+            self.conflict_next = False
+            return fail(
+                pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+            )
+        return super().decide(server, now, connected, gone, thresholds)
+
+
+class Observed(FleetService):
+    """The service, keeping the Deferred of each of its runs for the test to wait on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs: list[Deferred[None]] = []
+
+    def run(self) -> Deferred[None]:
+        d = super().run()
+        self.runs.append(d)
+        return d
+
+
+class Harness:
+    """
+    A fleet service on a clock, its server's connections, its store and its sink.
+    """
+
+    def __init__(self, store: SQLStore, fleet: IFleet | None = None) -> None:
+        self.clock = Clock()
+        self.store = store
+        self.factory = ServerFactory(
+            Ingest(MemoryStore(), None, self.clock), self.clock, 65536, 60
+        )
+        self.sink = Sink()
+        self.service = Observed(self.clock, fleet or store.fleet, self.factory, T, [self.sink])
+
+    def connect(self, name: str) -> ServerProtocol:
+        """A connection of client C{name}, whose hello lists features, at the clock's time."""
+        connection = self.factory.buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        feed(connection, netstring(encode_control(Hello(name, features=("status",)))))
+        return connection
+
+    async def tick(self, seconds: float = DECIDE_INTERVAL) -> bool:
+        """
+        Let C{seconds} pass; wait for the run they brought, if any; whether there was one.
+        """
+        runs = len(self.service.runs)
+        self.clock.advance(seconds)
+        for run in self.service.runs[runs:]:
+            await run
+        return len(self.service.runs) > runs
+
+    async def presence(self) -> list[tuple[str, int, float, float]]:
+        rows = await self.store.pool.runQuery(
+            "SELECT client, connected, last_frame, updated FROM eth_presence ORDER BY client"
+        )
+        return [(c, int(on), float(heard), float(updated)) for c, on, heard, updated in rows]
+
+    async def decided(self) -> float:
+        ((decided,),) = await self.store.pool.runQuery("SELECT decided FROM eth_fleet")
+        return float(decided)
+
+    def stop(self) -> None:
+        self.service.stopService()
+        for connection in list(self.factory.connections):
+            connection.connectionLost(Failure(ConnectionDone()))
+        assert not self.clock.getDelayedCalls()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+    """A started SQLite store, closed afterwards."""
+    opened = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'fleet.sqlite'}"), reactor)
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
+def told(events: Sequence[LogEvent], level: LogLevel | None = None) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in events
+        if e["log_namespace"] == "ethtwisted.server" and (level is None or e["log_level"] == level)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_once(
+    store: SQLStore,
+) -> None:
+    """
+    No decision before the server has run for RECONNECT_GRACE seconds; then every second,
+    recording the clients held and when each was last heard.  A connection that ends is
+    recorded as gone at the next decision; once gone for longer than the grace, its client is
+    silent: logged once (a warning), published to the sink once, and no longer once it comes
+    back (logged once, at info).
+    """
+    h = Harness(store)
+    a = h.connect("a")
+    h.connect("b")
+    with capturedLogs() as logged:
+        h.service.startService()
+        for _ in range(int(RECONNECT_GRACE) - 1):
+            await h.tick()
+        assert len(h.service.runs) == RECONNECT_GRACE  # at 0, 1 and 2: none decided
+        assert await h.presence() == [] and await h.decided() == 0
+        assert await h.tick()
+        assert await h.presence() == [("a", 1, 0.0, 3.0), ("b", 1, 0.0, 3.0)]
+
+        assert not await h.tick(0.5)
+        a.connectionLost(Failure(ConnectionDone()))
+        assert await h.tick(0.5)
+        assert await h.presence() == [("a", 0, 0.0, 4.0), ("b", 1, 0.0, 4.0)]
+        assert await store.fleet.states() == {"a": {}, "b": {}}
+        for _ in range(int(RECONNECT_GRACE)):
+            await h.tick()
+        assert h.sink.events == []  # gone for exactly the grace: not yet
+        await h.tick()
+        assert [(e.client, e.state, e.event, e.since, e.at) for e in h.sink.events] == [
+            ("a", "silent", "entered", 0.0, 8.0)
+        ]
+        await h.tick()
+        assert len(h.sink.events) == 1
+
+        h.connect("a")
+        await h.tick()
+        assert [(e.client, e.state, e.event) for e in h.sink.events[1:]] == [
+            ("a", "silent", "left")
+        ]
+        assert await store.fleet.events(None, None, 10) == h.sink.events[::-1]
+    h.stop()
+    texts = [e.text for e in h.sink.events]
+    assert told(logged, LogLevel.warn) == texts[:1]
+    assert told(logged, LogLevel.info) == texts[1:]
+    assert told(logged) == texts
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_store_is_said_once_and_once_when_back(store: SQLStore) -> None:
+    """
+    While the store fails, each decision fails and that is said once, as a warning; once it
+    works again, that is said once; meanwhile the clients that left are still recorded as gone.
+    """
+    h = Harness(store)
+    b = h.connect("b")
+    h.connect("c")
+    h.service.startService()
+    with capturedLogs() as logged:
+        for _ in range(int(RECONNECT_GRACE)):
+            await h.tick()
+        assert await h.decided() == RECONNECT_GRACE
+        await store.pool.runOperation("DROP TABLE eth_fleet")
+        b.connectionLost(Failure(ConnectionDone()))
+        for _ in range(3):
+            assert await h.tick()
+        await store.start()  # the table made again
+        await h.tick()
+        await h.tick()
+    h.stop()
+    assert await h.decided() == RECONNECT_GRACE + 5
+    assert [row[:2] for row in await h.presence()] == [("b", 0), ("c", 1)]
+    assert told(logged) == [
+        "cannot decide the clients' states: no such table: eth_fleet",
+        "deciding the clients' states again",
+    ]
+    assert [e["log_level"] for e in logged if e["log_namespace"] == "ethtwisted.server"] == [
+        LogLevel.warn,
+        LogLevel.info,
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_conflict_is_quiet_and_decided_again_next_second(store: SQLStore) -> None:
+    """
+    A decision that conflicts with another server's is no trouble: nothing is logged (but at
+    debug level), nothing told, and the next second decides as usual, the clients gone
+    meanwhile recorded then.
+    """
+    fleet = Conflicting(store)
+    h = Harness(store, fleet)
+    b = h.connect("b")
+    h.service.startService()
+    with capturedLogs() as logged:
+        for _ in range(int(RECONNECT_GRACE)):
+            await h.tick()
+        b.connectionLost(Failure(ConnectionDone()))
+        fleet.conflict_next = True
+        assert await h.tick()
+        assert [row[:2] for row in await h.presence()] == [("b", 1)]
+        assert await h.tick()
+    h.stop()
+    assert [row[:2] for row in await h.presence()] == [("b", 0)]
+    assert await h.decided() == RECONNECT_GRACE + 2
+    assert h.service.trouble.reason is None
+    assert [e for e in logged if e["log_level"] > LogLevel.debug] == []
+    assert h.sink.events == []
