@@ -181,6 +181,34 @@ def test_offset_is_that_of_the_pong_with_the_shortest_round_trip() -> None:
     assert estimate.offset == pytest.approx(1.0)  # the 0.02 s sample is gone
 
 
+def test_a_client_paused_past_the_pings_awaited_keeps_its_connection() -> None:
+    """
+    A client that stops for longer than L{MAX_OUTSTANDING} pings (a process stopped, a host
+    suspended) and then answers every one of them, late: the pongs of pings forgotten meanwhile
+    are ignored, the others taken, and the connection stays, heard again; a pong of a ping never
+    sent still costs it.
+    """
+    clock = Clock()
+    clock.advance(T0)
+    protocol, transport, _ = connect(clock)
+    protocol.factory.ping_interval = 2.0
+    feed(protocol, control(Hello("paused", features=FEATURES)))
+    clock.pump([FIRST_PING_INTERVAL] * (FIRST_PINGS - 1) + [2.0] * (MAX_OUTSTANDING + 2))
+    pings = [f for f in frames(transport) if isinstance(f, Ping)]
+    assert len(pings) > MAX_OUTSTANDING + 2
+    now_ms = int(clock.seconds() * 1000)
+    for ping in pings:
+        feed(protocol, control(Pong(ping.id, now_ms)))
+    assert not transport.disconnecting and protocol.dropped is None
+    assert protocol.last_heard == clock.seconds()
+    assert protocol.clock.outstanding == {}
+    assert len(protocol.clock.samples) == MAX_OUTSTANDING
+    feed(protocol, control(Pong(pings[-1].id + 1, now_ms)))
+    assert transport.disconnecting
+    assert protocol.dropped == f"pong {pings[-1].id + 1} answers no ping sent"
+    close(protocol, clock)
+
+
 def test_sightings_are_corrected_for_the_clients_clock_and_attached_to_their_payload() -> None:
     """
     A client whose clock is 7 s ahead: payloads sent before its first pong wait for it, then

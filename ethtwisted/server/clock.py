@@ -62,6 +62,12 @@ class ClockOffset:
         self.samples.append((delay, client_ms / 1000 - (t0 + now) / 2))
         return True
 
+    def sent(self, ping_id: int) -> bool:
+        """
+        Whether a ping of id C{ping_id} was sent (awaited, answered or forgotten since).
+        """
+        return 0 < ping_id <= self.next_id
+
     @property
     def known(self) -> bool:
         return bool(self.samples)

@@ -282,8 +282,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             now = self.factory.reactor.seconds()
             self.factory.ingest.report(StatusReport(self.hello.name, now, frame))
         elif isinstance(frame, Pong) and "ping" in self.welcomed:
-            if not self.clock.pong(frame.id, frame.client_ms, self.factory.reactor.seconds()):
-                raise ProtocolError(f"pong {frame.id} answers no ping awaited")
+            taken = self.clock.pong(frame.id, frame.client_ms, self.factory.reactor.seconds())
+            # A pong of a ping forgotten is late, not bad: a client that stopped for a while
+            # answers every ping it missed at once.  It is only not taken.
+            if not taken and not self.clock.sent(frame.id):
+                raise ProtocolError(f"pong {frame.id} answers no ping sent")
             self._clock_ready()
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__.lower()} frame")
