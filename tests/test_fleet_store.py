@@ -264,3 +264,26 @@ async def test_a_fork_ahead_of_the_fleet_puts_nobody_behind(open_store: Opener) 
     states = await fleet.decide("s", T0 + 100, heard, {}, T)
     assert changes(states) == [("c", "fork", "entered")]
     assert (states[0].head, states[0].best_head) == (29, 7)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_for_a_week_is_no_longer_watched(open_store: Opener) -> None:
+    """
+    A client no server has held for over a week (a node taken out of the fleet) is forgotten:
+    it has no states any more, with no event; one that comes back is watched again.
+    """
+    store = await started(open_store)
+    fleet = store.fleet
+    await fleet.decide("s", T0, {"a": T0, "b": T0}, {}, T)
+    assert await fleet.decide("s", T0 + 10, {"b": T0 + 10}, {"a": T0}, T) == []
+    assert changes(await fleet.decide("s", T0 + 14, {"b": T0 + 14}, {}, T)) == [
+        ("a", "silent", "entered")
+    ]
+    week = 7 * 86400
+    assert await fleet.decide("s", T0 + week, {"b": T0 + week}, {}, T) == []
+    assert set(await fleet.states()) == {"a", "b"}
+    assert await fleet.decide("s", T0 + week + 11, {"b": T0 + week + 11}, {}, T) == []
+    assert await fleet.states() == {"b": {}}
+    back = T0 + week + 20
+    assert await fleet.decide("s", back, {"a": back, "b": back}, {}, T) == []
+    assert await fleet.states() == {"a": {}, "b": {}}

@@ -39,6 +39,9 @@ TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet", "eth_we
 PRESENCE_KEEP = 86400.0
 """Seconds a row of C{eth_presence} that is not its client's newest is kept (the rows a
 restarted or replaced server left behind)."""
+FORGET_AFTER = 7 * 86400.0
+"""Seconds after which a client that no server holds is no longer watched (a node taken out
+of the fleet): its presence and states go, with no event."""
 _EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
 
 
@@ -184,13 +187,20 @@ class SQLFleet:
             presence.setdefault(client, []).append(
                 (server, float(last_frame), bool(on), float(updated))
             )
-        stale = []
+        stale, forgotten = [], []
         for client, rows in presence.items():
             newest = max(r[3] for r in rows)
+            if newest < now - FORGET_AFTER:
+                forgotten.append(client)
+                continue
             stale += [(client, r[0]) for r in rows if r[3] < min(newest, now - PRESENCE_KEEP)]
         for client, server in sorted(stale):
             self._execute(txn, "DELETE FROM eth_presence WHERE client = ? AND server = ?",
                           client, server)  # fmt: skip
+        for client in sorted(forgotten):
+            del presence[client]
+            self._execute(txn, "DELETE FROM eth_presence WHERE client = ?", client)
+            self._execute(txn, "DELETE FROM eth_states WHERE client = ?", client)
         reported = {
             r[0]: r[1:]
             for r in self._execute(
