@@ -38,7 +38,8 @@ def logs() -> Iterator[Logs]:
 class Fleet:
     """
     A client's delivery over servers C{a}, C{b} (and more), each a L{FakeEndpoint}, through a
-    C{ClientService} on a L{Clock}; reconnections after 1 s, probes after C{n} s for the n-th.
+    C{ClientService} on a L{Clock}, paced as the server list says (reconnections at once); a
+    server's probe C{n} s after its n-th failure in a row.
     """
 
     def __init__(self, names: str = "ab", queued: int = 2) -> None:
@@ -54,7 +55,10 @@ class Fleet:
         self.metrics = ClientMetrics(self.registry, self.clock, lambda: len(self.outbox), None)
         client_tap.watch_delivery(self.metrics, self.delivery)
         self.service = ReconnectingService(
-            self.servers, self.delivery.factory(), retryPolicy=lambda n: 1.0, clock=self.clock
+            self.servers,
+            self.delivery.factory(),
+            retryPolicy=lambda n: 1.0,
+            clock=self.clock,
         )
         self.pumps: list[iosim.IOPump] = []
 
@@ -64,11 +68,27 @@ class Fleet:
         return pump
 
     def flush(self) -> None:
+        """
+        Deliver what the connections wrote, then run what that made due at once (a
+        reconnection).
+        """
         for pump in self.pumps:
             pump.flush()
+        self.clock.advance(0)
 
     def attempts(self) -> dict[str, int]:
         return {name: len(e.attempts) for name, e in self.endpoints.items()}
+
+    def probes(self) -> dict[str, int]:
+        """
+        How many of each server's connection attempts waiting are probes (the others are the
+        delivery's).
+        """
+        return {
+            name: sum(getattr(factory, "delivery", None) is not self.delivery
+                      for _, factory in e.attempts)
+            for name, e in self.endpoints.items()
+        }  # fmt: skip
 
     def in_use(self) -> dict[str, float | None]:
         return {
@@ -120,8 +140,9 @@ def test_a_refused_connection_moves_on_to_the_next_at_once(logs: Logs) -> None:
     """
     When the first server refuses the connection, the next is tried in the same attempt (no
     backoff) and gets hello and everything unacknowledged; the refusal and the switch are each
-    logged once.  When every server refuses, the client backs off and starts again with the
-    first.
+    logged once.  When every server has failed, the client connects to none of them until one
+    acknowledges a probe (said once); each is probed on its own, the first to acknowledge gets
+    the connection, and the others are still probed, later each time.
     """
     fleet = Fleet("abc")
     fleet.service.startService()
@@ -130,13 +151,24 @@ def test_a_refused_connection_moves_on_to_the_next_at_once(logs: Logs) -> None:
     fleet.endpoints["b"].refuse()
     fleet.endpoints["c"].refuse()
     assert fleet.attempts() == {"a": 0, "b": 0, "c": 0}
+    [waiting] = logs.containing("every server listed has failed", LogLevel.warn)
+    assert "waiting until one acknowledges a probe" in waiting
     fleet.clock.advance(1.0)
-    assert fleet.attempts() == {"a": 1, "b": 0, "c": 0}
+    assert fleet.attempts() == fleet.probes() == {"a": 1, "b": 1, "c": 1}
     fleet.endpoints["a"].refuse()
+    fleet.endpoints["c"].refuse()
+    fleet.accept("b", AckingPeer())
+    assert fleet.probes() == {"a": 0, "b": 0, "c": 0}
+    assert fleet.attempts() == {"a": 0, "b": 1, "c": 0}, "the delivery connects to b at once"
     peer = AckingPeer()
     fleet.accept("b", peer)
     assert peer.hellos == [Hello("c1")] and peer.payloads == [b"m0", b"m1"]
+    fleet.clock.advance(1.9)
+    assert fleet.attempts() == {"a": 0, "b": 0, "c": 0}
+    fleet.clock.advance(0.1)
+    assert fleet.attempts() == fleet.probes() == {"a": 1, "b": 0, "c": 1}
     assert len(logs.containing("cannot connect to a", LogLevel.warn)) == 1
+    assert len(logs.containing("every server listed has failed")) == 1
     [line] = switch_lines(logs)
     assert "now sending to b instead of a (cannot connect: " in line
     assert "2 unacknowledged messages" in line
@@ -150,8 +182,8 @@ def test_a_server_that_stops_acknowledging_is_left_and_everything_unacked_resent
     """
     Once what was sent to the server in use has waited --ack-timeout seconds with no ack
     arriving (counted from the last ack, or from the send when nothing was outstanding; new
-    sends do not reset it), the client closes that connection and goes to the next server,
-    which gets everything unacknowledged, in order.  An ack within the timeout keeps the
+    sends do not reset it), the client closes that connection and goes to the next server at
+    once, which gets everything unacknowledged, in order.  An ack within the timeout keeps the
     server.
     """
     fleet = Fleet(queued=0)
@@ -175,7 +207,6 @@ def test_a_server_that_stops_acknowledging_is_left_and_everything_unacked_resent
     [warning] = logs.containing("acknowledged nothing for 30 s", LogLevel.warn)
     assert warning.startswith("a ") and "2 messages waiting" in warning
     assert not logs.containing("lost the connection")
-    fleet.clock.advance(1.0)
     assert fleet.attempts() == {"a": 0, "b": 1}
     b = AckingPeer()
     fleet.accept("b", b)
@@ -201,7 +232,6 @@ def test_a_server_that_refuses_the_token_counts_as_failed(logs: Logs) -> None:
     fleet.flush()
     assert len(logs.containing("a refused this client", LogLevel.error)) == 1
     assert fleet.metrics.health()["server"] is not None
-    fleet.clock.advance(1.0)
     b = AckingPeer()
     fleet.accept("b", b)
     assert b.payloads == [b"m0", b"m1"]
@@ -289,10 +319,12 @@ def test_a_probe_with_nothing_to_send_waits_for_a_message(logs: Logs) -> None:
     fleet.stop()
 
 
-def test_a_lost_connection_moves_on_and_wraps_around(logs: Logs) -> None:
+def test_a_lost_connection_moves_on_and_never_back_before_a_probe(logs: Logs) -> None:
     """
-    A connection lost moves the client to the next server (after the last, the first again);
-    each loss and each switch is logged once.
+    A connection lost moves the client at once to the next server that has not failed; once
+    every server has failed, it goes back to none of them until one acknowledges a probe,
+    and then to that one (the server it used last having failed too).  Each loss and each
+    switch is logged once.
     """
     fleet = Fleet("abc")
     fleet.service.startService()
@@ -302,8 +334,18 @@ def test_a_lost_connection_moves_on_and_wraps_around(logs: Logs) -> None:
         assert peer.transport is not None
         peer.transport.loseConnection()
         fleet.flush()
-        fleet.clock.advance(1.0)
+    assert fleet.attempts() == {"a": 0, "b": 0, "c": 0}
+    fleet.outbox.put([b"n"])
+    fleet.clock.advance(1.0)
+    assert fleet.attempts() == fleet.probes() == {"a": 1, "b": 1, "c": 1}
+    fleet.endpoints["b"].refuse()
+    fleet.endpoints["c"].refuse()
+    probe = AckingPeer()
+    fleet.accept("a", probe)
+    assert probe.payloads == [b"n"]
+    assert fleet.attempts() == {"a": 1, "b": 0, "c": 0} and fleet.probes()["a"] == 0
     fleet.accept("a", AckingPeer())
+    assert len(fleet.outbox) == 0
     assert len(logs.containing("lost the connection", LogLevel.warn)) == 3
     assert [line.split(" (")[0] for line in switch_lines(logs)] == [
         "now sending to b instead of a",
@@ -313,6 +355,135 @@ def test_a_lost_connection_moves_on_and_wraps_around(logs: Logs) -> None:
     assert "(lost the connection: " in switch_lines(logs)[0]
     assert fleet.switches() == 3 and fleet.in_use() == {"a": 1, "b": 0, "c": 0}
     fleet.stop()
+
+
+def test_a_server_acknowledging_probes_but_failing_traffic_is_probed_less_often(
+    logs: Logs,
+) -> None:
+    """
+    A server that acknowledges a probe and then fails again once it is sent to is not gone
+    back to as soon: its probes wait longer after each failure in a row (probes that fail
+    count too), until it acknowledges what it is sent on the connection in use.
+    """
+    fleet = Fleet()
+    fleet.service.startService()
+    fleet.accept("a", AckingPeer(ack=False))
+    fleet.clock.advance(ACK_TIMEOUT)
+    fleet.flush()
+    fleet.accept("b", AckingPeer())
+    assert len(fleet.outbox) == 0
+    for failures in (1, 2):
+        fleet.clock.advance(failures - 0.1)
+        assert fleet.attempts() == {"a": 0, "b": 0}
+        fleet.clock.advance(0.1)
+        fleet.accept("a", AckingPeer())
+        fleet.flush()
+        fleet.outbox.put([f"after {failures}".encode()])
+        fleet.flush()
+        fleet.accept("a", AckingPeer(ack=False))
+        fleet.clock.advance(ACK_TIMEOUT)
+        fleet.flush()
+        fleet.accept("b", AckingPeer())
+    fleet.clock.advance(3)
+    fleet.endpoints["a"].refuse()
+    fleet.clock.advance(3.9)
+    assert fleet.attempts() == {"a": 0, "b": 0}
+    fleet.clock.advance(0.1)
+    fleet.accept("a", AckingPeer())
+    fleet.flush()
+    working = AckingPeer()
+    fleet.accept("a", working)
+    fleet.outbox.put([b"stored"])
+    fleet.flush()
+    assert working.payloads == [b"stored"] and len(fleet.outbox) == 0
+    assert working.transport is not None
+    working.transport.loseConnection()
+    fleet.flush()
+    fleet.accept("b", AckingPeer())
+    fleet.clock.advance(0.9)
+    assert fleet.attempts() == {"a": 0, "b": 0}
+    fleet.clock.advance(0.1)
+    assert fleet.probes() == {"a": 1, "b": 0}, "acknowledged traffic: probed after 1 s again"
+    assert [line.split(" (")[0] for line in switch_lines(logs)] == [
+        "now sending to b instead of a",
+        *["now sending to a instead of b", "now sending to b instead of a"] * 3,
+    ]
+    fleet.stop()
+
+
+def test_the_client_goes_back_to_any_server_listed_before_the_one_in_use(logs: Logs) -> None:
+    """
+    On the third server, the client goes back to the second once that one acknowledges a
+    probe, and then to the first.
+    """
+    fleet = Fleet("abc")
+    fleet.service.startService()
+    fleet.endpoints["a"].refuse()
+    fleet.endpoints["b"].refuse()
+    c = AckingPeer()
+    fleet.accept("c", c)
+    fleet.clock.advance(1.0)
+    assert fleet.probes() == {"a": 1, "b": 1, "c": 0}
+    fleet.endpoints["a"].refuse()
+    fleet.accept("b", AckingPeer())
+    fleet.flush()
+    fleet.accept("b", AckingPeer())
+    fleet.clock.advance(2.0)
+    assert fleet.probes() == {"a": 1, "b": 0, "c": 0}
+    fleet.accept("a", AckingPeer())
+    fleet.flush()
+    fleet.accept("a", AckingPeer())
+    assert [line.split(" (")[0] for line in switch_lines(logs)] == [
+        "now sending to c instead of a",
+        "now sending to b instead of c",
+        "now sending to a instead of b",
+    ]
+    assert "(it acknowledges again)" in switch_lines(logs)[1]
+    assert fleet.in_use() == {"a": 1, "b": 0, "c": 0}
+    fleet.stop()
+
+
+def test_a_probe_acknowledged_by_a_server_listed_later_moves_nothing(logs: Logs) -> None:
+    """
+    When a server listed after the one in use acknowledges a probe, the client stays where it
+    is; that server is usable again, and no longer probed.
+    """
+    fleet = Fleet()
+    b = fail_over_to_b(fleet)
+    assert b.transport is not None
+    b.transport.loseConnection()
+    fleet.flush()
+    fleet.clock.advance(1.0)
+    assert fleet.probes() == {"a": 1, "b": 1}
+    fleet.accept("a", AckingPeer())
+    fleet.flush()
+    fleet.accept("a", AckingPeer())
+    fleet.accept("b", AckingPeer())
+    fleet.flush()
+    assert fleet.attempts() == {"a": 0, "b": 0}
+    assert fleet.servers.usable == [True, True]
+    fleet.clock.advance(1000)
+    assert fleet.attempts() == {"a": 0, "b": 0}
+    assert fleet.in_use() == {"a": 1, "b": 0}
+    fleet.stop()
+
+
+def test_stopping_while_every_server_has_failed_ends_the_wait(logs: Logs) -> None:
+    """
+    A client stopping while it waits for a server to acknowledge a probe stops at once, and
+    leaves no probe behind.
+    """
+    fleet = Fleet()
+    fleet.service.startService()
+    fleet.endpoints["a"].refuse()
+    fleet.endpoints["b"].refuse()
+    assert len(fleet.clock.getDelayedCalls()) == 2
+    fleet.delivery.stop()
+    stopped = fleet.service.stopService()
+    assert stopped.called
+    assert not fleet.clock.getDelayedCalls()
+    fleet.clock.advance(100)
+    assert fleet.attempts() == {"a": 0, "b": 0}
 
 
 def test_a_single_server_is_waited_for_however_long_it_holds(logs: Logs) -> None:

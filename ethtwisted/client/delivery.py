@@ -83,8 +83,11 @@ def _as_debug(event: dict[str, Any]) -> None:
 
 class ReconnectingService(ClientService):
     """
-    C{ClientService} whose note on every retry is a debug message: the L{ServerList} it
-    connects through says once per server and reason that a server cannot be reached.
+    C{ClientService} over a L{ServerList}.  With a single server, it waits as C{retryPolicy}
+    says before it connects again; with several, it connects again at once (the server list
+    then goes to a server that has not failed, or waits for one to acknowledge a probe, and
+    the probes back off).  Its note on every retry is a debug message: the server list says
+    once per server and reason that a server cannot be reached.
     """
 
     # ClientService (Twisted 26) takes no logger and has no public way to quiet its note
@@ -92,6 +95,20 @@ class ReconnectingService(ClientService):
     # which its __init__ hands to its state machine.  This is the one place that relies on it;
     # test_reconnecting_service_backs_off_and_reports_once fails if Twisted renames it.
     _log = Logger(observer=_as_debug)
+
+    def __init__(
+        self,
+        servers: ServerList,
+        factory: Factory,
+        retryPolicy: Callable[[int], float],  # noqa: N803 -- ClientService's name
+        clock: IReactorTime,
+    ) -> None:
+        policy = retryPolicy if len(servers) == 1 else _at_once
+        super().__init__(servers, factory, retryPolicy=policy, clock=clock)
+
+
+def _at_once(attempt: int) -> float:
+    return 0.0
 
 
 class Delivery:
@@ -106,11 +123,12 @@ class Delivery:
     payload's sighting right before it (C{sighting}), L{send_status} (C{status}), a pong for
     each ping (C{ping}).
 
-    With several servers listed, the server in use is left when its connection fails, when it
+    With several servers listed, the server in use fails when its connection fails, when it
     refuses this client, or when what it was sent has waited C{ack_timeout} seconds with no
-    acknowledgement arriving; the next connection goes to the next server, and everything
-    unacknowledged is sent there.  Meanwhile a L{Prober} checks the first listed server, and the
-    client goes back to it once it acknowledges again.  Each switch is logged once.
+    acknowledgement arriving: the client leaves it, and the next connection goes to the first
+    listed server that has not failed (L{ServerList}), which gets everything unacknowledged.  A
+    L{Prober} probes each server that failed, and the client goes back to one listed before
+    the server in use once it acknowledges a probe.  Each switch is logged once.
     """
 
     def __init__(
@@ -153,8 +171,8 @@ class Delivery:
         if len(servers) > 1:
             # A probe says hello as a client without features: no welcome, no pings.
             plain = None if hello is None else replace(hello, features=None)
-            self.prober = Prober(servers, plain, self._probe_payload, clock, ack_timeout,
-                                 self._first_answers)  # fmt: skip
+            self.prober = Prober(servers, plain, self._probe_payload, clock, ack_timeout)
+            servers.answer_listeners.append(self._answered)
         outbox.listeners.append(self._queued)
 
     def factory(self) -> ClientFactory:
@@ -189,11 +207,6 @@ class Delivery:
                 server=self.in_use,
                 n=len(pending),
             )
-        if self.prober is not None:
-            if self.servers.current == 0:
-                self.prober.stop()
-            elif not self.stopping:
-                self.prober.start()
         if self.hello is not None:
             protocol.send_control(self.hello)
             if self.hello.features:
@@ -257,8 +270,6 @@ class Delivery:
             self._welcome_wait.cancel()
             self._welcome_wait = None
         self._stop_watchdog()
-        if self.prober is not None:
-            self.prober.stop()
         for listener in self.connection_listeners:
             listener(False)
         leaving, self._leaving = self._leaving, None
@@ -267,11 +278,11 @@ class Delivery:
         why = protocol.dropped or describe(reason)
         log.warn("lost the connection to {server}: {reason}; {n} messages unacknowledged",
                  server=server, reason=why, n=len(self.outbox))  # fmt: skip
-        self.servers.move_on(f"lost the connection: {why}")
+        self.servers.failed(self.servers.current, f"lost the connection: {why}")
 
     def _leave(self, why: str) -> None:
         """
-        Leave the server in use, the L{ServerList} already told where to go next.
+        Leave the server in use, the L{ServerList} already told why.
         """
         self._leaving = why
         if self.protocol is not None and self.protocol.transport is not None:
@@ -306,22 +317,23 @@ class Delivery:
         why = f"no acknowledgement for {self.ack_timeout:g} s"
         log.warn("{server} acknowledged nothing for {t:g} s, {n} messages waiting: leaving it",
                  server=self.in_use, t=self.ack_timeout, n=len(self.outbox))  # fmt: skip
-        self.servers.move_on(why)
+        self.servers.failed(self.servers.current, why)
         self._leave(why)
 
     def _probe_payload(self) -> bytes | None:
         return self.outbox.first() or self._last_sent
 
-    def _first_answers(self) -> None:
-        if self.protocol is None or self.stopping or self.servers.current == 0:
+    def _answered(self, index: int) -> None:
+        if self.protocol is None or self.stopping or index >= self.servers.current:
             return
         self.servers.go_back("it acknowledges again")
-        self._leave("the first listed server acknowledges again")
+        self._leave(f"{self.servers.name(index)} acknowledges again")
 
     def acked(self, sha256: str) -> None:
         self._stop_watchdog()
         if not self.outbox.ack(sha256):
             log.debug("acknowledgement of {sha256}, not queued", sha256=sha256)
+        self.servers.acknowledged()
         if len(self.outbox) and self.protocol is not None and len(self.servers) > 1:
             self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
         if self.in_use is not None:
@@ -333,5 +345,5 @@ class Delivery:
         self._refused_by[server].say(reason, server=server)
         self.refusal = reason
         why = f"refused this client: {reason}"
-        self.servers.move_on(why)
+        self.servers.failed(self.servers.current, why)
         self._leave(why)

@@ -1,7 +1,7 @@
 """
 Failover between the servers listed with C{--server}: L{ServerList} is the one endpoint the
-delivery's C{ClientService} connects through, walking the list; L{Prober} finds out, in the
-background, when the first listed server acknowledges again.
+delivery's C{ClientService} connects through, to the first listed server that has not failed;
+L{Prober} finds out, in the background, when a server that failed acknowledges again.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ DEFAULT_ACK_TIMEOUT = 30.0
 """Seconds a server may leave what it was sent unacknowledged before the client leaves it."""
 PROBE_INITIAL = 1.0
 PROBE_MAX = 30.0
-"""Seconds between two probes of the first listed server: doubling from the first to the
-last, each with up to a second of random jitter."""
+"""A server's next probe comes PROBE_INITIAL * 2**n seconds after its n-th failure in a row,
+at most PROBE_MAX (2, 4, 8, 16, then 30 s), each with up to a second of random jitter."""
 
 
 @implementer(IStreamClientEndpoint)
@@ -38,12 +38,14 @@ class ServerList:
     """
     The servers a client delivers to, in order of preference, as one endpoint.
 
-    L{connect} tries the server at L{current} first, then each of the others in turn, and
-    connects to the first that takes the connection; when none does, it fails with the last
-    reason, and the next attempt starts again with the first listed.  The delivery moves
-    L{current} on when the server in use fails (L{move_on}) and back to the first listed when
-    that one acknowledges again (L{go_back}); L{arrived} tells it whether a connection made is
-    a switch.  Failing to connect is logged once per server and reason.
+    A server is usable until it fails (L{failed}: the connection to it cannot be made or is
+    lost, it refuses this client, it leaves what it was sent unacknowledged), and again once it
+    acknowledges a probe (L{answered}).  L{connect} connects to the first usable server that
+    takes the connection; when none is usable, it waits until one is.  So the client never
+    sends to a server that failed before that server has acknowledged a probe.  With a single
+    server listed, that server is always usable and L{connect} fails as its endpoint does
+    (C{ClientService} backs off and tries again).  L{arrived} tells the delivery whether a
+    connection made is a switch.  Failing to connect is logged once per server and reason.
     """
 
     def __init__(self, servers: Sequence[tuple[str, IStreamClientEndpoint]]) -> None:
@@ -52,15 +54,26 @@ class ServerList:
         self.servers = list(servers)
         """Each server's description (as given) and endpoint, in order of preference."""
         self.current = 0
-        """The server in use, being tried, or to try first."""
+        """The server in use, or being tried."""
         self.used = 0
         """The server last connected to (before any connection, the first listed)."""
         self.why: str | None = None
         """Why the client left L{used}, if it did."""
         self.switches = 0
+        self.usable = [True] * len(self.servers)
+        """Whether each server may be sent to: until it fails, and again once it acknowledges
+        a probe."""
+        self.failures = [0] * len(self.servers)
+        """Each server's failures (in use or probed) since it last acknowledged what it was
+        sent on the connection in use: how long its next probe waits."""
+        self.failure_listeners: list[Callable[[int], None]] = []
+        """Called with the index of each server that fails, when several are listed."""
+        self.answer_listeners: list[Callable[[int], None]] = []
+        """Called with the index of each server that acknowledges a probe."""
         self._unreachable = [
             Trouble(log, LogLevel.warn, "cannot connect to {server}: {reason}") for _ in servers
         ]
+        self._waiting: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         return len(self.servers)
@@ -75,25 +88,32 @@ class ServerList:
         return Deferred.fromCoroutine(self._walk(protocolFactory))
 
     async def _walk(self, factory: Any) -> Any:
-        start = self.current
-        error: Exception | None = None
-        for step in range(len(self.servers)):
-            self.current = (start + step) % len(self.servers)
-            description, endpoint = self.servers[self.current]
-            try:
-                # The protocol's connectionMade runs before this returns, with current set.
-                return await endpoint.connect(factory)
-            except CancelledError:
-                raise
-            except Exception as e:
-                error = e
-                reason = describe(e)
-                self._unreachable[self.current].say(reason, server=description)
-                if self.current == self.used:
-                    self.why = f"cannot connect: {reason}"
-        self.current = 0
-        assert error is not None
-        raise error
+        while True:
+            error: Exception | None = None
+            for index, (description, endpoint) in enumerate(self.servers):
+                if not self.usable[index]:
+                    continue
+                self.current = index
+                try:
+                    # The protocol's connectionMade runs before this returns, with current set.
+                    return await endpoint.connect(factory)
+                except CancelledError:
+                    raise
+                except Exception as e:
+                    error = e
+                    reason = describe(e)
+                    self._unreachable[index].say(reason, server=description)
+                    self.failed(index, f"cannot connect: {reason}")
+            if len(self.servers) == 1:
+                assert error is not None
+                raise error
+            log.warn("every server listed has failed: waiting until one acknowledges a probe")
+            await self._answer()
+
+    def _answer(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        return d
 
     def arrived(self) -> tuple[str, str] | None:
         """
@@ -109,19 +129,42 @@ class ServerList:
         self.switches += 1
         return self.name(left), why
 
-    def move_on(self, why: str) -> None:
+    def failed(self, index: int, why: str | None = None) -> None:
         """
-        The server in use failed (C{why}): the next connection tries the next one first.
+        Server C{index} failed (C{why}, said when the client was using it): with several
+        servers listed, it is not connected to again before it acknowledges a probe.
         """
-        self.why = why
-        self.current = (self.current + 1) % len(self.servers)
+        if why is not None and index == self.used:
+            self.why = why
+        if len(self.servers) == 1:
+            return
+        self.usable[index] = False
+        self.failures[index] += 1
+        for listener in self.failure_listeners:
+            listener(index)
+
+    def acknowledged(self) -> None:
+        """
+        The server in use acknowledged what it was sent: its failures are forgotten.
+        """
+        self.failures[self.current] = 0
+
+    def answered(self, index: int) -> None:
+        """
+        Server C{index} acknowledged a probe: it is usable again.
+        """
+        self.usable[index] = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+        for listener in self.answer_listeners:
+            listener(index)
 
     def go_back(self, why: str) -> None:
         """
-        The first listed server is usable again (C{why}): the next connection tries it first.
+        The client leaves the server in use for a usable one listed before it (C{why}).
         """
         self.why = why
-        self.current = 0
 
 
 class ProbeError(Exception):
@@ -167,12 +210,13 @@ class _ProbeProtocol(FrameProtocol):
 
 class Prober:
     """
-    While the client delivers to another server, L{start} has the first listed one probed
-    now and then: after C{policy(n)} seconds for the n-th probe since the start, a probe
-    connects, says hello and sends one payload (C{payload()}: the oldest unacknowledged, or
-    else the last sent; none yet means no probe this time).  Once the server acknowledges it
-    within C{timeout} seconds, C{answered} is called and probing stops.  Sending a payload
-    again is harmless: storing is idempotent.
+    Probes each server of a L{ServerList} that fails, until it acknowledges again:
+    C{policy(n)} seconds after its n-th failure in a row (L{ServerList.failures}), a probe
+    connects, says hello and sends one payload (C{payload()}; none yet means no probe this
+    time, and another try as long after).  A probe acknowledged within C{timeout} seconds makes
+    the server usable again (L{ServerList.answered}); any other outcome is one more failure,
+    so the next probe waits longer.  Sending a payload again is harmless: storing is
+    idempotent.
     """
 
     def __init__(
@@ -182,7 +226,6 @@ class Prober:
         payload: Callable[[], bytes | None],
         clock: IReactorTime,
         timeout: float,
-        answered: Callable[[], None],
         policy: Callable[[int], float] | None = None,
     ) -> None:
         self.servers = servers
@@ -190,49 +233,46 @@ class Prober:
         self.payload = payload
         self.clock = clock
         self.timeout = timeout
-        self.answered = answered
         self.policy = policy or backoffPolicy(PROBE_INITIAL, PROBE_MAX, factor=2.0)
-        self.probes = 0
-        self._call: IDelayedCall | None = None
-        self._probing: Deferred[None] | None = None
+        self.stopped = False
+        self._probes: dict[int, IDelayedCall | Deferred[None]] = {}
+        """The next probe of each server being probed, or the probe under way."""
+        servers.failure_listeners.append(self.start)
 
-    @property
-    def active(self) -> bool:
-        return self._call is not None or self._probing is not None
-
-    def start(self) -> None:
-        if not self.active:
-            self.probes = 0
-            self._schedule()
+    def start(self, index: int) -> None:
+        """
+        Probe server C{index} until it acknowledges, unless it is being probed already.
+        """
+        if not self.stopped and index not in self._probes:
+            delay = self.policy(self.servers.failures[index])
+            self._probes[index] = self.clock.callLater(delay, self._probe, index)
 
     def stop(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        if self._probing is not None:
-            probing, self._probing = self._probing, None
-            probing.cancel()
+        """
+        No more probes: the client is stopping.
+        """
+        self.stopped = True
+        probes, self._probes = self._probes, {}
+        for probe in probes.values():
+            probe.cancel()
 
-    def _schedule(self) -> None:
-        self.probes += 1
-        self._call = self.clock.callLater(self.policy(self.probes), self._probe)
-
-    def _probe(self) -> None:
-        self._call = None
+    def _probe(self, index: int) -> None:
+        del self._probes[index]
         payload = self.payload()
         if payload is None:
-            self._schedule()
+            self.start(index)
             return
-        d = Deferred.fromCoroutine(self._attempt(payload))
-        self._probing = d
-        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(d,), callbackArgs=(d,))
+        d = Deferred.fromCoroutine(self._attempt(index, payload))
+        self._probes[index] = d
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(index, d),
+                       errbackArgs=(index, d))  # fmt: skip
         d.addErrback(lambda f: log.failure("bug while probing {server}", f,
-                                           server=self.servers.name(0)))  # fmt: skip
+                                           server=self.servers.name(index)))  # fmt: skip
 
-    async def _attempt(self, payload: bytes) -> None:
+    async def _attempt(self, index: int, payload: bytes) -> None:
         protocol = _ProbeProtocol(self.hello, payload)
         try:
-            await connectProtocol(self.servers.servers[0][1], protocol).addTimeout(
+            await connectProtocol(self.servers.servers[index][1], protocol).addTimeout(
                 self.timeout, self.clock
             )
             await protocol.acked.addTimeout(self.timeout, self.clock)
@@ -240,16 +280,16 @@ class Prober:
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
 
-    def _succeeded(self, _: None, d: Deferred[None]) -> None:
-        if self._probing is d:
-            self._probing = None
-            log.debug("{server} acknowledged a probe", server=self.servers.name(0))
-            self.answered()
+    def _succeeded(self, _: None, index: int, d: Deferred[None]) -> None:
+        if self._probes.get(index) is d:
+            del self._probes[index]
+            log.debug("{server} acknowledged a probe", server=self.servers.name(index))
+            self.servers.answered(index)
 
-    def _failed(self, failure: Failure, d: Deferred[None]) -> None:
-        if self._probing is not d:
+    def _failed(self, failure: Failure, index: int, d: Deferred[None]) -> None:
+        if self._probes.get(index) is not d:
             return  # stopped
-        self._probing = None
-        log.debug("probe of {server}: {reason}", server=self.servers.name(0),
+        del self._probes[index]
+        log.debug("probe of {server}: {reason}", server=self.servers.name(index),
                   reason=describe(failure))  # fmt: skip
-        self._schedule()
+        self.servers.failed(index)
