@@ -319,6 +319,40 @@ def test_a_probe_with_nothing_to_send_waits_for_a_message(logs: Logs) -> None:
     fleet.stop()
 
 
+def test_a_probe_resends_what_was_acknowledged_last_not_what_waits(logs: Logs) -> None:
+    """
+    A probe sends no sighting: it sends the payload acknowledged last (stored, with its
+    sighting, already), not one still waiting, whose sighting would be lost should the probe
+    be the first to reach a store; before any acknowledgement, the oldest waiting.
+    """
+    fleet = Fleet(queued=0)
+    fleet.service.startService()
+    fleet.endpoints["a"].refuse()
+    b = AckingPeer()
+    fleet.accept("b", b)
+    fleet.clock.advance(1.0)
+    assert fleet.probes() == {"a": 0, "b": 0}, "nothing to probe with yet"
+    fleet.outbox.put([b"stored"])
+    fleet.flush()
+    b.ack = False
+    fleet.outbox.put([b"waiting"])
+    fleet.flush()
+    fleet.clock.advance(1.0)
+    probe = AckingPeer(ack=False)
+    fleet.accept("a", probe)
+    assert probe.payloads == [b"stored"]
+    fleet.stop()
+    fleet = Fleet(queued=1)
+    fleet.service.startService()
+    fleet.endpoints["a"].refuse()
+    fleet.endpoints["b"].refuse()
+    fleet.clock.advance(1.0)
+    probe = AckingPeer(ack=False)
+    fleet.accept("a", probe)
+    assert probe.payloads == [b"m0"]
+    fleet.stop()
+
+
 def test_a_lost_connection_moves_on_and_never_back_before_a_probe(logs: Logs) -> None:
     """
     A connection lost moves the client at once to the next server that has not failed; once
@@ -342,7 +376,7 @@ def test_a_lost_connection_moves_on_and_never_back_before_a_probe(logs: Logs) ->
     fleet.endpoints["c"].refuse()
     probe = AckingPeer()
     fleet.accept("a", probe)
-    assert probe.payloads == [b"n"]
+    assert probe.payloads == [b"m1"]
     assert fleet.attempts() == {"a": 1, "b": 0, "c": 0} and fleet.probes()["a"] == 0
     fleet.accept("a", AckingPeer())
     assert len(fleet.outbox) == 0

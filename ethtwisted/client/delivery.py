@@ -166,7 +166,7 @@ class Delivery:
         }  # fmt: skip
         self._leaving: str | None = None
         self._watchdog: IDelayedCall | None = None
-        self._last_sent: bytes | None = None
+        self._last_acked: bytes | None = None
         self.prober: Prober | None = None
         if len(servers) > 1:
             # A probe says hello as a client without features: no welcome, no pings.
@@ -174,6 +174,7 @@ class Delivery:
             self.prober = Prober(servers, plain, self._probe_payload, clock, ack_timeout)
             servers.answer_listeners.append(self._answered)
         outbox.listeners.append(self._queued)
+        outbox.ack_listeners.append(self._remember_acked)
 
     def factory(self) -> ClientFactory:
         return ClientFactory(self)
@@ -295,10 +296,8 @@ class Delivery:
             if sighting is not None:
                 protocol.send_control(sighting)
             protocol.sendString(payload)
-        if payloads:
-            self._last_sent = payloads[-1]
-            if self._watchdog is None and len(self.servers) > 1:
-                self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
+        if payloads and self._watchdog is None and len(self.servers) > 1:
+            self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
 
     def _queued(self, payloads: Sequence[bytes]) -> None:
         if self.protocol is not None and self._welcome_wait is None:
@@ -320,8 +319,13 @@ class Delivery:
         self.servers.failed(self.servers.current, why)
         self._leave(why)
 
+    def _remember_acked(self, payload: bytes) -> None:
+        self._last_acked = payload
+
     def _probe_payload(self) -> bytes | None:
-        return self.outbox.first() or self._last_sent
+        # A probe sends no sighting: what was acknowledged is stored with its own already,
+        # while a payload still waiting would be stored as seen when the probe arrived.
+        return self._last_acked or self.outbox.first()
 
     def _answered(self, index: int) -> None:
         if self.protocol is None or self.stopping or index >= self.servers.current:
