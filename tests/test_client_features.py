@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from ethtwisted.client.delivery import WELCOME_TIMEOUT, Delivery
+from ethtwisted.client.failover import ServerList
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.spool import Spool
@@ -35,7 +36,7 @@ from ethtwisted.frames import (
     encode_control,
 )
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
-from tests.test_client import FakeNode, Logs, one_server
+from tests.test_client import FakeEndpoint, FakeNode, Logs, one_server
 from tests.test_protocol import feed, netstring
 
 HELLO = Hello("c1", features=FEATURES)
@@ -115,6 +116,46 @@ def test_a_server_without_welcome_gets_what_an_older_client_sent(logs: Logs) -> 
     assert outbox.pending() == [b"b"]
     feed(protocol, netstring(encode_control(Ping(1))))
     assert protocol.dropped == "ping frame without a welcome listing ping"
+    assert not clock.getDelayedCalls()
+
+
+def test_a_server_that_sent_no_welcome_is_not_waited_for_again(logs: Logs) -> None:
+    """
+    The wait for the welcome is once per server: after a connection on which none came, the
+    next connections to that server get their payloads at once, as from a client of before.
+    Should a welcome come after all (the server was upgraded), what it lists is used from then
+    on, and the connection after waits for the welcome again.  Another server listed is
+    waited for on its own.
+    """
+    clock, outbox = Clock(), Outbox(10)
+    outbox.put([b"a"], sightings=[sighting(b"a")])
+    servers = ServerList([("old", FakeEndpoint()), ("other", FakeEndpoint())])
+    delivery = Delivery(outbox, servers, clock, HELLO)
+    protocol, transport = connected(delivery)
+    clock.advance(WELCOME_TIMEOUT)
+    assert frames(transport) == [HELLO, b"a"]
+    protocol.connectionLost(None)
+    protocol, transport = connected(delivery)
+    assert frames(transport) == [HELLO, b"a"]
+    outbox.put([b"b"], sightings=[sighting(b"b")])
+    assert frames(transport) == [HELLO, b"a", b"b"]
+    feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
+    outbox.put([b"c"], sightings=[sighting(b"c")])
+    assert frames(transport) == [HELLO, b"a", b"b", sighting(b"c"), b"c"]
+    protocol.connectionLost(None)
+    protocol, transport = connected(delivery)
+    assert frames(transport) == [HELLO]
+    feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
+    assert frames(transport)[1:] == [sighting(b"a"), b"a", sighting(b"b"), b"b",
+                                     sighting(b"c"), b"c"]  # fmt: skip
+    clock.advance(WELCOME_TIMEOUT)
+    protocol.connectionLost(None)
+    servers.current = 1
+    protocol, transport = connected(delivery)
+    assert frames(transport) == [HELLO]
+    feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
+    assert frames(transport)[1:3] == [sighting(b"a"), b"a"]
+    delivery.stop()
     assert not clock.getDelayedCalls()
 
 

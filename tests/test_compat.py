@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 import ethtwisted
+from ethtwisted.client import EthClient
 from ethtwisted.protocol import payload_hash
-from tests.helpers import start_server, wait_for
+from tests.helpers import TIMEOUT, start_server, wait_for
 from tests.services import Anvil, free_port
 from tests.test_client_e2e import node_hashes, start_client, stored_blocks
 
@@ -95,6 +97,21 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait(10)
 
 
+def wait_for_connection(client: EthClient) -> Deferred[None]:
+    """
+    Fire at the client's next connection to its server (within the tests' timeout).
+    """
+    assert client.connection is not None
+    d: Deferred[None] = Deferred()
+
+    def listener(up: bool) -> None:
+        if up and not d.called:
+            reactor.callLater(0, d.callback, None)
+
+    client.connection.connection_listeners.append(listener)
+    return d.addTimeout(TIMEOUT, reactor)
+
+
 def listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -119,7 +136,9 @@ async def test_new_client_delivers_every_block_to_an_old_server(
     """
     A new client against the server of before (which drops a connection on any control frame
     it does not know, and sends no welcome): every block is stored once, and the old server
-    never drops the client's connection, so no new frame reached it.
+    never drops the client's connection, so no new frame reached it, neither on the first
+    connection (after the wait for a welcome) nor on the one after a connection lost (on
+    which the client no longer waits).
     """
     port, db, log = free_port(), tmp_path / "old.sqlite", tmp_path / "old-server.log"
     processes.append(twistd(old_python, log, "eth-server", "--db", f"sqlite:///{db}",
@@ -132,6 +151,10 @@ async def test_new_client_delivers_every_block_to_an_old_server(
             anvil.mine()
             await deferLater(reactor, 0.1)
         await wait_for(lambda: len(stored(db)) == len(node_hashes(anvil)), what="blocks 1 to 3")
+        assert client.connection is not None and client.connection.protocol is not None
+        reconnected = wait_for_connection(client)
+        client.connection.protocol.transport.abortConnection()
+        await reconnected
         anvil.mine(5)
         await wait_for(lambda: len(stored(db)) == len(node_hashes(anvil)), what="blocks 4 to 8")
         await wait_for(lambda: not len(client.outbox), what="every acknowledgement")

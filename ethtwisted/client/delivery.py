@@ -27,7 +27,8 @@ log = Logger(namespace="ethtwisted.client")
 
 WELCOME_TIMEOUT = 1.0
 """Seconds a client whose hello listed features waits for the welcome before it sends payloads;
-without one by then, the server is taken for one that knows no features."""
+without one by then, the server is taken for one that knows no features, and not waited for on
+the next connections to it."""
 
 
 class ClientProtocol(FrameProtocol):
@@ -119,9 +120,10 @@ class Delivery:
 
     When the hello lists features, the payloads wait for the server's welcome (at most
     C{WELCOME_TIMEOUT} seconds; a server that sends none knows none, and gets what a client
-    without features sends).  What the welcome lists is then used on that connection: each
-    payload's sighting right before it (C{sighting}), L{send_status} (C{status}), a pong for
-    each ping (C{ping}).
+    without features sends), so that those sent again carry their sightings.  A server that
+    sent no welcome on its last connection is not waited for: its payloads go at once.  What a
+    welcome lists is then used on that connection: each payload's sighting right before it
+    (C{sighting}), L{send_status} (C{status}), a pong for each ping (C{ping}).
 
     With several servers listed, the server in use fails when its connection fails, when it
     refuses this client, or when what it was sent has waited C{ack_timeout} seconds with no
@@ -150,6 +152,8 @@ class Delivery:
         self.welcome_listeners: list[Callable[[frozenset[str]], None]] = []
         """Called with the features of each welcome."""
         self._welcome_wait: IDelayedCall | None = None
+        self._no_welcome_from: set[int] = set()
+        """The servers (by index) that sent no welcome on their last connection."""
         self.in_use: str | None = None
         """The server connected to now, if any."""
         self.stopping = False
@@ -210,7 +214,7 @@ class Delivery:
             )
         if self.hello is not None:
             protocol.send_control(self.hello)
-            if self.hello.features:
+            if self.hello.features and self.servers.current not in self._no_welcome_from:
                 self._welcome_wait = self.clock.callLater(
                     WELCOME_TIMEOUT, self._no_welcome, protocol
                 )
@@ -221,7 +225,9 @@ class Delivery:
         self._welcome_wait = None
         if protocol is self.protocol:
             log.debug("no welcome from {server} within {t:g} s: sending as to a server that "
-                      "knows no features", server=self.in_use, t=WELCOME_TIMEOUT)  # fmt: skip
+                      "knows no features, and at once from now on", server=self.in_use,
+                      t=WELCOME_TIMEOUT)  # fmt: skip
+            self._no_welcome_from.add(self.servers.current)
             self._send(protocol, self.outbox.pending())
 
     def welcomed(self, protocol: ClientProtocol, features: Sequence[str]) -> None:
@@ -235,6 +241,7 @@ class Delivery:
         if not listed or self.features:
             raise ProtocolError("unexpected welcome frame")
         self.features = frozenset(features) & frozenset(listed)
+        self._no_welcome_from.discard(self.servers.current)
         log.debug("{server} welcomes {features}", server=self.in_use,
                   features=", ".join(sorted(self.features)) or "no features")  # fmt: skip
         if self._welcome_wait is not None:
