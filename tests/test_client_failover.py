@@ -17,7 +17,7 @@ from twisted.test import iosim
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import Delivery, ReconnectingService
-from ethtwisted.client.failover import ServerList
+from ethtwisted.client.failover import Prober, ServerList
 from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox
 from ethtwisted.frames import Ack, Hello, Refusal
@@ -549,6 +549,18 @@ def test_stopping_cancels_the_watchdog_and_the_probes(logs: Logs) -> None:
     fleet.flush()
     assert len(fleet.clock.getDelayedCalls()) == 2
     fleet.stop()
+
+
+def test_probes_back_off_from_one_second_to_thirty() -> None:
+    """
+    By default a server is probed 1 s after its first failure in a row, twice as long after
+    each further one, never more than 30 s after, each with less than a second of jitter.
+    """
+    servers = ServerList([("a", FakeEndpoint()), ("b", FakeEndpoint())])
+    policy = Prober(servers, None, lambda: None, Clock(), ACK_TIMEOUT).policy
+    for failures, delay in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 30), (60, 30)]:
+        for _ in range(20):
+            assert delay <= policy(failures) < delay + 1
 
 
 def test_oneshot_tries_the_servers_in_order_for_each_message(logs: Logs) -> None:

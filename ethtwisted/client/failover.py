@@ -27,10 +27,10 @@ log = Logger(namespace="ethtwisted.client")
 
 DEFAULT_ACK_TIMEOUT = 30.0
 """Seconds a server may leave what it was sent unacknowledged before the client leaves it."""
-PROBE_INITIAL = 1.0
+PROBE_INITIAL = 0.5
 PROBE_MAX = 30.0
 """A server's next probe comes PROBE_INITIAL * 2**n seconds after its n-th failure in a row,
-at most PROBE_MAX (2, 4, 8, 16, then 30 s), each with up to a second of random jitter."""
+at most PROBE_MAX (1, 2, 4, 8, 16, then 30 s), each with up to a second of random jitter."""
 
 
 @implementer(IStreamClientEndpoint)
