@@ -525,13 +525,18 @@ async def test_a_subscription_gone_quiet_is_remade(
             await committed.wait_for(node_hashes(anvil).values())
             remade = subscriber_of(client)
             await wait_for(lambda: bool(remade.resubscriptions and remade.active), 5)
-            anvil.mine()
-            await committed.wait_for(node_hashes(anvil).values())
+            after = len(sightings)
+            # The 0.2 s poll may still win the race for one block; not for five in a row.
+            for _ in range(5):
+                anvil.mine()
+                await committed.wait_for(node_hashes(anvil).values())
+                if any(s.source == "subscription" for s in sightings[after:]):
+                    break
         finally:
             await client.stopService()
     assert proxy.swallowed >= 1
     assert subscriber_of(client).misses >= 1
     assert_chain_stored_once(srv, anvil)
-    assert sightings[-1].source == "subscription"
+    assert any(s.source == "subscription" for s in sightings[after:])
     assert len(texts_with(events, "no new heads by subscription")) == 1
     assert len(texts_with(events, "arrive by subscription again")) == 1
