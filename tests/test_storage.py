@@ -1,8 +1,8 @@
 """
 The stores as they are, on SQLite, MariaDB and Redis: what they refuse (the same on both SQL
 backends, never silently changed), which failures are outages and which are rejections, an
-older server's latin1 table at start-up, and a group counted once in Redis however often it is
-sent.
+older server's latin1 table and its block index at start-up, and a group counted once in Redis
+however often it is sent.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ethtwisted.records import Received
 from ethtwisted.storage import RejectedError, StartupError, is_conflict, is_rejection, wait_for
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
-from ethtwisted.storage.sql_store import SQLStore
+from ethtwisted.storage.sql_store import CHAIN_INDEX, SQLITE, SQLStore
 from tests.services import MySQLDatabase, Redis
 
 HASH = "0x" + "ab" * 32
@@ -240,6 +240,63 @@ async def test_mysql_never_hides_more_than_the_duplicate(mysql_db: MySQLDatabase
         assert sorted(p for (p,) in payloads) == ["other", "plain", whole]
     finally:
         await store.close()
+
+
+async def block_indexes(store: SQLStore) -> dict[str, list[str]]:
+    """The indexes of eth_blocks other than its primary key, each with its columns in order."""
+    if store.dialect is SQLITE:
+        statement = (
+            "SELECT il.name, ii.name FROM pragma_index_list('eth_blocks') il"
+            " JOIN pragma_index_info(il.name) ii ORDER BY il.name, ii.seqno"
+        )
+    else:
+        statement = (
+            "SELECT index_name, column_name FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND table_name = 'eth_blocks'"
+            " ORDER BY index_name, seq_in_index"
+        )
+    indexes: dict[str, list[str]] = {}
+    for index, column in await store._query(statement):
+        if index.startswith("eth_blocks_"):
+            indexes.setdefault(index, []).append(column)
+    return indexes
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_block_table_gets_the_chain_index(sql_store: SQLStore) -> None:
+    """
+    eth_blocks as an older server left it, with the index eth_blocks_chain_number (chain_id,
+    number), gets at start-up the chain reads' index, the same as a new table has, in its
+    place; its rows stay; starting again changes nothing.
+    """
+    new = await block_indexes(sql_store)
+    assert new == {
+        "eth_blocks_first_seen": ["first_seen"],
+        "eth_blocks_chain": CHAIN_INDEX.split(", "),
+    }
+    block = Block(1, 7, HASH, HASH, 3)
+    await sql_store.store([received("seven", block=block)])
+    if sql_store.dialect is SQLITE:
+        older = [
+            "DROP INDEX eth_blocks_chain",
+            "CREATE INDEX eth_blocks_chain_number ON eth_blocks (chain_id, number)",
+        ]
+    else:
+        older = [
+            "ALTER TABLE eth_blocks DROP INDEX eth_blocks_chain,"
+            " ADD INDEX eth_blocks_chain_number (chain_id, number)"
+        ]
+    for statement in older:
+        await sql_store._query(statement)
+    assert "eth_blocks_chain" not in await block_indexes(sql_store)
+    for _ in range(2):
+        again = SQLStore(sql_store.url, reactor)
+        try:
+            await again.start()
+            assert await block_indexes(again) == new
+            assert [r[3] for r in await rows(again)] == [HASH]
+        finally:
+            await again.close()
 
 
 @pytest_twisted.ensureDeferred

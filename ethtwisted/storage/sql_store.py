@@ -107,6 +107,40 @@ def _check_charset(txn: Any) -> None:
         raise StartupError(f"tables not in utf8mb4: {tables}; convert them first: {fix}")
 
 
+CHAIN_INDEX = "chain_id, number, block_hash, parent_hash, first_seen, hash"
+"""The columns of C{eth_blocks_chain}, as schema/mysql.sql creates it."""
+
+
+def _upgrade_chain_index(txn: Any) -> None:
+    """
+    Give an older C{eth_blocks} the chain reads' index C{eth_blocks_chain} in place of
+    C{eth_blocks_chain_number}, its first two columns (MySQL builds it while the table stays in
+    use).  A server starting at the same time may do it first; only a change that has not
+    happened in the end is an error.
+    """
+    changes = [
+        ("eth_blocks_chain", True, f"ADD INDEX eth_blocks_chain ({CHAIN_INDEX})"),
+        ("eth_blocks_chain_number", False, "DROP INDEX eth_blocks_chain_number"),
+    ]
+    for name, wanted, change in changes:
+        if _has_index(txn, name) == wanted:
+            continue
+        try:
+            txn.execute(f"ALTER TABLE eth_blocks {change}")
+        except Exception:
+            if _has_index(txn, name) != wanted:
+                raise
+
+
+def _has_index(txn: Any, name: str) -> bool:
+    txn.execute(
+        "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
+        " AND table_name = 'eth_blocks' AND index_name = %s LIMIT 1",
+        (name,),
+    )
+    return bool(txn.fetchall())
+
+
 def _block_columns(block: Block | int | None) -> tuple[Any, ...]:
     if isinstance(block, Block):
         return (block.chain_id, block.number, block.hash, block.parent_hash, block.timestamp)
@@ -161,6 +195,7 @@ class SQLStore:
             txn.execute(statement)
         if self.dialect is MYSQL:
             _check_charset(txn)
+            _upgrade_chain_index(txn)
 
     def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
         return self.pool.runInteraction(self._store, batch)

@@ -6,6 +6,9 @@ CREATE TABLE IF NOT EXISTS ethereum_data (
 ) DEFAULT CHARSET = utf8mb4;
 
 -- When each payload was first seen, from which client, and what it says about a block.
+-- eth_blocks_chain holds all that the chain reads need, so they read it alone, in order of
+-- height (rows are stored in the order of their random SHA256). sql_store.py gives an older
+-- table, with eth_blocks_chain_number (chain_id, number) instead, this index at start-up.
 CREATE TABLE IF NOT EXISTS eth_blocks (
     hash VARCHAR(64) NOT NULL PRIMARY KEY,
     first_seen DOUBLE NOT NULL,
@@ -16,7 +19,7 @@ CREATE TABLE IF NOT EXISTS eth_blocks (
     parent_hash VARCHAR(66),
     block_time BIGINT,
     INDEX eth_blocks_first_seen (first_seen),
-    INDEX eth_blocks_chain_number (chain_id, number)
+    INDEX eth_blocks_chain (chain_id, number, block_hash, parent_hash, first_seen, hash)
 ) DEFAULT CHARSET = utf8mb4;
 
 -- Each client (its hello name, or its address): messages sent and the last block it reported.
