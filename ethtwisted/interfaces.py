@@ -164,6 +164,14 @@ class IChainReader(Interface):
         if no block of that chain is stored.
         """
 
+    def gaps(
+        chain_id: int, low: int, high: int
+    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
+        """
+        The gaps of the range C{low}..C{high} of one chain (at most L{MAX_CHAIN_RANGE} heights),
+        as L{chain} gives them, with the chain's head; L{None} if no block of it is stored.
+        """
+
     def chains(limit: int, finalized: Mapping[int, int]) -> Deferred[list[ChainRange]]:
         """
         Each chain that clients report (the first C{limit} by chain id), over its last

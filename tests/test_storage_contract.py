@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -724,6 +724,46 @@ async def test_chain_summary_covers_the_window_below_the_head(blocks: BlockBacke
     (summary,) = await chain_reader(store).chains(10, {})
     assert (summary.low, summary.high, summary.blocks, summary.canonical) == (6, head, 3, 3)
     assert summary.gaps == [(7, head - 2)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_gaps_alone_are_the_gaps_of_the_range(blocks: BlockBackend) -> None:
+    """
+    The gaps of a range read alone are those of the whole read of it, with the chain's best
+    head: for every range over a chain with gaps, forks and a range past its head, and over one
+    whose fleet went back to a shorter branch (the blocks above its head are no gaps); for a
+    chain whose numbers reach the largest a column holds; none for a chain with no block, and
+    no range wider than MAX_CHAIN_RANGE.
+    """
+    store = await blocks.writer()
+    await store_reorged_chain(store)
+    await store.store([received(block_json(linked(6, n)), "x", T0 + n) for n in (1, 2, 4, 5)])
+    await store.store([received(block_json(linked(6, 3, fork=1)), "x", T0 + 6)])
+    top = MAX_BLOCK_INT
+    await store.store(
+        [
+            received(block_json(replace(linked(9, n, fork), timestamp=1)), "z", T0 + fork)
+            for n, fork in ((top - 3, 0), (top - 1, 0), (top, 0), (top, 1))
+        ]
+    )
+    chains = chain_reader(store)
+    assert await chains.gaps(6, 0, 7) == (3, [(0, 0)])
+    ranges = [(a, b) for a in range(15) for b in range(a, 15)]
+    ranges += [(a, 700 + b) for a in (0, 699, 700) for b in (0, 1)]
+    for chain_id, (low, high) in [(c, r) for c in (1, 5, 6) for r in ranges]:
+        whole = await chains.chain(chain_id, low, high, finalized=None)
+        assert whole is not None
+        assert await chains.gaps(chain_id, low, high) == (whole.head, whole.gaps), (low, high)
+    assert await chains.gaps(9, top - 5, top) == (top, [(top - 5, top - 4), (top - 2, top - 2)])
+    assert await chains.gaps(9, top - 1, top) == (top, [])
+    assert await chains.gaps(9, top - 2, top - 2) == (top, [(top - 2, top - 2)])
+    for low, high in [(top - 5, top), (top - 3, top - 1), (top, top), (top - 4, top - 4)]:
+        whole = await chains.chain(9, low, high, finalized=None)
+        assert whole is not None
+        assert await chains.gaps(9, low, high) == (top, whole.gaps), (low, high)
+    assert await chains.gaps(77, 0, 10) is None
+    with pytest.raises(ValueError):
+        await chains.gaps(1, 0, MAX_CHAIN_RANGE)
 
 
 # -- the ledger: sightings, node status, events ------------------------------------------------

@@ -7,18 +7,21 @@ C{eth_blocks} and their parent links, walking back from the best head
 Deciding on read keeps the group commit as it was (no read, no update on the write path, and
 several servers writing at once never have to agree on a flag), at the cost of one bounded
 range read per request: at most L{MAX_CHAIN_RANGE} heights, and L{ANCESTRY_MARGIN} above them
-to find the ancestry that reaches into the range.  The SQL store and the memory store give
-the same rows to the same analysis, L{analyse}.
+to find the ancestry that reaches into the range.  The SQL store reads it from the index
+C{eth_blocks_chain} alone (numbers, hashes, parent hashes, first sightings); who reported a
+block is read only for the heights with several blocks, and the gaps of a range alone are
+found in SQL.  The SQL store and the memory store give the same rows to the same analysis,
+L{analyse}.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, IChainReader
@@ -43,8 +46,20 @@ class Row:
     block_hash: str
     parent_hash: str
     sha256: str
-    client: str
     first_seen: float
+
+
+@dataclass(frozen=True)
+class Stored:
+    """
+    What a store holds of a chain for a read of C{low}..C{high}: its best head, its blocks
+    from C{low} to C{high + margin}, and who reported each block first (SHA256 to client) at
+    least for the heights from C{low} to C{high} with several blocks.
+    """
+
+    head: Head
+    rows: list[Row]
+    reporters: Mapping[str, str]
 
 
 class ChainRows(Protocol):
@@ -56,11 +71,31 @@ class ChainRows(Protocol):
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[Head | None, list[Row]]]:
+    ) -> Deferred[Stored | None]:
         """
-        The best head of the chain (L{None} if it has no block), and its blocks from C{low} to
-        C{high + margin}.
+        The chain's blocks for a read of C{low}..C{high}, or L{None} if it has no block.
         """
+
+    def chain_gaps(
+        self, chain_id: int, low: int, high: int
+    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
+        """
+        The best head's number and the gaps of L{IChainReader.gaps}, or L{None} if the chain
+        has no block.
+        """
+
+
+def gaps_between(numbers: Iterable[int], low: int, end: int) -> list[tuple[int, int]]:
+    """
+    The runs of heights from C{low} to C{end} (both included) at which none of C{numbers} is.
+    """
+    gaps: list[tuple[int, int]] = []
+    previous = low - 1
+    for number in [*sorted({n for n in numbers if low <= n <= end}), end + 1]:
+        if number > previous + 1:
+            gaps.append((previous + 1, number - 1))
+        previous = number
+    return gaps
 
 
 def _first_seen_last(rows: list[Row]) -> Row:
@@ -70,17 +105,13 @@ def _first_seen_last(rows: list[Row]) -> Row:
 
 
 def analyse(
-    chain_id: int,
-    low: int,
-    high: int,
-    head: Head,
-    rows: list[Row],
-    finalized: int | None,
+    chain_id: int, low: int, high: int, stored: Stored, finalized: int | None
 ) -> ChainRange:
     """
-    The range C{low}..C{high} of a chain whose best head is C{head}, from its C{rows}, which
-    cover C{low}..C{high + ANCESTRY_MARGIN}.
+    The range C{low}..C{high} of a chain from what is C{stored} of it, whose rows cover
+    C{low}..C{high + ANCESTRY_MARGIN}.
     """
+    head, rows = stored.head, stored.rows
     by_height: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
         by_height[r.number].append(r)
@@ -106,19 +137,11 @@ def analyse(
         is_canonical = canonical.get(r.number) is r
         is_final = is_canonical and finalized is not None and r.number <= finalized
         return ChainBlock(
-            r.number, r.block_hash, r.parent_hash, r.sha256, r.client, r.first_seen,
-            is_canonical, is_final,
+            r.number, r.block_hash, r.parent_hash, r.sha256, stored.reporters[r.sha256],
+            r.first_seen, is_canonical, is_final,
         )  # fmt: skip
 
     in_range = sorted(n for n in by_height if low <= n <= high)
-    # Heights above the best head are not gaps: only orphans can be there.
-    end = min(high, head.number)
-    gaps: list[tuple[int, int]] = []
-    previous = low - 1
-    for number in [*(n for n in in_range if n <= end), end + 1]:
-        if number > previous + 1:
-            gaps.append((previous + 1, number - 1))
-        previous = number
     forks = [
         [record(r) for r in sorted(by_height[n], key=lambda r: r.block_hash)]
         for n in in_range
@@ -132,7 +155,8 @@ def analyse(
         finalized=finalized,
         blocks=sum(len(by_height[n]) for n in in_range),
         canonical=sum(1 for n in in_range if n in canonical),
-        gaps=gaps,
+        # Heights above the best head are not gaps: only orphans can be there.
+        gaps=gaps_between(in_range, low, min(high, head.number)),
         forks=forks,
         reorgs=_reorgs(rows, canonical, low, high),
     )
@@ -174,6 +198,16 @@ def _reorgs(rows: list[Row], canonical: Mapping[int, Row], low: int, high: int) 
     return reorgs
 
 
+def _check_range(low: int, high: int) -> None:
+    if not 0 <= high - low < MAX_CHAIN_RANGE:
+        raise ValueError(f"a chain range is 1 to {MAX_CHAIN_RANGE} heights")
+
+
+def _margin(high: int) -> int:
+    # Never past the largest height a block can have (a signed 64-bit column).
+    return min(ANCESTRY_MARGIN, MAX_BLOCK_INT - high)
+
+
 @implementer(IChainReader)
 class ChainReader:
     """
@@ -191,14 +225,20 @@ class ChainReader:
     async def _chain(
         self, chain_id: int, low: int, high: int, finalized: int | None
     ) -> ChainRange | None:
-        if not 0 <= high - low < MAX_CHAIN_RANGE:
-            raise ValueError(f"a chain range is 1 to {MAX_CHAIN_RANGE} heights")
-        # Never past the largest height a block can have (a signed 64-bit column).
-        margin = min(ANCESTRY_MARGIN, MAX_BLOCK_INT - high)
-        head, rows = await self.store.chain_rows(chain_id, low, high, margin)
-        if head is None:
+        _check_range(low, high)
+        stored = await self.store.chain_rows(chain_id, low, high, _margin(high))
+        if stored is None:
             return None
-        return analyse(chain_id, low, high, head, rows, finalized)
+        return analyse(chain_id, low, high, stored, finalized)
+
+    def gaps(
+        self, chain_id: int, low: int, high: int
+    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
+        try:
+            _check_range(low, high)
+        except ValueError as e:
+            return fail(e)
+        return self.store.chain_gaps(chain_id, low, high)
 
     def chains(self, limit: int, finalized: Mapping[int, int]) -> Deferred[list[ChainRange]]:
         return Deferred.fromCoroutine(self._chains(limit, finalized))
@@ -231,7 +271,7 @@ def chain_reader(store: object) -> ChainReader:
 
 class _SQLRows:
     """
-    L{ChainRows} of the SQL store: its heads, and the rows in one transaction.
+    L{ChainRows} of the SQL store: its heads, and each read in one transaction.
     """
 
     def __init__(self, store: SQLStore) -> None:
@@ -242,22 +282,76 @@ class _SQLRows:
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[Head | None, list[Row]]]:
+    ) -> Deferred[Stored | None]:
         p = self.store.dialect.placeholder
         return self.store.pool.runInteraction(_sql_chain_rows, p, chain_id, low, high, margin)
+
+    def chain_gaps(
+        self, chain_id: int, low: int, high: int
+    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
+        p = self.store.dialect.placeholder
+        return self.store.pool.runInteraction(_sql_chain_gaps, p, chain_id, low, high)
+
+
+# The statements below read the index eth_blocks_chain alone, but the reporters' join (and the
+# best head's few look-ups, ethtwisted.storage.heads).
+
+
+def _in_range(p: str) -> str:
+    return f"chain_id = {p} AND number >= {p} AND number <= {p} AND block_hash IS NOT NULL"
 
 
 def _sql_chain_rows(
     txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
-) -> tuple[Head | None, list[Row]]:
-    # The best head by index look-ups, then one range scan of the (chain_id, number) index.
+) -> Stored | None:
     head = sql_best_head(txn, p, chain_id)
     if head is None:
-        return None, []
+        return None
     txn.execute(
-        "SELECT number, block_hash, parent_hash, hash, client, first_seen FROM eth_blocks"
-        f" WHERE chain_id = {p} AND number >= {p} AND number <= {p} AND block_hash IS NOT NULL",
+        "SELECT number, block_hash, parent_hash, hash, first_seen FROM eth_blocks"
+        f" WHERE {_in_range(p)}",
         (chain_id, low, high + margin),
     )
-    rows = [Row(int(n), bh, ph, h, c, float(t)) for n, bh, ph, h, c, t in txn.fetchall()]
-    return head, rows
+    rows = [Row(int(n), bh, ph, h, float(t)) for n, bh, ph, h, t in txn.fetchall()]
+    in_range = [r.number for r in rows if r.number <= high]
+    reporters: dict[str, str] = {}
+    if len(set(in_range)) < len(in_range):
+        # Who reported each block first, for the heights with several: only those rows.
+        txn.execute(
+            "SELECT b.hash, b.client FROM (SELECT number FROM eth_blocks"
+            f" WHERE {_in_range(p)} GROUP BY number HAVING COUNT(*) > 1) AS f"
+            f" JOIN eth_blocks b ON b.chain_id = {p} AND b.number = f.number",
+            (chain_id, low, high, chain_id),
+        )
+        reporters = dict(txn.fetchall())
+    return Stored(head, rows, reporters)
+
+
+def _sql_chain_gaps(
+    txn: Any, p: str, chain_id: int, low: int, high: int
+) -> tuple[int, list[tuple[int, int]]] | None:
+    head = sql_best_head(txn, p, chain_id)
+    if head is None:
+        return None
+    end = min(high, head.number)
+    if end < low:
+        return head.number, []
+    # Each stored height with the one before and after it: only the lowest, the highest, and
+    # those after a gap come back (never an arithmetic past a stored number: no overflow).
+    txn.execute(
+        "SELECT number, below FROM (SELECT number,"
+        " LAG(number) OVER (ORDER BY number) AS below,"
+        " LEAD(number) OVER (ORDER BY number) AS above"
+        f" FROM eth_blocks WHERE {_in_range(p)}) AS steps"
+        " WHERE below IS NULL OR above IS NULL OR number > below + 1"
+        " ORDER BY number",
+        (chain_id, low, end),
+    )
+    steps = [(int(n), None if b is None else int(b)) for n, b in txn.fetchall()]
+    if not steps:
+        return head.number, [(low, end)]
+    gaps = [(low, steps[0][0] - 1)] if steps[0][0] > low else []
+    gaps += [(b + 1, n - 1) for n, b in steps if b is not None and n > b + 1]
+    if steps[-1][0] < end:
+        gaps.append((steps[-1][0] + 1, end))
+    return head.number, gaps

@@ -31,7 +31,7 @@ from ethtwisted.records import (
     StatusReport,
 )
 from ethtwisted.storage import RejectedError, row_problem, status_events
-from ethtwisted.storage.chains import Row
+from ethtwisted.storage.chains import Row, Stored, gaps_between
 from ethtwisted.storage.heads import OnBlock, best_at, best_of
 
 T = TypeVar("T")
@@ -274,24 +274,42 @@ class MemoryStore(Answering):
 
     def chain_rows(
         self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[Head | None, list[Row]]]:
+    ) -> Deferred[Stored | None]:
         """
-        The rows of L{ethtwisted.storage.chains.ChainRows}, as the SQL store reads them.
+        L{ethtwisted.storage.chains.ChainRows.chain_rows}, as the SQL store reads them.
         """
         return self._answer(self._chain_rows, chain_id, low, high, margin)
 
-    def _chain_rows(
-        self, chain_id: int, low: int, high: int, margin: int
-    ) -> tuple[Head | None, list[Row]]:
+    def _chain(self, chain_id: int, low: int, high: int) -> list[tuple[Row, str]]:
+        """The chain's blocks from C{low} to C{high}, each with who reported it first."""
+        return [
+            (Row(n, h, parent, b.sha256, b.first_seen), b.client)
+            for b in self.tables.blocks.values()
+            if b.chain_id == chain_id and (n := b.number) is not None and low <= n <= high
+            if (h := b.block_hash) is not None and (parent := b.parent_hash) is not None
+        ]
+
+    def _chain_rows(self, chain_id: int, low: int, high: int, margin: int) -> Stored | None:
         head = self._best_head(chain_id)
         if head is None:
-            return None, []
-        return head, [
-            Row(b.number, b.block_hash, b.parent_hash, b.sha256, b.client, b.first_seen)
-            for b in self.tables.blocks.values()
-            if b.chain_id == chain_id and b.number is not None and low <= b.number <= high + margin
-            if b.block_hash is not None and b.parent_hash is not None
-        ]
+            return None
+        chain = self._chain(chain_id, low, high + margin)
+        return Stored(head, [r for r, _ in chain], {r.sha256: client for r, client in chain})
+
+    def chain_gaps(
+        self, chain_id: int, low: int, high: int
+    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
+        return self._answer(self._chain_gaps, chain_id, low, high)
+
+    def _chain_gaps(
+        self, chain_id: int, low: int, high: int
+    ) -> tuple[int, list[tuple[int, int]]] | None:
+        head = self._best_head(chain_id)
+        if head is None:
+            return None
+        end = min(high, head.number)
+        chain = self._chain(chain_id, low, end)
+        return head.number, gaps_between((r.number for r, _ in chain), low, end)
 
     def _arrivals(self, since: float, bucket: int) -> list[tuple[float, int]]:
         counts = Counter(

@@ -81,14 +81,19 @@ async def chains(reads: Reads, request: Request, rest: list[str]) -> Response:
     if high - low >= MAX_CHAIN_RANGE:
         raise HTTPError(400, f"a range is at most {MAX_CHAIN_RANGE} heights")
     limit = int_arg(request, "limit", MAX_FORKS, MAX_FORKS)
+    body: dict[str, Any] = {"chain_id": chain_id, "from": low, "to": high}
+    if rest[1] == "gaps":
+        gaps = await reads.read(reads.chains.gaps(chain_id, low, high))
+        if gaps is None:
+            raise HTTPError(404, "no block of this chain is stored")
+        body["head"] = gaps[0]
+        body["gaps"] = [[a, b] for a, b in gaps[1]]
+        return json_response(body)
     finalized = (await reads.read(reads.finalized())).get(chain_id)
     chain = await reads.read(reads.chains.chain(chain_id, low, high, finalized))
     if chain is None:
         raise HTTPError(404, "no block of this chain is stored")
-    body: dict[str, Any] = {"chain_id": chain_id, "from": low, "to": high, "head": chain.head}
-    if rest[1] == "gaps":
-        body["gaps"] = [[a, b] for a, b in chain.gaps]
-        return json_response(body)
+    body["head"] = chain.head
     forks = chain.forks[:limit]
     body["finalized"] = chain.finalized
     body["forks"] = [{"number": f[0].number, "blocks": [_block(b) for b in f]} for f in forks]
