@@ -766,6 +766,65 @@ async def test_gaps_alone_are_the_gaps_of_the_range(blocks: BlockBackend) -> Non
         await chains.gaps(1, 0, MAX_CHAIN_RANGE)
 
 
+class CountedRows:
+    """
+    A store's rows for the chain reader, counting the reads of rows.
+    """
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rows, name)
+
+    def chain_rows(self, *args: Any) -> Deferred[Any]:
+        self.reads += 1
+        return self.rows.chain_rows(*args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chain_summary_is_decided_again_only_when_its_blocks_change(
+    blocks: BlockBackend,
+) -> None:
+    """
+    A chain's summary asked again reads no rows while its best head, the blocks of its window
+    and the finalized number are the same; a block that comes below the head, a second block at
+    the head's height, a new head, a client going back to a block already stored (the best head
+    moves, no block comes) or another finalized number make it decided again, for that chain
+    alone, as a reader that never read it before decides it.
+    """
+    store = await blocks.writer()
+    await store_reorged_chain(store)
+    chains = chain_reader(store)
+    counted = CountedRows(chains.store)
+    chains.store = counted
+    first = await chains.chains(10, {1: 9})
+    assert counted.reads == 2
+    assert await chains.chains(10, {1: 9}) == first and counted.reads == 2
+
+    changes: list[tuple[list[Block], dict[int, int]]] = [
+        ([linked(1, 4)], {1: 9}),  # below the head, in a gap
+        ([linked(1, 12, fork=7)], {1: 9}),  # at the head's height
+        ([linked(1, 11)], {1: 9}),  # "b" goes back: the best head is "a"'s 12 again
+        ([linked(1, 13)], {1: 9}),  # a new head
+        ([], {1: 11}),
+    ]
+    for n, (new, finalized) in enumerate(changes):
+        if new:
+            await store.store([received(block_json(b), "b", T0 + 40 + n) for b in new])
+        summaries = await chains.chains(10, finalized)
+        assert counted.reads == 3 + n
+        assert summaries == await chain_reader(store).chains(10, finalized)
+        assert summaries[1] == first[1]
+    assert (summaries[0].head, summaries[0].gaps, summaries[0].finalized) == (
+        13,
+        [(0, 0), (5, 5)],
+        11,
+    )
+    assert await chains.chains(10, {1: 11}) == summaries and counted.reads == 7
+
+
 # -- the ledger: sightings, node status, events ------------------------------------------------
 
 

@@ -64,7 +64,7 @@ class Stored:
 
 class ChainRows(Protocol):
     """
-    What a store gives the analysis.
+    What a store gives the analysis.  Its blocks are never changed or deleted once stored.
     """
 
     def heads(self, limit: int) -> Deferred[list[Head]]: ...
@@ -74,6 +74,13 @@ class ChainRows(Protocol):
     ) -> Deferred[Stored | None]:
         """
         The chain's blocks for a read of C{low}..C{high}, or L{None} if it has no block.
+        """
+
+    def chain_size(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[Head, int] | None]:
+        """
+        The best head and the number of rows C{chain_rows} would give now, without reading them.
         """
 
     def chain_gaps(
@@ -212,10 +219,15 @@ def _margin(high: int) -> int:
 class ChainReader:
     """
     L{IChainReader} over a store's rows (L{ChainRows}: the SQL store or the memory store).
+    It keeps each chain's last summary, and L{chains} gives it again while the chain's best
+    head and the number of blocks its read covers are the same (blocks are never changed or
+    deleted once stored, so they are the same blocks): a scrape or a request while no block
+    came counts them and analyses nothing.
     """
 
     def __init__(self, store: ChainRows) -> None:
         self.store = store
+        self._summaries: dict[int, tuple[tuple[Any, ...], ChainRange]] = {}
 
     def chain(
         self, chain_id: int, low: int, high: int, finalized: int | None
@@ -225,11 +237,21 @@ class ChainReader:
     async def _chain(
         self, chain_id: int, low: int, high: int, finalized: int | None
     ) -> ChainRange | None:
+        return (await self._read(chain_id, low, high, finalized))[1]
+
+    async def _read(
+        self, chain_id: int, low: int, high: int, finalized: int | None
+    ) -> tuple[tuple[Head, int] | None, ChainRange | None]:
+        """
+        The range, and the best head and row count it was decided from (as C{chain_size} gives
+        them).
+        """
         _check_range(low, high)
         stored = await self.store.chain_rows(chain_id, low, high, _margin(high))
         if stored is None:
-            return None
-        return analyse(chain_id, low, high, stored, finalized)
+            return None, None
+        size = (stored.head, len(stored.rows))
+        return size, analyse(chain_id, low, high, stored, finalized)
 
     def gaps(
         self, chain_id: int, low: int, high: int
@@ -246,14 +268,22 @@ class ChainReader:
     async def _chains(self, limit: int, finalized: Mapping[int, int]) -> list[ChainRange]:
         heads = await self.store.heads(limit + 1)  # one more: blocks known only by number
         summaries: list[ChainRange] = []
+        kept: dict[int, tuple[tuple[Any, ...], ChainRange]] = {}
         for head in heads:
             if head.chain_id is None or len(summaries) == limit:
                 continue
-            low = max(head.number - CHAIN_WINDOW + 1, 0)
-            summary = await self._chain(head.chain_id, low, head.number,
-                                        finalized.get(head.chain_id))  # fmt: skip
+            chain_id, high = head.chain_id, head.number
+            read = (max(high - CHAIN_WINDOW + 1, 0), high, finalized.get(chain_id))
+            size = await self.store.chain_size(chain_id, read[0], high, _margin(high))
+            last = self._summaries.get(chain_id)
+            if last is not None and last[0] == (*read, size):
+                summary: ChainRange | None = last[1]
+            else:
+                size, summary = await self._read(chain_id, *read)
             if summary is not None:
                 summaries.append(summary)
+                kept[chain_id] = ((*read, size), summary)
+        self._summaries = kept
         return summaries
 
 
@@ -285,6 +315,12 @@ class _SQLRows:
     ) -> Deferred[Stored | None]:
         p = self.store.dialect.placeholder
         return self.store.pool.runInteraction(_sql_chain_rows, p, chain_id, low, high, margin)
+
+    def chain_size(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[Head, int] | None]:
+        p = self.store.dialect.placeholder
+        return self.store.pool.runInteraction(_sql_chain_size, p, chain_id, low, high, margin)
 
     def chain_gaps(
         self, chain_id: int, low: int, high: int
@@ -325,6 +361,18 @@ def _sql_chain_rows(
         )
         reporters = dict(txn.fetchall())
     return Stored(head, rows, reporters)
+
+
+def _sql_chain_size(
+    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
+) -> tuple[Head, int] | None:
+    head = sql_best_head(txn, p, chain_id)
+    if head is None:
+        return None
+    txn.execute(
+        f"SELECT COUNT(*) FROM eth_blocks WHERE {_in_range(p)}", (chain_id, low, high + margin)
+    )
+    return head, int(txn.fetchone()[0])
 
 
 def _sql_chain_gaps(

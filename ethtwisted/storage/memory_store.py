@@ -296,6 +296,19 @@ class MemoryStore(Answering):
         chain = self._chain(chain_id, low, high + margin)
         return Stored(head, [r for r, _ in chain], {r.sha256: client for r, client in chain})
 
+    def chain_size(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> Deferred[tuple[Head, int] | None]:
+        return self._answer(self._chain_size, chain_id, low, high, margin)
+
+    def _chain_size(
+        self, chain_id: int, low: int, high: int, margin: int
+    ) -> tuple[Head, int] | None:
+        head = self._best_head(chain_id)
+        if head is None:
+            return None
+        return head, len(self._chain(chain_id, low, high + margin))
+
     def chain_gaps(
         self, chain_id: int, low: int, high: int
     ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
