@@ -271,10 +271,11 @@ class ILedger(Interface):
         status of a client's node reports for that chain.
         """
 
-    def propagation(client: str, limit: int) -> Deferred[list[float]]:
+    def propagation(clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
         """
-        For the C{limit} blocks C{client} saw last (payloads that are blocks), newest first:
-        how many ms it saw each after the first sighting of that payload in the fleet.
+        For each of C{clients}, the C{limit} blocks it saw last (payloads that are blocks),
+        newest first: how many ms it saw each after the first sighting of that payload in the
+        fleet (none for a client that saw no block).
         """
 
     def sightings(sha256: str, limit: int) -> Deferred[list[SightingRecord]]:

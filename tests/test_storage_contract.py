@@ -554,7 +554,7 @@ async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend)
         lambda: chain_reader(store).chain(1, 0, 10, None),
         lambda: chain_reader(store).chains(10, {}),
         lambda: store.ledger.node_statuses(["a"]),
-        lambda: store.ledger.propagation("a", 100),
+        lambda: store.ledger.propagation(["a"], 100),
         lambda: store.ledger.sightings(payload_hash(b"before"), 10),
         lambda: store.ledger.events("a", 10),
         lambda: store.ledger.missing("a", 1, 0, 10, 10),
@@ -864,10 +864,15 @@ async def test_sightings_one_per_client_and_payload_with_their_delays(
 
 
 @pytest_twisted.ensureDeferred
-async def test_propagation_is_a_clients_delay_over_its_last_blocks(blocks: BlockBackend) -> None:
+async def test_propagation_is_each_clients_delay_over_its_last_blocks(
+    blocks: BlockBackend,
+) -> None:
     """
-    A client's propagation lists, for the blocks it saw last (newest first, payloads that are
-    not blocks left out), how many ms after the fleet's first sighting it saw each.
+    Propagation gives each client asked (once, if asked twice) the blocks it saw last, at most
+    C{limit}, newest first and then by descending SHA256 (payloads that are not blocks left
+    out): how many ms after the fleet's first sighting it saw each; none for a client that saw
+    no block, nothing when no client is asked.  Hundreds of clients at once (names differing
+    only in case apart) answer as each would alone.
     """
     store = await blocks.writer()
     batch = []
@@ -876,11 +881,29 @@ async def test_propagation_is_a_clients_delay_over_its_last_blocks(blocks: Block
         batch.append(received(payload, "fast", T0 + n, seen=T0 + n, via="poll"))
         batch.append(received(payload, "slow", T0 + n + 0.1 * n, seen=T0 + n + 0.1 * n))
     batch.append(received(b"no block", "slow", T0 + 10))
+    a, b = block_json(block(2, 1)), block_json(block(2, 2))
+    batch += [received(a, "early", T0 + 20), received(b, "early", T0 + 20.25)]
+    batch += [received(a, "tied", T0 + 21), received(b, "tied", T0 + 21)]
     await store.store(batch)
-    assert await store.ledger.propagation("fast", 100) == [0.0] * 5
-    slow = await store.ledger.propagation("slow", 3)
-    assert slow == [pytest.approx(500.0), pytest.approx(400.0), pytest.approx(300.0)]
-    assert await store.ledger.propagation("nobody", 100) == []
+    ledger = store.ledger
+    assert await ledger.propagation(["fast", "slow", "nobody", "slow"], 3) == {
+        "fast": [0.0] * 3,
+        "slow": [pytest.approx(500.0), pytest.approx(400.0), pytest.approx(300.0)],
+        "nobody": [],
+    }
+    assert await ledger.propagation(["fast"], 100) == {"fast": [0.0] * 5}
+    tied = [1000.0, 750.0] if payload_hash(a) > payload_hash(b) else [750.0, 1000.0]
+    assert await ledger.propagation(["tied"], 100) == {"tied": pytest.approx(tied)}
+    assert await ledger.propagation([], 100) == {}
+
+    names = [f"node-{i:03d}" for i in range(250)] + ["Node-A", "node-a"]
+    c = block_json(block(3, 1))
+    await store.store([received(c, name, T0 + 30 + i / 1000) for i, name in enumerate(names)])
+    many = await ledger.propagation([*reversed(names), "fast"], 1)
+    assert many == {
+        **{name: [pytest.approx(float(i), abs=0.01)] for i, name in enumerate(names)},
+        "fast": [0.0],
+    }
 
 
 def status(**values: Any) -> Status:

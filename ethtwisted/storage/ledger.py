@@ -22,6 +22,9 @@ from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord
 from ethtwisted.storage import status_events
 
 TABLES = ("eth_sightings", "eth_node_status", "eth_events")
+PROPAGATION_CLIENTS = 100
+"""The most clients one statement of L{SQLLedger.propagation} reads (SQLite allows 500 SELECTs
+in one)."""
 _STATUS_COLUMNS = (
     "updated, client_version, chain_id, peers, syncing, sync_current, sync_highest,"
     " gas_price, base_fee, safe, finalized, pending, queued, rtt_ms"
@@ -195,16 +198,34 @@ class SQLLedger:
         )
         return d.addCallback(lambda rows: {int(c): int(n) for c, n in rows})
 
-    def propagation(self, client: str, limit: int) -> Deferred[list[float]]:
-        d = self._query(
-            "SELECT s.seen_at - (SELECT MIN(f.seen_at) FROM eth_sightings f"
-            " WHERE f.hash = s.hash) FROM eth_sightings s"
-            " WHERE s.client = ? AND s.number IS NOT NULL"
-            " ORDER BY s.seen_at DESC, s.hash DESC LIMIT ?",
-            client,
-            limit,
-        )
-        return d.addCallback(lambda rows: [float(r[0]) * 1000 for r in rows])
+    def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
+        names = sorted(set(clients))
+        if not names:
+            return succeed({})
+        return self.pool.runInteraction(self._propagation, names, limit)
+
+    def _propagation(self, txn: Any, names: list[str], limit: int) -> dict[str, list[float]]:
+        # Per client, its last sightings by the (client, seen_at) index, each with the first
+        # sighting of its payload by the (hash, seen_at) index: one statement for many clients.
+        p = self.statements.placeholder
+        delays: dict[str, list[float]] = {name: [] for name in names}
+        for start in range(0, len(names), PROPAGATION_CLIENTS):
+            chunk = names[start : start + PROPAGATION_CLIENTS]
+            last = " UNION ALL ".join(
+                "SELECT * FROM (SELECT client, hash, seen_at FROM eth_sightings"
+                f" WHERE client = {p} AND number IS NOT NULL"
+                f" ORDER BY seen_at DESC, hash DESC LIMIT {p}) AS c{n}"
+                for n in range(len(chunk))
+            )
+            txn.execute(
+                "SELECT s.client, s.seen_at - (SELECT MIN(f.seen_at) FROM eth_sightings f"
+                f" WHERE f.hash = s.hash) FROM ({last}) AS s"
+                " ORDER BY s.client, s.seen_at DESC, s.hash DESC",
+                [value for name in chunk for value in (name, limit)],
+            )
+            for client, delay in txn.fetchall():
+                delays[client].append(float(delay) * 1000)
+        return delays
 
     def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
         d = self._query(

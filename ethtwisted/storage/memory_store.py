@@ -365,17 +365,22 @@ class MemoryLedger(Answering):
                 highest[chain_id] = max(highest.get(chain_id, number), number)
         return {c: highest[c] for c in sorted(highest)[:limit]}
 
-    def _first(self, sha256: str) -> float:
-        return min(s.seen_at for s in self.tables.sightings.values() if s.sha256 == sha256)
+    def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
+        return self._answer(self._propagation, clients, limit)
 
-    def propagation(self, client: str, limit: int) -> Deferred[list[float]]:
-        return self._answer(self._propagation, client, limit)
-
-    def _propagation(self, client: str, limit: int) -> list[float]:
-        mine = [s for s in self.tables.sightings.values()
-                if s.client == client and s.number is not None]  # fmt: skip
-        mine.sort(key=lambda s: (s.seen_at, s.sha256), reverse=True)
-        return [(s.seen_at - self._first(s.sha256)) * 1000 for s in mine[:limit]]
+    def _propagation(self, clients: Sequence[str], limit: int) -> dict[str, list[float]]:
+        first: dict[str, float] = {}
+        mine: dict[str, list[_Sighting]] = {c: [] for c in clients}
+        for s in self.tables.sightings.values():
+            first[s.sha256] = min(first.get(s.sha256, s.seen_at), s.seen_at)
+            if s.client in mine and s.number is not None:
+                mine[s.client].append(s)
+        for seen in mine.values():
+            seen.sort(key=lambda s: (s.seen_at, s.sha256), reverse=True)
+        return {
+            c: [(s.seen_at - first[s.sha256]) * 1000 for s in seen[:limit]]
+            for c, seen in mine.items()
+        }
 
     def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
         return self._answer(self._sightings, sha256, limit)

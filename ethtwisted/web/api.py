@@ -247,21 +247,21 @@ class ApiResource(Endpoint):
         if name is not None:
             clients = [c for c in clients if c.client == name]
         names = [c.client for c in clients]
-        nodes, *delays = await self.reads.read(
+        nodes, delays = await self.reads.read(
             gatherResults(
                 [
                     sql.ledger.node_statuses(names),
-                    *(sql.ledger.propagation(n, PROPAGATION_BLOCKS) for n in names),
+                    sql.ledger.propagation(names, PROPAGATION_BLOCKS),
                 ],
                 consumeErrors=True,
             )
         )
         best = {h.chain_id: h.number for h in heads}
         entries = []
-        for client, delay in zip(clients, delays, strict=True):
+        for client in clients:
             entry = _client(client, best)
             entry["node"] = _node(nodes.get(client.client))
-            entry["propagation"] = _propagation(delay)
+            entry["propagation"] = _propagation(delays[client.client])
             entry.update(state_fields(states.get(client.client)))
             entries.append(entry)
         return entries

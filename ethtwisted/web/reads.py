@@ -166,10 +166,10 @@ class Reads:
         names = [c.client for c in clients]
         reading: list[Deferred[Any]] = [
             self.sql.ledger.node_statuses(names),
-            *(self.sql.ledger.propagation(n, PROPAGATION_BLOCKS) for n in names),
+            self.sql.ledger.propagation(names, PROPAGATION_BLOCKS),
         ]
         try:
-            nodes, *delays = await gatherResults(reading, consumeErrors=True).addTimeout(
+            nodes, delays = await gatherResults(reading, consumeErrors=True).addTimeout(
                 READ_TIMEOUT, self.reactor
             )
         except CancelledError:
@@ -183,7 +183,7 @@ class Reads:
                 for p in PROPAGATION_PERCENTILES
                 if (ms := percentile(d, p / 100)) is not None
             }
-            for name, d in zip(names, delays, strict=True)
+            for name, d in delays.items()
         }
         self.store_metrics.update_nodes(nodes, propagation)
         try:
