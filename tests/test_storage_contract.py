@@ -869,10 +869,11 @@ async def test_propagation_is_each_clients_delay_over_its_last_blocks(
 ) -> None:
     """
     Propagation gives each client asked (once, if asked twice) the blocks it saw last, at most
-    C{limit}, newest first and then by descending SHA256 (payloads that are not blocks left
-    out): how many ms after the fleet's first sighting it saw each; none for a client that saw
-    no block, nothing when no client is asked.  Hundreds of clients at once (names differing
-    only in case apart) answer as each would alone.
+    C{limit}, newest first and then by descending SHA256 (also across the limit; payloads that
+    are not blocks left out): how many ms after the fleet's first sighting it saw each; none
+    for a client that saw no block or with a limit of 0, nothing when no client is asked.
+    Hundreds of clients at once (names differing only in case apart) answer as each would
+    alone.
     """
     store = await blocks.writer()
     batch = []
@@ -894,6 +895,8 @@ async def test_propagation_is_each_clients_delay_over_its_last_blocks(
     assert await ledger.propagation(["fast"], 100) == {"fast": [0.0] * 5}
     tied = [1000.0, 750.0] if payload_hash(a) > payload_hash(b) else [750.0, 1000.0]
     assert await ledger.propagation(["tied"], 100) == {"tied": pytest.approx(tied)}
+    assert await ledger.propagation(["tied"], 1) == {"tied": [pytest.approx(tied[0])]}
+    assert await ledger.propagation(["fast", "slow"], 0) == {"fast": [], "slow": []}
     assert await ledger.propagation([], 100) == {}
 
     names = [f"node-{i:03d}" for i in range(250)] + ["Node-A", "node-a"]

@@ -23,8 +23,8 @@ from ethtwisted.storage import status_events
 
 TABLES = ("eth_sightings", "eth_node_status", "eth_events")
 PROPAGATION_CLIENTS = 100
-"""The most clients one statement of L{SQLLedger.propagation} reads (SQLite allows 500 SELECTs
-in one)."""
+"""The most clients the statements of L{SQLLedger.propagation} read at once (SQLite allows 500
+SELECTs in one)."""
 _STATUS_COLUMNS = (
     "updated, client_version, chain_id, peers, syncing, sync_current, sync_highest,"
     " gas_price, base_fee, safe, finalized, pending, queued, rtt_ms"
@@ -205,23 +205,41 @@ class SQLLedger:
         return self.pool.runInteraction(self._propagation, names, limit)
 
     def _propagation(self, txn: Any, names: list[str], limit: int) -> dict[str, list[float]]:
-        # Per client, its last sightings by the (client, seen_at) index, each with the first
-        # sighting of its payload by the (hash, seen_at) index: one statement for many clients.
         p = self.statements.placeholder
         delays: dict[str, list[float]] = {name: [] for name in names}
+        if limit < 1:
+            return delays
         for start in range(0, len(names), PROPAGATION_CLIENTS):
             chunk = names[start : start + PROPAGATION_CLIENTS]
-            last = " UNION ALL ".join(
-                "SELECT * FROM (SELECT client, hash, seen_at FROM eth_sightings"
-                f" WHERE client = {p} AND number IS NOT NULL"
-                f" ORDER BY seen_at DESC, hash DESC LIMIT {p}) AS c{n}"
-                for n in range(len(chunk))
+            # First the time of each client's limit-th block sighting, newest first: in the
+            # order of the (client, seen_at) index, which stops there.  Without it, the order
+            # by hash too would sort all the sightings a client ever had.
+            txn.execute(
+                " UNION ALL ".join(
+                    "SELECT * FROM (SELECT client, seen_at FROM eth_sightings"
+                    f" WHERE client = {p} AND number IS NOT NULL"
+                    f" ORDER BY seen_at DESC LIMIT 1 OFFSET {p}) AS t{n}"
+                    for n in range(len(chunk))
+                ),
+                [value for name in chunk for value in (name, limit - 1)],
             )
+            since = dict(txn.fetchall())
+            # Then the sightings from that time on (all of a client's with fewer), each with the
+            # first sighting of its payload by the (hash, seen_at) index.
+            last, args = [], []
+            for n, name in enumerate(chunk):
+                after = f" AND seen_at >= {p}" if name in since else ""
+                last.append(
+                    "SELECT * FROM (SELECT client, hash, seen_at FROM eth_sightings"
+                    f" WHERE client = {p} AND number IS NOT NULL{after}"
+                    f" ORDER BY seen_at DESC, hash DESC LIMIT {p}) AS c{n}"
+                )
+                args += [name, since[name], limit] if name in since else [name, limit]
             txn.execute(
                 "SELECT s.client, s.seen_at - (SELECT MIN(f.seen_at) FROM eth_sightings f"
-                f" WHERE f.hash = s.hash) FROM ({last}) AS s"
+                f" WHERE f.hash = s.hash) FROM ({' UNION ALL '.join(last)}) AS s"
                 " ORDER BY s.client, s.seen_at DESC, s.hash DESC",
-                [value for name in chunk for value in (name, limit)],
+                args,
             )
             for client, delay in txn.fetchall():
                 delays[client].append(float(delay) * 1000)
