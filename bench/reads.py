@@ -9,9 +9,10 @@ heights and three missing heights every 10,000, each block reported by one of C{
 clients and the last 1,000 by every client (their sightings, C{propagation}'s input).  Then it
 serves the stats site on a loopback port, as eth-server does, and times over HTTP, C{--repeat}
 times each (after one request not timed): C{/api/v1/chains}, C{/api/v1/chains/1/gaps} over the
-last 100,000 heights, C{/api/v1/clients} and a C{/metrics} scrape.  Times are in milliseconds,
-median and minimum; every result carries the load average when it ended (the machine may be
-shared).
+last 100,000 heights, C{/api/v1/clients} and a C{/metrics} scrape; then C{/api/v1/chains} and
+C{/metrics} again, each time after a new head was stored (C{..._after_a_block}: the chains
+must be decided again).  Times are in milliseconds, median and minimum; every result carries
+the load average when it ended (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,12 @@ async def fill(store: SQLStore, heights: int, clients: int) -> int:
     return stored
 
 
-async def timed(url: str, repeat: int) -> dict[str, float]:
+async def timed(
+    url: str, repeat: int, before: Callable[[], Awaitable[object]] | None = None
+) -> dict[str, float]:
     async def get() -> float:
+        if before is not None:
+            await before()
         start = time.perf_counter()
         headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {TOKEN}"}
         reply = await treq.get(url, headers=headers)
@@ -145,9 +151,17 @@ async def run(args: argparse.Namespace, url: DatabaseURL) -> dict[str, Any]:
         "api_clients": "/api/v1/clients",
         "metrics": "/metrics",
     }
+    heights = count(high + 1)
+
+    async def new_head() -> None:
+        n = next(heights)
+        await store.store([received(chain_block(n), "node-00", T0 + 12 * n)])
+
     try:
         for name, path in paths.items():
             result[name] = await timed(base + path, args.repeat)
+        for name, path in [("api_chains", paths["api_chains"]), ("metrics", "/metrics")]:
+            result[f"{name}_after_a_block"] = await timed(base + path, args.repeat, new_head)
     finally:
         await maybeDeferred(port.stopListening)
         await store.close()
