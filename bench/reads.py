@@ -2,6 +2,7 @@
 How long the stats API's heavier reads take over a store of many blocks; prints one JSON object.
 
   python bench/reads.py [--store mysql|sqlite] [--blocks 100000] [--clients 50] [--repeat 5]
+                        [--buffer-pool-mb 32]
 
 Fills a fresh store (a private MariaDB server it starts, or an SQLite file) through
 L{SQLStore.store}: one chain of C{--blocks} heights with a short orphaned branch every 997
@@ -137,6 +138,8 @@ async def run(args: argparse.Namespace, url: DatabaseURL) -> dict[str, Any]:
         "clients": args.clients,
         "fill_seconds": round(time.monotonic() - start, 1),
     }
+    if args.store == "mysql":
+        result["buffer_pool_mb"] = args.buffer_pool_mb
     reads = Reads(reactor, store, store)
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port = await endpoint.listen(Site(StatsRoot(reads, TOKEN)))
@@ -170,7 +173,7 @@ async def run(args: argparse.Namespace, url: DatabaseURL) -> dict[str, Any]:
 
 
 @contextmanager
-def database(kind: str) -> Iterator[DatabaseURL]:
+def database(kind: str, buffer_pool_mb: int) -> Iterator[DatabaseURL]:
     with tempfile.TemporaryDirectory(prefix="ethtwisted-bench-") as tmp:
         if kind == "sqlite":
             yield parse_db_url(f"sqlite:///{tmp}/eth.sqlite")
@@ -178,6 +181,9 @@ def database(kind: str) -> Iterator[DatabaseURL]:
         server = MariaDB(Path(tmp))
         server.setup()
         try:
+            # The test suite's server keeps a small buffer pool; InnoDB resizes it while running.
+            size = buffer_pool_mb * 2**20
+            server.query("SET GLOBAL innodb_buffer_pool_size = %s", (size,))
             yield parse_db_url(server.url).with_password(server.password)
         finally:
             server.stop()
@@ -189,9 +195,15 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--buffer-pool-mb",
+        type=int,
+        default=32,
+        help="MariaDB's InnoDB buffer pool (default: the test suite's 32 MB)",
+    )
     args = parser.parse_args()
     outcome: list[Any] = []
-    with database(args.store) as url:
+    with database(args.store, args.buffer_pool_mb) as url:
         d = ensureDeferred(run(args, url))
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
