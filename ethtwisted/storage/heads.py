@@ -77,7 +77,7 @@ def sql_best_head(txn: Any, p: str, chain_id: int | None) -> Head | None:
     row = txn.fetchone()
     if row is not None and row[0] is not None:
         number = int(row[0])
-        # The few blocks at that height (by the (chain_id, number) index), and the sightings
+        # The few blocks at that height (by the chain index), and the sightings
         # of each by the clients there now.
         txn.execute(
             "SELECT s.client, s.seen_at, b.block_hash, b.first_seen FROM eth_blocks b"
