@@ -57,7 +57,7 @@ from ethtwisted.records import (
     StatusReport,
 )
 from ethtwisted.storage import redis_store
-from ethtwisted.storage.chains import chain_reader
+from ethtwisted.storage.chains import REPORTER_HEIGHTS, chain_reader
 from ethtwisted.storage.memory_counters import MemoryCounters
 from ethtwisted.storage.memory_store import MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
@@ -764,6 +764,23 @@ async def test_gaps_alone_are_the_gaps_of_the_range(blocks: BlockBackend) -> Non
     assert await chains.gaps(77, 0, 10) is None
     with pytest.raises(ValueError):
         await chains.gaps(1, 0, MAX_CHAIN_RANGE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_who_reported_each_block_of_many_forks(blocks: BlockBackend) -> None:
+    """
+    Each block at a height with several has the client that reported it first, however many
+    such heights the range holds (more than one statement of the SQL store reads).
+    """
+    store = await blocks.writer()
+    heights = range(1, REPORTER_HEIGHTS + 20)
+    await store.store(
+        [received(block_json(linked(7, n, fork)), f"c{fork}", T0 + n + fork / 2)
+         for n in heights for fork in (0, 1)]
+    )  # fmt: skip
+    whole = await chain_reader(store).chain(7, heights[0], heights[-1], finalized=None)
+    assert whole is not None and len(whole.forks) == len(heights)
+    assert all([b.client for b in fork] == ["c0", "c1"] for fork in whole.forks)
 
 
 class CountedRows:

@@ -16,7 +16,7 @@ L{analyse}.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +30,8 @@ from ethtwisted.records import ChainBlock, ChainRange, Head, Reorg
 from ethtwisted.storage.heads import sql_best_head
 from ethtwisted.storage.sql_store import SQLStore
 
+REPORTER_HEIGHTS = 500
+"""The most heights one statement reads who reported the blocks at."""
 ANCESTRY_MARGIN = 1024
 """Heights read above a range: the walk from a head further above starts at the top of the
 margin from the block first seen last (a fork deeper than this across the range's end is
@@ -329,7 +331,7 @@ class _SQLRows:
         return self.store.pool.runInteraction(_sql_chain_gaps, p, chain_id, low, high)
 
 
-# The statements below read the index eth_blocks_chain alone, but the reporters' join (and the
+# The statements below read the index eth_blocks_chain alone, but for the reporters (and the
 # best head's few look-ups, ethtwisted.storage.heads).
 
 
@@ -349,17 +351,18 @@ def _sql_chain_rows(
         (chain_id, low, high + margin),
     )
     rows = [Row(int(n), bh, ph, h, float(t)) for n, bh, ph, h, t in txn.fetchall()]
-    in_range = [r.number for r in rows if r.number <= high]
+    here = Counter(r.number for r in rows if r.number <= high)
+    forks = sorted(n for n, blocks in here.items() if blocks > 1)
+    # Who reported each block first, for the heights with several: only those rows.
     reporters: dict[str, str] = {}
-    if len(set(in_range)) < len(in_range):
-        # Who reported each block first, for the heights with several: only those rows.
+    for start in range(0, len(forks), REPORTER_HEIGHTS):
+        heights = forks[start : start + REPORTER_HEIGHTS]
         txn.execute(
-            "SELECT b.hash, b.client FROM (SELECT number FROM eth_blocks"
-            f" WHERE {_in_range(p)} GROUP BY number HAVING COUNT(*) > 1) AS f"
-            f" JOIN eth_blocks b ON b.chain_id = {p} AND b.number = f.number",
-            (chain_id, low, high, chain_id),
+            f"SELECT hash, client FROM eth_blocks WHERE chain_id = {p}"
+            f" AND number IN ({', '.join([p] * len(heights))})",
+            (chain_id, *heights),
         )
-        reporters = dict(txn.fetchall())
+        reporters.update(txn.fetchall())
     return Stored(head, rows, reporters)
 
 
