@@ -219,6 +219,13 @@ class IFleet(Interface):
         and only C{client}'s, when given.
         """
 
+
+class IDeliveries(Interface):
+    """
+    Who delivers the state events to a set of webhooks: one owner (a run of a server) at a
+    time, holding a lease, from the last event delivered on.
+    """
+
     def claim(
         hook: str, owner: str, now: float, lease: float, settled: int | None
     ) -> Deferred[int | None]:

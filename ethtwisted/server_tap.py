@@ -236,7 +236,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         hooks = webhooks(config, reactor)
         hooks.setServiceParent(service)
         # Added after the webhooks, so stopped before them: it hands on what they settled.
-        feed = WebhookFeed(reactor, store.fleet, hooks, hook_id(config["webhooks"]), ready)
+        feed = WebhookFeed(reactor, store.deliveries, hooks, hook_id(config["webhooks"]), ready)
         feed.setName("webhook-feed")
         feed.setServiceParent(service)
         sinks.append(feed)

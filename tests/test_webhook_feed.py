@@ -1,61 +1,23 @@
 """
 The state events from their log to the webhooks (L{ethtwisted.server.feed}): one server at a
 time delivers, from where the last one got to, so each event reaches a real HTTP receiver at
-least once and in order across restarts, and exactly once while no server dies.  The claims
-on SQLite and MySQL (a private MariaDB); the feeds over SQLite with real receivers.
+least once and in order across restarts, and exactly once while no server dies; on SQLite
+and on MySQL (a private MariaDB), with real receivers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from ethtwisted.records import StateEvent
 from ethtwisted.server.feed import WebhookFeed, hook_id
 from ethtwisted.server.webhooks import WebhookService
-from ethtwisted.states import Thresholds
-from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
 from tests.helpers import the_reactor, wait_for
+from tests.test_fleet_store import T0, Opener, T, open_store, started
 from tests.test_webhooks import FAST_RETRY, Running, receiver, receivers, url
 
-__all__ = ["receivers"]  # the fixture, used by name
-
-T0 = 1_700_000_000.0
-T = Thresholds(silent_seconds=60)
-
-
-@pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStore]:
-    """A started store on an empty SQLite or MySQL database."""
-    if request.param == "sqlite":
-        db = parse_db_url(f"sqlite:///{tmp_path / 'feed.sqlite'}")
-    else:
-        mysql = request.getfixturevalue("mysql_db")
-        db = parse_db_url(mysql.url).with_password(mysql.password)
-    store = SQLStore(db, reactor)
-    await store.start()
-    yield store
-    await store.close()
-
-
-@pytest_twisted.async_yield_fixture
-async def open_store(tmp_path: Path) -> AsyncIterator[Callable[[], SQLStore]]:
-    """Opens stores on one SQLite database, each with a pool of its own (one per server)."""
-    opened: list[SQLStore] = []
-
-    def opener() -> SQLStore:
-        store = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'feed.sqlite'}"), reactor)
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        await store.close()
+__all__ = ["open_store", "receivers"]  # the fixtures, used by name
 
 
 async def record_changes(store: SQLStore, clients: str, at: float) -> list[StateEvent]:
@@ -72,33 +34,36 @@ async def record_changes(store: SQLStore, clients: str, at: float) -> list[State
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_owner_at_a_time_from_where_the_last_got_to(any_store: SQLStore) -> None:
+async def test_one_owner_at_a_time_from_where_the_last_got_to(open_store: Opener) -> None:
     """
     The first claim of a new set of webhooks starts at the latest event (no history sent) and
     holds it; another owner is refused while the lease runs, then takes over from what the
     first had settled; a release hands it on at once.
     """
-    fleet = any_store.fleet
-    old = await record_changes(any_store, "a", T0)
+    store = await started(open_store)
+    deliveries = store.deliveries
+    old = await record_changes(store, "a", T0)
     assert [(e.client, e.event) for e in old] == [("a", "entered"), ("a", "left")]
-    assert await fleet.claim("h", "one", T0, 10, None) == old[-1].id
-    assert await fleet.claim("h", "two", T0 + 1, 10, None) is None
-    new = await record_changes(any_store, "b", T0 + 200)
-    assert [e.id for e in await fleet.pending(old[-1].id, 10)] == [e.id for e in new]
-    assert await fleet.claim("h", "one", T0 + 5, 10, new[0].id) == new[0].id
-    assert await fleet.claim("h", "two", T0 + 14, 10, None) is None  # renewed at T0 + 5
-    assert await fleet.claim("h", "two", T0 + 15.5, 10, None) == new[0].id
-    assert await fleet.claim("h", "one", T0 + 16, 10, new[1].id) is None
-    await fleet.release("h", "two", new[-1].id)
-    assert await fleet.claim("h", "one", T0 + 17, 10, None) == new[-1].id
-    assert await fleet.claim("other", "two", T0 + 17, 10, None) == new[-1].id
-    assert await fleet.pending(new[-1].id, 10) == []
+    assert await deliveries.claim("h", "one", T0, 10, None) == old[-1].id
+    assert await deliveries.claim("h", "two", T0 + 1, 10, None) is None
+    new = await record_changes(store, "b", T0 + 200)
+    assert [e.id for e in await deliveries.pending(old[-1].id, 10)] == [e.id for e in new]
+    assert await deliveries.claim("h", "one", T0 + 5, 10, new[0].id) == new[0].id
+    assert await deliveries.claim("h", "two", T0 + 14, 10, None) is None  # renewed at T0 + 5
+    assert await deliveries.claim("h", "two", T0 + 15.5, 10, None) == new[0].id
+    assert await deliveries.claim("h", "one", T0 + 16, 10, new[1].id) is None
+    await deliveries.release("h", "two", new[-1].id)
+    assert await deliveries.claim("h", "one", T0 + 17, 10, None) == new[-1].id
+    assert await deliveries.claim("other", "two", T0 + 17, 10, None) == new[-1].id
+    assert await deliveries.pending(new[-1].id, 10) == []
 
 
 def feed_for(store: SQLStore, running: Running, lease: float = 10.0) -> WebhookFeed:
     hooks = WebhookService(the_reactor(), [url(running)], retry_policy=lambda _: FAST_RETRY)
     hooks.startService()
-    feed = WebhookFeed(the_reactor(), store.fleet, hooks, hook_id([url(running)]), lease=lease)
+    feed = WebhookFeed(
+        the_reactor(), store.deliveries, hooks, hook_id([url(running)]), lease=lease
+    )
     feed.startService()
     return feed
 
@@ -110,7 +75,7 @@ async def stop(feed: WebhookFeed) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_restarted_server_sends_what_was_not_delivered(
-    open_store: Callable[[], SQLStore], receivers: list[Running]
+    open_store: Opener, receivers: list[Running]
 ) -> None:
     """
     Events recorded while the receiver is down are not lost when the server stops: the next
@@ -140,7 +105,7 @@ async def test_a_restarted_server_sends_what_was_not_delivered(
 
 @pytest_twisted.ensureDeferred
 async def test_two_servers_deliver_each_event_once_and_a_dead_ones_share_is_taken_over(
-    open_store: Callable[[], SQLStore], receivers: list[Running]
+    open_store: Opener, receivers: list[Running]
 ) -> None:
     """
     Two servers feeding the same webhook deliver each event once in all, whichever recorded

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IEventSink, IFleet
+from ethtwisted.interfaces import IDeliveries, IEventSink
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.records import StateEvent
 from ethtwisted.server.webhooks import WebhookService, WebhookURL
@@ -48,7 +48,7 @@ def hook_id(urls: Sequence[WebhookURL]) -> str:
 @implementer(IEventSink)
 class WebhookFeed(TimerService):
     """
-    Feeds C{webhooks} from the log of C{fleet}, while this server holds the delivery to
+    Feeds C{webhooks} from the log of C{deliveries}, while this server holds the delivery to
     C{hook}; once C{ready} says the stores are.  Told of an event recorded here (L{publish}),
     it feeds at once rather than at the next second.
     """
@@ -56,7 +56,7 @@ class WebhookFeed(TimerService):
     def __init__(
         self,
         reactor: IReactorTime,
-        fleet: IFleet,
+        deliveries: IDeliveries,
         webhooks: WebhookService,
         hook: str,
         ready: Callable[[], bool] = lambda: True,
@@ -65,7 +65,7 @@ class WebhookFeed(TimerService):
         super().__init__(FEED_INTERVAL, self.run)
         self.lease = lease
         self.clock = self.reactor = reactor
-        self.fleet = fleet
+        self.deliveries = deliveries
         self.webhooks = webhooks
         self.hook = hook
         self.ready = ready
@@ -108,7 +108,9 @@ class WebhookFeed(TimerService):
         settled = None if self.fed is None else self.webhooks.settled()
         try:
             now = self.reactor.seconds()
-            delivered = await self.fleet.claim(self.hook, self.owner, now, self.lease, settled)
+            delivered = await self.deliveries.claim(
+                self.hook, self.owner, now, self.lease, settled
+            )
             if delivered is None:
                 if self.fed is not None:
                     log.info("another server delivers the webhooks now")
@@ -120,7 +122,7 @@ class WebhookFeed(TimerService):
                 self.fed = delivered
                 self.webhooks.restart(delivered)
             for _ in range(MAX_BATCHES):
-                events = await self.fleet.pending(self.fed, BATCH)
+                events = await self.deliveries.pending(self.fed, BATCH)
                 for event in events:
                     self.webhooks.publish(event)
                     self.fed = event.id
@@ -142,6 +144,6 @@ class WebhookFeed(TimerService):
         if self.fed is None:
             return None
         settled, self.fed = self.webhooks.settled(), None
-        d = self.fleet.release(self.hook, self.owner, settled)
+        d = self.deliveries.release(self.hook, self.owner, settled)
         # Not released, the lease runs out by itself.
         return d.addErrback(lambda f: log.debug("webhooks not handed on: {f}", f=describe(f)))

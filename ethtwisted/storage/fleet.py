@@ -1,7 +1,8 @@
 """
 The fleet view in SQL (L{IFleet}): which server holds each client's connection
-(C{eth_presence}), the states each client is in (C{eth_states}), each change of them
-(C{eth_state_events}), and who delivers the changes to the webhooks (C{eth_webhooks}).
+(C{eth_presence}), the states each client is in (C{eth_states}) and each change of them
+(C{eth_state_events}); who delivers the changes to the webhooks is
+L{ethtwisted.storage.deliveries}.
 
 Every server decides the states once a second, in one transaction that first updates the one
 row of C{eth_fleet}: on one MySQL (or SQLite) server the decisions of several eth-servers so
@@ -35,14 +36,14 @@ from ethtwisted.states import (
 )
 from ethtwisted.storage.heads import sql_best_head
 
-TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet", "eth_webhooks")
+TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet")
 PRESENCE_KEEP = 86400.0
 """Seconds a row of C{eth_presence} that is not its client's newest is kept (the rows a
 restarted or replaced server left behind)."""
 FORGET_AFTER = 7 * 86400.0
 """Seconds after which a client that no server holds is no longer watched (a node taken out
 of the fleet): its presence and states go, with no event."""
-_EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
+EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
 
 
 class _Statements:
@@ -64,15 +65,6 @@ class _Statements:
             f" VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
         )
         self.delete_state = f"DELETE FROM eth_states WHERE client = {p} AND state = {p}"
-        skip = (
-            "WHERE 1 = 1 ON CONFLICT (hook) DO NOTHING"
-            if dialect == "sqlite"
-            else ("ON DUPLICATE KEY UPDATE hook = hook")
-        )
-        self.add_hook = (
-            "INSERT INTO eth_webhooks (hook, delivered, owner, lease_until)"
-            f" SELECT {p}, COALESCE(MAX(id), 0), '', 0 FROM eth_state_events {skip}"
-        )
         self.insert_event = (
             "INSERT INTO eth_state_events (client, chain_id, state, event, head, best_head,"
             f" since, at, text) VALUES ({', '.join([p] * 9)})"
@@ -83,7 +75,7 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _event(row: Sequence[Any]) -> StateEvent:
+def event_from_row(row: Sequence[Any]) -> StateEvent:
     i, client, chain_id, state, event, head, best, since, at, text = row
     return StateEvent(int(i), client, _int(chain_id), state, event, _int(head), _int(best),
                       float(since), float(at), text)  # fmt: skip
@@ -136,13 +128,7 @@ class SQLFleet:
         clients = self._clients(txn, now, thresholds)
         chains = self._chains(txn, clients, thresholds)
         decided = decide(clients, chains, thresholds, now)
-        stored: dict[str, dict[str, State]] = {}
-        for client, state, chain_id, since, head, best in self._execute(
-            txn, "SELECT client, state, chain_id, since, head, best_head FROM eth_states"
-        ):
-            stored.setdefault(client, {})[state] = State(
-                state, float(since), _int(chain_id), _int(head), _int(best)
-            )
+        stored = self._stored_states(txn, {})
         facts = {c.client: c for c in clients}
         events = []
         for client in sorted(set(decided) | set(stored)):
@@ -333,9 +319,15 @@ class SQLFleet:
         return self.pool.runInteraction(self._states)
 
     def _states(self, txn: Any) -> dict[str, dict[str, State]]:
-        states: dict[str, dict[str, State]] = {
-            r[0]: {} for r in self._execute(txn, "SELECT DISTINCT client FROM eth_presence")
-        }
+        watched = self._execute(txn, "SELECT DISTINCT client FROM eth_presence")
+        return self._stored_states(txn, {r[0]: {} for r in watched})
+
+    def _stored_states(
+        self, txn: Any, states: dict[str, dict[str, State]]
+    ) -> dict[str, dict[str, State]]:
+        """
+        C{states} with the rows of C{eth_states} added: client → state → L{State}.
+        """
         for client, state, chain_id, since, head, best in self._execute(
             txn, "SELECT client, state, chain_id, since, head, best_head FROM eth_states"
         ):
@@ -357,55 +349,14 @@ class SQLFleet:
             args.append(client)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         statement = (
-            f"SELECT {_EVENT_COLUMNS} FROM eth_state_events{clause} ORDER BY id DESC LIMIT ?"
+            f"SELECT {EVENT_COLUMNS} FROM eth_state_events{clause} ORDER BY id DESC LIMIT ?"
         )
-        d: Deferred[list[Any]] = self.pool.runQuery(
-            statement.replace("?", self.statements.placeholder), (*args, limit)
-        )
-        return d.addCallback(lambda rows: [_event(r) for r in rows])
+        return events_of(self.pool, self.statements.placeholder, statement, *args, limit)
 
-    # -- delivering to the webhooks ------------------------------------------------------------
 
-    def claim(
-        self, hook: str, owner: str, now: float, lease: float, settled: int | None
-    ) -> Deferred[int | None]:
-        return self.pool.runInteraction(self._claim, hook, owner, now, lease, settled)
-
-    def _claim(
-        self, txn: Any, hook: str, owner: str, now: float, lease: float, settled: int | None
-    ) -> int | None:
-        s = self.statements
-        txn.execute(s.add_hook.replace("?", s.placeholder), (hook,))
-        # delivered first: MySQL gives later assignments the values already assigned.
-        self._execute(
-            txn,
-            "UPDATE eth_webhooks SET delivered = CASE WHEN owner = ? AND delivered < ? THEN ?"
-            " ELSE delivered END, owner = ?, lease_until = ?"
-            " WHERE hook = ? AND (owner = ? OR lease_until < ?)",
-            owner, -1 if settled is None else settled, -1 if settled is None else settled,
-            owner, now + lease, hook, owner, now,
-        )  # fmt: skip
-        ((holder, delivered),) = self._execute(
-            txn, "SELECT owner, delivered FROM eth_webhooks WHERE hook = ?", hook
-        )
-        return int(delivered) if holder == owner else None
-
-    def release(self, hook: str, owner: str, settled: int) -> Deferred[None]:
-        return self.pool.runInteraction(self._release, hook, owner, settled)
-
-    def _release(self, txn: Any, hook: str, owner: str, settled: int) -> None:
-        self._execute(
-            txn,
-            "UPDATE eth_webhooks SET delivered = CASE WHEN delivered < ? THEN ? ELSE delivered"
-            " END, lease_until = 0 WHERE hook = ? AND owner = ?",
-            settled, settled, hook, owner,
-        )  # fmt: skip
-
-    def pending(self, after: int, limit: int) -> Deferred[list[StateEvent]]:
-        statement = (
-            f"SELECT {_EVENT_COLUMNS} FROM eth_state_events WHERE id > ? ORDER BY id LIMIT ?"
-        )
-        d: Deferred[list[Any]] = self.pool.runQuery(
-            statement.replace("?", self.statements.placeholder), (after, limit)
-        )
-        return d.addCallback(lambda rows: [_event(r) for r in rows])
+def events_of(
+    pool: adbapi.ConnectionPool, placeholder: str, statement: str, *args: Any
+) -> Deferred[list[StateEvent]]:
+    """The events a query of C{EVENT_COLUMNS} reads, in its order."""
+    d: Deferred[list[Any]] = pool.runQuery(statement.replace("?", placeholder), args)
+    return d.addCallback(lambda rows: [event_from_row(r) for r in rows])

@@ -20,12 +20,19 @@ from zope.interface import implementer
 from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader
 from ethtwisted.protocol import Block
 from ethtwisted.records import BlockRecord, ClientRecord, Head, Received, StatusReport
-from ethtwisted.storage import RejectedError, StartupError, fleet, ledger, row_problem
+from ethtwisted.storage import RejectedError, StartupError, deliveries, fleet, ledger, row_problem
 from ethtwisted.storage.heads import sql_best_head
 from ethtwisted.storage.sql_pool import DatabaseURL, connection_pool
 
 MYSQL_TEXT_BYTES = 65535
-_TABLES = ("ethereum_data", "eth_blocks", "eth_clients", *ledger.TABLES, *fleet.TABLES)
+_TABLES = (
+    "ethereum_data",
+    "eth_blocks",
+    "eth_clients",
+    *ledger.TABLES,
+    *fleet.TABLES,
+    *deliveries.TABLES,
+)
 _BLOCK_COLUMNS = "hash, first_seen, client, chain_id, number, block_hash, parent_hash, block_time"
 
 
@@ -179,6 +186,7 @@ class SQLStore:
         self.pool = connection_pool(url, reactor, read_only)
         self.ledger = ledger.SQLLedger(self.pool, url.dialect)
         self.fleet = fleet.SQLFleet(self.pool, url.dialect)
+        self.deliveries = deliveries.SQLDeliveries(self.pool, url.dialect)
 
     def start(self) -> Deferred[None]:
         if self.read_only:
