@@ -7,13 +7,11 @@ fails or a decision that conflicts with another server's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymysql
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -32,9 +30,11 @@ from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.states import RECONNECT_GRACE, Thresholds
 from ethtwisted.storage.fleet import SQLFleet
 from ethtwisted.storage.memory_store import MemoryStore
-from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
 from tests.test_protocol import feed, netstring
+from tests.test_web import sqlite_store
+
+__all__ = ["sqlite_store"]  # the fixture, for pytest
 
 T = Thresholds(silent_seconds=60)
 
@@ -135,15 +135,6 @@ class Harness:
         assert not self.clock.getDelayedCalls()
 
 
-@pytest_twisted.async_yield_fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLStore]:
-    """A started SQLite store, closed afterwards."""
-    opened = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'fleet.sqlite'}"), reactor)
-    await opened.start()
-    yield opened
-    await opened.close()
-
-
 def told(events: Sequence[LogEvent], level: LogLevel | None = None) -> list[str]:
     return [
         formatEvent(e)
@@ -154,7 +145,7 @@ def told(events: Sequence[LogEvent], level: LogLevel | None = None) -> list[str]
 
 @pytest_twisted.ensureDeferred
 async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_once(
-    store: SQLStore,
+    sqlite_store: SQLStore,
 ) -> None:
     """
     No decision before the server has run for RECONNECT_GRACE seconds; then every second,
@@ -163,7 +154,7 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
     silent: logged once (a warning), published to the sink once, and no longer once it comes
     back (logged once, at info).
     """
-    h = Harness(store)
+    h = Harness(sqlite_store)
     a = h.connect("a")
     h.connect("b")
     with capturedLogs() as logged:
@@ -179,7 +170,7 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
         a.connectionLost(Failure(ConnectionDone()))
         assert await h.tick(0.5)
         assert await h.presence() == [("a", 0, 0.0, 4.0), ("b", 1, 0.0, 4.0)]
-        assert await store.fleet.states() == {"a": {}, "b": {}}
+        assert await sqlite_store.fleet.states() == {"a": {}, "b": {}}
         for _ in range(int(RECONNECT_GRACE)):
             await h.tick()
         assert h.sink.events == []  # gone for exactly the grace: not yet
@@ -195,7 +186,7 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
         assert [(e.client, e.state, e.event) for e in h.sink.events[1:]] == [
             ("a", "silent", "left")
         ]
-        assert await store.fleet.events(None, None, 10) == h.sink.events[::-1]
+        assert await sqlite_store.fleet.events(None, None, 10) == h.sink.events[::-1]
     h.stop()
     texts = [e.text for e in h.sink.events]
     assert told(logged, LogLevel.warn) == texts[:1]
@@ -204,12 +195,12 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failing_store_is_said_once_and_once_when_back(store: SQLStore) -> None:
+async def test_a_failing_store_is_said_once_and_once_when_back(sqlite_store: SQLStore) -> None:
     """
     While the store fails, each decision fails and that is said once, as a warning; once it
     works again, that is said once; meanwhile the clients that left are still recorded as gone.
     """
-    h = Harness(store)
+    h = Harness(sqlite_store)
     b = h.connect("b")
     h.connect("c")
     h.service.startService()
@@ -217,11 +208,11 @@ async def test_a_failing_store_is_said_once_and_once_when_back(store: SQLStore) 
         for _ in range(int(RECONNECT_GRACE)):
             await h.tick()
         assert await h.decided() == RECONNECT_GRACE
-        await store.pool.runOperation("DROP TABLE eth_fleet")
+        await sqlite_store.pool.runOperation("DROP TABLE eth_fleet")
         b.connectionLost(Failure(ConnectionDone()))
         for _ in range(3):
             assert await h.tick()
-        await store.start()  # the table made again
+        await sqlite_store.start()  # the table made again
         await h.tick()
         await h.tick()
     h.stop()
@@ -238,14 +229,14 @@ async def test_a_failing_store_is_said_once_and_once_when_back(store: SQLStore) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_conflict_is_quiet_and_decided_again_next_second(store: SQLStore) -> None:
+async def test_a_conflict_is_quiet_and_decided_again_next_second(sqlite_store: SQLStore) -> None:
     """
     A decision that conflicts with another server's is no trouble: nothing is logged (but at
     debug level), nothing told, and the next second decides as usual, the clients gone
     meanwhile recorded then.
     """
-    fleet = Conflicting(store)
-    h = Harness(store, fleet)
+    fleet = Conflicting(sqlite_store)
+    h = Harness(sqlite_store, fleet)
     b = h.connect("b")
     h.service.startService()
     with capturedLogs() as logged:

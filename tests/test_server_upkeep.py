@@ -4,10 +4,7 @@ The server's timers: old sightings pruned in small batches, and the summary line
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -16,9 +13,11 @@ from ethtwisted.server import upkeep
 from ethtwisted.server.upkeep import PRUNE_BATCH, SightingPruner, Summary
 from ethtwisted.states import Thresholds
 from ethtwisted.storage.memory_store import MemoryStore
-from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
 from tests.test_storage_contract import block, received
+from tests.test_web import sqlite_store
+
+__all__ = ["sqlite_store"]  # the fixture, for pytest
 
 DAY = 86400.0
 
@@ -49,13 +48,12 @@ def test_pruner_deletes_sightings_older_than_kept_in_batches_and_never_fails() -
 
 
 @pytest_twisted.ensureDeferred
-async def test_summary_names_heads_and_the_clients_not_current(tmp_path: Path) -> None:
+async def test_summary_names_heads_and_the_clients_not_current(sqlite_store: SQLStore) -> None:
     """
     The line says how many payloads were stored since the last one, the clients connected,
     each chain's head and which clients are not current, with their states in order.
     """
-    store = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'summary.sqlite'}"), reactor)
-    await store.start()
+    store = sqlite_store
     summary = Summary(store, store.fleet, lambda: 2)
     batch = [received(block_json(block(1, n)), "fast", float(n)) for n in range(1, 10)]
     batch.append(received(block_json(block(1, 2)), "slow", 5.0))
@@ -68,7 +66,6 @@ async def test_summary_names_heads_and_the_clients_not_current(tmp_path: Path) -
     with capturedLogs() as events:
         await summary.run()
         await summary.run()
-    await store.close()
     lines = [e["log_format"].format(**e) for e in events]
     assert lines == [
         "stored 9 new payloads; 2 clients connected; heads: chain 1 at 9;"
