@@ -836,6 +836,17 @@ class Anvil(_Service):
         self.rpc("anvil_mine", hex(n))
         return self.block_number()
 
+    def revert(self, snapshot: str) -> None:
+        """
+        Go back to ``snapshot`` (of ``evm_snapshot``), the blocks after it dropped; the next
+        blocks are mined 1,000 s later than the latest, so they differ from the dropped ones
+        even where their contents are the same: a reorg.
+        """
+        if self.rpc("evm_revert", snapshot) is not True:
+            raise RPCError(f"evm_revert: snapshot {snapshot} not reverted to")
+        latest = self.rpc("eth_getBlockByNumber", "latest", False)
+        self.rpc("evm_setNextBlockTimestamp", int(latest["timestamp"], 16) + 1000)
+
 
 class AnvilFactory(Protocol):
     def __call__(self, *args: str, block_time: float | None = None) -> Anvil: ...

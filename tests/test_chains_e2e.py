@@ -87,8 +87,7 @@ async def test_a_reorg_is_listed_as_the_fleet_saw_it(
         anvil.mine(old)
         dropped = node_hashes(anvil)
         await server.committed.wait_for(dropped.values(), WAIT)
-        assert anvil.rpc("evm_revert", snapshot) is True
-        anvil.rpc("evm_setNextBlockTimestamp", int(latest(anvil)["timestamp"], 16) + 1000)
+        anvil.revert(snapshot)
         anvil.mine(new)
         kept = node_hashes(anvil)
         await server.committed.wait_for(kept.values(), WAIT)

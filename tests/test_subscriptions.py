@@ -391,9 +391,7 @@ async def test_a_reorg_is_followed_with_subscriptions(
             anvil.mine(3)
             before = node_hashes(anvil)
             await committed.wait_for(before.values())
-            assert anvil.rpc("evm_revert", snapshot) is True
-            anvil.rpc("evm_setNextBlockTimestamp", int(anvil.rpc("eth_getBlockByNumber",
-                      "latest", False)["timestamp"], 16) + 1000)  # fmt: skip
+            anvil.revert(snapshot)
             anvil.mine(4)
             after = node_hashes(anvil)
             await committed.wait_for(after.values())

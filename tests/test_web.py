@@ -55,6 +55,7 @@ from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource
 from tests.helpers import LISTEN, TIMEOUT, connect_peer, start_server, wait_for
 from tests.services import MySQLDatabase, Redis
+from tests.test_storage_contract import block
 
 TOKEN = "s3cret-stats-token"
 T0 = 1_700_000_000.0
@@ -130,16 +131,6 @@ class Client:
     async def get(self, path: str, token: str | None = None) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.request("GET", path, headers)
-
-
-def block(chain_id: int, number: int, fork: int = 0) -> Block:
-    return Block(
-        chain_id=chain_id,
-        number=number,
-        hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
-        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{0:08x}",
-        timestamp=1_600_000_000 + number,
-    )
 
 
 def received(payload: bytes, client: str, at: float, address: str = "127.0.0.1") -> Received:
