@@ -20,7 +20,7 @@ from ethtwisted.records import StatusReport
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import StatsRoot
-from tests.test_storage_contract import T0, linked, received, store_reorged_chain
+from tests.test_storage_contract import T0, block, received, store_reorged_chain
 from tests.test_web import Client, metric
 
 TOKEN = "chain-token"
@@ -104,18 +104,18 @@ async def test_gaps_and_forks_of_a_range() -> None:
     nine = forks["forks"][1]["blocks"]
     assert nine == [
         {
-            "hash": linked(1, 9).hash,
-            "parent_hash": linked(1, 8).hash,
-            "sha256": payload_hash(block_json(linked(1, 9))),
+            "hash": block(1, 9).hash,
+            "parent_hash": block(1, 8).hash,
+            "sha256": payload_hash(block_json(block(1, 9))),
             "client": "a",
             "first_seen": T0 + 20,
             "canonical": True,
             "finalized": True,
         },
         {
-            "hash": linked(1, 9, fork=1).hash,
-            "parent_hash": linked(1, 8).hash,
-            "sha256": payload_hash(block_json(linked(1, 9, fork=1))),
+            "hash": block(1, 9, fork=1).hash,
+            "parent_hash": block(1, 8).hash,
+            "sha256": payload_hash(block_json(block(1, 9, fork=1))),
             "client": "b",
             "first_seen": T0 + 9,
             "canonical": False,
@@ -123,10 +123,10 @@ async def test_gaps_and_forks_of_a_range() -> None:
         },
     ]
     assert forks["reorgs"] == [
-        {"number": 3, "depth": 1, "orphaned": linked(1, 3, fork=2).hash,
-         "canonical": linked(1, 3).hash},
-        {"number": 9, "depth": 2, "orphaned": linked(1, 10, fork=1).hash,
-         "canonical": linked(1, 9).hash},
+        {"number": 3, "depth": 1, "orphaned": block(1, 3, fork=2).hash,
+         "canonical": block(1, 3).hash},
+        {"number": 9, "depth": 2, "orphaned": block(1, 10, fork=1).hash,
+         "canonical": block(1, 9).hash},
     ]  # fmt: skip
     assert (forks["finalized"], forks["next"]) == (9, None)
 
@@ -190,9 +190,9 @@ async def test_reorg_depth_histogram_counts_new_reorgs() -> None:
     # Blocks 11' and 12', on a branch from 10, replaced by 11..13.
     await store.store(
         [
-            received(block_json(linked(1, 11, fork=3)), "b", T0 + 40),
-            received(block_json(linked(1, 12, fork=3, parent_fork=3)), "b", T0 + 41),
-            received(block_json(linked(1, 13)), "a", T0 + 42),
+            received(block_json(block(1, 11, fork=3)), "b", T0 + 40),
+            received(block_json(block(1, 12, fork=3, parent_fork=3)), "b", T0 + 41),
+            received(block_json(block(1, 13)), "a", T0 + 42),
         ]
     )
     for _ in range(2):

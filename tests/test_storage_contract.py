@@ -86,12 +86,15 @@ MARGIN = 5.0  # for a loaded machine: the answer must come within the store's ti
 BlockStore = SQLStore | MemoryStore
 
 
-def block(chain_id: int, number: int, fork: int = 0) -> Block:
+def block(chain_id: int, number: int, fork: int = 0, parent_fork: int = 0) -> Block:
+    """
+    Block C{number} of branch C{fork}, child of block C{number - 1} of branch C{parent_fork}.
+    """
     return Block(
         chain_id=chain_id,
         number=number,
         hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
-        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{0:08x}",
+        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{parent_fork:08x}",
         timestamp=1_600_000_000 + number,
     )
 
@@ -566,19 +569,6 @@ async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend)
 # -- the chains, as the fleet saw them ---------------------------------------------------------
 
 
-def linked(chain_id: int, number: int, fork: int = 0, parent_fork: int = 0) -> Block:
-    """
-    Block C{number} of branch C{fork}, child of block C{number - 1} of branch C{parent_fork}.
-    """
-    return Block(
-        chain_id=chain_id,
-        number=number,
-        hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
-        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{parent_fork:08x}",
-        timestamp=1_600_000_000 + number,
-    )
-
-
 def chain_block(
     b: Block, client: str, at: float, canonical: bool, finalized: bool = False
 ) -> ChainBlock:
@@ -592,18 +582,18 @@ async def store_reorged_chain(store: BlockStore) -> None:
     chain through 11 and 12; at 3, below the gap, two blocks, the one first seen last on the
     chain.  Chain 5: block 700 alone.  An older client's page (no chain).
     """
-    batch = [received(block_json(linked(1, n)), "a", T0 + n) for n in (1, 2, 6, 7, 8)]
+    batch = [received(block_json(block(1, n)), "a", T0 + n) for n in (1, 2, 6, 7, 8)]
     batch += [
-        received(block_json(linked(1, 3, fork=2)), "b", T0 + 3),
-        received(block_json(linked(1, 3)), "a", T0 + 3.5),
-        received(block_json(linked(1, 9, fork=1)), "b", T0 + 9),
-        received(block_json(linked(1, 10, fork=1, parent_fork=1)), "b", T0 + 10),
-        received(block_json(linked(5, 700)), "c", T0 + 20),
+        received(block_json(block(1, 3, fork=2)), "b", T0 + 3),
+        received(block_json(block(1, 3)), "a", T0 + 3.5),
+        received(block_json(block(1, 9, fork=1)), "b", T0 + 9),
+        received(block_json(block(1, 10, fork=1, parent_fork=1)), "b", T0 + 10),
+        received(block_json(block(5, 700)), "c", T0 + 20),
         received(block_html(99), "d", T0 + 21),
     ]
     await store.store(batch)
-    await store.store([received(block_json(linked(1, n)), "a", T0 + 11 + n) for n in (9, 10)])
-    await store.store([received(block_json(linked(1, n)), "a", T0 + 22 + n) for n in (11, 12)])
+    await store.store([received(block_json(block(1, n)), "a", T0 + 11 + n) for n in (9, 10)])
+    await store.store([received(block_json(block(1, n)), "a", T0 + 22 + n) for n in (11, 12)])
 
 
 @pytest_twisted.ensureDeferred
@@ -624,21 +614,21 @@ async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> No
     assert whole.gaps == [(4, 5)] and whole.missing == 2
     assert whole.forks == [
         [
-            chain_block(linked(1, 3), "a", T0 + 3.5, True, True),
-            chain_block(linked(1, 3, fork=2), "b", T0 + 3, False),
+            chain_block(block(1, 3), "a", T0 + 3.5, True, True),
+            chain_block(block(1, 3, fork=2), "b", T0 + 3, False),
         ],
         [
-            chain_block(linked(1, 9), "a", T0 + 20, True, True),
-            chain_block(linked(1, 9, fork=1), "b", T0 + 9, False),
+            chain_block(block(1, 9), "a", T0 + 20, True, True),
+            chain_block(block(1, 9, fork=1), "b", T0 + 9, False),
         ],
         [
-            chain_block(linked(1, 10), "a", T0 + 21, True),
-            chain_block(linked(1, 10, fork=1, parent_fork=1), "b", T0 + 10, False),
+            chain_block(block(1, 10), "a", T0 + 21, True),
+            chain_block(block(1, 10, fork=1, parent_fork=1), "b", T0 + 10, False),
         ],
     ]
     assert whole.reorgs == [
-        Reorg(3, 1, linked(1, 3, fork=2).hash, linked(1, 3).hash),
-        Reorg(9, 2, linked(1, 10, fork=1).hash, linked(1, 9).hash),
+        Reorg(3, 1, block(1, 3, fork=2).hash, block(1, 3).hash),
+        Reorg(9, 2, block(1, 10, fork=1).hash, block(1, 9).hash),
     ]
 
     # A range from 0 to past the head: height 0 is missing, those above the head are not.
@@ -648,7 +638,7 @@ async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> No
     # A range that starts inside a branch sees the branch from there.
     upper = await chains.chain(1, 10, 12, finalized=None)
     assert upper is not None and (upper.blocks, upper.canonical, upper.gaps) == (4, 3, [])
-    assert upper.reorgs == [Reorg(10, 1, linked(1, 10, fork=1).hash, linked(1, 10).hash)]
+    assert upper.reorgs == [Reorg(10, 1, block(1, 10, fork=1).hash, block(1, 10).hash)]
     # Below the head, the canonical block is still the head's ancestor.
     lower = await chains.chain(1, 9, 9, finalized=None)
     assert lower is not None and [b.canonical for b in lower.forks[0]] == [True, False]
@@ -679,35 +669,35 @@ async def test_a_chain_that_went_over_to_a_shorter_branch(blocks: BlockBackend) 
     gap.  A client still on the longer branch holds its head up.
     """
     store = await blocks.writer()
-    await store.store([received(block_json(linked(3, n)), "a", T0 + n) for n in range(1, 9)])
+    await store.store([received(block_json(block(3, n)), "a", T0 + n) for n in range(1, 9)])
     await store.store(
         [
-            received(block_json(linked(3, 6, fork=1)), "a", T0 + 20),
-            received(block_json(linked(3, 7, fork=1, parent_fork=1)), "a", T0 + 20.5),
+            received(block_json(block(3, 6, fork=1)), "a", T0 + 20),
+            received(block_json(block(3, 7, fork=1, parent_fork=1)), "a", T0 + 20.5),
         ]
     )
-    assert await store.heads(10) == [Head(3, 7, linked(3, 7, fork=1).hash, T0 + 20.5)]
+    assert await store.heads(10) == [Head(3, 7, block(3, 7, fork=1).hash, T0 + 20.5)]
     chains = chain_reader(store)
     whole = await chains.chain(3, 1, 20, finalized=None)
     assert whole is not None
     assert (whole.head, whole.blocks, whole.canonical, whole.gaps) == (7, 10, 7, [])
     assert [[(b.number, b.block_hash, b.canonical) for b in f] for f in whole.forks] == [
-        [(n, linked(3, n).hash, False), (n, linked(3, n, fork=1, parent_fork=n - 6).hash, True)]
+        [(n, block(3, n).hash, False), (n, block(3, n, fork=1, parent_fork=n - 6).hash, True)]
         for n in (6, 7)
     ]
-    assert whole.reorgs == [Reorg(6, 3, linked(3, 8).hash, linked(3, 6, fork=1).hash)]
+    assert whole.reorgs == [Reorg(6, 3, block(3, 8).hash, block(3, 6, fork=1).hash)]
     above = await chains.chain(3, 8, 20, finalized=None)
     assert above == ChainRange(3, 8, 20, 7, None, 1, 0, [], [],
-                               [Reorg(8, 1, linked(3, 8).hash, None)])  # fmt: skip
+                               [Reorg(8, 1, block(3, 8).hash, None)])  # fmt: skip
     (summary,) = await chains.chains(10, {})
     assert (summary.head, summary.low, summary.high, summary.canonical) == (7, 0, 7, 7)
     assert summary.reorgs == whole.reorgs
 
-    await store.store([received(block_json(linked(3, 8)), "b", T0 + 30)])
-    assert [h.block_hash for h in await store.heads(10)] == [linked(3, 8).hash]
+    await store.store([received(block_json(block(3, 8)), "b", T0 + 30)])
+    assert [h.block_hash for h in await store.heads(10)] == [block(3, 8).hash]
     stuck = await chains.chain(3, 1, 20, finalized=None)
     assert stuck is not None and stuck.reorgs == [
-        Reorg(6, 2, linked(3, 7, fork=1, parent_fork=1).hash, linked(3, 6).hash)
+        Reorg(6, 2, block(3, 7, fork=1, parent_fork=1).hash, block(3, 6).hash)
     ]
 
 
@@ -719,7 +709,7 @@ async def test_chain_summary_covers_the_window_below_the_head(blocks: BlockBacke
     store = await blocks.writer()
     head = CHAIN_WINDOW + 5
     await store.store(
-        [received(block_json(linked(2, n)), "a", T0 + n) for n in (1, 6, head - 1, head)]
+        [received(block_json(block(2, n)), "a", T0 + n) for n in (1, 6, head - 1, head)]
     )
     (summary,) = await chain_reader(store).chains(10, {})
     assert (summary.low, summary.high, summary.blocks, summary.canonical) == (6, head, 3, 3)
@@ -737,12 +727,12 @@ async def test_gaps_alone_are_the_gaps_of_the_range(blocks: BlockBackend) -> Non
     """
     store = await blocks.writer()
     await store_reorged_chain(store)
-    await store.store([received(block_json(linked(6, n)), "x", T0 + n) for n in (1, 2, 4, 5)])
-    await store.store([received(block_json(linked(6, 3, fork=1)), "x", T0 + 6)])
+    await store.store([received(block_json(block(6, n)), "x", T0 + n) for n in (1, 2, 4, 5)])
+    await store.store([received(block_json(block(6, 3, fork=1)), "x", T0 + 6)])
     top = MAX_BLOCK_INT
     await store.store(
         [
-            received(block_json(replace(linked(9, n, fork), timestamp=1)), "z", T0 + fork)
+            received(block_json(replace(block(9, n, fork), timestamp=1)), "z", T0 + fork)
             for n, fork in ((top - 3, 0), (top - 1, 0), (top, 0), (top, 1))
         ]
     )
@@ -775,7 +765,7 @@ async def test_who_reported_each_block_of_many_forks(blocks: BlockBackend) -> No
     store = await blocks.writer()
     heights = range(1, REPORTER_HEIGHTS + 20)
     await store.store(
-        [received(block_json(linked(7, n, fork)), f"c{fork}", T0 + n + fork / 2)
+        [received(block_json(block(7, n, fork)), f"c{fork}", T0 + n + fork / 2)
          for n in heights for fork in (0, 1)]
     )  # fmt: skip
     whole = await chain_reader(store).chain(7, heights[0], heights[-1], finalized=None)
@@ -821,10 +811,10 @@ async def test_chain_summary_is_decided_again_only_when_its_blocks_change(
     assert await chains.chains(10, {1: 9}) == first and counted.reads == 2
 
     changes: list[tuple[list[Block], dict[int, int]]] = [
-        ([linked(1, 4)], {1: 9}),  # below the head, in a gap
-        ([linked(1, 12, fork=7)], {1: 9}),  # at the head's height
-        ([linked(1, 11)], {1: 9}),  # "b" goes back: the best head is "a"'s 12 again
-        ([linked(1, 13)], {1: 9}),  # a new head
+        ([block(1, 4)], {1: 9}),  # below the head, in a gap
+        ([block(1, 12, fork=7)], {1: 9}),  # at the head's height
+        ([block(1, 11)], {1: 9}),  # "b" goes back: the best head is "a"'s 12 again
+        ([block(1, 13)], {1: 9}),  # a new head
         ([], {1: 11}),
     ]
     for n, (new, finalized) in enumerate(changes):

@@ -39,7 +39,7 @@ from ethtwisted import stats_tap
 from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import IBlockReader, ICounterReader
 from ethtwisted.metrics.server import ServerMetrics
-from ethtwisted.protocol import Block, block_html, block_json, parse_block, payload_hash
+from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from ethtwisted.records import ClientRecord, Received, StatusReport
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
@@ -55,7 +55,7 @@ from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource
 from tests.helpers import LISTEN, TIMEOUT, connect_peer, start_server, wait_for
 from tests.services import MySQLDatabase, Redis
-from tests.test_storage_contract import block
+from tests.test_storage_contract import block, received
 
 TOKEN = "s3cret-stats-token"
 T0 = 1_700_000_000.0
@@ -131,17 +131,6 @@ class Client:
     async def get(self, path: str, token: str | None = None) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.request("GET", path, headers)
-
-
-def received(payload: bytes, client: str, at: float, address: str = "127.0.0.1") -> Received:
-    return Received(
-        sha256=payload_hash(payload),
-        payload=payload.decode("utf-8"),
-        address=address,
-        client=client,
-        received=at,
-        block=parse_block(payload),
-    )
 
 
 async def open_sqlite(path: Path, read_only: bool = False) -> SQLStore:
