@@ -7,15 +7,16 @@ tests/test_storage_contract.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 
-from ethtwisted.frames import Status
+from ethtwisted.frames import MAX_WIRE_INT, Status
 from ethtwisted.interfaces import MAX_CHAIN_RANGE
-from ethtwisted.protocol import block_json, payload_hash
+from ethtwisted.protocol import MAX_BLOCK_INT, block_json, payload_hash
 from ethtwisted.records import StatusReport
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.web.reads import Reads
@@ -166,6 +167,85 @@ async def test_ranges_are_bounded_and_validated(path: str, status: int) -> None:
     reply = await client.get(path, TOKEN)
     assert reply.status == status, reply.text
     reply.json()
+
+
+TOP = MAX_BLOCK_INT
+"""The largest chain id and height: the wire's block payloads and status frames take no more."""
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (f"/api/v1/chains/{TOP}/gaps?from={TOP - 2}&to={TOP}", 200),
+        (f"/api/v1/chains/{TOP}/forks?from={TOP - 2}&to={TOP}", 200),
+        (f"/api/v1/clients/low/missing?chain_id={TOP}&from={TOP - 2}&to={TOP}", 200),
+        (f"/api/v1/clients/low/missing?chain_id={TOP}", 200),
+        (f"/api/v1/chains/{TOP + 1}/gaps?from=0&to=5", 400),
+        (f"/api/v1/chains/{TOP}/gaps?from={TOP - 2}&to={TOP + 1}", 400),
+        (f"/api/v1/chains/{TOP}/gaps?from={TOP + 1}&to={TOP + 1}", 400),
+        (f"/api/v1/chains/{TOP + 1}/forks?from=0&to=5", 400),
+        (f"/api/v1/chains/{TOP}/forks?from={TOP - 2}&to={TOP + 1}", 400),
+        (f"/api/v1/chains/{TOP}/forks?from={TOP + 1}&to={TOP + 1}", 400),
+        (f"/api/v1/clients/low/missing?chain_id={TOP + 1}", 400),
+        (f"/api/v1/clients/low/missing?chain_id={TOP}&from={TOP + 1}", 400),
+        (f"/api/v1/clients/low/missing?chain_id={TOP}&to={TOP + 1}", 400),
+        (f"/api/v1/clients/low/missing?chain_id=0{TOP}", 400),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_chain_ids_and_heights_up_to_the_largest_on_every_endpoint(
+    path: str, status: int
+) -> None:
+    """
+    Every endpoint that takes a chain id or a height (/chains/<id>/gaps and /forks, and
+    /clients/<name>/missing) takes them by one rule, up to the largest the wire takes
+    (2**63 - 1): a chain at that id with blocks at the largest heights is answered, one past
+    it (or a 20th digit) is a 400 saying the rule.
+    """
+    assert TOP == MAX_WIRE_INT == 2**63 - 1
+    store, client = await filled()
+    await store.store(
+        [
+            received(block_json(replace(block(TOP, TOP - 1), timestamp=1)), "low", T0 + 1),
+            received(block_json(replace(block(TOP, TOP), timestamp=1)), "high", T0 + 2),
+        ]
+    )
+    reply = await client.get(path, TOKEN)
+    assert reply.status == status, reply.text
+    body = reply.json()
+    if status == 400:
+        assert body["error"].endswith(f"must be an integer from 0 to {TOP}"), body
+    elif "/gaps" in path:
+        assert (body["chain_id"], body["head"], body["gaps"]) == (TOP, TOP, [[TOP - 2, TOP - 2]])
+    elif "/forks" in path:
+        assert (body["chain_id"], body["head"], body["forks"]) == (TOP, TOP, [])
+    else:
+        assert (body["chain_id"], body["missing"]) == (TOP, [TOP])
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_digit_chain_ids_everywhere() -> None:
+    """
+    A chain id of 10 digits and more (L2s, L3s, app chains) is taken as the chain's wherever a
+    chain id is: /chains lists it, /gaps and /forks read it, and .../missing finds the heights
+    a client of it missed.
+    """
+    chain_id = 2_000_000_000_123
+    store, client = await filled()
+    await store.store(
+        [
+            received(block_json(block(chain_id, 1)), "low", T0 + 1),
+            received(block_json(block(chain_id, 2)), "high", T0 + 2),
+        ]
+    )
+    chains = (await client.get("/api/v1/chains", TOKEN)).json()["chains"]
+    assert chain_id in [c["chain_id"] for c in chains]
+    gaps = (await client.get(f"/api/v1/chains/{chain_id}/gaps?from=0&to=5", TOKEN)).json()
+    assert gaps["gaps"] == [[0, 0]]
+    forks = (await client.get(f"/api/v1/chains/{chain_id}/forks?from=0&to=5", TOKEN)).json()
+    assert (forks["head"], forks["forks"]) == (2, [])
+    missing = f"/api/v1/clients/low/missing?chain_id={chain_id}"
+    assert (await client.get(missing, TOKEN)).json()["missing"] == [2]
 
 
 @pytest_twisted.ensureDeferred

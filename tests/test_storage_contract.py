@@ -997,7 +997,7 @@ async def test_missing_heights_are_those_a_client_reported_no_block_of(
     """
     The heights in range holding a stored block of which the client reported none, lowest
     first and at most C{limit}: a fork block reported at a height counts for that height; other
-    chains do not count.
+    chains do not count; the largest chain id and heights a column holds are read like any.
     """
     store = await blocks.writer()
     batch = [received(block_json(block(1, n)), "x", T0 + n) for n in range(1, 8)]
@@ -1011,6 +1011,12 @@ async def test_missing_heights_are_those_a_client_reported_no_block_of(
     assert await store.ledger.missing("x", 1, 0, 100, 1000) == []
     assert await store.ledger.missing("x", 2, 0, 100, 1000) == [5]
     assert await store.ledger.missing("x", 9, 0, 100, 1000) == []
+    top = MAX_BLOCK_INT
+    tops = [replace(block(top, n), timestamp=1) for n in (top - 1, top)]
+    await store.store([received(block_json(b), "x", T0 + 9) for b in tops])
+    await store.store([received(block_json(tops[1]), "y", T0 + 9)])
+    assert await store.ledger.missing("y", top, top - 5, top, 1000) == [top - 1]
+    assert await store.ledger.missing("x", top, 0, top, 1000) == []
 
 
 @pytest_twisted.ensureDeferred

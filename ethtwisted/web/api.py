@@ -33,10 +33,10 @@ from ethtwisted.web.reads import (
     percentile,
 )
 from ethtwisted.web.resource import (
-    MAX_DIGITS,
     Endpoint,
     HTTPError,
     Response,
+    height_arg,
     int_arg,
     json_response,
     query_arg,
@@ -93,20 +93,6 @@ def _sighting(record: SightingRecord) -> dict[str, Any]:
 
 def _event(record: EventRecord) -> dict[str, Any]:
     return {"id": record.id, "at": record.at, "kind": record.kind, "detail": record.detail}
-
-
-def height_arg(request: Request, name: str, default: int | None = None) -> int:
-    """
-    A block height (0 or more, at most L{MAX_DIGITS} digits); required unless C{default}.
-    """
-    text = query_arg(request, name)
-    if text is None:
-        if default is None:
-            raise HTTPError(400, f"{name} is required")
-        return default
-    if len(text) > MAX_DIGITS or not (text.isascii() and text.isdigit()):
-        raise HTTPError(400, f"{name} must be an integer of at most {MAX_DIGITS} digits")
-    return min(int(text), MAX_BLOCK_INT)
 
 
 def _block(record: BlockRecord) -> dict[str, Any]:

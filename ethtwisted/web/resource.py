@@ -25,8 +25,8 @@ MAX_DIGITS = 9
 """The most digits a number in a query argument may have (C{?limit=}, C{?minutes=})."""
 MAX_ARG_BYTES = 1024
 """The longest query argument value read at all: a cursor is 64 characters, a token fits."""
-MAX_HEIGHT_DIGITS = 19
-"""The most digits of a block height or chain id (2**63 - 1 has 19)."""
+MAX_HEIGHT_DIGITS = len(str(MAX_BLOCK_INT))
+"""The most digits of a block height or chain id (L{MAX_BLOCK_INT} has 19)."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 _UNIX_TIME = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?\Z")
 
@@ -200,24 +200,27 @@ def time_arg(request: Request, name: str) -> float | None:
 
 def height(text: str, name: str) -> int:
     """
-    C{text} as a block height or chain id: a non-negative integer that fits a signed 64-bit
-    column, in at most L{MAX_HEIGHT_DIGITS} digits.
+    C{text} as a chain id or a block height: a decimal integer from 0 to L{MAX_BLOCK_INT}
+    (2**63 - 1), the largest that the wire and the store take (a signed 64-bit column).  Every
+    endpoint that takes a chain id or a height reads it here, in the path or the query.
     """
-    if not (0 < len(text) <= MAX_HEIGHT_DIGITS and text.isascii() and text.isdigit()):
-        raise HTTPError(400, f"{name} must be a non-negative integer")
-    value = int(text)
-    if value > MAX_BLOCK_INT:
-        raise HTTPError(400, f"{name} is out of range")
-    return value
+    if not (0 < len(text) <= MAX_HEIGHT_DIGITS and text.isascii() and text.isdigit()) or (
+        int(text) > MAX_BLOCK_INT
+    ):
+        raise HTTPError(400, f"{name} must be an integer from 0 to {MAX_BLOCK_INT}")
+    return int(text)
 
 
-def height_arg(request: Request, name: str) -> int:
+def height_arg(request: Request, name: str, default: int | None = None) -> int:
     """
-    A required query argument that is a block height (L{height}).
+    A query argument that is a chain id or a block height (L{height}); required unless
+    C{default}.
     """
     text = query_arg(request, name)
     if text is None:
-        raise HTTPError(400, f"{name} is required")
+        if default is None:
+            raise HTTPError(400, f"{name} is required")
+        return default
     return height(text, name)
 
 
