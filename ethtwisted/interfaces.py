@@ -140,6 +140,11 @@ class IBlockReader(Interface):
         first seen last, then the highest hash (L{ethtwisted.storage.heads}).
         """
 
+    def first_seen() -> Deferred[float | None]:
+        """
+        When the payload stored first was first seen (L{None} while none is stored).
+        """
+
     def arrivals(since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
         """
         How many payloads were first seen since C{since}, per C{bucket} seconds: (start of the
@@ -162,6 +167,14 @@ class IChainReader(Interface):
         """
         The range C{low}..C{high} of one chain (at most L{MAX_CHAIN_RANGE} heights), or L{None}
         if no block of that chain is stored.
+        """
+
+    def blocks(
+        chain_id: int, low: int, high: int, finalized: int | None
+    ) -> Deferred[ChainRange | None]:
+        """
+        L{chain}, with every block of the range C{listed} (with who reported it and its
+        timestamp).
         """
 
     def gaps(

@@ -6,7 +6,7 @@ statuses, events) and the fleet view's state events.  Plain frozen dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ethtwisted.frames import Status
 from ethtwisted.protocol import Block
@@ -117,6 +117,8 @@ class ChainBlock:
     first_seen: float
     canonical: bool
     finalized: bool
+    timestamp: int | None = None
+    """The block's own time, as its payload says."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class ChainRange:
     gaps: list[tuple[int, int]]
     forks: list[list[ChainBlock]]
     reorgs: list[Reorg]
+    listed: list[ChainBlock] = field(default_factory=list)
+    """Every block of the range, by height then block hash, when the read asked for them."""
 
     @property
     def missing(self) -> int:

@@ -112,6 +112,7 @@ async def test_gaps_and_forks_of_a_range() -> None:
             "first_seen": T0 + 20,
             "canonical": True,
             "finalized": True,
+            "timestamp": block(1, 9).timestamp,
         },
         {
             "hash": block(1, 9, fork=1).hash,
@@ -121,6 +122,7 @@ async def test_gaps_and_forks_of_a_range() -> None:
             "first_seen": T0 + 9,
             "canonical": False,
             "finalized": False,
+            "timestamp": block(1, 9).timestamp,
         },
     ]
     assert forks["reorgs"] == [
@@ -136,6 +138,31 @@ async def test_gaps_and_forks_of_a_range() -> None:
     assert page["next"] == 9 and [r["number"] for r in page["reorgs"]] == [3]
 
 
+@pytest_twisted.ensureDeferred
+async def test_every_block_of_a_few_heights() -> None:
+    """
+    /api/v1/chains/<id>/blocks lists every block of a range of heights, by height then hash,
+    each with its number, whether it is canonical, who reported it first and its timestamp;
+    with the range's head, gaps and reorgs, as the fork read gives them.
+    """
+    _, client = await filled({1: 9})
+    body = (await client.get("/api/v1/chains/1/blocks?from=2&to=13", TOKEN)).json()
+    assert (body["chain_id"], body["from"], body["to"], body["head"]) == (1, 2, 13, 12)
+    assert (body["finalized"], body["gaps"]) == (9, [[4, 5]])
+    listed = [(b["number"], b["hash"], b["canonical"], b["client"]) for b in body["blocks"]]
+    assert listed[:3] == [
+        (2, block(1, 2).hash, True, "a"),
+        (3, block(1, 3).hash, True, "a"),
+        (3, block(1, 3, fork=2).hash, False, "b"),
+    ]
+    assert [n for n, *_ in listed] == [2, 3, 3, 6, 7, 8, 9, 9, 10, 10, 11, 12]
+    assert all(b["timestamp"] == block(1, b["number"]).timestamp for b in body["blocks"])
+    forks = (await client.get("/api/v1/chains/1/forks?from=2&to=13", TOKEN)).json()
+    assert body["reorgs"] == forks["reorgs"]
+    fork_blocks = [{"number": f["number"], **b} for f in forks["forks"] for b in f["blocks"]]
+    assert [b for b in body["blocks"] if b["number"] in (3, 9, 10)] == fork_blocks
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [
@@ -149,6 +176,9 @@ async def test_gaps_and_forks_of_a_range() -> None:
         (f"/api/v1/chains/1/gaps?from=0&to={MAX_CHAIN_RANGE}", 400),
         (f"/api/v1/chains/1/forks?from=1&to={MAX_CHAIN_RANGE}", 200),
         ("/api/v1/chains/1/forks?from=0&to=5&limit=0", 400),
+        ("/api/v1/chains/1/blocks?from=0&to=255", 200),
+        ("/api/v1/chains/1/blocks?from=0&to=256", 400),
+        ("/api/v1/chains/77/blocks?from=0&to=5", 404),
         ("/api/v1/chains/x/gaps?from=0&to=5", 400),
         ("/api/v1/chains/77/gaps?from=0&to=5", 404),
         ("/api/v1/chains/1/other?from=0&to=5", 404),

@@ -492,8 +492,10 @@ async def test_arrivals_per_bucket(blocks: BlockBackend) -> None:
     """
     C{arrivals} counts payloads first seen at or after C{since} per C{bucket} seconds, keyed by
     the start of the bucket, oldest first, empty buckets left out; a repeat is no new arrival.
+    C{first_seen} is when the payload stored first was first seen, none before one is stored.
     """
     store = await blocks.writer()
+    assert await store.first_seen() is None
     minute = 1_700_000_040.0  # a multiple of 60
     times = [minute - 61, minute - 60.5, minute - 0.25, minute, minute, minute + 59.75]
     times += [minute + 180, minute + 7200]
@@ -506,6 +508,7 @@ async def test_arrivals_per_bucket(blocks: BlockBackend) -> None:
     assert await store.arrivals(minute - 60.5, 60) == [(minute - 120, 1), *later]
     assert await store.arrivals(minute, 3600) == [(1_699_999_200.0, 4), (1_700_006_400.0, 1)]
     assert await store.arrivals(minute + 7200.5, 60) == []
+    assert await store.first_seen() == minute - 61
 
 
 @pytest_twisted.ensureDeferred
@@ -552,9 +555,11 @@ async def test_store_that_is_down_fails_within_its_timeout(blocks: BlockBackend)
         lambda: store.clients(10),
         lambda: store.heads(10),
         lambda: store.arrivals(T0, 60),
+        lambda: store.first_seen(),
         lambda: store.latest_hashes(10),
         lambda: store.address_counts(10),
         lambda: chain_reader(store).chain(1, 0, 10, None),
+        lambda: chain_reader(store).blocks(1, 0, 10, None),
         lambda: chain_reader(store).chains(10, {}),
         lambda: store.ledger.node_statuses(["a"]),
         lambda: store.ledger.propagation(["a"], 100),
@@ -573,7 +578,7 @@ def chain_block(
     b: Block, client: str, at: float, canonical: bool, finalized: bool = False
 ) -> ChainBlock:
     return ChainBlock(b.number, b.hash, b.parent_hash, payload_hash(block_json(b)), client, at,
-                      canonical, finalized)  # fmt: skip
+                      canonical, finalized, b.timestamp)  # fmt: skip
 
 
 async def store_reorged_chain(store: BlockStore) -> None:
@@ -658,6 +663,37 @@ async def test_chain_canonical_gaps_forks_and_reorgs(blocks: BlockBackend) -> No
     assert summaries[0].forks == whole.forks and summaries[0].gaps == [(0, 0), (4, 5)]
     assert summaries[1].gaps == [(0, 699)] and summaries[1].canonical == 1
     assert [c.chain_id for c in await chains.chains(1, {})] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_block_of_a_range(blocks: BlockBackend) -> None:
+    """
+    A read of every block lists each block of the range by height then block hash, canonical
+    or orphaned as the chain read decides, with who reported it first and its timestamp; the
+    rest of the read is the chain read's.
+    """
+    store = await blocks.writer()
+    await store_reorged_chain(store)
+    chains = chain_reader(store)
+    whole = await chains.blocks(1, 2, 12, finalized=9)
+    assert whole is not None
+    a = "a"
+    assert whole.listed == [
+        chain_block(block(1, 2), a, T0 + 2, True, True),
+        chain_block(block(1, 3), a, T0 + 3.5, True, True),
+        chain_block(block(1, 3, fork=2), "b", T0 + 3, False),
+        *[chain_block(block(1, n), a, T0 + n, True, True) for n in (6, 7, 8)],
+        chain_block(block(1, 9), a, T0 + 20, True, True),
+        chain_block(block(1, 9, fork=1), "b", T0 + 9, False),
+        chain_block(block(1, 10), a, T0 + 21, True),
+        chain_block(block(1, 10, fork=1, parent_fork=1), "b", T0 + 10, False),
+        chain_block(block(1, 11), a, T0 + 33, True),
+        chain_block(block(1, 12), a, T0 + 34, True),
+    ]
+    assert replace(whole, listed=[]) == await chains.chain(1, 2, 12, finalized=9)
+    above = await chains.blocks(1, 13, 20, finalized=None)
+    assert above is not None and above.listed == []
+    assert await chains.blocks(77, 0, 10, finalized=None) is None
 
 
 @pytest_twisted.ensureDeferred

@@ -493,7 +493,8 @@ async def test_api_node_status_propagation_events_missing_and_sightings(
 @pytest_twisted.ensureDeferred
 async def test_api_arrivals_per_minute(sqlite_store: SQLStore) -> None:
     """
-    /api/v1/arrivals counts payloads first seen per minute, over the last hour by default.
+    /api/v1/arrivals counts payloads first seen per minute, over the last hour by default,
+    and gives the rate over the last 10 minutes, or less since the first payload stored.
     """
     now = reactor.seconds()
     minute = int(now) // 60 * 60
@@ -508,8 +509,20 @@ async def test_api_arrivals_per_minute(sqlite_store: SQLStore) -> None:
     assert body["bucket"] == 60
     assert body["since"] == minute - 59 * 60
     assert body["counts"] == [[minute - 60, 1], [minute, 2]]
+    assert body["first"] == now - 7200
+    assert body["rate"] == {"seconds": 600.0, "blocks": 3, "per_minute": 0.3}
     body = (await client.get("/api/v1/arrivals?minutes=1")).json()
     assert body["counts"] == [[minute, 2]]
+
+    # A minute after the first payload, the rate is over that minute.
+    young = MemoryStore()
+    await young.start()
+    start = reactor.seconds()
+    await young.store([received(f"y{i}".encode(), "c", start - 60 + i) for i in range(30)])
+    body = (await Client(StatsRoot(Reads(reactor, young, young))).get("/api/v1/arrivals")).json()
+    assert body["first"] == start - 60
+    assert body["rate"]["blocks"] == 30 and 60 <= body["rate"]["seconds"] < 61
+    assert 29.5 < body["rate"]["per_minute"] <= 30
 
 
 # -- errors, methods, tokens ------------------------------------------------------------------

@@ -55,13 +55,14 @@ class Row:
 class Stored:
     """
     What a store holds of a chain for a read of C{low}..C{high}: its best head, its blocks
-    from C{low} to C{high + margin}, and who reported each block first (SHA256 to client) at
-    least for the heights from C{low} to C{high} with several blocks.
+    from C{low} to C{high + margin}, and who reported each block first and its timestamp
+    (SHA256 to both) at least for the heights from C{low} to C{high} with several blocks, or
+    all of them when the read asked for every block.
     """
 
     head: Head
     rows: list[Row]
-    reporters: Mapping[str, str]
+    reporters: Mapping[str, tuple[str, int | None]]
 
 
 class ChainRows(Protocol):
@@ -72,10 +73,11 @@ class ChainRows(Protocol):
     def heads(self, limit: int) -> Deferred[list[Head]]: ...
 
     def chain_rows(
-        self, chain_id: int, low: int, high: int, margin: int
+        self, chain_id: int, low: int, high: int, margin: int, every: bool = False
     ) -> Deferred[Stored | None]:
         """
-        The chain's blocks for a read of C{low}..C{high}, or L{None} if it has no block.
+        The chain's blocks for a read of C{low}..C{high} (who reported each, for C{every}
+        height of it), or L{None} if it has no block.
         """
 
     def chain_size(
@@ -114,11 +116,11 @@ def _first_seen_last(rows: list[Row]) -> Row:
 
 
 def analyse(
-    chain_id: int, low: int, high: int, stored: Stored, finalized: int | None
+    chain_id: int, low: int, high: int, stored: Stored, finalized: int | None, every: bool = False
 ) -> ChainRange:
     """
     The range C{low}..C{high} of a chain from what is C{stored} of it, whose rows cover
-    C{low}..C{high + ANCESTRY_MARGIN}.
+    C{low}..C{high + ANCESTRY_MARGIN}; with C{every}, each of its blocks C{listed}.
     """
     head, rows = stored.head, stored.rows
     by_height: dict[int, list[Row]] = defaultdict(list)
@@ -145,17 +147,19 @@ def analyse(
     def record(r: Row) -> ChainBlock:
         is_canonical = canonical.get(r.number) is r
         is_final = is_canonical and finalized is not None and r.number <= finalized
+        client, timestamp = stored.reporters[r.sha256]
         return ChainBlock(
-            r.number, r.block_hash, r.parent_hash, r.sha256, stored.reporters[r.sha256],
-            r.first_seen, is_canonical, is_final,
+            r.number, r.block_hash, r.parent_hash, r.sha256, client, r.first_seen,
+            is_canonical, is_final, timestamp,
         )  # fmt: skip
 
     in_range = sorted(n for n in by_height if low <= n <= high)
-    forks = [
+    heights = [
         [record(r) for r in sorted(by_height[n], key=lambda r: r.block_hash)]
         for n in in_range
-        if len(by_height[n]) > 1
+        if every or len(by_height[n]) > 1
     ]
+    forks = [blocks for blocks in heights if len(blocks) > 1]
     return ChainRange(
         chain_id=chain_id,
         low=low,
@@ -168,6 +172,7 @@ def analyse(
         gaps=gaps_between(in_range, low, min(high, head.number)),
         forks=forks,
         reorgs=_reorgs(rows, canonical, low, high),
+        listed=[b for blocks in heights for b in blocks] if every else [],
     )
 
 
@@ -237,23 +242,28 @@ class ChainReader:
         return Deferred.fromCoroutine(self._chain(chain_id, low, high, finalized))
 
     async def _chain(
-        self, chain_id: int, low: int, high: int, finalized: int | None
+        self, chain_id: int, low: int, high: int, finalized: int | None, every: bool = False
     ) -> ChainRange | None:
-        return (await self._read(chain_id, low, high, finalized))[1]
+        return (await self._read(chain_id, low, high, finalized, every))[1]
+
+    def blocks(
+        self, chain_id: int, low: int, high: int, finalized: int | None
+    ) -> Deferred[ChainRange | None]:
+        return Deferred.fromCoroutine(self._chain(chain_id, low, high, finalized, True))
 
     async def _read(
-        self, chain_id: int, low: int, high: int, finalized: int | None
+        self, chain_id: int, low: int, high: int, finalized: int | None, every: bool = False
     ) -> tuple[tuple[Head, int] | None, ChainRange | None]:
         """
         The range, and the best head and row count it was decided from (as C{chain_size} gives
         them).
         """
         _check_range(low, high)
-        stored = await self.store.chain_rows(chain_id, low, high, _margin(high))
+        stored = await self.store.chain_rows(chain_id, low, high, _margin(high), every)
         if stored is None:
             return None, None
         size = (stored.head, len(stored.rows))
-        return size, analyse(chain_id, low, high, stored, finalized)
+        return size, analyse(chain_id, low, high, stored, finalized, every)
 
     def gaps(
         self, chain_id: int, low: int, high: int
@@ -313,10 +323,12 @@ class _SQLRows:
         return self.store.heads(limit)
 
     def chain_rows(
-        self, chain_id: int, low: int, high: int, margin: int
+        self, chain_id: int, low: int, high: int, margin: int, every: bool = False
     ) -> Deferred[Stored | None]:
         p = self.store.dialect.placeholder
-        return self.store.pool.runInteraction(_sql_chain_rows, p, chain_id, low, high, margin)
+        return self.store.pool.runInteraction(
+            _sql_chain_rows, p, chain_id, low, high, margin, every
+        )
 
     def chain_size(
         self, chain_id: int, low: int, high: int, margin: int
@@ -340,7 +352,7 @@ def _in_range(p: str) -> str:
 
 
 def _sql_chain_rows(
-    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
+    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int, every: bool
 ) -> Stored | None:
     head = sql_best_head(txn, p, chain_id)
     if head is None:
@@ -352,17 +364,17 @@ def _sql_chain_rows(
     )
     rows = [Row(int(n), bh, ph, h, float(t)) for n, bh, ph, h, t in txn.fetchall()]
     here = Counter(r.number for r in rows if r.number <= high)
-    forks = sorted(n for n, blocks in here.items() if blocks > 1)
-    # Who reported each block first, for the heights with several: only those rows.
-    reporters: dict[str, str] = {}
+    forks = sorted(n for n, blocks in here.items() if every or blocks > 1)
+    # Who reported each block first, for the heights with several (or every): only those rows.
+    reporters: dict[str, tuple[str, int | None]] = {}
     for start in range(0, len(forks), REPORTER_HEIGHTS):
         heights = forks[start : start + REPORTER_HEIGHTS]
         txn.execute(
-            f"SELECT hash, client FROM eth_blocks WHERE chain_id = {p}"
+            f"SELECT hash, client, block_time FROM eth_blocks WHERE chain_id = {p}"
             f" AND number IN ({', '.join([p] * len(heights))})",
             (chain_id, *heights),
         )
-        reporters.update(txn.fetchall())
+        reporters.update((h, (c, None if t is None else int(t))) for h, c, t in txn.fetchall())
     return Stored(head, rows, reporters)
 
 

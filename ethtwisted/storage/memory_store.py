@@ -269,27 +269,35 @@ class MemoryStore(Answering):
         stored = [(b.block_hash, b.first_seen) for b in blocks if b.number == number]
         return best_of(chain_id, number, stored)
 
+    def first_seen(self) -> Deferred[float | None]:
+        blocks = self.tables.blocks
+        return self._answer(lambda: min((b.first_seen for b in blocks.values()), default=None))
+
     def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
         return self._answer(self._arrivals, since, bucket)
 
     def chain_rows(
-        self, chain_id: int, low: int, high: int, margin: int
+        self, chain_id: int, low: int, high: int, margin: int, every: bool = False
     ) -> Deferred[Stored | None]:
         """
         L{ethtwisted.storage.chains.ChainRows.chain_rows}, as the SQL store reads them.
         """
         return self._answer(self._chain_rows, chain_id, low, high, margin)
 
-    def _chain(self, chain_id: int, low: int, high: int) -> list[tuple[Row, str]]:
-        """The chain's blocks from C{low} to C{high}, each with who reported it first."""
+    def _chain(
+        self, chain_id: int, low: int, high: int
+    ) -> list[tuple[Row, tuple[str, int | None]]]:
+        """The chain's blocks from C{low} to C{high}, each with who reported it first, and when."""
         return [
-            (Row(n, h, parent, b.sha256, b.first_seen), b.client)
+            (Row(n, h, parent, b.sha256, b.first_seen), (b.client, b.block_time))
             for b in self.tables.blocks.values()
             if b.chain_id == chain_id and (n := b.number) is not None and low <= n <= high
             if (h := b.block_hash) is not None and (parent := b.parent_hash) is not None
         ]
 
-    def _chain_rows(self, chain_id: int, low: int, high: int, margin: int) -> Stored | None:
+    def _chain_rows(
+        self, chain_id: int, low: int, high: int, margin: int, every: bool = False
+    ) -> Stored | None:
         head = self._best_head(chain_id)
         if head is None:
             return None

@@ -338,6 +338,10 @@ class SQLStore:
                 heads.append(head)
         return heads
 
+    def first_seen(self) -> Deferred[float | None]:
+        d = self._query("SELECT MIN(first_seen) FROM eth_blocks")
+        return d.addCallback(lambda rows: None if rows[0][0] is None else float(rows[0][0]))
+
     def arrivals(self, since: float, bucket: int) -> Deferred[list[tuple[float, int]]]:
         start = self.dialect.bucket.format(bucket=int(bucket))
         d = self._query(

@@ -49,6 +49,8 @@ MAX_MINUTES = 24 * 60
 MAX_SIGHTINGS = 1000
 MAX_EVENTS = 100
 MAX_MISSING = 1000
+RATE_SECONDS = 600.0
+"""Arrivals' rate is over this long, or the time since the first payload when that is less."""
 
 
 def _node(record: NodeRecord | None) -> dict[str, Any] | None:
@@ -163,6 +165,7 @@ class ApiResource(Endpoint):
                         "/api/v1/chains",
                         "/api/v1/chains/{chain_id}/gaps?from=&to=",
                         "/api/v1/chains/{chain_id}/forks?from=&to=",
+                        "/api/v1/chains/{chain_id}/blocks?from=&to=",
                         "/api/v1/events?since=&client=&limit=",
                     ]
                 }
@@ -308,12 +311,21 @@ class ApiResource(Endpoint):
         minutes = int_arg(request, "minutes", 60, MAX_MINUTES)
         now = self.reads.reactor.seconds()
         since = (int(now) // 60 - minutes + 1) * 60
-        counts = await self.reads.read(self.reads.sql.arrivals(since, 60))
+        sql = self.reads.sql
+        counts, first = await self.reads.read(
+            gatherResults([sql.arrivals(since, 60), sql.first_seen()], consumeErrors=True)
+        )
+        # The rate is over what was observed: the last RATE_SECONDS, or less since the first.
+        span = RATE_SECONDS if first is None else min(RATE_SECONDS, max(now - first, 1.0))
+        recent = await self.reads.read(sql.arrivals(now - span, 1))
+        blocks = sum(n for _, n in recent)
         return json_response(
             {
                 "now": now,
                 "since": since,
                 "bucket": 60,
                 "counts": [[int(start), n] for start, n in counts],
+                "first": first,
+                "rate": {"seconds": span, "blocks": blocks, "per_minute": blocks * 60 / span},
             }
         )

@@ -16,6 +16,8 @@ from ethtwisted.web.resource import HTTPError, Response, height, height_arg, int
 
 MAX_FORKS = 1000
 """The most fork heights one answer lists; C{next} says where to go on."""
+MAX_LISTED = 256
+"""The most heights C{/blocks} lists every block of."""
 
 
 def _reorg(reorg: Reorg) -> dict[str, Any]:
@@ -36,6 +38,7 @@ def _block(block: ChainBlock) -> dict[str, Any]:
         "first_seen": block.first_seen,
         "canonical": block.canonical,
         "finalized": block.finalized,
+        "timestamp": block.timestamp,
     }
 
 
@@ -60,7 +63,7 @@ def _summary(chain: ChainRange) -> dict[str, Any]:
 async def chains(reads: Reads, request: Request, rest: list[str]) -> Response:
     """
     C{/api/v1/chains}, C{/api/v1/chains/<id>/gaps?from=&to=},
-    C{/api/v1/chains/<id>/forks?from=&to=&limit=}.
+    C{/api/v1/chains/<id>/forks?from=&to=&limit=}, C{/api/v1/chains/<id>/blocks?from=&to=}.
     """
     if not rest:
         finalized = await reads.read(reads.finalized())
@@ -72,7 +75,7 @@ async def chains(reads: Reads, request: Request, rest: list[str]) -> Response:
                 "chains": [_summary(c) for c in summaries],
             }
         )
-    if len(rest) != 2 or rest[1] not in ("gaps", "forks"):
+    if len(rest) != 2 or rest[1] not in ("gaps", "forks", "blocks"):
         raise HTTPError(404, "not found")
     chain_id = height(rest[0], "the chain id")
     low, high = height_arg(request, "from"), height_arg(request, "to")
@@ -82,6 +85,8 @@ async def chains(reads: Reads, request: Request, rest: list[str]) -> Response:
         raise HTTPError(400, f"a range is at most {MAX_CHAIN_RANGE} heights")
     limit = int_arg(request, "limit", MAX_FORKS, MAX_FORKS)
     body: dict[str, Any] = {"chain_id": chain_id, "from": low, "to": high}
+    if rest[1] == "blocks":
+        return await _listed(reads, body, chain_id, low, high)
     if rest[1] == "gaps":
         gaps = await reads.read(reads.chains.gaps(chain_id, low, high))
         if gaps is None:
@@ -100,4 +105,26 @@ async def chains(reads: Reads, request: Request, rest: list[str]) -> Response:
     following = chain.forks[limit][0].number if len(chain.forks) > limit else None
     body["reorgs"] = [_reorg(r) for r in chain.reorgs if following is None or r.number < following]
     body["next"] = following
+    return json_response(body)
+
+
+async def _listed(
+    reads: Reads, body: dict[str, Any], chain_id: int, low: int, high: int
+) -> Response:
+    """
+    C{/api/v1/chains/<id>/blocks?from=&to=}: every block stored at those heights (at most
+    L{MAX_LISTED}), canonical or orphaned, with who reported it first and its timestamp; the
+    range's gaps and reorgs.
+    """
+    if high - low >= MAX_LISTED:
+        raise HTTPError(400, f"blocks are listed for at most {MAX_LISTED} heights")
+    finalized = (await reads.read(reads.finalized())).get(chain_id)
+    chain = await reads.read(reads.chains.blocks(chain_id, low, high, finalized))
+    if chain is None:
+        raise HTTPError(404, "no block of this chain is stored")
+    body["head"] = chain.head
+    body["finalized"] = chain.finalized
+    body["gaps"] = [[a, b] for a, b in chain.gaps]
+    body["reorgs"] = [_reorg(r) for r in chain.reorgs]
+    body["blocks"] = [{"number": b.number, **_block(b)} for b in chain.listed]
     return json_response(body)
