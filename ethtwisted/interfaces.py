@@ -8,7 +8,7 @@ of implementations; tests and the benchmarks use the same interfaces.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -128,9 +128,16 @@ class IBlockReader(Interface):
         One payload's record, or L{None}.
         """
 
-    def clients(limit: int) -> Deferred[list[ClientRecord]]:
+    def clients(
+        limit: int,
+        after: str | None = None,
+        chain_id: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> Deferred[list[ClientRecord]]:
         """
-        The clients most recently heard from first.
+        The clients in the order of their names (by code point), at most C{limit}: only those
+        named after C{after}, those whose last block is of chain C{chain_id}, and those among
+        C{names}, when given.
         """
 
     def heads(limit: int) -> Deferred[list[Head]]:

@@ -225,6 +225,58 @@ async def test_clients_carry_their_states_from_one_read(open_store: Opener) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_clients_page_by_name_with_state_and_chain_filters(open_store: Opener) -> None:
+    """
+    /api/v1/clients lists a page of C{limit} clients in the order of their names, C{next}
+    naming the last when there are more (C{after} continues there) and C{null} on the last
+    page; C{state} keeps the clients in that state (C{current}: watched and in none),
+    C{chain_id} those on that chain, together too; each bad argument is a 400 in words, with
+    nothing logged.
+    """
+    store = await started(open_store)
+    await history(store)
+    await store.fleet.decide("s1", T0 + 106, {"a": T0 + 105, "b": T0 + 105}, {}, T)
+    client = site(store)
+
+    async def listed(query: str) -> tuple[list[str], str | None, int]:
+        body = (await client.get(f"/api/v1/clients?{query}")).json()
+        return [c["client"] for c in body["clients"]], body["next"], body["limit"]
+
+    assert await listed("") == (["a", "b", "c", "old"], None, 100)
+    assert await listed("limit=2") == (["a", "b"], "b", 2)
+    assert await listed("limit=2&after=b") == (["c", "old"], None, 2)
+    assert await listed("limit=3&after=a") == (["b", "c", "old"], None, 3)
+    assert await listed("after=zz") == ([], None, 100)
+    assert await listed("limit=99999") == (["a", "b", "c", "old"], None, 1000)
+    assert (await listed("state=stalled"))[0] == ["a"]
+    assert (await listed("state=silent"))[0] == ["c"]
+    assert (await listed("state=syncing&chain_id=1"))[0] == ["b"]
+    assert (await listed("state=current"))[0] == []
+    assert (await listed("chain_id=1&limit=1&after=a")) == (["b"], "b", 1)
+    assert (await listed("chain_id=2"))[0] == []
+    await store.store([StatusReport("b", T0 + 107, Status(syncing=False))])
+    await store.fleet.decide("s1", T0 + 107, {"a": T0 + 107, "b": T0 + 107}, {}, T)
+    assert (await listed("state=current"))[0] == ["b"]
+    limit = "limit must be a positive integer of at most 9 digits"
+    with capturedLogs() as events:
+        for query, message in [
+            ("limit=0", limit),
+            ("limit=x", limit),
+            ("after=", "after is a client's name: it must be 1 to 255 characters"),
+            ("after=%20a", "after is a client's name: it must not begin or end with spaces"),
+            ("after=%FF", "after is not UTF-8"),
+            ("chain_id=-1", f"chain_id must be an integer from 0 to {2**63 - 1}"),
+            ("chain_id=" + "9" * 19, f"chain_id must be an integer from 0 to {2**63 - 1}"),
+            ("state=lost", "state must be one of current, behind, stalled, silent, syncing,"
+             " fork"),
+            ("state=", "state must be one of current, behind, stalled, silent, syncing, fork"),
+        ]:  # fmt: skip
+            reply = await client.get(f"/api/v1/clients?{query}")
+            assert (reply.status, reply.json()) == (400, {"error": message, "status": 400}), query
+    assert above_debug(events) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_state_gauges_for_every_watched_client(tmp_path: Path) -> None:
     """
     /metrics has ethtwisted_client_state{client,state} for each watched client and each of

@@ -374,8 +374,8 @@ async def test_clients_count_every_message_and_keep_their_last_report(
     """
     Each client's row counts every message it sent (repeats too), keeps its first sighting,
     takes the address and time of its last message and the last block it reported (a payload
-    that is no block leaves it); clients come most recently heard from first, ties by name,
-    and names that differ only in case are different clients.
+    that is no block leaves it); clients come in the order of their names, by code point, and
+    names that differ only in case are different clients.
     """
     store = await blocks.writer()
     await store.store(
@@ -394,12 +394,48 @@ async def test_clients_count_every_message_and_keep_their_last_report(
         ]
     )
     assert await store.clients(10) == [
-        ClientRecord("beta", "10.0.0.2", 2, T0 + 3, T0 + 4, 1, 4),
         ClientRecord("Alpha", "10.0.0.3", 1, T0 + 3, T0 + 3, None, 7),
         ClientRecord("alpha", "10.0.0.9", 3, T0 + 1, T0 + 3, 1, 5),
+        ClientRecord("beta", "10.0.0.2", 2, T0 + 3, T0 + 4, 1, 4),
         ClientRecord("gamma", "10.0.0.4", 1, T0 + 2, T0 + 2, 1, 6),
     ]
-    assert [c.client for c in await store.clients(2)] == ["beta", "Alpha"]
+    assert [c.client for c in await store.clients(2)] == ["Alpha", "alpha"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_page_by_name_chain_and_among_names(blocks: BlockBackend) -> None:
+    """
+    C{clients} pages by name: C{after} continues after a name (stored or not), so pages of any
+    size visit each client once, names beyond the ASCII ones included; C{chain_id} keeps the
+    clients whose last block is of that chain; C{names} keeps those among them (unknown names
+    are none), over more names than one statement asks for, and with the other two.
+    """
+    store = await blocks.writer()
+    names = [f"n{i:04d}" for i in range(1200)] + ["Z", "z", "é-node", "ノード"]
+    await store.store(
+        [received(block_json(block(1 + i % 3, i)), n, T0 + i) for i, n in enumerate(names)]
+    )
+    everyone = sorted(names)
+    for size in (1, 7, 500):
+        seen: list[str] = []
+        after = None
+        for _ in range(len(names) + 1):
+            page = await store.clients(size, after)
+            if not page:
+                break
+            seen += [c.client for c in page]
+            after = page[-1].client
+        assert seen == everyone
+    assert [c.client for c in await store.clients(3, "n1199")] == ["z", "é-node", "ノード"]
+    assert [c.client for c in await store.clients(2, "m")] == ["n0000", "n0001"]
+    on_two = await store.clients(1000, None, 2)
+    assert [c.client for c in on_two] == [n for n in everyone if names.index(n) % 3 == 1]
+    wanted = [*everyone[::2], "never-seen"]
+    assert [c.client for c in await store.clients(2000, None, None, wanted)] == everyone[::2]
+    assert [c.client for c in await store.clients(5, "n1000", 1, wanted)] == [
+        n for n in everyone[::2] if n > "n1000" and names.index(n) % 3 == 0
+    ][:5]
+    assert await store.clients(10, None, None, []) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -920,7 +920,7 @@ async def test_agent_resource_serves_a_given_registry_and_check() -> None:
 class SlowClients(MemoryStore):
     """A store in memory whose clients query never answers."""
 
-    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
+    def clients(self, limit: int, *args: Any, **kwargs: Any) -> Deferred[list[ClientRecord]]:
         return Deferred()
 
 

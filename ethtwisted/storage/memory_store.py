@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -233,9 +233,22 @@ class MemoryStore(Answering):
     def block(self, sha256: str) -> Deferred[BlockRecord | None]:
         return self._answer(self.tables.blocks.get, sha256)
 
-    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
-        recent = sorted(self.tables.clients.values(), key=lambda c: (-c.last_seen, c.client))
-        return self._answer(lambda: recent[:limit])
+    def clients(
+        self,
+        limit: int,
+        after: str | None = None,
+        chain_id: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> Deferred[list[ClientRecord]]:
+        wanted = None if names is None else set(names)
+        listed = [
+            c
+            for name, c in sorted(self.tables.clients.items())
+            if (after is None or name > after)
+            and (chain_id is None or c.chain_id == chain_id)
+            and (wanted is None or name in wanted)
+        ]
+        return self._answer(lambda: listed[:limit])
 
     def heads(self, limit: int) -> Deferred[list[Head]]:
         return self._answer(self._heads, limit)

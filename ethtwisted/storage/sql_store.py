@@ -9,7 +9,7 @@ changes anything.  Its URL and connection pool are L{ethtwisted.storage.sql_pool
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -33,6 +33,9 @@ _TABLES = (
     *fleet.TABLES,
     *deliveries.TABLES,
 )
+CLIENT_NAMES = 500
+"""The most names one statement of L{SQLStore.clients} asks for (SQLite allows 32,766
+placeholders; a page needs few)."""
 _BLOCK_COLUMNS = "hash, first_seen, client, chain_id, number, block_hash, parent_hash, block_time"
 
 
@@ -306,18 +309,64 @@ class SQLStore:
         )
         return d.addCallback(lambda rows: _block_record(rows[0]) if rows else None)
 
-    def clients(self, limit: int) -> Deferred[list[ClientRecord]]:
-        d = self._query(
+    def clients(
+        self,
+        limit: int,
+        after: str | None = None,
+        chain_id: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> Deferred[list[ClientRecord]]:
+        wanted = (
+            None if names is None else sorted(n for n in set(names) if after is None or n > after)
+        )
+        return self.pool.runInteraction(self._clients, limit, after, chain_id, wanted)
+
+    def _clients(
+        self,
+        txn: Any,
+        limit: int,
+        after: str | None,
+        chain_id: int | None,
+        names: list[str] | None,
+    ) -> list[ClientRecord]:
+        p = self.dialect.placeholder
+        where: list[str] = []
+        args: list[Any] = []
+        if chain_id is not None:
+            where.append(f"chain_id = {p}")
+            args.append(chain_id)
+        # The names compare by code point in both dialects (utf8mb4_bin, SQLite's BINARY), as
+        # Python compares them, so a page given by names continues where the cursor says.
+        if names is None:
+            if after is not None:
+                where.append(f"client > {p}")
+                args.append(after)
+            return self._client_rows(txn, where, args, limit)
+        records: list[ClientRecord] = []
+        for start in range(0, len(names), CLIENT_NAMES):
+            if len(records) >= limit:
+                break
+            chunk = names[start : start + CLIENT_NAMES]
+            records += self._client_rows(
+                txn, [f"client IN ({', '.join([p] * len(chunk))})", *where],
+                [*chunk, *args], limit - len(records),
+            )  # fmt: skip
+        return records
+
+    def _client_rows(
+        self, txn: Any, where: Sequence[str], args: Sequence[Any], limit: int
+    ) -> list[ClientRecord]:
+        p = self.dialect.placeholder
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        txn.execute(
             "SELECT client, address, messages, first_seen, last_seen, chain_id, last_block"
-            " FROM eth_clients ORDER BY last_seen DESC, client LIMIT ?",
-            limit,
+            f" FROM eth_clients{clause} ORDER BY client LIMIT {p}",
+            (*args, limit),
         )
-        return d.addCallback(
-            lambda rows: [
-                ClientRecord(c, a, int(m), float(f), float(s), _int(ch), _int(b))
-                for c, a, m, f, s, ch, b in rows
-            ]
-        )
+        return [
+            ClientRecord(c, a, int(m), float(f), float(s), _int(ch), _int(b))
+            for c, a, m, f, s, ch, b in txn.fetchall()
+        ]
 
     def heads(self, limit: int) -> Deferred[list[Head]]:
         return self.pool.runInteraction(self._heads, limit)

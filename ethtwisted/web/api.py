@@ -6,7 +6,7 @@ heights it missed, heads, arrivals, the changes of state), what the dashboard po
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import gatherResults
@@ -22,11 +22,11 @@ from ethtwisted.records import (
     NodeRecord,
     SightingRecord,
 )
+from ethtwisted.states import STATES, State
 from ethtwisted.web.chains import chains
 from ethtwisted.web.fleet import events, state_fields
 from ethtwisted.web.reads import (
     MAX_CHAINS,
-    MAX_CLIENTS,
     PROPAGATION_BLOCKS,
     PROPAGATION_PERCENTILES,
     Reads,
@@ -36,6 +36,7 @@ from ethtwisted.web.resource import (
     Endpoint,
     HTTPError,
     Response,
+    height,
     height_arg,
     int_arg,
     json_response,
@@ -51,6 +52,8 @@ MAX_EVENTS = 100
 MAX_MISSING = 1000
 RATE_SECONDS = 600.0
 """Arrivals' rate is over this long, or the time since the first payload when that is less."""
+CLIENT_STATES = ("current", *STATES)
+"""What C{/api/v1/clients?state=} may ask for: the clients in none of L{STATES}, or in one."""
 
 
 def _node(record: NodeRecord | None) -> dict[str, Any] | None:
@@ -157,7 +160,7 @@ class ApiResource(Endpoint):
                     "endpoints": [
                         "/api/v1/blocks",
                         "/api/v1/blocks/{sha256}",
-                        "/api/v1/clients",
+                        "/api/v1/clients?limit=&after=&state=&chain_id=",
                         "/api/v1/clients/{name}",
                         "/api/v1/clients/{name}/missing?chain_id=&from=&to=",
                         "/api/v1/head",
@@ -217,30 +220,57 @@ class ApiResource(Endpoint):
     async def clients(self, request: Request, rest: list[str]) -> Response:
         if rest:
             return await self.one_client(request, rest)
-        limit = int_arg(request, "limit", MAX_CLIENTS, MAX_CLIENTS)
-        entries = await self._clients(limit)
-        return json_response({"now": self.reads.reactor.seconds(), "clients": entries})
+        limit = int_arg(request, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+        after = query_arg(request, "after")
+        if after is not None and (problem := name_problem(after)) is not None:
+            raise HTTPError(400, f"after is a client's name: it {problem}")
+        chain_text = query_arg(request, "chain_id")
+        chain_id = None if chain_text is None else height(chain_text, "chain_id")
+        state = query_arg(request, "state")
+        if state is not None and state not in CLIENT_STATES:
+            raise HTTPError(400, f"state must be one of {', '.join(CLIENT_STATES)}")
+        states = await self.reads.read(self.reads.states())
+        names = None
+        if state is not None:
+            names = [
+                c for c, now in states.items() if state in now or (state == "current" and not now)
+            ]
+        entries = await self._clients(limit + 1, states, after, chain_id, names)
+        following = entries[limit - 1]["client"] if len(entries) > limit else None
+        return json_response(
+            {
+                "now": self.reads.reactor.seconds(),
+                "clients": entries[:limit],
+                "next": following,
+                "limit": limit,
+            }
+        )
 
-    async def _clients(self, limit: int, name: str | None = None) -> list[dict[str, Any]]:
+    async def _clients(
+        self,
+        limit: int,
+        states: Mapping[str, Mapping[str, State]],
+        after: str | None = None,
+        chain_id: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> list[dict[str, Any]]:
         """
-        The clients' entries (only C{name}'s, when given), with their nodes, propagation and
-        states.
+        The entries of the clients L{IBlockReader.clients} lists, with their nodes,
+        propagation and C{states}.
         """
         sql = self.reads.sql
-        clients, heads, states = await self.reads.read(
+        clients, heads = await self.reads.read(
             gatherResults(
-                [sql.clients(limit), sql.heads(MAX_CHAINS), self.reads.states()],
+                [sql.clients(limit, after, chain_id, names), sql.heads(MAX_CHAINS)],
                 consumeErrors=True,
             )
         )
-        if name is not None:
-            clients = [c for c in clients if c.client == name]
-        names = [c.client for c in clients]
+        listed = [c.client for c in clients]
         nodes, delays = await self.reads.read(
             gatherResults(
                 [
-                    sql.ledger.node_statuses(names),
-                    sql.ledger.propagation(names, PROPAGATION_BLOCKS),
+                    sql.ledger.node_statuses(listed),
+                    sql.ledger.propagation(listed, PROPAGATION_BLOCKS),
                 ],
                 consumeErrors=True,
             )
@@ -263,7 +293,8 @@ class ApiResource(Endpoint):
             if rest[1] != "missing":
                 raise HTTPError(404, "not found")
             return await self.missing(request, name)
-        entries = await self._clients(MAX_CLIENTS, name)
+        states = await self.reads.read(self.reads.states())
+        entries = await self._clients(1, states, names=[name])
         if not entries:
             raise HTTPError(404, "no such client")
         events = await self.reads.read(self.reads.sql.ledger.events(name, MAX_EVENTS))
