@@ -36,13 +36,13 @@ from tests.services import Anvil  # noqa: E402 -- after the checkout is importab
 
 
 @contextmanager
-def running_anvil() -> Iterator[Anvil]:
+def running_anvil(args: Sequence[str] = ()) -> Iterator[Anvil]:
     """
-    An anvil of the test suite's kind (C{tests/services.py}): a free loopback port for HTTP and
-    WebSocket, and an IPC socket; stopped afterwards.
+    An anvil of the test suite's kind (C{tests/services.py}), with C{args} added to its command
+    line: a free loopback port for HTTP and WebSocket, and an IPC socket; stopped afterwards.
     """
     with tempfile.TemporaryDirectory(prefix="ethtwisted-bench-") as tmp:
-        anvil = Anvil(Path(tmp))
+        anvil = Anvil(Path(tmp), args)
         anvil.start_on_free_port()
         try:
             yield anvil
@@ -52,7 +52,7 @@ def running_anvil() -> Iterator[Anvil]:
 
 def summary(seconds: Sequence[float]) -> dict[str, float | int]:
     """
-    Median, 90th and 99th percentile of C{seconds}, in milliseconds.
+    Median, 90th and 99th percentile and the largest of C{seconds}, in milliseconds.
     """
     ordered = sorted(seconds)
 
@@ -64,6 +64,7 @@ def summary(seconds: Sequence[float]) -> dict[str, float | int]:
         "median_ms": round(statistics.median(ordered) * 1000, 3),
         "p90_ms": round(rank(0.90) * 1000, 3),
         "p99_ms": round(rank(0.99) * 1000, 3),
+        "max_ms": round(ordered[-1] * 1000, 3),
     }
 
 
@@ -121,6 +122,9 @@ class Commits:
         self.in_server: dict[int, float] = {}
         """Seconds from each block's arrival at the server to its commit."""
         self.waiting: dict[int, Any] = {}
+        self.stored: list[tuple[Any, float]] = []
+        """Every payload of a block the server committed, in the order it committed them, with
+        the wall time of its commit."""
 
     def __call__(self, batch: Sequence[Any], new: int) -> None:
         from ethtwisted.protocol import Block
@@ -129,6 +133,8 @@ class Commits:
         wall = time.time()  # the server stamps arrivals with its reactor's clock: wall time
         for received in batch:
             block = received.block
+            if isinstance(block, Block):
+                self.stored.append((received, wall))
             if isinstance(block, Block) and block.number not in self.at:
                 self.at[block.number] = now
                 self.in_server[block.number] = max(wall - received.received, 0.0)

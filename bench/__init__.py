@@ -1,0 +1,3 @@
+"""
+Benchmarks of ethtwisted, each a script printing one JSON object (see the README).
+"""
