@@ -119,6 +119,24 @@ async def chain(anvil: Anvil) -> list[tuple[int, str]]:
     return sorted((await deferToThread(node_hashes, anvil)).items())
 
 
+@pytest_twisted.ensureDeferred
+async def test_three_servers_starting_together_on_galera_say_no_trouble(
+    servers: list[ServerProcess],
+) -> None:
+    """
+    Three servers started at the same moment, each on its own node of one Galera cluster and
+    one new database, all create the tables: the certification conflicts between them are
+    tried again at debug, and none of the three logs a warning or an error on its way to
+    collecting.
+    """
+    for server in servers:
+        await wait_for(server.collecting, what=server.text)
+    for server in servers:
+        trouble = [line for line in server.text().splitlines()
+                   if re.search(r"#(warn|error|critical)\]", line)]  # fmt: skip
+        assert trouble == [], server.log
+
+
 @pytest.mark.expected_log_errors(ROLLBACK_FAILED)
 @pytest_twisted.ensureDeferred
 async def test_galera_cluster_loses_a_server_and_a_node_and_nothing_acknowledged(

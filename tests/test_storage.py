@@ -19,9 +19,12 @@ import pytest_twisted
 import txredisapi
 from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
+from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, payload_hash
 from ethtwisted.records import Received
 from ethtwisted.storage import RejectedError, StartupError, is_conflict, is_rejection, wait_for
@@ -319,3 +322,39 @@ async def test_redis_counts_a_group_once(redis: Redis) -> None:
         assert 0 < redis.execute("TTL", "eth:group:g1") <= 600
     finally:
         await counters.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_up_tries_a_conflict_again_quietly() -> None:
+    """
+    While the stores start, a conflict with another server's transaction (Galera's deadlock
+    at certification) is tried again after the usual backoff and logged at debug only; an
+    outage among the attempts is still said once, as a warning.
+    """
+    clock = Clock()
+    errors: list[Exception] = [
+        pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"),
+        pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"),
+        pymysql.err.OperationalError(2003, "Can't connect to MySQL server"),
+    ]
+
+    def start() -> defer.Deferred[None]:
+        return defer.fail(errors.pop(0)) if errors else defer.succeed(None)
+
+    set_verbose(True)
+    try:
+        with capturedLogs() as events:
+            waiting = defer.ensureDeferred(wait_for(start, "MySQL", 30, clock))
+            for _ in range(10):
+                if waiting.called:
+                    break
+                clock.advance(5)
+    finally:
+        set_verbose(False)
+    assert waiting.called and waiting.result is None
+    said = [(e["log_level"], formatEvent(e)) for e in events]
+    assert [text for level, text in said if level >= LogLevel.warn] == [
+        'waiting for MySQL: (2003, "Can\'t connect to MySQL server")'
+    ]
+    assert sum("Deadlock" in text for level, text in said if level == LogLevel.debug) == 2
+    assert not clock.getDelayedCalls()

@@ -177,7 +177,9 @@ async def wait_for(
     """
     Call C{start} until it succeeds, with capped backoff, for up to C{wait} seconds; then raise
     L{StartupError} with the last reason.  A L{StartupError} from C{start} itself (a store that
-    answers but cannot be used) ends the wait at once.
+    answers but cannot be used) ends the wait at once.  A conflict with another server's
+    transaction (L{is_conflict}: several servers creating the tables at once on Galera) is no
+    outage: it is tried again as quietly as during ingest, at debug.
     """
     deadline = reactor.seconds() + wait
     trouble = Trouble(log, LogLevel.warn, "waiting for {what}: {reason}")
@@ -189,8 +191,11 @@ async def wait_for(
         except (CancelledError, StartupError):
             raise
         except Exception as e:
-            reason = describe(e)
+            reason, conflict = describe(e), is_conflict(e)
         if reactor.seconds() + delay > deadline:
             raise StartupError(f"cannot reach {what} within {wait:g} s: {reason}")
-        trouble.say(reason, what=what)
+        if conflict:
+            log.debug("starting {what}: {reason}; trying again", what=what, reason=reason)
+        else:
+            trouble.say(reason, what=what)
         await deferLater(reactor, delay)
