@@ -109,7 +109,7 @@ class Options(EnvOptions):
          f"Seconds between two polls of the node (at least {MIN_INTERVAL:g}).", interval],
         ["subscribe", None, "auto",
          "auto: subscribe to the node's new heads where it can push them (IPC, WebSocket), "
-         "the polls then watch the subscription; off: only poll.", subscribe_mode],
+         "with the polls as watchdog and fallback; off: only poll.", subscribe_mode],
         ["format", "f", "json",
          "Payload format: json (the canonical block message) or html (the older page).",
          payload_format],

@@ -73,3 +73,24 @@ def test_where_things_are_lists_every_module() -> None:
     listed = set(re.findall(r"`(ethtwisted/[\w/]+\.py)`", text))
     modules = {str(p.relative_to(root)) for p in (root / "ethtwisted").rglob("*.py")}
     assert listed == modules
+
+
+@pytest.mark.parametrize("module", ["server_tap", "client_tap", "stats_tap", "demo_tap"])
+def test_the_readme_says_what_each_option_says(module: str) -> None:
+    """
+    Each option's row in the README gives its meaning in the words of its own help text
+    (the README adds only code marks), so that the two never tell a user different things.
+    """
+    options = importlib.import_module(f"ethtwisted.{module}").Options()
+    command = f"eth-{module.removesuffix('_tap')}"
+    rows = dict(re.findall(r"^\| `--([a-z-]+)[^|]*\|[^|]*\|[^|]*\| (.*) \|$",
+                           readme_section(command), re.MULTILINE))  # fmt: skip
+    helps = {p[0]: p[3] for p in options.optParameters}
+    helps.update((f[0], f[2]) for f in options.optFlags)
+    for name in long_options(options):
+        method = getattr(options, f"opt_{name.replace('-', '_')}", None)
+        if name not in helps and method is not None and method.__doc__:
+            helps[name] = " ".join(method.__doc__.split())
+    assert helps
+    for name, text in helps.items():
+        assert rows[name].replace("`", "") == text, f"--{name} of {command}"
