@@ -165,7 +165,7 @@ class IChainReader(Interface):
     block is canonical is decided on each read: the best head (as L{IBlockReader.heads} picks
     it) and its ancestors by parent hash; where a link is missing (a gap), the walk goes on
     from the block of the next stored height that was first seen last.  The finalized number
-    of each chain is given by the caller (what the nodes report).
+    of each chain is given by the caller (L{ILedger.finalized}).
     """
 
     def chain(
@@ -292,10 +292,11 @@ class ILedger(Interface):
         The latest status of each of C{clients} that has reported one.
         """
 
-    def finalized(limit: int) -> Deferred[dict[int, int]]:
+    def finalized(limit: int, since: float) -> Deferred[dict[int, int]]:
         """
-        Per chain id (the first C{limit} by id): the highest finalized number that the latest
-        status of a client's node reports for that chain.
+        Per chain id (the first C{limit} by id): the fleet's finalized number
+        (L{ethtwisted.storage.fleet_finalized}) from the latest status of each client's node,
+        of those received at or after C{since}.
         """
 
     def propagation(clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:

@@ -105,7 +105,7 @@ class ChainBlock:
     """
     One stored block of a chain, as the fleet saw it: C{canonical} when it is an ancestor of
     the best head by the stored parent links, else orphaned; C{finalized} when it is canonical
-    and at or below the finalized number a node reported.
+    and at or below the chain's finalized number (L{ethtwisted.interfaces.ILedger.finalized}).
     """
 
     number: int

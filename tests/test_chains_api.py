@@ -13,11 +13,14 @@ import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 
 from ethtwisted.frames import MAX_WIRE_INT, Status
 from ethtwisted.interfaces import MAX_CHAIN_RANGE
 from ethtwisted.protocol import MAX_BLOCK_INT, block_json, payload_hash
 from ethtwisted.records import StatusReport
+from ethtwisted.storage import FINALIZED_REPORT_AGE
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import StatsRoot
@@ -27,20 +30,31 @@ from tests.test_web import Client, metric
 TOKEN = "chain-token"
 
 
-async def filled(finalized: Mapping[int, int] | None = None) -> tuple[MemoryStore, Client]:
+async def filled(
+    finalized: Mapping[int, int] | None = None, clock: IReactorTime = reactor
+) -> tuple[MemoryStore, Client]:
     """
     The reorged chain in a memory store, with a client's node on each chain of C{finalized}
-    reporting that finalized number; the stats site over it.
+    reporting that finalized number now (on C{clock}); the stats site over it.
     """
     store = MemoryStore()
     await store.start()
     await store_reorged_chain(store)
     for chain_id, number in (finalized or {}).items():
-        status = Status("anvil/1", chain_id, 1, False, finalized=number)
-        await store.store([StatusReport(f"node-{chain_id}", T0 + 50, status)])
+        await report(store, clock, f"node-{chain_id}", chain_id, number)
     registry = CollectorRegistry()
-    reads = Reads(reactor, store, store, registry=registry)
+    reads = Reads(clock, store, store, registry=registry)
     return store, Client(StatsRoot(reads, TOKEN))
+
+
+async def report(
+    store: MemoryStore, clock: IReactorTime, client: str, chain_id: int, finalized: int
+) -> None:
+    """
+    C{client}'s node says, now on C{clock}, that C{finalized} is its chain's finalized block.
+    """
+    status = Status("anvil/1", chain_id, 1, False, finalized=finalized)
+    await store.store([StatusReport(client, clock.seconds(), status)])
 
 
 @pytest_twisted.ensureDeferred
@@ -197,6 +211,56 @@ async def test_ranges_are_bounded_and_validated(path: str, status: int) -> None:
     reply = await client.get(path, TOKEN)
     assert reply.status == status, reply.text
     reply.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_finalized_is_the_fleets_not_one_nodes() -> None:
+    """
+    A chain's finalized number, in /api/v1/chains and /forks, comes from a quorum of the nodes
+    that reported in the last minute: one far ahead of two others marks no block above theirs
+    finalized; as their reports age out or move, the summary asked again is decided again with
+    the new number (never the one it kept); a node that alone reports lately is taken at its
+    word.
+    """
+    clock = Clock()
+    clock.advance(T0 + 100)
+    store, client = await filled(clock=clock)
+    for name, number in [("honest-1", 9), ("honest-2", 9), ("liar", 10**12)]:
+        await report(store, clock, name, 1, number)
+
+    async def finalized() -> tuple[int | None, dict[int, bool]]:
+        (summary,) = [
+            c
+            for c in (await client.get("/api/v1/chains", TOKEN)).json()["chains"]
+            if c["chain_id"] == 1
+        ]
+        forks = (await client.get("/api/v1/chains/1/forks?from=1&to=12", TOKEN)).json()
+        assert forks["finalized"] == summary["finalized"]
+        marked = {
+            f["number"]: b["finalized"]
+            for f in forks["forks"]
+            for b in f["blocks"]
+            if b["canonical"]
+        }
+        return summary["finalized"], marked
+
+    assert await finalized() == (9, {3: True, 9: True, 10: False})
+    assert await finalized() == (9, {3: True, 9: True, 10: False})
+
+    clock.advance(FINALIZED_REPORT_AGE + 1)  # honest-2 is no longer heard from
+    await report(store, clock, "honest-1", 1, 10)
+    await report(store, clock, "liar", 1, 10**12)
+    assert await finalized() == (10, {3: True, 9: True, 10: True})
+
+    clock.advance(FINALIZED_REPORT_AGE + 1)
+    await report(store, clock, "honest-1", 1, 3)
+    await report(store, clock, "liar", 1, 10**12)
+    assert await finalized() == (3, {3: True, 9: False, 10: False})
+
+    clock.advance(FINALIZED_REPORT_AGE + 1)
+    await report(store, clock, "liar", 1, 10**12)
+    assert await finalized() == (10**12, {3: True, 9: True, 10: True})
+    assert not clock.getDelayedCalls()
 
 
 TOP = MAX_BLOCK_INT

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -56,7 +58,7 @@ from ethtwisted.records import (
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.storage import redis_store
+from ethtwisted.storage import fleet_finalized, redis_store
 from ethtwisted.storage.chains import REPORTER_HEIGHTS, chain_reader
 from ethtwisted.storage.memory_counters import MemoryCounters
 from ethtwisted.storage.memory_store import MemoryStore, Tables
@@ -1037,29 +1039,84 @@ async def test_node_status_is_the_latest_and_its_changes_are_events(blocks: Bloc
 
 
 @pytest_twisted.ensureDeferred
-async def test_finalized_is_the_highest_latest_report_per_chain(blocks: BlockBackend) -> None:
+async def test_finalized_is_a_quorum_of_the_latest_reports_per_chain(blocks: BlockBackend) -> None:
     """
-    Per chain id, the highest finalized number among the clients' latest statuses (an older
-    report that said more no longer counts); a status without a chain id or a finalized number
-    counts for nothing; the first C{limit} chains by id.
+    Per chain id, of the k clients whose latest status (received at or after C{since}) gives a
+    finalized number on it, the largest number that at least max(2, ceil(k/2)) of them reach:
+    a node far ahead of the others (one of two, three or four, two of five) marks nothing
+    finalized; a lone client's number is taken; an older report, or a latest one received
+    before C{since}, no longer counts; a status without a chain id or a finalized number counts
+    for nothing; the first C{limit} chains by id.
     """
     store = await blocks.writer()
-    assert await store.ledger.finalized(10) == {}
-    top = 2**63 - 1
+    assert await store.ledger.finalized(10, T0) == {}
+    top = MAX_BLOCK_INT
+    reports: dict[int, list[int | None]] = {
+        1: [8, 12, None, top, 9],  # four report: two must reach it
+        2: [100, 100, 10**15],  # a liar far ahead of two
+        3: [7],  # a lone node
+        4: [50, top],  # one of two ahead: the lower
+        5: [10, 40, 30, top, 20],  # five: three must reach it
+    }
     await store.store(
         [
-            StatusReport("a", T0, status(chain_id=1, finalized=8)),
-            StatusReport("b", T0, status(chain_id=1, finalized=12)),
-            StatusReport("c", T0, status(chain_id=1, finalized=None)),
-            StatusReport("d", T0, status(chain_id=5, finalized=3)),
-            StatusReport("e", T0, status(chain_id=None, finalized=99)),
-            StatusReport("f", T0, status(chain_id=7, finalized=top)),
+            StatusReport(f"c{chain_id}-{i}", T0, status(chain_id=chain_id, finalized=number))
+            for chain_id, numbers in reports.items()
+            for i, number in enumerate(numbers)
+        ]
+        + [
+            StatusReport("lost", T0, status(chain_id=None, finalized=99)),
+            StatusReport("stale", T0 - 0.5, status(chain_id=6, finalized=1000)),
+            StatusReport("fresh", T0, status(chain_id=6, finalized=5)),
+            StatusReport("fresher", T0, status(chain_id=6, finalized=6)),
+            StatusReport("gone", T0 - 0.5, status(chain_id=8, finalized=3)),
         ]
     )
-    assert await store.ledger.finalized(10) == {1: 12, 5: 3, 7: top}
-    await store.store([StatusReport("b", T0 + 1, status(chain_id=1, finalized=6))])
-    assert await store.ledger.finalized(10) == {1: 8, 5: 3, 7: top}
-    assert await store.ledger.finalized(2) == {1: 8, 5: 3}
+    quorum = {1: 12, 2: 100, 3: 7, 4: 50, 5: 30, 6: 5}
+    assert await store.ledger.finalized(10, T0) == quorum
+    assert await store.ledger.finalized(10, T0 - 0.5) == {**quorum, 6: 6, 8: 3}
+    assert await store.ledger.finalized(10, T0 + 0.5) == {}
+    assert await store.ledger.finalized(2, T0) == {1: 12, 2: 100}
+    # The honest ones of chain 4 move on: still the lower; the liar falls back: the honest one.
+    await store.store([StatusReport("c4-0", T0 + 1, status(chain_id=4, finalized=60))])
+    assert (await store.ledger.finalized(10, T0))[4] == 60
+    await store.store([StatusReport("c4-1", T0 + 1, status(chain_id=4, finalized=55))])
+    assert (await store.ledger.finalized(10, T0))[4] == 55
+    # Only the clients heard from lately: the liar of chain 2 alone reports now.
+    await store.store([StatusReport("c2-2", T0 + 2, status(chain_id=2, finalized=10**15))])
+    assert await store.ledger.finalized(10, T0 + 2) == {2: 10**15}
+    await store.store([StatusReport("c2-0", T0 + 2, status(chain_id=2, finalized=101))])
+    assert await store.ledger.finalized(10, T0 + 2) == {2: 101}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, 1, 2, 10**12]), st.none() | st.integers(0, MAX_BLOCK_INT)
+        ),
+        max_size=12,
+    )
+)
+def test_fleet_finalized_is_the_largest_number_a_quorum_reaches(
+    reports: list[tuple[int | None, int | None]],
+) -> None:
+    """
+    For any reports, each chain's number is one its clients reported, reached by at least
+    max(2, ceil(k/2)) of its k reporting clients (all of them when k = 1), and no larger
+    number is; chains with no reporting client are left out.
+    """
+    decided = fleet_finalized(reports, 10)
+    numbers: dict[int, list[int]] = {}
+    for chain_id, number in reports:
+        if chain_id is not None and number is not None:
+            numbers.setdefault(chain_id, []).append(number)
+    assert set(decided) == set(numbers)
+    for chain_id, n in decided.items():
+        reported = numbers[chain_id]
+        quorum = min(max(2, -(-len(reported) // 2)), len(reported))
+        assert n in reported
+        assert sum(r >= n for r in reported) >= quorum
+        assert sum(r > n for r in reported) < quorum
 
 
 @pytest_twisted.ensureDeferred

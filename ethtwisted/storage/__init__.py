@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import backoffPolicy
@@ -169,6 +169,34 @@ def status_events(old: Status | None, new: Status) -> list[tuple[str, str]]:
         elif old.peers == 0 and new.peers > 0:
             events.append(("peers_back", f"0 -> {new.peers}"))
     return events
+
+
+FINALIZED_REPORT_AGE = 60.0
+"""Seconds a node's status counts for its chain's finalized number (L{fleet_finalized}): a client
+sends it every C{--status-interval} (15 s by default) while its node answers, and one heard
+nothing from for this long is C{silent} in the fleet view by default."""
+
+
+def fleet_finalized(
+    reports: Iterable[tuple[int | None, int | None]], limit: int
+) -> dict[int, int]:
+    """
+    Per chain id (the first C{limit} by id), the finalized number of the fleet from C{reports},
+    one (chain id, finalized number) per client that reported a status lately: the largest N
+    that at least max(2, ceil(k/2)) of the chain's k reporting clients reach, so that one node
+    far ahead (or a minority of them) marks nothing finalized.  With k = 1 that one's number,
+    as nothing can be checked against it.  A report lacking either number counts for nothing.
+    """
+    numbers: dict[int, list[int]] = {}
+    for chain_id, finalized in reports:
+        if chain_id is not None and finalized is not None:
+            numbers.setdefault(chain_id, []).append(finalized)
+    quorum: dict[int, int] = {}
+    for chain_id in sorted(numbers)[:limit]:
+        ranked = sorted(numbers[chain_id], reverse=True)
+        k = len(ranked)
+        quorum[chain_id] = ranked[min(max(2, (k + 1) // 2), k) - 1]
+    return quorum
 
 
 async def wait_for(

@@ -19,7 +19,7 @@ from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import ILedger
 from ethtwisted.protocol import Block
 from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord, StatusReport
-from ethtwisted.storage import status_events
+from ethtwisted.storage import fleet_finalized, status_events
 
 TABLES = ("eth_sightings", "eth_node_status", "eth_events")
 PROPAGATION_CLIENTS = 100
@@ -189,14 +189,13 @@ class SQLLedger:
             lambda rows: {r[0]: NodeRecord(r[0], float(r[1]), _status(r[2:])) for r in rows}
         )
 
-    def finalized(self, limit: int) -> Deferred[dict[int, int]]:
+    def finalized(self, limit: int, since: float) -> Deferred[dict[int, int]]:
         d = self._query(
-            "SELECT chain_id, MAX(finalized) FROM eth_node_status"
-            " WHERE chain_id IS NOT NULL AND finalized IS NOT NULL"
-            " GROUP BY chain_id ORDER BY chain_id LIMIT ?",
-            limit,
+            "SELECT chain_id, finalized FROM eth_node_status"
+            " WHERE updated >= ? AND chain_id IS NOT NULL AND finalized IS NOT NULL",
+            since,
         )
-        return d.addCallback(lambda rows: {int(c): int(n) for c, n in rows})
+        return d.addCallback(fleet_finalized, limit)
 
     def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
         names = sorted(set(clients))

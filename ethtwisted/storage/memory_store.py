@@ -30,7 +30,7 @@ from ethtwisted.records import (
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.storage import RejectedError, row_problem, status_events
+from ethtwisted.storage import RejectedError, fleet_finalized, row_problem, status_events
 from ethtwisted.storage.chains import Row, Stored, gaps_between
 from ethtwisted.storage.heads import OnBlock, best_at, best_of
 
@@ -375,16 +375,12 @@ class MemoryLedger(Answering):
         statuses = self.tables.statuses
         return self._answer(lambda: {c: statuses[c] for c in clients if c in statuses})
 
-    def finalized(self, limit: int) -> Deferred[dict[int, int]]:
-        return self._answer(self._finalized, limit)
+    def finalized(self, limit: int, since: float) -> Deferred[dict[int, int]]:
+        return self._answer(self._finalized, limit, since)
 
-    def _finalized(self, limit: int) -> dict[int, int]:
-        highest: dict[int, int] = {}
-        for record in self.tables.statuses.values():
-            chain_id, number = record.status.chain_id, record.status.finalized
-            if chain_id is not None and number is not None:
-                highest[chain_id] = max(highest.get(chain_id, number), number)
-        return {c: highest[c] for c in sorted(highest)[:limit]}
+    def _finalized(self, limit: int, since: float) -> dict[int, int]:
+        fresh = [r.status for r in self.tables.statuses.values() if r.updated >= since]
+        return fleet_finalized([(s.chain_id, s.finalized) for s in fresh], limit)
 
     def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
         return self._answer(self._propagation, clients, limit)

@@ -19,6 +19,7 @@ from ethtwisted.interfaces import IBlockReader, ICounterReader, IFleet
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.metrics.server import PROPAGATION_PERCENTILES, StoreMetrics
 from ethtwisted.states import State
+from ethtwisted.storage import FINALIZED_REPORT_AGE
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
 
@@ -57,8 +58,8 @@ class Reads:
     What the web endpoints read, each read bounded in time: the durable store (SQL), the
     counters (Redis when configured, else SQL's) and, inside eth-server, the collector's own
     trouble.  The chains are read from the durable store (L{chain_reader}), their blocks
-    marked finalized up to what the clients' nodes report (L{finalized}); the clients'
-    states from C{fleet}, the store's fleet view, when it has one.
+    marked finalized up to what a quorum of the clients' nodes report (L{finalized}); the
+    clients' states from C{fleet}, the store's fleet view, when it has one.
     """
 
     def __init__(
@@ -91,9 +92,11 @@ class Reads:
 
     def finalized(self) -> Deferred[dict[int, int]]:
         """
-        The finalized number per chain id: the highest the clients' nodes report.
+        The finalized number per chain id: the quorum of what the clients' nodes report in
+        their statuses of the last L{FINALIZED_REPORT_AGE} seconds (L{fleet_finalized}).
         """
-        return self.sql.ledger.finalized(MAX_CHAINS)
+        since = self.reactor.seconds() - FINALIZED_REPORT_AGE
+        return self.sql.ledger.finalized(MAX_CHAINS, since)
 
     def states(self) -> Deferred[dict[str, dict[str, State]]]:
         """
