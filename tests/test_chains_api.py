@@ -274,6 +274,8 @@ TOP = MAX_BLOCK_INT
         (f"/api/v1/chains/{TOP}/forks?from={TOP - 2}&to={TOP}", 200),
         (f"/api/v1/clients/low/missing?chain_id={TOP}&from={TOP - 2}&to={TOP}", 200),
         (f"/api/v1/clients/low/missing?chain_id={TOP}", 200),
+        (f"/api/v1/chains/{TOP}/blocks?from={TOP - 2}&to={TOP}", 200),
+        (f"/api/v1/clients?chain_id={TOP}", 200),
         (f"/api/v1/chains/{TOP + 1}/gaps?from=0&to=5", 400),
         (f"/api/v1/chains/{TOP}/gaps?from={TOP - 2}&to={TOP + 1}", 400),
         (f"/api/v1/chains/{TOP}/gaps?from={TOP + 1}&to={TOP + 1}", 400),
@@ -284,6 +286,9 @@ TOP = MAX_BLOCK_INT
         (f"/api/v1/clients/low/missing?chain_id={TOP}&from={TOP + 1}", 400),
         (f"/api/v1/clients/low/missing?chain_id={TOP}&to={TOP + 1}", 400),
         (f"/api/v1/clients/low/missing?chain_id=0{TOP}", 400),
+        (f"/api/v1/chains/{TOP + 1}/blocks?from=0&to=5", 400),
+        (f"/api/v1/chains/{TOP}/blocks?from={TOP - 2}&to={TOP + 1}", 400),
+        (f"/api/v1/clients?chain_id={TOP + 1}", 400),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -291,8 +296,9 @@ async def test_chain_ids_and_heights_up_to_the_largest_on_every_endpoint(
     path: str, status: int
 ) -> None:
     """
-    Every endpoint that takes a chain id or a height (/chains/<id>/gaps and /forks, and
-    /clients/<name>/missing) takes them by one rule, up to the largest the wire takes
+    Every endpoint that takes a chain id or a height (/chains/<id>/gaps, /forks and /blocks,
+    /clients?chain_id= and /clients/<name>/missing) takes them by one rule, up to the largest
+    the wire takes
     (2**63 - 1): a chain at that id with blocks at the largest heights is answered, one past
     it (or a 20th digit) is a 400 saying the rule.
     """
@@ -313,16 +319,26 @@ async def test_chain_ids_and_heights_up_to_the_largest_on_every_endpoint(
         assert (body["chain_id"], body["head"], body["gaps"]) == (TOP, TOP, [[TOP - 2, TOP - 2]])
     elif "/forks" in path:
         assert (body["chain_id"], body["head"], body["forks"]) == (TOP, TOP, [])
-    else:
+    elif "/blocks" in path:
+        assert [(b["number"], b["client"]) for b in body["blocks"]] == [
+            (TOP - 1, "low"),
+            (TOP, "high"),
+        ]
+    elif "/missing" in path:
         assert (body["chain_id"], body["missing"]) == (TOP, [TOP])
+    else:
+        assert [(c["client"], c["chain_id"]) for c in body["clients"]] == [
+            ("high", TOP),
+            ("low", TOP),
+        ]
 
 
 @pytest_twisted.ensureDeferred
 async def test_ten_digit_chain_ids_everywhere() -> None:
     """
     A chain id of 10 digits and more (L2s, L3s, app chains) is taken as the chain's wherever a
-    chain id is: /chains lists it, /gaps and /forks read it, and .../missing finds the heights
-    a client of it missed.
+    chain id is: /chains lists it, /gaps, /forks and /blocks read it, /clients lists the
+    clients on it, and .../missing finds the heights a client of it missed.
     """
     chain_id = 2_000_000_000_123
     store, client = await filled()
@@ -338,6 +354,10 @@ async def test_ten_digit_chain_ids_everywhere() -> None:
     assert gaps["gaps"] == [[0, 0]]
     forks = (await client.get(f"/api/v1/chains/{chain_id}/forks?from=0&to=5", TOKEN)).json()
     assert (forks["head"], forks["forks"]) == (2, [])
+    listed = (await client.get(f"/api/v1/chains/{chain_id}/blocks?from=0&to=5", TOKEN)).json()
+    assert [b["number"] for b in listed["blocks"]] == [1, 2]
+    on_it = (await client.get(f"/api/v1/clients?chain_id={chain_id}", TOKEN)).json()
+    assert [c["client"] for c in on_it["clients"]] == ["high", "low"]
     missing = f"/api/v1/clients/low/missing?chain_id={chain_id}"
     assert (await client.get(missing, TOKEN)).json()["missing"] == [2]
 
