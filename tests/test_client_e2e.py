@@ -348,7 +348,10 @@ async def test_node_restart_is_ridden_out(
             anvil.mine(3)
             await committed.wait_for(node_hashes(anvil).values())
             anvil.stop()
-            await sleep(0.5)
+            await wait_for(
+                lambda: any("does not serve us" in formatEvent(e) for e in events),
+                what="the client saying the node is gone",
+            )
             anvil.start()
             # Past the old head: a new chain started within the same second can repeat the
             # old blocks' hashes (same timestamps, no transactions).

@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.internet.tcp import Connection
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs
@@ -214,13 +214,15 @@ async def test_mysql_restart_mid_stream_loses_nothing_acked(
         await server.service.stopService()
 
 
+@pytest.mark.expected_log_errors("^Redis store unavailable: ")
 @pytest_twisted.ensureDeferred
 async def test_redis_outage_holds_acks_until_it_is_back(
     mysql_db: MySQLDatabase, redis: Redis
 ) -> None:
     """
-    While Redis is down nothing is acknowledged; once it is back, the held messages are
-    counted and acknowledged without a restart of the server.
+    While Redis is down nothing is acknowledged, even once the server has said that it holds
+    the messages; once Redis is back, the held messages are counted and acknowledged without a
+    restart of the server.
     """
     server = await start_server(
         ["--db", mysql_db.url, "--redis", redis.url],
@@ -230,8 +232,15 @@ async def test_redis_outage_holds_acks_until_it_is_back(
         peer = await connect_peer(server.port)
         await peer.send([b"before the outage"])
         await deferToThread(redis.kill)
-        done = peer.send([b"during the outage 1", b"during the outage 2"])
-        await deferLater(reactor, 1.0)
+        with capturedLogs() as events:
+            done = peer.send([b"during the outage 1", b"during the outage 2"])
+
+            def holding() -> bool:
+                return any("holding" in e.get("log_format", "")
+                           and "Redis store unavailable" in str(e.get("reason"))
+                           for e in events)  # fmt: skip
+
+            await wait_for(holding, what="the server holding the messages for Redis")
         assert len(peer.acked) == 1
         await deferToThread(redis.start)
         await done.addTimeout(TIMEOUT, reactor)
