@@ -258,7 +258,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         timer.setName(name)
         timer.setServiceParent(service)
     if config["stats"]:
-        stats_service(config, reactor, store, counters, ingest, factory).setServiceParent(service)
+        stats = stats_service(config, reactor, store, counters, ingest, factory, fleet)
+        stats.setServiceParent(service)
     return service
 
 
@@ -279,6 +280,7 @@ def stats_service(
     redis: RedisCounters | None,
     ingest: Ingest,
     factory: ServerFactory,
+    fleet: FleetService,
 ) -> IService:
     """
     The stats API beside the collector, with the collector's own counters in its metrics.
@@ -296,6 +298,7 @@ def stats_service(
     factory.observers.append(metrics)
     ingest.observers.append(metrics.committed)
     ingest.conflict_observers.append(metrics.conflict)
+    fleet.observers.append(metrics.decided)
     reads = Reads(
         reactor, store, store, redis, lambda: ingest.trouble.reason, registry, store.fleet
     )

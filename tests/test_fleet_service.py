@@ -253,3 +253,43 @@ async def test_a_conflict_is_quiet_and_decided_again_next_second(sqlite_store: S
     assert h.service.trouble.reason is None
     assert [e for e in logged if e["log_level"] > LogLevel.debug] == []
     assert h.sink.events == []
+
+
+class Slow(SQLFleet):
+    """The store's fleet, whose decisions answer only when the test says."""
+
+    def __init__(self, store: SQLStore) -> None:
+        super().__init__(store.pool, store.url.dialect)
+        self.answers: list[Deferred[list[StateEvent]]] = []
+
+    def decide(self, *args: Any) -> Deferred[list[StateEvent]]:
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_observers_are_told_how_long_each_decision_took(
+    sqlite_store: SQLStore,
+) -> None:
+    """
+    Each decision that answers tells the observers the seconds from asking the store until
+    its answer, on the service's clock; one that fails tells them nothing.
+    """
+    fleet = Slow(sqlite_store)
+    h = Harness(sqlite_store, fleet)
+    took: list[float] = []
+    h.service.observers.append(took.append)
+    h.service.startService()
+    for _ in range(int(RECONNECT_GRACE)):
+        h.clock.advance(DECIDE_INTERVAL)
+    assert len(fleet.answers) == 1
+    h.clock.advance(0.25)
+    fleet.answers[0].callback([])
+    await h.service.runs[-1]
+    h.clock.advance(0.75)
+    assert len(fleet.answers) == 2
+    h.clock.advance(0.5)
+    fleet.answers[1].errback(pymysql.err.OperationalError(1213, "Deadlock found"))
+    await h.service.runs[-1]
+    h.stop()
+    assert took == [0.25]

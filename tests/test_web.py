@@ -820,6 +820,7 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     metrics.dropped("too_large")
     metrics.committed([received(b"x", "c", reactor.seconds() - 0.02)] * 3, 1)
     metrics.conflict()
+    metrics.decided(0.02)
     client = Client(StatsRoot(reads_over(sqlite_store, registry)))
     reply = await client.get("/metrics")
     assert reply.status == 200
@@ -833,6 +834,9 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
     assert metric(text, "ethtwisted_rejected_total", '{reason="idle"}') == 0
     assert metric(text, "ethtwisted_store_latency_seconds_count") == 3
     assert metric(text, "ethtwisted_store_conflicts_total") == 1
+    assert metric(text, "ethtwisted_fleet_decision_seconds_sum") == 0.02
+    assert metric(text, "ethtwisted_fleet_decision_seconds_bucket", '{le="0.025"}') == 1
+    assert metric(text, "ethtwisted_fleet_decision_seconds_bucket", '{le="0.01"}') == 0
     assert metric(text, "ethtwisted_store_latency_seconds_bucket", '{le="0.01"}') == 0
     assert metric(text, "ethtwisted_connections_open") == 0
     assert metric(text, "ethtwisted_store_up", '{store="sql"}') == 1

@@ -23,9 +23,10 @@ PROPAGATION_PERCENTILES = (50, 95)
 class ServerMetrics:
     """
     The collector's counters.  The connections report to L{received}, L{acknowledged} and
-    L{dropped} (this is a connection observer), the ingest to L{committed} and L{conflict}; at
-    each scrape, C{connections_open} and C{messages_pending} say how many connections are open
-    and how many payloads are received and not yet committed.  C{clock} times the commits.
+    L{dropped} (this is a connection observer), the ingest to L{committed} and L{conflict}, the
+    fleet view to L{decided}; at each scrape, C{connections_open} and C{messages_pending} say
+    how many connections are open and how many payloads are received and not yet committed.
+    C{clock} times the commits.
     """
 
     def __init__(
@@ -83,6 +84,14 @@ class ServerMetrics:
             "Seconds from a payload's arrival until it is committed to SQL.",
             buckets=LATENCY_BUCKETS,
         )
+        self.decision_latency = metric(
+            Histogram,
+            registry,
+            "fleet_decision_seconds",
+            "Seconds each decision of the clients' states took, from asking the store until it"
+            " answered.",
+            buckets=LATENCY_BUCKETS,
+        )
         connections = metric(Gauge, registry, "connections_open", "Client connections open now.")
         connections.set_function(connections_open)
         pending = metric(
@@ -104,6 +113,9 @@ class ServerMetrics:
 
     def conflict(self) -> None:
         self.store_conflicts.inc()
+
+    def decided(self, seconds: float) -> None:
+        self.decision_latency.observe(seconds)
 
     def committed(self, group: Sequence[Received], new: int) -> None:
         self.messages_stored.inc(new)

@@ -55,6 +55,8 @@ class FleetService(TimerService):
         self.started: float | None = None
         self.held: dict[str, float] = {}
         """The clients this server last recorded as held: name → last heard."""
+        self.observers: list[Callable[[float], None]] = []
+        """Told the seconds each decision took, from asking the store until it answered."""
         self.trouble = Trouble(log, LogLevel.warn, "cannot decide the clients' states: {reason}",
                                "deciding the clients' states again")  # fmt: skip
 
@@ -89,6 +91,8 @@ class FleetService(TimerService):
         gone = {c: t for c, t in self.held.items() if c not in held}
         try:
             events = await self.fleet.decide(self.server, now, held, gone, self.thresholds)
+            for observe in self.observers:
+                observe(self.reactor.seconds() - now)
         except Exception as e:
             if is_conflict(e):
                 # Another server decided at the same moment; the next second decides again.
