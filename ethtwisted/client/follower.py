@@ -27,6 +27,42 @@ MIN_REMEMBERED = 64
 """Block hashes remembered at least, to recognise a reorg."""
 
 
+@dataclass(frozen=True)
+class Joined:
+    """
+    A walk back from the node's head reached block C{fork}, handed over before and still in
+    the node's chain; C{chain} holds the blocks above it, ascending.
+    """
+
+    chain: list[Block]
+    fork: int
+
+
+@dataclass(frozen=True)
+class NewChain:
+    """
+    A walk back reached the genesis without meeting a block handed over before: the node's
+    chain is new from its genesis on; C{chain} holds all of it, ascending.
+    """
+
+    chain: list[Block]
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """
+    A walk back had to stop before it met a block handed over before, for C{reason};
+    C{chain} holds what it fetched, ascending.
+    """
+
+    chain: list[Block]
+    reason: str
+
+
+Walk = Joined | NewChain | Stopped
+"""What a walk back from the node's head found."""
+
+
 @dataclass
 class Checkpoint:
     """
@@ -217,15 +253,14 @@ class Follower:
             await self._advance([head], Checkpoint(head, {head.number: head.hash}), sightings)
             return
         recent = self.checkpoint.recent
-        fork: int | None
+        walk: Walk
         if recent.get(head.number) == head.hash:
             # The node went back to a block that was handed over already.
-            chain: list[Block] = []
-            fork, limit = head.number, None
+            walk = Joined([], head.number)
         else:
-            chain, fork, limit = await self._walk_back(head, last, sightings)
-        if fork is None:
-            lowest = chain[0].number
+            walk = await self._walk_back(head, last, sightings)
+        if isinstance(walk, Stopped):
+            lowest = walk.chain[0].number
             if lowest > last.number + 1:
                 log.warn(
                     "skipped {count} blocks ({first} to {end}): the node is more than "
@@ -240,20 +275,22 @@ class Follower:
                 log.warn(
                     "reorg deeper than {limit}: no block below {lowest} matches what was sent; "
                     "following the node's chain from block {lowest}",
-                    limit=limit,
+                    limit=walk.reason,
                     lowest=lowest,
                 )
             keep_below = lowest
+        elif isinstance(walk, NewChain):
+            log.warn(
+                "the node's chain is new from its genesis on (a restarted dev node?): "
+                "{depth} blocks sent before are not in it; new head {number} {hash}",
+                depth=last.number + 1,
+                number=head.number,
+                hash=head.hash,
+            )
+            keep_below = 0
         else:
-            if fork < 0:
-                log.warn(
-                    "the node's chain is new from its genesis on (a restarted dev node?): "
-                    "{depth} blocks sent before are not in it; new head {number} {hash}",
-                    depth=last.number + 1,
-                    number=head.number,
-                    hash=head.hash,
-                )
-            elif fork < last.number:
+            fork = walk.fork
+            if fork < last.number:
                 for listener in self.reorg_listeners:
                     listener(last.number - fork)
                 log.info(
@@ -268,17 +305,17 @@ class Follower:
                 )
             keep_below = fork + 1
         kept = [(n, h) for n, h in recent.items() if n < keep_below]
-        kept += [(b.number, b.hash) for b in chain]
-        await self._advance(chain, Checkpoint(head, dict(kept[-self.remember :])), sightings)
+        kept += [(b.number, b.hash) for b in walk.chain]
+        checkpoint = Checkpoint(head, dict(kept[-self.remember :]))
+        await self._advance(walk.chain, checkpoint, sightings)
 
     async def _walk_back(
         self, head: Block, last: Block, sightings: dict[str, tuple[str, float]]
-    ) -> tuple[list[Block], int | None, str | None]:
+    ) -> Walk:
         """
-        The blocks from the head down to the last one handed over that still matches, in
-        ascending order, and the number of that block (-1 below genesis); or, when the walk had
-        to stop before it found one, L{None} and why it stopped.  Each block fetched on the way
-        goes into C{sightings} as a backfill.
+        Walk from C{head} down through the parents until a block handed over before that the
+        node's chain still holds, the genesis, or a reason to stop.  Each block fetched on the
+        way goes into C{sightings} as a backfill.
         """
         recent = self.checkpoint.recent
         chain = [head]
@@ -287,22 +324,22 @@ class Follower:
         while True:
             block = chain[-1]
             if block.number == 0:
-                return chain[::-1], -1, None
+                return NewChain(chain[::-1])
             parent_number = block.number - 1
             if recent.get(parent_number) == block.parent_hash:
-                return chain[::-1], parent_number, None
+                return Joined(chain[::-1], parent_number)
             if parent_number <= last.number:
                 # The parent replaces a block handed over before: a reorg.
                 if not asked_finalized:
                     finalized = await self.node.finalized_number()
                     asked_finalized = True
                 if finalized is not None and parent_number < finalized:
-                    return chain[::-1], None, f"the node's finalized block {finalized}"
+                    return Stopped(chain[::-1], f"the node's finalized block {finalized}")
                 if not recent or parent_number < min(recent):
                     # Nothing was sent there, or it is forgotten: take it as the fork.
-                    return chain[::-1], parent_number, None
+                    return Joined(chain[::-1], parent_number)
             if len(chain) >= self.max_backfill:
-                return chain[::-1], None, f"--max-backfill {self.max_backfill}"
+                return Stopped(chain[::-1], f"--max-backfill {self.max_backfill}")
             parent = await self.node.block_by_hash(block.parent_hash)
             if parent is None:
                 raise NodeError(
