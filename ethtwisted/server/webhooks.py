@@ -5,8 +5,14 @@ receiver is down or answers 5xx, 408 or 429, each attempt bounded by a timeout. 
 is bounded: when full, the oldest event goes, said once until the queue is empty again.  With
 a secret, C{X-Ethtwisted-Signature: sha256=<hex>} is the HMAC-SHA256 of the body.
 
+A receiver's answer is bounded too: its status line and headers in bytes and lines
+(L{MAX_HEADER_BYTES}, L{MAX_HEADER_LINES}), its body in bytes, the whole attempt in time; the
+connection is closed whichever bound it reaches.  Redirects are not followed: a 3xx is tried
+again, L{REDIRECT_ATTEMPTS} times in all, then the event is given up.
+
 A URL may carry secrets (user and password, a path or a query): logs name a URL by its
-position and origin only (C{webhook 2 (https://hooks.example)}).
+position and origin only (C{webhook 2 (https://hooks.example)}); of an answer they say the
+status and sizes, never the receiver's bytes.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
@@ -42,6 +50,12 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUE = 10_000
 MAX_RESPONSE_BYTES = 64 * 1024
 """The most of a receiver's answer read (and thrown away) before hanging up on it."""
+MAX_HEADER_BYTES = 16 * 1024
+"""The most bytes of status line and headers taken from a receiver (1xx answers included)."""
+MAX_HEADER_LINES = 100
+"""The most lines of status and headers taken from a receiver."""
+REDIRECT_ATTEMPTS = 3
+"""Attempts at an event answered with a 3xx (redirects are not followed) before giving it up."""
 SIGNATURE_HEADER = b"X-Ethtwisted-Signature"
 MAX_URL_LENGTH = 2048
 
@@ -98,12 +112,17 @@ def signature(secret: bytes, body: bytes) -> bytes:
 
 class _Discard(Protocol):
     """
-    Reads a response's body into nothing, hanging up past L{MAX_RESPONSE_BYTES}.
+    Reads a response's body into nothing, hanging up past L{MAX_RESPONSE_BYTES}, or when
+    C{done} is cancelled (the attempt timed out).
     """
 
     def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred(lambda _: self._hang_up())
         self.size = 0
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
@@ -113,22 +132,83 @@ class _Discard(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # The answer's status is what counts; how its body ended does not.
         if not reason.check(ResponseDone):
-            log.debug("a webhook answer's body ended early: {reason}", reason=describe(reason))
-        self.done.callback(None)
+            log.debug("a webhook answer's body ended after {size} bytes: {reason}",
+                      size=self.size, reason=type(reason.value).__name__)  # fmt: skip
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class HeadersTooLargeError(Exception):
+    """
+    The receiver's status line and headers went past L{MAX_HEADER_BYTES} or
+    L{MAX_HEADER_LINES}.
+    """
+
+
+class _BoundedClientProtocol(HTTP11ClientProtocol):
+    """
+    An HTTP/1.1 client connection that hangs up on a receiver whose status line and headers
+    (of the answer and of any 1xx before it) go past L{MAX_HEADER_BYTES} bytes or
+    L{MAX_HEADER_LINES} lines: Twisted's parser bounds only each line, and keeps every header.
+    """
+
+    header_bytes = 0
+    header_lines = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        parser = self._parser
+        super().dataReceived(data)
+        # What the parser took while still in the headers counts, all of it: a chunk is at
+        # most one read from the socket, so the headers held stay within the bound and a read.
+        if parser is None or self._parser is not parser or parser.state not in (STATUS, HEADER):
+            return
+        self.header_bytes += len(data)
+        self.header_lines += data.count(b"\n")
+        if self.header_bytes > MAX_HEADER_BYTES or self.header_lines > MAX_HEADER_LINES:
+            self._giveUp(Failure(HeadersTooLargeError(
+                f"headers over {MAX_HEADER_BYTES} bytes or {MAX_HEADER_LINES} lines"
+                f" ({self.header_bytes} bytes, {self.header_lines} lines)"
+            )))  # fmt: skip
 
 
 class _QuietFactory(_HTTP11ClientFactory):
     """
-    The pool's connection factory, without a log line for each connection.
+    The pool's connection factory: bounded connections, without a log line for each.
     """
 
     noisy = False
 
+    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
+        return _BoundedClientProtocol(self._quiescentCallback)
+
 
 class RetryableStatusError(Exception):
     """
-    The receiver answered with a status worth trying again (5xx, 408, 429).
+    The receiver answered with a status worth trying again (5xx, 408, 429, 3xx).
     """
+
+
+_SAID_AS_IS = (
+    ConnectError,
+    ConnectionLost,
+    ConnectionDone,
+    HeadersTooLargeError,
+    RetryableStatusError,
+)
+"""Errors whose message holds nothing the receiver sent (ours, and the system's)."""
+
+
+def failure_reason(failure: Failure) -> str:
+    """
+    Why an attempt failed, for the log: the message of an error of ours or of the system's,
+    only the type's name of any other (a parser's error quotes the receiver's bytes).
+    """
+    # The agent's errors wrap their reasons in a list.
+    reasons = getattr(failure.value, "reasons", None)
+    value = reasons[0].value if reasons and isinstance(reasons[0], Failure) else failure.value
+    if isinstance(value, _SAID_AS_IS):
+        return describe(value)
+    return f"a bad answer ({type(value).__name__})"
 
 
 class _Target:
@@ -149,6 +229,8 @@ class _Target:
         self.timed_out = False
         self.retry: IDelayedCall | None = None
         self.attempt = 0
+        self.redirected = 0
+        """Attempts at the first event in the queue answered with a 3xx."""
         self.dropped = 0
         self.failing = Trouble(
             log,
@@ -160,6 +242,7 @@ class _Target:
     def enqueue(self, event_id: int, body: bytes) -> None:
         if len(self.queue) >= self.owner.max_queue:
             self.done = self.queue.popleft()[0]
+            self.redirected = 0
             if self.dropped == 0:
                 log.warn("{name}: {size} events wait, the most kept: dropping the oldest",
                          name=self.name, size=len(self.queue) + 1)  # fmt: skip
@@ -201,11 +284,18 @@ class _Target:
             # The receiver refuses this event: trying it again cannot help, the next can.
             log.warn("{name}: the receiver refused an event with status {status}",
                      name=self.name, status=status)  # fmt: skip
+        elif 300 <= status < 400 and self.redirected + 1 >= REDIRECT_ATTEMPTS:
+            log.warn("{name}: the receiver answered an event {attempts} times with status"
+                     " {status} (redirects are not followed): giving it up",
+                     name=self.name, attempts=REDIRECT_ATTEMPTS, status=status)  # fmt: skip
         else:
+            if 300 <= status < 400:
+                self.redirected += 1
             self._failed(Failure(RetryableStatusError(f"status {status}")))
             return
         if self.queue and self.queue[0] is entry:
             self.done = self.queue.popleft()[0]
+            self.redirected = 0
         if not self.queue and self.dropped:
             log.info("{name}: caught up; {dropped} events were dropped while the queue was full",
                      name=self.name, dropped=self.dropped)  # fmt: skip
@@ -223,9 +313,7 @@ class _Target:
         if self.timed_out:
             reason = f"timed out after {self.owner.timeout:g} s"
         else:
-            # The agent's errors wrap their reasons in a list.
-            reasons = getattr(failure.value, "reasons", None)
-            reason = describe(reasons[0] if reasons else failure)
+            reason = failure_reason(failure)
         self.failing.say(reason, name=self.name)
         delay = self.owner.retry_policy(self.attempt)
         self.attempt += 1
@@ -242,6 +330,7 @@ class _Target:
         """
         self.queue.clear()
         self.done = done
+        self.redirected = 0
 
     def stop(self) -> None:
         if self.retry is not None:
