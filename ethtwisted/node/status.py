@@ -1,22 +1,23 @@
 """
 What a node says about itself: L{StatusReader} asks an L{INodeRequests} node for its client
 version, chain id, peers, sync state, gas price and base fee, safe and finalized blocks and
-transaction pool, times the round trip, and checks every answer where it enters.  L{request}
-is the one raw JSON-RPC request, which L{Web3Node.rpc} makes over web3's provider.
+transaction pool, times the round trip, and checks every answer where it enters.  The node's
+answers are raw JSON-RPC (L{INodeRequests.rpc}), which no web3 formatter has touched: a block of
+any header shape reads as well as any other.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from twisted.internet.interfaces import IReactorTime
 
-from ethtwisted.frames import MAX_CLIENT_VERSION_LENGTH, MAX_WIRE_INT, Status, SyncProgress
-from ethtwisted.logs import Logger, describe
+from ethtwisted.frames import MAX_CLIENT_VERSION_LENGTH, Status, SyncProgress
+from ethtwisted.logs import Logger
 from ethtwisted.node import LOG_NAMESPACE, NodeError
-from ethtwisted.node.answers import shown
+from ethtwisted.node.answers import error_text, quantity, shown
 from ethtwisted.node.interfaces import INodeRequests
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -30,43 +31,9 @@ _MISSING_MESSAGE = re.compile(
     r"did not match any variant of untagged enum",
     re.IGNORECASE,
 )
-_QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,15})")
-
-
-async def request(w3: Any, persistent: bool, method: str, params: Sequence[object]) -> object:
-    """
-    The node's raw JSON-RPC response to one request through web3's C{w3} (over a
-    C{persistent} connection, or HTTP), unchecked; an answer web3 cannot even decode is
-    L{NodeError}.
-    """
-    from web3.exceptions import Web3RPCError  # only Web3Node calls this: web3 is loaded
-
-    try:
-        if persistent:
-            # Through the manager, which notes the request: an error answering a request it
-            # did not note would end web3's reading of the connection.  It raises the errors.
-            response: object = {"result": await w3.manager.socket_request(method, list(params))}
-        else:
-            response = await w3.provider.make_request(method, list(params))
-    except Web3RPCError as e:
-        return e.rpc_response if e.rpc_response is not None else {"error": {"message": str(e)}}
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
-        raise NodeError(f"unexpected answer to {method}: {describe(e)}") from None
-    return response
 
 
 # -- the answers, checked ----------------------------------------------------------------------
-
-
-def quantity(value: object) -> int:
-    """
-    A JSON-RPC quantity (C{"0x1a"}) that fits a signed 64-bit integer; else L{NodeError}.
-    """
-    if isinstance(value, str) and _QUANTITY.fullmatch(value):
-        number = int(value, 16)
-        if number <= MAX_WIRE_INT:
-            return number
-    raise NodeError(f"not a quantity in range: {shown(value)}")
 
 
 def client_version(value: object) -> str:
@@ -128,13 +95,6 @@ def _missing(error: object) -> bool:
     return error.get("code") == METHOD_NOT_FOUND or (
         isinstance(message, str) and bool(_MISSING_MESSAGE.search(message[:200]))
     )
-
-
-def _error_text(error: object) -> str:
-    message = error.get("message") if isinstance(error, Mapping) else None
-    if isinstance(message, str):
-        return message[:200]
-    return shown(error)
 
 
 # -- the reader --------------------------------------------------------------------------------
@@ -206,9 +166,9 @@ class StatusReader:
                 self.missing.add(method)
                 log.debug("{node} has no {method} ({reason}): reported as null until the node "
                           "changes", node=self.node.description, method=method,
-                          reason=_error_text(error))  # fmt: skip
+                          reason=error_text(error))  # fmt: skip
                 return None
-            return self._say(what, f"node error: {_error_text(error)}", log.debug)
+            return self._say(what, f"node error: {error_text(error)}", log.debug)
         if "result" not in response:
             return self._unusable(what, "a response without a result")
         try:

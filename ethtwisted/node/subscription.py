@@ -5,10 +5,11 @@ silent never disturbs the calls, and remaking it means a fresh connection), send
 C{eth_subscribe("newHeads")} with C{AsyncWeb3.eth.subscribe} and reads the notifications from
 C{AsyncWeb3.socket.process_subscriptions()}.
 
-Every header is outside input: it goes through the checks every block answer goes through
-(L{ethtwisted.node.answers.as_block}), and one that fails them ends its subscription.  web3
-queues the notifications that arrive before the reply to the subscribe request and yields them
-once the subscription is known, so none is lost.
+Every header is outside input, and comes as the node sent it (L{raw_subscribe}): it goes
+through the checks every block answer goes through (L{ethtwisted.node.answers.as_block}), and
+one that fails them ends its subscription.  web3 queues the notifications that arrive before
+the reply to the subscribe request and yields them once the subscription is known, so none is
+lost.
 """
 
 from __future__ import annotations
@@ -19,19 +20,45 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.python.failure import Failure
-from web3 import AsyncWeb3
+from web3._utils.rpc_abi import RPC
+from web3.method import Method, default_root_munger
 from zope.interface import implementer
 
 from ethtwisted.node import NodeError
-from ethtwisted.node.answers import as_block, as_int
+from ethtwisted.node.answers import as_block, quantity
+from ethtwisted.node.connection import Connection
 from ethtwisted.node.interfaces import IHeadSubscription
 from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
-from ethtwisted.node.web3_node import Web3Node, _Connection
+from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")
 
 PUSHING_TRANSPORTS = ("ipc", "ws")
+
+
+def _unchanged(value: _T) -> _T:
+    return value
+
+
+def raw_subscribe(connection: Connection) -> None:
+    """
+    Make C{connection}'s C{w3.eth.subscribe} leave the notifications as the node sent them.
+
+    web3 formats each notification with the result formatters of the C{eth_subscribe} call
+    that made its subscription: for C{newHeads}, its block formatter, which refuses an
+    extraData longer than 32 bytes (every clique, IBFT, Parlia and Bor header), a mixHash
+    that is not 32 bytes, and turns the hashes into bytes, or leaves a header alone when its
+    fields look too unlike a block's.  Its subscription manager makes the call through
+    C{w3.eth._subscribe}; this connection's is one without result formatters.  A test with
+    clique headers over WebSocket (test_node_headers.py) fails if web3 stops calling it.
+    """
+    method: Method[Any] = Method(
+        RPC.eth_subscribe,
+        mungers=[default_root_munger],
+        result_formatters=lambda method, module: _unchanged,
+    )
+    connection.w3.eth.attach_methods({"_subscribe": method})
 
 
 def subscribe_heads(
@@ -60,7 +87,7 @@ class HeadSubscription:
         self.ended: Deferred[None] = Deferred()
         self._node = node
         self._deliver = deliver
-        self._connection: _Connection | None = None
+        self._connection: Connection | None = None
         self._reader: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -99,20 +126,20 @@ class HeadSubscription:
         """
         Connect, learn the chain id, subscribe; the chain id.
         """
-        connection = _Connection(AsyncWeb3(self._node._provider()))
+        connection = Connection(self._node._provider())
         self._connection = connection
         await connection.w3.provider.connect()
+        raw_subscribe(connection)
 
-        async def subscribe(connection: _Connection) -> int:
-            w3 = connection.w3
-            chain_id = as_int("chain id", await answer(w3.eth.chain_id))
-            await answer(w3.eth.subscribe("newHeads"))
+        async def subscribe(connection: Connection) -> int:
+            chain_id = quantity(await connection.result("eth_chainId", []), "chain id")
+            await answer(connection.w3.eth.subscribe("newHeads"))
             return chain_id
 
         return await connection.run(subscribe)
 
-    def _stream(self, chain_id: int) -> Callable[[_Connection], Awaitable[None]]:
-        async def read(connection: _Connection) -> None:
+    def _stream(self, chain_id: int) -> Callable[[Connection], Awaitable[None]]:
+        async def read(connection: Connection) -> None:
             async for message in connection.w3.socket.process_subscriptions():
                 header = message.get("result") if isinstance(message, Mapping) else None
                 self._deliver(as_block(chain_id, header))

@@ -6,8 +6,8 @@ or HTTP (C{AsyncHTTPProvider}).  web3's coroutines run as asyncio tasks on the l
 Twisted's asyncio reactor, which must be the running reactor; every call is bounded by a
 timeout on the injected reactor, and anything that goes wrong on the way to the node becomes
 one L{NodeError} with a short reason.  A connection that failed is dropped and the next call
-opens a new one, so a restarted node is reached again.  Every answer is checked where it enters
-(C{answers}).
+opens a new one, so a restarted node is reached again.  Every request and answer is raw JSON-RPC
+(C{connection}), each answer checked where it enters (C{answers}).
 """
 
 from __future__ import annotations
@@ -16,25 +16,21 @@ import asyncio
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import ClientTimeout
-from hexbytes import HexBytes
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from web3 import AsyncHTTPProvider, AsyncIPCProvider, AsyncWeb3, WebSocketProvider
-from web3.exceptions import BlockNotFound, Web3RPCError
-from web3.providers.persistent import PersistentConnectionProvider
-from web3.types import BlockIdentifier
+from web3 import AsyncHTTPProvider, AsyncIPCProvider, WebSocketProvider
 from zope.interface import implementer
 
 from ethtwisted.logs import Logger
 from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
-from ethtwisted.node.answers import as_block, as_finalized_number, as_int
+from ethtwisted.node.answers import as_block, quantity, tagged_number
+from ethtwisted.node.connection import Connection, Provider, RefusalError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
-from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
+from ethtwisted.node.trouble import is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block
 
@@ -51,64 +47,6 @@ log = Logger(namespace=LOG_NAMESPACE)
 _T = TypeVar("_T")
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
-
-
-@dataclass
-class _Connection:
-    """
-    One web3 connection to the node, and what was learnt over it.
-    """
-
-    w3: AsyncWeb3[Any]
-    chain_id: int | None = None
-
-    @property
-    def persistent(self) -> bool:
-        return isinstance(self.w3.provider, PersistentConnectionProvider)
-
-    @property
-    def listener(self) -> asyncio.Task[None] | None:
-        """
-        The task in which web3 reads a persistent connection, which ends when the node hangs
-        up; L{None} over HTTP, and once disconnected.
-        """
-        provider = self.w3.provider
-        if not isinstance(provider, PersistentConnectionProvider):
-            return None
-        # web3 has no public way to tell that a persistent connection closed: its requests
-        # wait for their timeout.  Its provider keeps the task reading the socket in this
-        # private attribute, read here and nowhere else; test_node.py fails if web3 changes it.
-        return provider._message_listener_task
-
-    def gone(self) -> BaseException | bool:
-        """
-        Whether the node hung up on a persistent connection: the exception that ended the
-        L{listener}, or C{True}, or C{False} while alive.
-        """
-        if not self.persistent:
-            return False
-        task = self.listener
-        if task is None or task.cancelled():
-            return True
-        return task.done() and (task.exception() or True)
-
-    async def run(self, fetch: Callable[[_Connection], Awaitable[_T]]) -> _T:
-        """
-        C{fetch} over this connection; on a persistent one, fail with L{NodeError} as soon as
-        the node hangs up (web3 would otherwise wait for an answer until its timeout).
-        """
-        listener = self.listener
-        if listener is None:
-            return await fetch(self)
-        call = asyncio.ensure_future(fetch(self))
-        try:
-            await asyncio.wait((call, listener), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not call.done():
-                call.cancel()
-        if not call.done() or call.cancelled():
-            raise NodeError("the node hung up")
-        return call.result()
 
 
 @implementer(INode, IHeadSource, INodeRequests)
@@ -128,7 +66,7 @@ class Web3Node:
         self.description = self.uri.description
         self._reactor = reactor
         self._timeout = timeout
-        self._connection: _Connection | None = None
+        self._connection: Connection | None = None
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
@@ -139,14 +77,14 @@ class Web3Node:
     # -- INode
 
     def block_number(self) -> Deferred[int]:
-        async def fetch(connection: _Connection) -> int:
-            return as_int("block number", await answer(connection.w3.eth.block_number))
+        async def fetch(connection: Connection) -> int:
+            return quantity(await connection.result("eth_blockNumber", []), "block number")
 
         return self._call("eth_blockNumber", fetch)
 
     def head(self) -> Deferred[Block]:
-        async def fetch(connection: _Connection) -> Block:
-            block = await self._block(connection, "latest")
+        async def fetch(connection: Connection) -> Block:
+            block = await self._block(connection, "eth_getBlockByNumber", "latest")
             if block is None:
                 raise NodeError("no latest block")
             return block
@@ -157,8 +95,8 @@ class Web3Node:
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             return fail(ValueError(f"not a block number: {number!r}"))
 
-        async def fetch(connection: _Connection) -> Block | None:
-            return await self._block(connection, number)
+        async def fetch(connection: Connection) -> Block | None:
+            return await self._block(connection, "eth_getBlockByNumber", hex(number))
 
         return self._call(f"block {number}", fetch)
 
@@ -166,22 +104,22 @@ class Web3Node:
         if not isinstance(block_hash, str) or not _HASH.fullmatch(block_hash):
             return fail(ValueError(f"not a block hash: {block_hash!r}"))
 
-        async def fetch(connection: _Connection) -> Block | None:
-            return await self._block(connection, HexBytes(block_hash))
+        async def fetch(connection: Connection) -> Block | None:
+            return await self._block(connection, "eth_getBlockByHash", block_hash.lower())
 
         return self._call(f"block {block_hash.lower()}", fetch)
 
     def finalized_number(self) -> Deferred[int | None]:
-        async def fetch(connection: _Connection) -> int | None:
+        async def fetch(connection: Connection) -> int | None:
             try:
-                data = await answer(connection.w3.eth.get_block("finalized"))
-            except Web3RPCError as e:
+                data = await connection.result("eth_getBlockByNumber", ["finalized", False])
+            except RefusalError as e:
                 # Nodes without finality (before the merge, some dev chains) refuse the tag
                 # or say there is no such block.
                 log.debug("{node} reports no finalized block: {reason}", node=self.description,
-                          reason=node_reason(e))  # fmt: skip
+                          reason=str(e))  # fmt: skip
                 return None
-            return as_finalized_number(data)
+            return tagged_number(data, "finalized")
 
         return self._call("finalized block", fetch)
 
@@ -193,9 +131,7 @@ class Web3Node:
         return subscribe_heads(self, deliver)
 
     def rpc(self, method: str, params: Sequence[object] = ()) -> Deferred[object]:
-        from ethtwisted.node.status import request
-
-        return self._call(method, lambda c: request(c.w3, c.persistent, method, params))
+        return self._call(method, lambda c: c.request(method, params))
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -207,16 +143,18 @@ class Web3Node:
 
     # -- inside
 
-    async def _block(self, connection: _Connection, which: BlockIdentifier) -> Block | None:
+    async def _block(self, connection: Connection, method: str, which: str) -> Block | None:
+        """
+        The block C{which} names (a tag, a number in hex, a hash), read raw with C{method};
+        L{None} when the node has none.
+        """
         if connection.chain_id is None:
-            connection.chain_id = as_int("chain id", await answer(connection.w3.eth.chain_id))
-        try:
-            data = await answer(connection.w3.eth.get_block(which))
-        except BlockNotFound:
-            return None
-        return as_block(connection.chain_id, data)
+            chain_id = await connection.result("eth_chainId", [])
+            connection.chain_id = quantity(chain_id, "chain id")
+        data = await connection.result(method, [which, False])
+        return None if data is None else as_block(connection.chain_id, data)
 
-    def _call(self, what: str, fetch: Callable[[_Connection], Awaitable[_T]]) -> Deferred[_T]:
+    def _call(self, what: str, fetch: Callable[[Connection], Awaitable[_T]]) -> Deferred[_T]:
         """
         Run C{fetch} on a live connection as an asyncio task; the result fails with
         L{NodeError} when the node does, and after C{timeout} seconds at the latest, or with
@@ -262,7 +200,7 @@ class Web3Node:
         task.add_done_callback(finished)
         return result
 
-    async def _attempt(self, fetch: Callable[[_Connection], Awaitable[_T]]) -> _T:
+    async def _attempt(self, fetch: Callable[[Connection], Awaitable[_T]]) -> _T:
         connection, fresh = await self._connected()
         try:
             return await self._on(connection, fetch)
@@ -276,18 +214,18 @@ class Web3Node:
         return await self._on(connection, fetch)
 
     async def _on(
-        self, connection: _Connection, fetch: Callable[[_Connection], Awaitable[_T]]
+        self, connection: Connection, fetch: Callable[[Connection], Awaitable[_T]]
     ) -> _T:
         try:
             return await connection.run(fetch)
-        except Web3RPCError:
+        except RefusalError:
             # The node answered, with an error: the connection itself is fine.
             raise
         except BaseException:
             self._drop(connection)
             raise
 
-    async def _connected(self) -> tuple[_Connection, bool]:
+    async def _connected(self) -> tuple[Connection, bool]:
         """
         The live connection, and whether it was opened just now.
         """
@@ -303,7 +241,7 @@ class Web3Node:
                 self._drop(connection)
             if self._closed:
                 raise NodeError(f"{self.description} is closed")
-            connection = _Connection(AsyncWeb3(self._provider()))
+            connection = Connection(self._provider())
             if connection.persistent:
                 try:
                     await connection.w3.provider.connect()
@@ -313,7 +251,7 @@ class Web3Node:
             self._connection = connection
             return connection, True
 
-    def _provider(self) -> AsyncIPCProvider | WebSocketProvider | AsyncHTTPProvider:
+    def _provider(self) -> Provider:
         target = self.uri.target
         if self.uri.transport == "ipc":
             # One attempt to connect: retrying is ours to decide, not web3's (which sleeps).
@@ -333,7 +271,7 @@ class Web3Node:
             exception_retry_configuration=None,
         )
 
-    def _drop(self, connection: _Connection | None = None) -> None:
+    def _drop(self, connection: Connection | None = None) -> None:
         """
         Forget the current connection (if it is C{connection}) and close it in the background.
         """
@@ -343,12 +281,12 @@ class Web3Node:
         self._connection = None
         self._dispose(current)
 
-    def _dispose(self, connection: _Connection) -> None:
+    def _dispose(self, connection: Connection) -> None:
         closing = asyncio.ensure_future(self._disconnect(connection))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    async def _disconnect(self, connection: _Connection) -> None:
+    async def _disconnect(self, connection: Connection) -> None:
         try:
             await asyncio.wait_for(connection.w3.provider.disconnect(), self._timeout)
         except (Exception, asyncio.CancelledError) as e:
