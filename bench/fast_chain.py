@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--block-time", type=float, default=0.25, help="anvil's --block-time")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured, per transport")
-    parser.add_argument("--transports", default="ipc,ws", help="comma-separated: ipc, ws, http")
+    parser.add_argument("--transports", default="ipc,ws", help="comma-separated: ipc, ws")
     options = parser.parse_args(argv)
 
     from twisted.internet import asyncioreactor
