@@ -1,7 +1,8 @@
 """
-C{/}: the dashboard, one self-contained page (C{dashboard.html}) that polls the JSON API, or
-with a token and none given, a small page asking for it (C{login.html}); each sent with a
-Content-Security-Policy that allows its own inline script and style and nothing else.
+C{/}: the dashboard, one self-contained page (C{dashboard.html}, with C{pictures.js} and
+C{dashboard.js} inlined where it names them) that polls the JSON API, or with a token and none
+given, a small page asking for it (C{login.html}); each sent with a Content-Security-Policy
+that allows its own inline scripts and style and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ from twisted.web.server import Request
 from ethtwisted.web.resource import Endpoint, HTTPError, Response, query_arg
 
 
+def _inlined(name: str) -> str:
+    """
+    The page C{name}, each C{<script src="NAME.js"></script>} in it replaced by that script
+    of ours, inline.
+    """
+    here = files("ethtwisted.web")
+
+    def script(found: re.Match[str]) -> str:
+        code = here.joinpath(found.group(1)).read_text(encoding="utf-8")
+        return "<script>\n" + code + "</script>"
+
+    text = here.joinpath(name).read_text(encoding="utf-8")
+    return re.sub(r'<script src="([a-z]+\.js)"></script>', script, text)
+
+
 def _csp_hash(text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
@@ -29,7 +45,7 @@ class _Page:
     """
 
     def __init__(self, name: str) -> None:
-        text = files("ethtwisted.web").joinpath(name).read_text(encoding="utf-8")
+        text = _inlined(name)
         self.body = text.encode("utf-8")
         scripts = re.findall(r"<script>(.*?)</script>", text, re.DOTALL)
         styles = re.findall(r"<style>(.*?)</style>", text, re.DOTALL)
