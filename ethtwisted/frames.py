@@ -31,24 +31,43 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 MAX_NAME_LENGTH = 255
 """Characters in a client name (the hello's), on both sides."""
-_NAME_FORBIDDEN = frozenset({"Cc", "Cs", "Zl", "Zp"})
-"""Unicode categories a client name may not contain: control characters, surrogates, line
-and paragraph separators."""
+_NAME_BREAKING = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Unicode categories that break a name as a value: control characters, surrogates, line and
+paragraph separators."""
+_NAME_INVISIBLE = frozenset({"Cf", "Co", "Cn"})
+"""Unicode categories that show nothing, or nothing agreed on, so that two names looking alike
+would differ: format characters (zero-width ones, bidirectional overrides and isolates, the
+byte order mark), private use, unassigned code points."""
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+"""Letters and symbols that show nothing: the Hangul fillers (Lo), the blank Braille pattern."""
 
 
 def name_problem(name: str) -> str | None:
     """
-    Why C{name} cannot be a client's name (a phrase), or L{None}: it must be 1 to
+    Why C{name} cannot be a client's name (a phrase), or L{None}.  A name is 1 to
     L{MAX_NAME_LENGTH} characters (a C{VARCHAR(255)} in utf8mb4 holds any 255), encodable as
     UTF-8 (no lone surrogate, which JSON's C{"\\ud800"} can carry), without control characters
-    or line breaks, and without spaces around it (MySQL compares names without trailing spaces).
+    or line breaks; without invisible characters (L{_NAME_INVISIBLE}, L{_BLANK_GLYPHS}), no
+    space but U+0020 and never two in a row nor around the name (MySQL compares names without
+    trailing spaces); in Unicode's composed form (NFC), so that one look has one spelling.
     """
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
         return f"must be 1 to {MAX_NAME_LENGTH} characters"
-    if any(unicodedata.category(c) in _NAME_FORBIDDEN for c in name):
-        return "must not contain control characters, line breaks or lone surrogates"
+    for c in name:
+        category = unicodedata.category(c)
+        if category in _NAME_BREAKING:
+            return "must not contain control characters, line breaks or lone surrogates"
+        if category in _NAME_INVISIBLE or c in _BLANK_GLYPHS:
+            return (f"must not contain invisible, format, private-use or unassigned characters"
+                    f" (U+{ord(c):04X})")  # fmt: skip
+        if category == "Zs" and c != " ":
+            return f"must not contain spaces other than U+0020 (U+{ord(c):04X})"
     if name != name.strip():
         return "must not begin or end with spaces"
+    if "  " in name:
+        return "must not contain two spaces in a row"
+    if not unicodedata.is_normalized("NFC", name):
+        return "must be in Unicode's composed form (NFC)"
     return None
 
 
@@ -264,6 +283,8 @@ def _decode(kind: object, obj: dict[str, Any]) -> ControlFrame:
     if kind == "hello":
         name, token, features = obj["name"], obj.get("token"), obj.get("features")
         if isinstance(name, str) and (token is None or isinstance(token, str)):
+            if (problem := name_problem(name)) is not None:
+                raise ProtocolError(f"malformed control frame: client name {problem}")
             return Hello(name=name, token=token,
                          features=None if features is None else _features(features))  # fmt: skip
     elif kind == "ack":

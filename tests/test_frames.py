@@ -29,6 +29,7 @@ from ethtwisted.frames import (
     encode_control,
 )
 from ethtwisted.protocol import CONTROL_MARK, SOURCES, ProtocolError
+from tests.test_names import names
 
 SHA = "ab" * 32
 
@@ -143,7 +144,7 @@ statuses = st.builds(
 frames: st.SearchStrategy[ControlFrame] = st.one_of(
     st.builds(
         Hello,
-        name=st.text(min_size=1, max_size=20),
+        name=names,
         token=st.none() | st.text(max_size=20),
         features=st.none() | st.lists(feature_names, max_size=16, unique=True).map(tuple),
     ),

@@ -739,12 +739,17 @@ def test_message_the_store_rejects_costs_its_connection_only() -> None:
         ("a\u2028b", "line breaks"),
         (" node", "spaces"),
         ("node ", "spaces"),
+        ("\u200bnode-1", "invisible"),
+        ("node-1\u202e", "invisible"),
+        ("node\u00a01", "spaces other than U+0020"),
+        ("nod\u0065\u0301", "composed form"),
     ],
 )
 def test_hello_with_a_name_that_cannot_be_stored_is_refused(name: str, reason: str) -> None:
     """
     A hello whose name no column could hold as it is (empty, too long, a lone surrogate sent
-    as a JSON escape, control characters or line breaks, spaces around it) costs the
+    as a JSON escape, control characters or line breaks, spaces around it), or that would
+    pass for another (invisible characters, other spaces, decomposed accents), costs the
     connection; nothing with that name reaches the store.
     """
     protocol, transport, store, clock = server_connection()

@@ -25,7 +25,6 @@ from ethtwisted.frames import (
     Sighting,
     Status,
     Welcome,
-    name_problem,
 )
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.logs import Logger
@@ -296,9 +295,6 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             raise ProtocolError("second hello")
         if self.sent_payload:
             raise ProtocolError("hello after payloads: it must come first")
-        problem = name_problem(frame.name)
-        if problem is not None:
-            raise ProtocolError(f"client name {problem}")
         if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
             self.refuse(f"client {frame.name!r}: missing or invalid token")
             return
