@@ -209,7 +209,6 @@ class SightingRecord:
 
     client: str
     seen_at: float
-    received: float
     via: str
     delay_ms: float
 

@@ -422,7 +422,7 @@ async def test_a_node_with_blocks_of_its_own_makes_its_client_fork(
         != b.rpc("eth_getBlockByNumber", hex(head), False)["hash"]
     )
     await heads_stored(fleet, {"a1": head, "a2": head, "b1": head})
-    ((last_sighting,),) = await fleet.query("SELECT MAX(seen_at) FROM eth_sightings")
+    ((last_sighting,),) = await fleet.query("SELECT MAX(seen_at_ms) / 1000 FROM eth_sightings")
     (fork,) = await fleet.hooks.got(("b1", "fork", "entered"))
     # Any fork of a1 or a2 would have begun by now: their blocks are older than this.
     await fleet.decided_after(float(last_sighting) + FORK_SECONDS + 1)

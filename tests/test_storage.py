@@ -28,9 +28,10 @@ from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, payload_hash
 from ethtwisted.records import Received
 from ethtwisted.storage import RejectedError, StartupError, is_conflict, is_rejection, wait_for
+from ethtwisted.storage.migrate import CHAIN_INDEX
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
-from ethtwisted.storage.sql_store import CHAIN_INDEX, SQLITE, SQLStore
+from ethtwisted.storage.sql_store import SQLITE, SQLStore
 from tests.services import MySQLDatabase, Redis
 
 HASH = "0x" + "ab" * 32
@@ -276,6 +277,7 @@ async def test_an_older_block_table_gets_the_chain_index(sql_store: SQLStore) ->
     assert new == {
         "eth_blocks_first_seen": ["first_seen"],
         "eth_blocks_chain": CHAIN_INDEX.split(", "),
+        "eth_blocks_id": ["id", "number"],
     }
     block = Block(1, 7, HASH, HASH, 3)
     await sql_store.store([received("seven", block=block)])

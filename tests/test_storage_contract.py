@@ -73,6 +73,7 @@ SQL_TABLES = {
     "ethereum_data",
     "eth_blocks",
     "eth_clients",
+    "eth_client_ids",
     "eth_sightings",
     "eth_node_status",
     "eth_events",
@@ -521,7 +522,7 @@ async def test_heads_per_chain_that_clients_report(blocks: BlockBackend) -> None
     assert await store.heads(10) == heads
     assert await store.heads(2) == heads[:2]
     assert await store.heads(0) == []
-    assert await store.ledger.prune_sightings(T0 + 100, 100) == 17
+    assert await store.ledger.prune_sightings(T0 + 86400, 100) == 17
     assert (await store.heads(10))[-1] == Head(12, 4, block(12, 4, fork=1).hash, T0 + 12)
 
 
@@ -936,9 +937,9 @@ async def test_sightings_one_per_client_and_payload_with_their_delays(
         ]
     )
     assert await store.ledger.sightings(payload_hash(a), 10) == [
-        SightingRecord("x", T0 + 1.0, T0 + 1.5, "subscription", 0.0),
-        SightingRecord("z", T0 + 1.25, T0 + 2.0, "poll", 250.0),
-        SightingRecord("y", T0 + 1.75, T0 + 1.75, "unknown", 750.0),
+        SightingRecord("x", T0 + 1.0, "subscription", 0.0),
+        SightingRecord("z", T0 + 1.25, "poll", 250.0),
+        SightingRecord("y", T0 + 1.75, "unknown", 750.0),
     ]
     assert [s.client for s in await store.ledger.sightings(payload_hash(a), 2)] == ["x", "z"]
     assert await store.ledger.sightings(payload_hash(b"never"), 10) == []
@@ -1151,17 +1152,24 @@ async def test_missing_heights_are_those_a_client_reported_no_block_of(
 @pytest_twisted.ensureDeferred
 async def test_pruning_deletes_old_sightings_in_batches(blocks: BlockBackend) -> None:
     """
-    Pruning deletes at most C{limit} sightings received before the cut, oldest first, and
-    keeps the payloads; once none is left before it, it deletes nothing.
+    Pruning deletes at most C{limit} sightings of the payloads first seen on the (UTC) days
+    before the cut's, those stored first first, and keeps the payloads; once none is left
+    before it, it deletes nothing.  A later sighting of an old payload goes with it.
     """
     store = await blocks.writer()
+    day = 86400
+    start = (T0 // day) * day
     payloads = [block_json(block(1, n)) for n in range(5)]
-    await store.store([received(p, "x", T0 + n) for n, p in enumerate(payloads)])
-    assert await store.ledger.prune_sightings(T0 + 3, 2) == 2
+    for n, p in enumerate(payloads):
+        await store.store([received(p, "x", start + n * day + 10)])
+    await store.store([received(payloads[1], "y", start + 4 * day)])
+    cut = start + 3 * day + 5
+    assert await store.ledger.prune_sightings(cut, 2) == 2
     assert await store.ledger.sightings(payload_hash(payloads[0]), 10) == []
+    assert [s.client for s in await store.ledger.sightings(payload_hash(payloads[1]), 10)] == ["y"]
     assert len(await store.ledger.sightings(payload_hash(payloads[2]), 10)) == 1
-    assert await store.ledger.prune_sightings(T0 + 3, 2) == 1
-    assert await store.ledger.prune_sightings(T0 + 3, 2) == 0
+    assert await store.ledger.prune_sightings(cut, 2) == 2
+    assert await store.ledger.prune_sightings(cut, 2) == 0
     assert len(await store.ledger.sightings(payload_hash(payloads[3]), 10)) == 1
     assert await store.payload(payload_hash(payloads[0])) == payloads[0].decode()
 

@@ -267,14 +267,14 @@ class SQLFleet:
     ) -> dict[int, dict[str, tuple[str, float]]]:
         """
         Who reported which block at C{heights}, and when: the blocks there first (an index
-        look-up), then their sightings by payload (one more each).
+        look-up), then their sightings, in the sightings' key (one range each).
         """
         marks = ", ".join(["?"] * len(heights))
         blocks = {
-            sha256: (int(number), block_hash)
-            for sha256, number, block_hash in self._execute(
+            int(block_id): (int(number), block_hash)
+            for block_id, number, block_hash in self._execute(
                 txn,
-                "SELECT hash, number, block_hash FROM eth_blocks WHERE chain_id = ?"
+                "SELECT id, number, block_hash FROM eth_blocks WHERE chain_id = ?"
                 f" AND number IN ({marks})",
                 chain_id,
                 *heights,
@@ -282,16 +282,18 @@ class SQLFleet:
         }
         contested: dict[int, dict[str, tuple[str, float]]] = {}
         marks = ", ".join(["?"] * len(blocks))
-        for client, sha256, seen_at in self._execute(
+        for client, block_id, seen_at_ms in self._execute(
             txn,
-            f"SELECT client, hash, seen_at FROM eth_sightings WHERE hash IN ({marks})",
+            "SELECT c.client, s.block_id, s.seen_at_ms FROM eth_sightings s"
+            f" JOIN eth_client_ids c ON c.id = s.client_id WHERE s.block_id IN ({marks})",
             *blocks,
         ):
-            number, block_hash = blocks[sha256]
+            number, block_hash = blocks[int(block_id)]
+            seen_at = int(seen_at_ms) / 1000
             reports = contested.setdefault(number, {})
             # What a client reported last at a height is what its node has there.
-            if client not in reports or reports[client][1] < float(seen_at):
-                reports[client] = (block_hash, float(seen_at))
+            if client not in reports or reports[client][1] < seen_at:
+                reports[client] = (block_hash, seen_at)
         return contested
 
     def _reached(self, txn: Any, chain_id: int, height: int) -> float:

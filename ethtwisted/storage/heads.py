@@ -80,12 +80,14 @@ def sql_best_head(txn: Any, p: str, chain_id: int | None) -> Head | None:
         # The few blocks at that height (by the chain index), and the sightings
         # of each by the clients there now.
         txn.execute(
-            "SELECT s.client, s.seen_at, b.block_hash, b.first_seen FROM eth_blocks b"
-            " JOIN eth_sightings s ON s.hash = b.hash JOIN eth_clients c ON c.client = s.client"
+            "SELECT i.client, s.seen_at_ms, b.block_hash, b.first_seen"
+            " FROM eth_blocks b JOIN eth_sightings s ON s.block_id = b.id"
+            " JOIN eth_client_ids i ON i.id = s.client_id"
+            " JOIN eth_clients c ON c.client = i.client"
             f" WHERE b.{where} AND b.number = {p} AND c.{where} AND c.last_block = {p}",
             (*args, number, *args, number),
         )
-        seen = [OnBlock(c, float(at), h, float(first)) for c, at, h, first in txn.fetchall()]
+        seen = [OnBlock(c, int(at) / 1000, h, float(first)) for c, at, h, first in txn.fetchall()]
         head = best_at(chain_id, number, seen)
         if head is not None:
             return head

@@ -1,6 +1,7 @@
 """
-The ledger in SQL: each client's sightings of each payload (C{eth_sightings}), its node's latest
-status (C{eth_node_status}) and the changes that status shows (C{eth_events}).  L{write} runs in
+The ledger in SQL: each client's sightings of each payload (C{eth_sightings}, under the
+payload's and the client's small ids), its node's latest status (C{eth_node_status}) and the
+changes that status shows (C{eth_events}).  L{SQLLedger.write} runs in
 L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}'s group commit, so a payload, its sightings
 and the statuses that came with it are committed together; L{SQLLedger} reads them back over
 the store's pool.
@@ -8,20 +9,26 @@ the store's pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import ILedger
-from ethtwisted.protocol import Block
+from ethtwisted.protocol import SOURCES
 from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord, StatusReport
-from ethtwisted.storage import fleet_finalized, status_events
+from ethtwisted.storage import fleet_finalized, partitions, status_events
 
-TABLES = ("eth_sightings", "eth_node_status", "eth_events")
+TABLES = ("eth_client_ids", "eth_sightings", "eth_node_status", "eth_events")
+VIAS = ("unknown", *SOURCES)
+"""How a client learnt of a payload, by the number C{eth_sightings.via} holds."""
+MAX_CLIENT_IDS = 100_000
+"""Client ids a ledger remembers; past that it forgets them all and asks again."""
+SECONDS_A_DAY = 86400
 PROPAGATION_CLIENTS = 100
 """The most clients the statements of L{SQLLedger.propagation} read at once (SQLite allows 500
 SELECTs in one)."""
@@ -38,17 +45,27 @@ class Statements:
 
     def __init__(self, dialect: str) -> None:
         sqlite = dialect == "sqlite"
+        self.dialect = dialect
         self.placeholder = p = "?" if sqlite else "%s"
-        values = ", ".join([p] * 8)
-        skip = (
-            "ON CONFLICT (client, hash) DO NOTHING"
+        self.locked = "" if sqlite else " LOCK IN SHARE MODE"
+        """What makes a SELECT read the latest committed rows (and keep them) in MySQL."""
+        self.day = (
+            f"CAST(first_seen / {SECONDS_A_DAY} AS INTEGER)"
             if sqlite
-            else ("ON DUPLICATE KEY UPDATE client = client")
+            else f"FLOOR(first_seen / {SECONDS_A_DAY})"
+        )
+        """The UTC day of C{first_seen}, the partition of its sightings."""
+        skip = (
+            "ON CONFLICT (block_id, client_id) DO NOTHING"
+            if sqlite
+            else "ON DUPLICATE KEY UPDATE block_id = block_id"
         )
         self.insert_sighting = (
-            "INSERT INTO eth_sightings (client, hash, chain_id, number, block_hash, seen_at,"
-            f" received, via) VALUES ({values}) {skip}"
+            "INSERT INTO eth_sightings (block_id, client_id, day, seen_at_ms, via)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}) {skip}"
         )
+        skip = "ON CONFLICT (client) DO NOTHING" if sqlite else "ON DUPLICATE KEY UPDATE id = id"
+        self.insert_client_id = f"INSERT INTO eth_client_ids (client) VALUES ({p}) {skip}"
         columns = [c.strip() for c in _STATUS_COLUMNS.split(",")]
         values = ", ".join([p] * (len(columns) + 1))
         if sqlite:
@@ -114,61 +131,100 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def write(txn: Any, statements: Statements, batch: Sequence[Received | StatusReport]) -> None:
-    """
-    Write the sightings and statuses of C{batch}, in the transaction C{txn}: the first sighting
-    of each (client, payload), and each client's last status with the changes from the one
-    stored before.
-    """
-    sightings: dict[tuple[str, str], tuple[Any, ...]] = {}
-    reports: dict[str, list[StatusReport]] = {}
-    for item in batch:
-        if isinstance(item, StatusReport):
-            reports.setdefault(item.client, []).append(item)
-            continue
-        key = (item.client, item.sha256)
-        if key in sightings:
-            continue
-        b = item.block
-        chain_id, number, block_hash = (
-            (b.chain_id, b.number, b.hash.lower()) if isinstance(b, Block) else (None, b, None)
-        )
-        sightings[key] = (*key, chain_id, number, block_hash, item.seen_at, item.received,
-                          item.via)  # fmt: skip
-    # Sorted keys take row locks in one order, so concurrent servers cannot deadlock.
-    if sightings:
-        txn.executemany(statements.insert_sighting, [sightings[k] for k in sorted(sightings)])
-    if not reports:
-        return
-    p = statements.placeholder
-    clients = sorted(reports)
-    txn.execute(
-        f"SELECT client, {_STATUS_COLUMNS} FROM eth_node_status"
-        f" WHERE client IN ({', '.join([p] * len(clients))})",
-        clients,
-    )
-    stored = {row[0]: _status(row[2:]) for row in txn.fetchall()}
-    events = []
-    for client in clients:
-        old = stored.get(client)
-        for report in reports[client]:
-            for kind, detail in status_events(old, report.status):
-                events.append((client, report.received, kind, detail))
-            old = report.status
-    if events:
-        txn.executemany(statements.insert_event, events)
-    txn.executemany(statements.upsert_status, [_status_row(reports[c][-1]) for c in clients])
-
-
 @implementer(ILedger)
 class SQLLedger:
     """
-    L{ILedger} read back over an adbapi pool (the store's).
+    L{ILedger} read back over an adbapi pool (the store's), and the writing of it in the
+    store's group commit.
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, dialect: str) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, dialect: str, clock: IReactorTime) -> None:
         self.pool = pool
+        self.clock = clock
         self.statements = Statements(dialect)
+        self.client_ids: dict[str, int] = {}
+        """Client name → its id in C{eth_client_ids}, as read: an id never changes."""
+
+    def write(
+        self,
+        txn: Any,
+        batch: Sequence[Received | StatusReport],
+        payloads: Mapping[str, tuple[int, int]],
+    ) -> None:
+        """
+        Write the sightings and statuses of C{batch}, in the transaction C{txn}: the first
+        sighting of each (client, payload), and each client's last status with the changes from
+        the one stored before.  C{payloads} gives each payload's id and day (SHA256 → both).
+        """
+        first: dict[tuple[str, str], Received] = {}
+        reports: dict[str, list[StatusReport]] = {}
+        for item in batch:
+            if isinstance(item, StatusReport):
+                reports.setdefault(item.client, []).append(item)
+            else:
+                first.setdefault((item.client, item.sha256), item)
+        if first:
+            ids = self._client_ids(txn, sorted({client for client, _ in first}))
+            rows = sorted(
+                (*payloads[sha256][:1], ids[client], payloads[sha256][1],
+                 round(r.seen_at * 1000), VIAS.index(r.via) if r.via in VIAS else 0)
+                for (client, sha256), r in first.items()
+            )  # fmt: skip
+            # In the order of the key, so concurrent servers take row locks in one order and
+            # cannot deadlock.
+            txn.executemany(self.statements.insert_sighting, rows)
+        if reports:
+            self._write_statuses(txn, reports)
+
+    def _client_ids(self, txn: Any, names: Sequence[str]) -> dict[str, int]:
+        """
+        The id of each client in C{names}, those not in C{eth_client_ids} yet added.
+        """
+        known = self.client_ids
+        if len(known) > MAX_CLIENT_IDS:
+            known.clear()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            known.update(self._read_client_ids(txn, unknown, ""))
+            new = [n for n in unknown if n not in known]
+            if new:
+                txn.executemany(self.statements.insert_client_id, [(n,) for n in new])
+                known.update(self._read_client_ids(txn, new, self.statements.locked))
+        return {n: known[n] for n in names}
+
+    def _read_client_ids(self, txn: Any, names: Sequence[str], lock: str) -> dict[str, int]:
+        p = self.statements.placeholder
+        ids: dict[str, int] = {}
+        for start in range(0, len(names), partitions.IN_LIMIT):
+            chunk = names[start : start + partitions.IN_LIMIT]
+            txn.execute(
+                f"SELECT client, id FROM eth_client_ids"
+                f" WHERE client IN ({', '.join([p] * len(chunk))}){lock}",
+                chunk,
+            )
+            ids.update((c, int(i)) for c, i in txn.fetchall())
+        return ids
+
+    def _write_statuses(self, txn: Any, reports: dict[str, list[StatusReport]]) -> None:
+        statements = self.statements
+        p = statements.placeholder
+        clients = sorted(reports)
+        txn.execute(
+            f"SELECT client, {_STATUS_COLUMNS} FROM eth_node_status"
+            f" WHERE client IN ({', '.join([p] * len(clients))})",
+            clients,
+        )
+        stored = {row[0]: _status(row[2:]) for row in txn.fetchall()}
+        events = []
+        for client in clients:
+            old = stored.get(client)
+            for report in reports[client]:
+                for kind, detail in status_events(old, report.status):
+                    events.append((client, report.received, kind, detail))
+                old = report.status
+        if events:
+            txn.executemany(statements.insert_event, events)
+        txn.executemany(statements.upsert_status, [_status_row(reports[c][-1]) for c in clients])
 
     def _query(self, statement: str, *args: Any) -> Deferred[list[Any]]:
         d: Deferred[list[Any]] = self.pool.runQuery(
@@ -208,46 +264,53 @@ class SQLLedger:
         delays: dict[str, list[float]] = {name: [] for name in names}
         if limit < 1:
             return delays
-        for start in range(0, len(names), PROPAGATION_CLIENTS):
-            chunk = names[start : start + PROPAGATION_CLIENTS]
+        ids = {i: name for name, i in self._read_client_ids(txn, names, "").items()}
+        clients = sorted(ids)
+        # A block sighting is one of a payload with a number (eth_blocks_id has it).
+        block = "JOIN eth_blocks b ON b.id = s.block_id AND b.number IS NOT NULL"
+        for start in range(0, len(clients), PROPAGATION_CLIENTS):
+            chunk = clients[start : start + PROPAGATION_CLIENTS]
             # First the time of each client's limit-th block sighting, newest first: in the
-            # order of the (client, seen_at) index, which stops there.  Without it, the order
-            # by hash too would sort all the sightings a client ever had.
+            # order of the (client_id, seen_at_ms) index, which stops there.  Without it, the
+            # order by payload too would sort all the sightings a client ever had.
             txn.execute(
                 " UNION ALL ".join(
-                    "SELECT * FROM (SELECT client, seen_at FROM eth_sightings"
-                    f" WHERE client = {p} AND number IS NOT NULL"
-                    f" ORDER BY seen_at DESC LIMIT 1 OFFSET {p}) AS t{n}"
+                    "SELECT * FROM (SELECT s.client_id, s.seen_at_ms FROM eth_sightings s"
+                    f" {block} WHERE s.client_id = {p}"
+                    f" ORDER BY s.seen_at_ms DESC LIMIT 1 OFFSET {p}) AS t{n}"
                     for n in range(len(chunk))
                 ),
-                [value for name in chunk for value in (name, limit - 1)],
+                [value for i in chunk for value in (i, limit - 1)],
             )
-            since = dict(txn.fetchall())
-            # Then the sightings from that time on (all of a client's with fewer), each with the
-            # first sighting of its payload by the (hash, seen_at) index.
+            since = {int(i): int(t) for i, t in txn.fetchall()}
+            # Then the sightings from that time on (all of a client's with fewer; ties by SHA256,
+            # which eth_blocks_id holds too), each with the first sighting of its payload (by
+            # the payload's rows, first in the key).
             last, args = [], []
-            for n, name in enumerate(chunk):
-                after = f" AND seen_at >= {p}" if name in since else ""
+            for n, i in enumerate(chunk):
+                after = f" AND s.seen_at_ms >= {p}" if i in since else ""
                 last.append(
-                    "SELECT * FROM (SELECT client, hash, seen_at FROM eth_sightings"
-                    f" WHERE client = {p} AND number IS NOT NULL{after}"
-                    f" ORDER BY seen_at DESC, hash DESC LIMIT {p}) AS c{n}"
+                    "SELECT * FROM (SELECT s.client_id, s.block_id, s.seen_at_ms, b.hash"
+                    f" FROM eth_sightings s {block} WHERE s.client_id = {p}{after}"
+                    f" ORDER BY s.seen_at_ms DESC, b.hash DESC LIMIT {p}) AS c{n}"
                 )
-                args += [name, since[name], limit] if name in since else [name, limit]
+                args += [i, since[i], limit] if i in since else [i, limit]
             txn.execute(
-                "SELECT s.client, s.seen_at - (SELECT MIN(f.seen_at) FROM eth_sightings f"
-                f" WHERE f.hash = s.hash) FROM ({' UNION ALL '.join(last)}) AS s"
-                " ORDER BY s.client, s.seen_at DESC, s.hash DESC",
+                "SELECT s.client_id, s.seen_at_ms - (SELECT MIN(f.seen_at_ms) FROM eth_sightings f"
+                f" WHERE f.block_id = s.block_id) FROM ({' UNION ALL '.join(last)}) AS s"
+                " ORDER BY s.client_id, s.seen_at_ms DESC, s.hash DESC",
                 args,
             )
-            for client, delay in txn.fetchall():
-                delays[client].append(float(delay) * 1000)
+            for i, delay in txn.fetchall():
+                delays[ids[int(i)]].append(float(delay))
         return delays
 
     def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
         d = self._query(
-            "SELECT client, seen_at, received, via FROM eth_sightings WHERE hash = ?"
-            " ORDER BY seen_at, client LIMIT ?",
+            "SELECT c.client, s.seen_at_ms, s.via FROM eth_blocks b"
+            " JOIN eth_sightings s ON s.block_id = b.id"
+            " JOIN eth_client_ids c ON c.id = s.client_id"
+            " WHERE b.hash = ? ORDER BY s.seen_at_ms, c.client LIMIT ?",
             sha256,
             limit,
         )
@@ -268,12 +331,13 @@ class SQLLedger:
         self, client: str, chain_id: int, low: int, high: int, limit: int
     ) -> Deferred[list[int]]:
         # Per height, the blocks stored there (an index look-up), then whether this client
-        # reported one of them (a look-up of its unique key).
+        # reported one of them (a look-up of the sightings' key).
         d = self._query(
             "SELECT DISTINCT b.number FROM eth_blocks b"
             " WHERE b.chain_id = ? AND b.number >= ? AND b.number <= ? AND NOT EXISTS ("
-            "SELECT 1 FROM eth_blocks o JOIN eth_sightings s ON s.hash = o.hash"
-            " WHERE o.chain_id = b.chain_id AND o.number = b.number AND s.client = ?)"
+            "SELECT 1 FROM eth_blocks o JOIN eth_sightings s ON s.block_id = o.id"
+            " JOIN eth_client_ids c ON c.id = s.client_id"
+            " WHERE o.chain_id = b.chain_id AND o.number = b.number AND c.client = ?)"
             " ORDER BY b.number LIMIT ?",
             chain_id,
             low,
@@ -287,24 +351,25 @@ class SQLLedger:
         return self.pool.runInteraction(self._prune, before, limit)
 
     def _prune(self, txn: Any, before: float, limit: int) -> int:
-        p = self.statements.placeholder
-        txn.execute(
-            f"SELECT id FROM eth_sightings WHERE received < {p} ORDER BY received LIMIT {p}",
-            (before, limit),
-        )
-        ids = [row[0] for row in txn.fetchall()]
-        if ids:
-            txn.execute(
-                f"DELETE FROM eth_sightings WHERE id IN ({', '.join([p] * len(ids))})", ids
-            )
-        return len(ids)
+        """
+        The sightings of the payloads first seen on the days before the one of C{before}:
+        on MySQL whole partitions, then (and on SQLite only) at most C{limit} more by DELETE.
+        """
+        day = int(before // SECONDS_A_DAY)
+        dropped = 0
+        if self.statements.dialect != "sqlite":
+            today = int(self.clock.seconds() // SECONDS_A_DAY)
+            partitions.ensure(txn, today, today + partitions.DAYS_AHEAD)
+            dropped = partitions.drop_before(txn, day)
+        return dropped + partitions.delete_before(txn, self.statements.placeholder, day, limit)
 
 
 def _with_delays(rows: Sequence[Sequence[Any]]) -> list[SightingRecord]:
     if not rows:
         return []
-    first = float(rows[0][1])
+    first = int(rows[0][1])
     return [
-        SightingRecord(c, float(t), float(r), via, (float(t) - first) * 1000)
-        for c, t, r, via in rows
-    ]
+        SightingRecord(c, int(t) / 1000, VIAS[int(via)] if int(via) < len(VIAS) else VIAS[0],
+                       float(int(t) - first))
+        for c, t, via in rows
+    ]  # fmt: skip

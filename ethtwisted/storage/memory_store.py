@@ -67,7 +67,7 @@ class _Sighting:
     chain_id: int | None
     number: int | None
     seen_at: float
-    received: float
+    """On the millisecond, as SQL keeps it."""
     via: str
 
 
@@ -134,8 +134,9 @@ class MemoryStore(Answering):
             chain_id, number = _chain_and_number(r.block)
             t.sightings.setdefault(
                 (r.client, r.sha256),
-                _Sighting(r.client, r.sha256, chain_id, number, r.seen_at, r.received, r.via),
-            )
+                _Sighting(r.client, r.sha256, chain_id, number, round(r.seen_at * 1000) / 1000,
+                          r.via),
+            )  # fmt: skip
         for report in batch:
             if isinstance(report, StatusReport):
                 old = t.statuses.get(report.client)
@@ -406,9 +407,7 @@ class MemoryLedger(Answering):
         rows = sorted((s for s in self.tables.sightings.values() if s.sha256 == sha256),
                       key=lambda s: (s.seen_at, s.client))[:limit]  # fmt: skip
         return [
-            SightingRecord(
-                s.client, s.seen_at, s.received, s.via, (s.seen_at - rows[0].seen_at) * 1000
-            )
+            SightingRecord(s.client, s.seen_at, s.via, (s.seen_at - rows[0].seen_at) * 1000)
             for s in rows
         ]
 
@@ -435,8 +434,12 @@ class MemoryLedger(Answering):
 
     def _prune(self, before: float, limit: int) -> int:
         t = self.tables
-        old = sorted((s for s in t.sightings.values() if s.received < before),
-                     key=lambda s: s.received)[:limit]  # fmt: skip
+        # The sightings of the payloads first seen on the days before that of C{before}, in
+        # the order the payloads were stored.
+        order = {sha256: n for n, sha256 in enumerate(t.payloads)}
+        day = before // 86400
+        old = [s for s in t.sightings.values() if t.blocks[s.sha256].first_seen // 86400 < day]
+        old = sorted(old, key=lambda s: (order[s.sha256], s.client))[:limit]
         for s in old:
             del t.sightings[(s.client, s.sha256)]
         return len(old)

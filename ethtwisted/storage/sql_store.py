@@ -14,13 +14,21 @@ from importlib.resources import files
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader
 from ethtwisted.protocol import Block
 from ethtwisted.records import BlockRecord, ClientRecord, Head, Received, StatusReport
-from ethtwisted.storage import RejectedError, StartupError, deliveries, fleet, ledger, row_problem
+from ethtwisted.storage import (
+    RejectedError,
+    deliveries,
+    fleet,
+    ledger,
+    migrate,
+    partitions,
+    row_problem,
+)
 from ethtwisted.storage.heads import sql_best_head
 from ethtwisted.storage.sql_pool import DatabaseURL, connection_pool
 
@@ -45,7 +53,13 @@ class _Dialect:
     """
 
     def __init__(
-        self, name: str, placeholder: str, skip_duplicate: str, upsert: str, bucket: str
+        self,
+        name: str,
+        placeholder: str,
+        skip_duplicate: str,
+        set_id: str,
+        upsert: str,
+        bucket: str,
     ) -> None:
         self.name = name
         self.placeholder = placeholder
@@ -57,10 +71,11 @@ class _Dialect:
         self.insert_data = (
             f"INSERT INTO ethereum_data (hash, payload) VALUES ({p}) {skip_duplicate}"
         )
-        p = ", ".join([placeholder] * 8)
+        p = ", ".join([placeholder] * 9)
+        # A row an older server stored while this one migrated the table has no id yet.
         self.insert_block = (
             "INSERT INTO eth_blocks (hash, first_seen, client, chain_id, number,"
-            f" block_hash, parent_hash, block_time) VALUES ({p}) {skip_duplicate}"
+            f" block_hash, parent_hash, block_time, id) VALUES ({p}) {set_id}"
         )
         p = ", ".join([placeholder] * 7)
         self.upsert_client = (
@@ -78,6 +93,7 @@ SQLITE = _Dialect(
     "sqlite",
     "?",
     "ON CONFLICT (hash) DO NOTHING",
+    "ON CONFLICT (hash) DO UPDATE SET id = COALESCE(id, excluded.id)",
     "ON CONFLICT (client) DO UPDATE SET address = excluded.address,"
     " messages = messages + excluded.messages, last_seen = excluded.last_seen,"
     " chain_id = COALESCE(excluded.chain_id, chain_id),"
@@ -88,67 +104,13 @@ MYSQL = _Dialect(
     "mysql",
     "%s",
     "ON DUPLICATE KEY UPDATE hash = hash",
+    "ON DUPLICATE KEY UPDATE id = COALESCE(id, VALUES(id))",
     "ON DUPLICATE KEY UPDATE address = VALUES(address),"
     " messages = messages + VALUES(messages), last_seen = VALUES(last_seen),"
     " chain_id = COALESCE(VALUES(chain_id), chain_id),"
     " last_block = COALESCE(VALUES(last_block), last_block)",
     "FLOOR(first_seen / {bucket}) * {bucket}",
 )
-
-
-def _check_charset(txn: Any) -> None:
-    """
-    Raise L{StartupError} if one of our tables keeps text in a character set other than
-    utf8mb4 (an older server's latin1 table): MySQL would refuse, or change, what it cannot
-    represent, and the stored payload would no longer match its SHA256.
-    """
-    txn.execute(
-        "SELECT table_name, MIN(character_set_name) FROM information_schema.columns"
-        " WHERE table_schema = DATABASE()"
-        f" AND table_name IN ({', '.join(['%s'] * len(_TABLES))})"
-        " AND character_set_name IS NOT NULL AND character_set_name <> 'utf8mb4'"
-        " GROUP BY table_name ORDER BY table_name",
-        _TABLES,
-    )
-    rows = txn.fetchall()
-    if rows:
-        tables = ", ".join(f"{t} ({charset})" for t, charset in rows)
-        fix = "; ".join(f"ALTER TABLE {t} CONVERT TO CHARACTER SET utf8mb4" for t, _ in rows)
-        raise StartupError(f"tables not in utf8mb4: {tables}; convert them first: {fix}")
-
-
-CHAIN_INDEX = "chain_id, number, block_hash, parent_hash, first_seen, hash"
-"""The columns of C{eth_blocks_chain}, as schema/mysql.sql creates it."""
-
-
-def _upgrade_chain_index(txn: Any) -> None:
-    """
-    Give an older C{eth_blocks} the chain reads' index C{eth_blocks_chain} in place of
-    C{eth_blocks_chain_number}, its first two columns (MySQL builds it while the table stays in
-    use).  A server starting at the same time may do it first; only a change that has not
-    happened in the end is an error.
-    """
-    changes = [
-        ("eth_blocks_chain", True, f"ADD INDEX eth_blocks_chain ({CHAIN_INDEX})"),
-        ("eth_blocks_chain_number", False, "DROP INDEX eth_blocks_chain_number"),
-    ]
-    for name, wanted, change in changes:
-        if _has_index(txn, name) == wanted:
-            continue
-        try:
-            txn.execute(f"ALTER TABLE eth_blocks {change}")
-        except Exception:
-            if _has_index(txn, name) != wanted:
-                raise
-
-
-def _has_index(txn: Any, name: str) -> bool:
-    txn.execute(
-        "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
-        " AND table_name = 'eth_blocks' AND index_name = %s LIMIT 1",
-        (name,),
-    )
-    return bool(txn.fetchall())
 
 
 def _block_columns(block: Block | int | None) -> tuple[Any, ...]:
@@ -187,26 +149,40 @@ class SQLStore:
         self.dialect = SQLITE if url.dialect == "sqlite" else MYSQL
         self.max_payload_bytes = MYSQL_TEXT_BYTES if url.dialect == "mysql" else 2**30
         self.pool = connection_pool(url, reactor, read_only)
-        self.ledger = ledger.SQLLedger(self.pool, url.dialect)
+        self.clock = IReactorTime(reactor)
+        self.ledger = ledger.SQLLedger(self.pool, url.dialect, self.clock)
         self.fleet = fleet.SQLFleet(self.pool, url.dialect)
         self.deliveries = deliveries.SQLDeliveries(self.pool, url.dialect)
 
     def start(self) -> Deferred[None]:
         if self.read_only:
             return self.pool.runInteraction(self._check_tables)
-        return self.pool.runInteraction(self._create)
+        return self.pool.runWithConnection(self._create)
 
     def _check_tables(self, txn: Any) -> None:
         for table in _TABLES:
             txn.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
             txn.fetchall()
 
-    def _create(self, txn: Any) -> None:
+    def _create(self, connection: Any) -> None:
+        """
+        Create the tables, and bring an older store's to today's (L{migrate}); commits as it
+        goes.
+        """
+        name = self.dialect.name
+        migrate.before_schema(connection, name)
+        txn = connection.cursor()
         for statement in self.dialect.schema():
             txn.execute(statement)
         if self.dialect is MYSQL:
-            _check_charset(txn)
-            _upgrade_chain_index(txn)
+            migrate.check_charset(txn, _TABLES)
+            migrate.upgrade_chain_index(txn)
+        connection.commit()
+        # The older sightings first: their days are made from the oldest one on.
+        today = int(self.clock.seconds() // ledger.SECONDS_A_DAY)
+        migrate.after_schema(connection, name, self.ledger.statements.day, today)
+        if self.dialect is MYSQL:
+            partitions.ensure(txn, today, today + partitions.DAYS_AHEAD)
 
     def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
         return self.pool.runInteraction(self._store, batch)
@@ -232,20 +208,69 @@ class SQLStore:
                     row[5], row[6] = chain_id, number
         # Sorted keys take row locks in one order, so concurrent servers cannot deadlock.
         hashes = sorted(first)
-        new = 0
-        if hashes:
-            txn.executemany(self.dialect.insert_data, [(h, first[h].payload) for h in hashes])
-            new = max(txn.rowcount, 0)
-            txn.executemany(
-                self.dialect.insert_block,
-                [
-                    (h, first[h].received, first[h].client, *_block_columns(first[h].block))
-                    for h in hashes
-                ],
-            )
+        new, payloads = self._payloads(txn, hashes, first) if hashes else (0, {})
+        if clients:
             txn.executemany(self.dialect.upsert_client, [clients[c] for c in sorted(clients)])
-        ledger.write(txn, self.ledger.statements, batch)
+        self.ledger.write(txn, batch, payloads)
         return new
+
+    def _payloads(
+        self, txn: Any, hashes: list[str], first: dict[str, Received]
+    ) -> tuple[int, dict[str, tuple[int, int]]]:
+        """
+        Store the payloads of C{hashes} not stored yet, each with its block row; how many were
+        new, and each one's id and day (SHA256 → both), as its sightings are stored under.
+        """
+        ids = self._payload_ids(txn, hashes, "")
+        todo = [h for h in hashes if h not in ids]
+        if not todo:
+            return 0, ids
+        stored = self._data_ids(txn, todo)
+        lacking = [h for h in todo if h not in stored]
+        new = 0
+        if lacking:
+            txn.executemany(self.dialect.insert_data, [(h, first[h].payload) for h in lacking])
+            new = max(txn.rowcount, 0)
+        data_ids = self._data_ids(txn, todo, self.ledger.statements.locked)
+        txn.executemany(
+            self.dialect.insert_block,
+            [
+                (h, first[h].received, first[h].client, *_block_columns(first[h].block),
+                 data_ids[h])
+                for h in todo
+            ],
+        )  # fmt: skip
+        # Another server may have stored one first: the day is that of the row stored.
+        ids.update(self._payload_ids(txn, todo, self.ledger.statements.locked))
+        return new, ids
+
+    def _payload_ids(self, txn: Any, hashes: list[str], lock: str) -> dict[str, tuple[int, int]]:
+        """The id and day of each payload of C{hashes} with a block row that has its id."""
+        p = self.dialect.placeholder
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(hashes), partitions.IN_LIMIT):
+            chunk = hashes[start : start + partitions.IN_LIMIT]
+            txn.execute(
+                f"SELECT hash, id, {self.ledger.statements.day} FROM eth_blocks"
+                f" WHERE hash IN ({', '.join([p] * len(chunk))}) AND id IS NOT NULL{lock}",
+                chunk,
+            )
+            found.update((h, (int(i), int(d))) for h, i, d in txn.fetchall())
+        return found
+
+    def _data_ids(self, txn: Any, hashes: list[str], lock: str = "") -> dict[str, int]:
+        """The id of each payload of C{hashes} stored in C{ethereum_data}."""
+        p = self.dialect.placeholder
+        found: dict[str, int] = {}
+        for start in range(0, len(hashes), partitions.IN_LIMIT):
+            chunk = hashes[start : start + partitions.IN_LIMIT]
+            txn.execute(
+                f"SELECT hash, id FROM ethereum_data"
+                f" WHERE hash IN ({', '.join([p] * len(chunk))}){lock}",
+                chunk,
+            )
+            found.update((h, int(i)) for h, i in txn.fetchall())
+        return found
 
     def close(self) -> Deferred[None]:
         self.pool.close()

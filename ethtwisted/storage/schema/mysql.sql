@@ -5,7 +5,10 @@ CREATE TABLE IF NOT EXISTS ethereum_data (
     payload TEXT
 ) DEFAULT CHARSET = utf8mb4;
 
--- When each payload was first seen, from which client, and what it says about a block.
+-- When each payload was first seen, from which client, and what it says about a block; id is
+-- the payload's id in ethereum_data, the sightings' short name for it (eth_blocks_id also gives
+-- its number, which the propagation reads need).  ethtwisted.storage.migrate gives an older
+-- table the column.
 -- eth_blocks_chain holds all that the chain reads need, so they read it alone, in order of
 -- height (rows are stored in the order of their random SHA256). sql_store.py gives an older
 -- table, with eth_blocks_chain_number (chain_id, number) instead, this index at start-up.
@@ -18,8 +21,10 @@ CREATE TABLE IF NOT EXISTS eth_blocks (
     block_hash VARCHAR(66),
     parent_hash VARCHAR(66),
     block_time BIGINT,
+    id INTEGER,
     INDEX eth_blocks_first_seen (first_seen),
-    INDEX eth_blocks_chain (chain_id, number, block_hash, parent_hash, first_seen, hash)
+    INDEX eth_blocks_chain (chain_id, number, block_hash, parent_hash, first_seen, hash),
+    UNIQUE INDEX eth_blocks_id (id, number)
 ) DEFAULT CHARSET = utf8mb4;
 
 -- Each client (its hello name, or its address): messages sent and the last block it reported.
@@ -34,24 +39,29 @@ CREATE TABLE IF NOT EXISTS eth_clients (
     last_block BIGINT
 ) DEFAULT CHARSET = utf8mb4;
 
--- Who saw which payload when: one row per client and payload, the first sighting kept.
--- seen_at is on the server's clock (the client's sighting corrected for its clock offset, or
--- the arrival when the payload came without one); received is the arrival.
-CREATE TABLE IF NOT EXISTS eth_sightings (
-    id BIGINT PRIMARY KEY AUTO_INCREMENT,
-    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
-    hash VARCHAR(64) NOT NULL,
-    chain_id BIGINT,
-    number BIGINT,
-    block_hash VARCHAR(66),
-    seen_at DOUBLE NOT NULL,
-    received DOUBLE NOT NULL,
-    via VARCHAR(16) NOT NULL,
-    UNIQUE INDEX eth_sightings_client_hash (client, hash),
-    INDEX eth_sightings_hash (hash, seen_at),
-    INDEX eth_sightings_client (client, seen_at),
-    INDEX eth_sightings_received (received)
+-- Each client name's small id, the sightings' short name for it (never changed or reused).
+CREATE TABLE IF NOT EXISTS eth_client_ids (
+    id INTEGER PRIMARY KEY AUTO_INCREMENT,
+    client VARCHAR(255) COLLATE utf8mb4_bin NOT NULL UNIQUE
 ) DEFAULT CHARSET = utf8mb4;
+
+-- Who saw which payload when: one row per payload (eth_blocks.id) and client (eth_client_ids),
+-- the first sighting kept, in the order of the payloads.  seen_at_ms is on the server's clock
+-- (the client's sighting corrected for its clock offset, or the arrival when the payload came
+-- without one); via is the index of how in ethtwisted.storage.ledger.VIAS.  day is the UTC day
+-- (since 1970) the payload was first seen: one partition a day, so old sightings go a whole
+-- day at a time (ethtwisted.storage.partitions makes the days ahead and drops the old ones).
+-- A block's sightings are all in its day, so the primary key can hold day and stay unique.
+CREATE TABLE IF NOT EXISTS eth_sightings (
+    block_id INTEGER NOT NULL,
+    client_id INTEGER NOT NULL,
+    day SMALLINT NOT NULL,
+    seen_at_ms BIGINT NOT NULL,
+    via TINYINT NOT NULL,
+    PRIMARY KEY (block_id, client_id, day),
+    INDEX eth_sightings_client (client_id, seen_at_ms)
+) DEFAULT CHARSET = utf8mb4
+PARTITION BY RANGE (day) (PARTITION pmax VALUES LESS THAN MAXVALUE);
 
 -- Each client's latest status report: what its node says about itself (NULL: it does not say).
 CREATE TABLE IF NOT EXISTS eth_node_status (

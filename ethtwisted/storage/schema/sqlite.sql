@@ -5,7 +5,8 @@ CREATE TABLE IF NOT EXISTS ethereum_data (
     payload TEXT
 );
 
--- When each payload was first seen, from which client, and what it says about a block.
+-- When each payload was first seen, from which client, and what it says about a block; id is
+-- the payload's id in ethereum_data, the sightings' short name for it.
 CREATE TABLE IF NOT EXISTS eth_blocks (
     hash VARCHAR(64) NOT NULL PRIMARY KEY,
     first_seen DOUBLE NOT NULL,
@@ -14,9 +15,11 @@ CREATE TABLE IF NOT EXISTS eth_blocks (
     number BIGINT,
     block_hash VARCHAR(66),
     parent_hash VARCHAR(66),
-    block_time BIGINT
+    block_time BIGINT,
+    id INTEGER
 );
 CREATE INDEX IF NOT EXISTS eth_blocks_first_seen ON eth_blocks (first_seen);
+CREATE UNIQUE INDEX IF NOT EXISTS eth_blocks_id ON eth_blocks (id, number);
 -- All that the chain reads need, so they read the index alone, in order of height; it replaces
 -- the older eth_blocks_chain_number (chain_id, number).
 CREATE INDEX IF NOT EXISTS eth_blocks_chain
@@ -34,24 +37,22 @@ CREATE TABLE IF NOT EXISTS eth_clients (
     last_block BIGINT
 );
 
--- Who saw which payload when: one row per client and payload, the first sighting kept.
--- seen_at is on the server's clock (the client's sighting corrected for its clock offset, or
--- the arrival when the payload came without one); received is the arrival.
-CREATE TABLE IF NOT EXISTS eth_sightings (
+-- Each client name's small id, the sightings' short name for it (never changed or reused).
+CREATE TABLE IF NOT EXISTS eth_client_ids (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    client VARCHAR(255) NOT NULL,
-    hash VARCHAR(64) NOT NULL,
-    chain_id BIGINT,
-    number BIGINT,
-    block_hash VARCHAR(66),
-    seen_at DOUBLE NOT NULL,
-    received DOUBLE NOT NULL,
-    via VARCHAR(16) NOT NULL,
-    UNIQUE (client, hash)
+    client VARCHAR(255) NOT NULL UNIQUE
 );
-CREATE INDEX IF NOT EXISTS eth_sightings_hash ON eth_sightings (hash, seen_at);
-CREATE INDEX IF NOT EXISTS eth_sightings_client ON eth_sightings (client, seen_at);
-CREATE INDEX IF NOT EXISTS eth_sightings_received ON eth_sightings (received);
+
+-- Who saw which payload when, as in mysql.sql (without partitions: old days go by DELETE).
+CREATE TABLE IF NOT EXISTS eth_sightings (
+    block_id INTEGER NOT NULL,
+    client_id INTEGER NOT NULL,
+    day SMALLINT NOT NULL,
+    seen_at_ms BIGINT NOT NULL,
+    via TINYINT NOT NULL,
+    PRIMARY KEY (block_id, client_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS eth_sightings_client ON eth_sightings (client_id, seen_at_ms);
 
 -- Each client's latest status report: what its node says about itself (NULL: it does not say).
 CREATE TABLE IF NOT EXISTS eth_node_status (
