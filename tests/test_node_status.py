@@ -128,6 +128,35 @@ def test_a_missing_method_is_null_said_once_and_not_asked_again(logs: Logs) -> N
     assert node.calls.count("txpool_status") == 3
 
 
+def test_a_missing_method_is_asked_again_after_a_minute_then_less_often(logs: Logs) -> None:
+    """
+    A method the node lacks is asked again 60 s later, then after 120, 240 and 480 s, then
+    every 600 s while it is still missing, said once; once the node has it, it is read again
+    at the next of those times, and that is said once.
+    """
+    node = FakeRequests()
+    node.answers["txpool_status"] = {"error": {"code": -32601, "message": "Method not found"}}
+    clock = Clock()
+    reader = StatusReader(node, clock)
+    asked = []
+    for second in range(2500):
+        before = node.calls.count("txpool_status")
+        assert read(reader).pending is None
+        if node.calls.count("txpool_status") > before:
+            asked.append(second)
+        clock.advance(1)
+    assert asked == [0, 60, 180, 420, 900, 1500, 2100]
+    assert reader.missing == {"txpool_status"}
+    assert len(logs.containing("has no txpool_status", LogLevel.debug)) == 1
+    node.answers["txpool_status"] = ANSWERS["txpool_status"]
+    clock.advance(2700 - clock.seconds() - 1)
+    assert read(reader).pending is None
+    clock.advance(1)
+    assert read(reader).pending == 3 and reader.missing == set()
+    assert read(reader).pending == 3
+    assert len(logs.containing("has txpool_status now", LogLevel.debug)) == 1
+
+
 @pytest.mark.parametrize(
     ("method", "answer"),
     [

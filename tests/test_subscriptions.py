@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -22,10 +22,13 @@ from ethtwisted.client import EthClient
 from ethtwisted.client.follower import Follower, Sighting
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.subscriber import Subscriber
-from ethtwisted.node import NodeError
+from ethtwisted.node import NodeError, RefusalError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode
+from ethtwisted.node.lacking import says_missing
+from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
-from tests.helpers import Committed, Server, wait_for
+from tests.fake_rpc import ChainNode, header_of
+from tests.helpers import Committed, Server, the_reactor, wait_for
 from tests.services import Anvil
 from tests.test_client import FakeNode, Recorder, block_hash
 from tests.test_client_e2e import (
@@ -38,6 +41,8 @@ from tests.test_client_e2e import (
 from tests.test_client_e2e import server as server
 
 INTERVAL = 1.0
+GENESIS = {"number": "0x0", "hash": "0x" + "11" * 32, "parentHash": "0x" + "00" * 32,
+           "timestamp": "0x0"}  # fmt: skip
 
 
 @implementer(IHeadSubscription)
@@ -320,6 +325,79 @@ def test_without_push_the_polls_deliver_at_once() -> None:
     assert w.sink.numbers == [0, 1, 2]
     assert len(w.node.subscribers) == 1 and w.subscriber.misses == 0
     w.stop()
+
+
+def test_a_node_without_eth_subscribe_is_polled_and_asked_again_less_often() -> None:
+    """
+    A node answering eth_subscribe with "method not found" (EthereumJS's WebSocket) is polled,
+    each block delivered at once, and asked to subscribe again after 60 s, then 120, 240,
+    480 s and every 600 s, not at each poll; that is said once, and once when it subscribes.
+    """
+    refusal = {"code": -32601, "message": "Method not found"}
+    with capturedLogs() as events:
+        w = Watched()
+        w.poller.startService()
+        asked: list[int] = []
+        for second in range(2200):
+            if len(asked) < len(w.node.replies):
+                asked.append(second)
+                w.node.replies[-1].errback(RefusalError("node error: Method not found", refusal))
+            if second % 100 == 0:
+                w.node.mine()
+            w.clock.advance(INTERVAL)
+        assert asked == [0, 60, 180, 420, 900, 1500, 2100]
+        assert w.sink.blocks == w.node.canonical and not w.subscriber.active
+        w.clock.advance(2700 - w.clock.seconds())
+        w.node.answer()
+        assert w.subscriber.active
+        w.node.push(w.node.mine())
+        assert w.sightings[-1].source == "subscription"
+        w.stop()
+    texts = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+    assert [t for t in texts if "eth_subscribe" in t or "subscribe" in t] == [
+        "fake-node has no eth_subscribe (node error: Method not found): polling it, and asking "
+        "again in 60 s, then less often (at most every 600 s)",
+        "fake-node subscribes to new heads now",
+    ]
+
+
+def test_a_node_without_eth_subscribe_does_not_stop_another_from_subscribing() -> None:
+    """
+    After a failover, the node now in use is asked to subscribe at once, whatever the one
+    before lacked.
+    """
+    w = Watched()
+    w.poller.startService()
+    w.node.replies[-1].errback(RefusalError("node error: Method not found", {"code": -32601}))
+    w.clock.advance(INTERVAL)
+    assert len(w.node.replies) == 1
+    w.node.description = "another-node"
+    w.clock.advance(INTERVAL)
+    assert len(w.node.replies) == 2
+    w.node.answer()
+    assert w.subscriber.active
+    w.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_refusal_of_eth_subscribe_is_kept_whole() -> None:
+    """
+    Over a real WebSocket, a node answering eth_subscribe with -32601 fails the subscription
+    with a RefusalError holding the node's error, which says the method is missing.
+    """
+    chain = ChainNode(1, [header_of(GENESIS)])
+    chain.missing.add("eth_subscribe")
+    await chain.start()
+    node = Web3Node(chain.ws_url, the_reactor(), timeout=5)
+    try:
+        with pytest.raises(RefusalError) as info:
+            await node.subscribe_heads(lambda block: None)
+    finally:
+        await node.close()
+        await chain.stop()
+    assert str(info.value) == "node error: Method not found"
+    assert says_missing(info.value.error)
+    assert chain.calls["eth_subscribe"] == 1
 
 
 # -- against anvil ----------------------------------------------------------------------------

@@ -9,13 +9,15 @@ from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ethtwisted.client.follower import Follower
 from ethtwisted.client.spool import SpoolError
-from ethtwisted.logs import Logger, describe
-from ethtwisted.node import NodeError
+from ethtwisted.logs import Logger, Trouble, describe
+from ethtwisted.node import NodeError, RefusalError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription
+from ethtwisted.node.lacking import ASK_AGAIN_MOST, Lacking, says_missing
 from ethtwisted.protocol import Block
 
 log = Logger(namespace="ethtwisted.client")
@@ -36,6 +38,11 @@ class Subscriber:
     missed a head, while the chain moved on, is silent: it is dropped and made again on a new
     connection.  A quiet chain misses nothing, so its subscription lives on.  Going quiet and
     coming back are logged once each.
+
+    A node that answers C{eth_subscribe} with "method not found" is polled, and asked to
+    subscribe again a minute later, then after twice as long each time, up to ten minutes
+    (L{Lacking}); at once on another node.  That is logged once, and once when it subscribes.
+    Any other failure to subscribe is tried again at the next poll.
     """
 
     def __init__(self, follower: Follower, clock: IReactorTime) -> None:
@@ -53,6 +60,12 @@ class Subscriber:
         subscription delivering it (0 when the subscription was first)."""
         self._subscribing: Deferred[IHeadSubscription | None] | None = None
         self._cannot_push: str | None = None
+        self._lacking = Lacking(clock)
+        self._lacking_node: str | None = None
+        self._lacks = Trouble(log, LogLevel.info,
+                              "{node} has no eth_subscribe ({reason}): polling it, and asking "
+                              "again in {delay:g} s, then less often (at most every {most:g} s)",
+                              "{node} subscribes to new heads now")  # fmt: skip
         self._pushed: dict[str, float] = {}
         self._pending: tuple[str, float, int] | None = None
         self._polls = 0
@@ -140,6 +153,12 @@ class Subscriber:
         description = self.node
         if not IHeadSource.providedBy(node) or self._cannot_push == description:
             return
+        if self._lacking_node != description:
+            self._lacking.clear()
+            self._lacking_node = description
+            self._lacks.reason = None
+        elif self._lacking.skip("eth_subscribe"):
+            return
         self._generation += 1
         generation = self._generation
         d: Deferred[IHeadSubscription | None] = node.subscribe_heads(
@@ -166,7 +185,9 @@ class Subscriber:
                 "bug after the subscription to {node} ended", f, node=description
             )
         )
-        if self.quiet is None:
+        if self._lacking.found("eth_subscribe"):
+            self._lacks.ended(node=description)
+        elif self.quiet is None:
             log.info("subscribed to the new heads of {node}", node=description)
         else:
             log.debug("subscribed to the new heads of {node} again", node=description)
@@ -180,6 +201,13 @@ class Subscriber:
             return
         if not failure.check(NodeError):
             log.failure("bug while subscribing to {node}", failure, node=description)
+        if isinstance(failure.value, RefusalError) and says_missing(failure.value.error):
+            delay = self._lacking.missing("eth_subscribe")
+            if not self._lacks.say(describe(failure), node=description, delay=delay,
+                                   most=ASK_AGAIN_MOST):  # fmt: skip
+                log.debug("{node} still has no eth_subscribe: asking again in {delay:g} s",
+                          node=description, delay=delay)  # fmt: skip
+            return
         self._went_quiet(f"cannot subscribe: {describe(failure)}; polling meanwhile, "
                          "trying again at each poll")  # fmt: skip
 

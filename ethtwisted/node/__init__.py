@@ -1,9 +1,10 @@
 """
 Ethereum nodes, as L{INode}s: C{uri} says what a C{--node} value may be, C{web3_node} talks to
-one node through web3's asynchronous API and C{subscription} subscribes to its new heads (the
-two modules that import web3), C{answers} checks what the node answers, C{failover} puts
-several nodes behind one, and C{measured} reports each call to the metrics.  L{open_node}
-builds the node behind the C{--node} values.
+one node through web3's asynchronous API over a raw C{connection}, and C{subscription}
+subscribes to its new heads (the modules that import web3, with C{trouble}), C{answers} checks
+what the node answers, C{lacking} remembers the methods it lacks, C{status} reads what it
+says about itself, C{failover} puts several nodes behind one, and C{measured} reports each
+call to the metrics.  L{open_node} builds the node behind the C{--node} values.
 
 Importing this package or C{uri} does not import web3 (half a second, and the recursion limit
 that C{web3_node} puts back): only building a node does.
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NodeError",
     "NodeURI",
+    "RefusalError",
     "default_node_uris",
     "open_node",
     "parse_node_uri",
@@ -51,6 +53,17 @@ class NodeError(Exception):
     The node is unreachable, did not answer in time, or answered something unusable; the
     message is a short reason for people.
     """
+
+
+class RefusalError(NodeError):
+    """
+    The node answered a request with a JSON-RPC error (the connection itself is fine);
+    C{error} is the error object as the node sent it.
+    """
+
+    def __init__(self, message: str, error: object) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 def open_node(

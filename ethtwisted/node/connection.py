@@ -22,23 +22,12 @@ from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import RPCEndpoint
 
 from ethtwisted.logs import describe
-from ethtwisted.node import NodeError
+from ethtwisted.node import NodeError, RefusalError
 from ethtwisted.node.answers import error_text, shown
 
 _T = TypeVar("_T")
 
 Provider = AsyncIPCProvider | WebSocketProvider | AsyncHTTPProvider
-
-
-class RefusalError(NodeError):
-    """
-    The node answered a request with a JSON-RPC error (the connection itself is fine);
-    C{error} is the error object as the node sent it.
-    """
-
-    def __init__(self, message: str, error: object) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 class Connection:

@@ -8,7 +8,6 @@ any header shape reads as well as any other.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -19,19 +18,9 @@ from ethtwisted.logs import Logger
 from ethtwisted.node import LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import error_text, quantity, shown
 from ethtwisted.node.interfaces import INodeRequests
+from ethtwisted.node.lacking import ASK_AGAIN_MOST, Lacking, says_missing
 
 log = Logger(namespace=LOG_NAMESPACE)
-
-METHOD_NOT_FOUND = -32601
-"""JSON-RPC's code for a method the node does not have (or does not serve here)."""
-_MISSING_MESSAGE = re.compile(
-    r"method .*(not found|does not exist|not available|not supported|unsupported)|"
-    r"(unknown|unsupported) method|"
-    # anvil over IPC and WebSocket, for a method it does not have:
-    r"did not match any variant of untagged enum",
-    re.IGNORECASE,
-)
-
 
 # -- the answers, checked ----------------------------------------------------------------------
 
@@ -85,18 +74,6 @@ def pool_counts(value: object) -> tuple[int, int]:
     raise NodeError(f"not a pool status: {shown(value)}")
 
 
-def _missing(error: object) -> bool:
-    """
-    Whether a JSON-RPC error says the method does not exist (or is not served).
-    """
-    if not isinstance(error, Mapping):
-        return False
-    message = error.get("message")
-    return error.get("code") == METHOD_NOT_FOUND or (
-        isinstance(message, str) and bool(_MISSING_MESSAGE.search(message[:200]))
-    )
-
-
 # -- the reader --------------------------------------------------------------------------------
 
 
@@ -104,17 +81,19 @@ class StatusReader:
     """
     Reads a node's L{Status}, one L{read} at a time.
 
-    A method the node does not have is reported as L{None}, logged once at debug, and not
-    asked again until the node changes (another one of several C{--node}s is in use, or its
-    client version changed).  A method the node answers with an error, or with something
-    unusable, is L{None} too, said once (at debug for an error, as a warning for garbage) and
-    again when it changes.  Only a node that does not answer at all fails a read.
+    A method the node does not have is reported as L{None}, logged once at debug, and asked
+    again a minute later, then after twice as long each time it is still missing, up to ten
+    minutes (L{Lacking}); and at once when the node changes (another one of several
+    C{--node}s is in use, or its client version changed).  A method the node answers with an
+    error, or with something unusable, is L{None} too, said once (at debug for an error, as a
+    warning for garbage) and again when it changes.  Only a node that does not answer at all
+    fails a read.
     """
 
     def __init__(self, node: INodeRequests, clock: IReactorTime) -> None:
         self.node = node
         self.clock = clock
-        self.missing: set[str] = set()
+        self.lacking = Lacking(clock)
         """The methods the node in use does not have."""
         self._node: str | None = None
         self._version: str | None = None
@@ -126,7 +105,7 @@ class StatusReader:
         """
         if self.node.description != self._node:
             self._node = self.node.description
-            self.missing.clear()
+            self.lacking.clear()
             self._trouble.clear()
         start = self.clock.seconds()
         chain_id = await self._ask("eth_chainId", [], quantity)
@@ -134,7 +113,7 @@ class StatusReader:
         version = await self._ask("web3_clientVersion", [], client_version)
         if version is not None and version != self._version:
             if self._version is not None:
-                self.missing.clear()
+                self.lacking.clear()
             self._version = version
         latest = block_field("baseFeePerGas")
         number = block_field("number")
@@ -154,19 +133,22 @@ class StatusReader:
         )
 
     async def _ask(self, method: str, params: list[object], check: Callable[[object], Any]) -> Any:
-        if method in self.missing:
-            return None
         what = method if not params else f"{method} {params[0]}"
+        if self.lacking.skip(what):
+            return None
         response = await self.node.rpc(method, params)
         if not isinstance(response, Mapping):
             return self._unusable(what, f"not a JSON-RPC response: {shown(response)}")
         if "error" in response:
             error = response["error"]
-            if _missing(error):
-                self.missing.add(method)
-                log.debug("{node} has no {method} ({reason}): reported as null until the node "
-                          "changes", node=self.node.description, method=method,
-                          reason=error_text(error))  # fmt: skip
+            if says_missing(error):
+                delay = self.lacking.missing(what)
+                if self.lacking.first(what):
+                    log.debug("{node} has no {method} ({reason}): reported as null, asked again "
+                              "in {delay:g} s, then less often (at most every {most:g} s), and at "
+                              "once if the node changes", node=self.node.description,
+                              method=what, reason=error_text(error), delay=delay,
+                              most=ASK_AGAIN_MOST)  # fmt: skip
                 return None
             return self._say(what, f"node error: {error_text(error)}", log.debug)
         if "result" not in response:
@@ -175,6 +157,8 @@ class StatusReader:
             value = check(response["result"])
         except NodeError as e:
             return self._unusable(what, str(e))
+        if self.lacking.found(what):
+            log.debug("{node} has {method} now", node=self.node.description, method=what)
         if self._trouble.pop(what, None) is not None:
             log.debug("{node} answers {what} again", node=self.node.description, what=what)
         return value
@@ -188,3 +172,8 @@ class StatusReader:
             say("{node} answered {what} with {reason}: reported as null",
                 node=self.node.description, what=what, reason=reason)  # fmt: skip
         return None
+
+    @property
+    def missing(self) -> set[str]:
+        """The methods (with their tag, for a block's) the node in use does not have."""
+        return self.lacking.names

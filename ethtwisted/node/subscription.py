@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.python.failure import Failure
 from web3._utils.rpc_abi import RPC
+from web3.exceptions import Web3RPCError
 from web3.method import Method, default_root_munger
 from zope.interface import implementer
 
-from ethtwisted.node import NodeError
-from ethtwisted.node.answers import as_block, quantity
+from ethtwisted.node import NodeError, RefusalError
+from ethtwisted.node.answers import as_block, error_text, quantity
 from ethtwisted.node.connection import Connection
 from ethtwisted.node.interfaces import IHeadSubscription
 from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
@@ -133,7 +134,12 @@ class HeadSubscription:
 
         async def subscribe(connection: Connection) -> int:
             chain_id = quantity(await connection.result("eth_chainId", []), "chain id")
-            await answer(connection.w3.eth.subscribe("newHeads"))
+            try:
+                await answer(connection.w3.eth.subscribe("newHeads"))
+            except Web3RPCError as e:
+                # Kept whole: a node without eth_subscribe (-32601) is asked again only later.
+                error = (e.rpc_response or {}).get("error", {"message": str(e)})
+                raise RefusalError(f"node error: {error_text(error)}", error) from None
             return chain_id
 
         return await connection.run(subscribe)

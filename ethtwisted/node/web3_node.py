@@ -26,9 +26,9 @@ from web3 import AsyncHTTPProvider, AsyncIPCProvider, WebSocketProvider
 from zope.interface import implementer
 
 from ethtwisted.logs import Logger
-from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError
+from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError, RefusalError
 from ethtwisted.node.answers import as_block, quantity, tagged_number
-from ethtwisted.node.connection import Connection, Provider, RefusalError
+from ethtwisted.node.connection import Connection, Provider
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.node.trouble import is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
