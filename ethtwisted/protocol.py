@@ -173,6 +173,11 @@ def parse_block(payload: bytes) -> Block | int | None:
     """
     What a payload says about a block: a L{Block} for the canonical message, the block number
     for the older page, L{None} for anything else (payloads stay opaque to storage).
+
+    Only the canonical message's exact bytes are a block (L{block_json}: lower-case hashes,
+    sorted keys, no spaces, no other key): the same block in other JSON (an upper-case hash
+    above all, which MySQL's collation would take for the lower-case one and SQLite would not)
+    is stored as it is, and says nothing about the chain.
     """
     if payload.startswith(b"{"):
         try:
@@ -186,7 +191,9 @@ def parse_block(payload: bytes) -> Block | int | None:
             )
         except (ProtocolError, KeyError, TypeError):
             return None
-        return None if block_problem(block) else block
+        if block_problem(block) or block_json(block) != payload:
+            return None
+        return block
     text = payload.decode("utf-8", "replace")
     if text.startswith(_HTML_PREFIX) and text.endswith(_HTML_SUFFIX):
         middle = text[len(_HTML_PREFIX) : len(text) - len(_HTML_SUFFIX)]

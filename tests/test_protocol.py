@@ -19,6 +19,7 @@ from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, decode_control,
 from ethtwisted.framing import DROP_KINDS, FrameProtocol
 from ethtwisted.protocol import (
     CONTROL_MARK,
+    MAX_BLOCK_INT,
     Block,
     ProtocolError,
     block_html,
@@ -349,9 +350,11 @@ def test_block_fields_out_of_range_make_an_opaque_payload(change: dict[str, obje
         "parent_hash": "0x" + "cd" * 32,
         "timestamp": 1_700_000_000,
     }
-    assert isinstance(parse_block(json.dumps(fields).encode()), Block)
+    assert isinstance(
+        parse_block(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()), Block
+    )
     fields.update(change)
-    assert parse_block(json.dumps(fields).encode()) is None
+    assert parse_block(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()) is None
 
 
 def test_older_page_with_a_huge_number_is_opaque() -> None:
@@ -361,3 +364,53 @@ def test_older_page_with_a_huge_number_is_opaque() -> None:
     assert parse_block(block_html(2**63 - 1)) == 2**63 - 1
     assert parse_block(block_html(2**63)) is None
     assert parse_block(block_html(10**30)) is None
+
+
+hashes = st.binary(min_size=32, max_size=32).map(lambda b: "0x" + b.hex())
+blocks = st.builds(
+    Block,
+    chain_id=st.integers(0, MAX_BLOCK_INT),
+    number=st.integers(0, MAX_BLOCK_INT),
+    hash=hashes,
+    parent_hash=hashes,
+    timestamp=st.integers(0, MAX_BLOCK_INT),
+)
+
+
+def _upper_one(text: str, at: int) -> str:
+    """C{text} with its hex letter nearest after C{at} in upper case (C{text} if none)."""
+    letters = [i for i, c in enumerate(text) if c in "abcdef" and i >= 2]
+    if not letters:
+        return text
+    i = min(letters, key=lambda j: (j < at, abs(j - at)))
+    return text[:i] + text[i].upper() + text[i + 1 :]
+
+
+@pytest.mark.property
+@given(blocks, st.sampled_from(["hash", "parent_hash"]), st.integers(2, 65), st.integers(0, 4))
+def test_only_the_canonical_bytes_of_a_block_are_a_block(
+    block: Block, field: str, at: int, how: int
+) -> None:
+    """
+    The canonical message of any block is that block; the same block in any other JSON (a hex
+    letter of a hash in upper case, spaces, keys out of order, one key more, the hash quoted
+    with an escape) is an opaque payload: it says nothing about the chain, on any backend.
+    """
+    assert parse_block(block_json(block)) == block
+    fields = json.loads(block_json(block))
+    if how == 0:
+        upper = _upper_one(fields[field], at)
+        if upper == fields[field]:
+            return  # a hash of digits only has no case
+        fields[field] = upper
+        variant = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    elif how == 1:
+        variant = json.dumps(fields, sort_keys=True).encode()
+    elif how == 2:
+        variant = json.dumps(dict(reversed(fields.items())), separators=(",", ":")).encode()
+    elif how == 3:
+        fields["extra"] = 1
+        variant = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        variant = block_json(block).replace(b'"0x', b'"\\u0030x', 1)
+    assert parse_block(variant) is None

@@ -848,6 +848,40 @@ async def test_who_reported_each_block_of_many_forks(blocks: BlockBackend) -> No
     assert all([b.client for b in fork] == ["c0", "c1"] for fork in whole.forks)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_stored_block_in_upper_case_is_no_block_on_any_backend(
+    blocks: BlockBackend,
+) -> None:
+    """
+    Another client's copy of a stored block with its hash in upper case, and a block naming
+    it as parent in upper case, are stored as opaque payloads, as they came: the chain, its
+    forks and reorgs and the heads are what they were, on every backend (MySQL's collation
+    takes an upper-case hash for the stored one, SQLite does not, so they told two stories).
+    """
+    store = await blocks.writer()
+    three, four = block(1, 3, fork=0xABC), block(1, 4, parent_fork=0xABC)
+    assert three.hash != three.hash.upper().replace("0X", "0x")  # it has letters
+    await store.store(
+        [received(block_json(b), "a", T0 + b.number) for b in (block(1, 1), block(1, 2))]
+        + [received(block_json(three), "a", T0 + 3), received(block_json(four), "a", T0 + 4)]
+    )
+    chains = chain_reader(store)
+    before = (await chains.chain(1, 1, 5, finalized=None), await store.heads(10))
+    upper = three.hash.upper().replace("0X", "0x")
+    shouted = block_json(three).replace(three.hash.encode(), upper.encode())
+    child = block_json(block(1, 5, fork=1)).replace(
+        block(1, 5, fork=1).parent_hash.encode(), upper.encode()
+    )
+    assert parse_block(shouted) is None and parse_block(child) is None
+    await store.store([received(shouted, "m", T0 + 10), received(child, "m", T0 + 11)])
+    assert (await chains.chain(1, 1, 5, finalized=None), await store.heads(10)) == before
+    assert before[0] is not None and before[0].forks == [] and before[0].reorgs == []
+    assert await store.payload(payload_hash(shouted)) == shouted.decode()
+    assert await store.block(payload_hash(shouted)) == BlockRecord(
+        payload_hash(shouted), T0 + 10, "m", None, None, None, None, None
+    )
+
+
 class CountedRows:
     """
     A store's rows for the chain reader, counting the reads of rows.
