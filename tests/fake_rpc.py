@@ -29,10 +29,12 @@ class ChainNode:
     """
     A node holding C{headers} (raw JSON objects, in order: the last is the head) of chain
     C{chain_id}; C{safe} and C{finalized} name the headers those tags answer (L{None}: no
-    such block).  Each method in L{missing} is answered with JSON-RPC's "Method not found";
-    with L{close_reused}, an HTTP connection that sends a second request is closed instead of
-    answered (as when a node closes an idle keep-alive connection just as the client reuses
-    it).  L{calls} counts the requests of each method, over either transport.
+    such block).  Each method in L{missing} is answered with JSON-RPC's "Method not found".
+    With L{drop_every} at N, every Nth HTTP request is read and its connection closed without
+    an answer (as a node closing a kept-alive connection under a request does); with L{down},
+    every one (an outage).  With L{close_reused}, a connection that sends a second request is
+    closed so too (web3 v8 asks for a new connection each request, so this one never happens
+    to it).  L{calls} counts the requests of each method, over either transport.
     """
 
     def __init__(self, chain_id: int, headers: list[dict[str, Any]]) -> None:
@@ -42,8 +44,9 @@ class ChainNode:
         self.finalized: dict[str, Any] | None = self.headers[0]
         self.missing: set[str] = set()
         self.close_reused = False
+        self.drop_every = 0
         self.down = False
-        """While true, every HTTP request is closed without an answer (an outage)."""
+        self.http_requests = 0
         self.calls: dict[str, int] = {}
         self.closed_connections = 0
         self.http_url = ""
@@ -142,7 +145,9 @@ class ChainNode:
 
     def _serve_http(self, request: Request) -> bytes | int:
         channel = request.channel
-        if self.down or (self.close_reused and channel in self._channels):
+        self.http_requests += 1
+        dropped = self.drop_every and self.http_requests % self.drop_every == 0
+        if self.down or dropped or (self.close_reused and channel in self._channels):
             self.closed_connections += 1
             request.channel.transport.loseConnection()  # type: ignore[union-attr]
             return NOT_DONE_YET

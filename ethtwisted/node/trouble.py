@@ -6,11 +6,12 @@ node's trouble (L{NODE_TROUBLE}), which of web3's own are an answer it cannot de
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from aiohttp import ClientConnectorError, ClientError
+from aiohttp import ClientConnectorError, ClientError, ClientOSError, ServerDisconnectedError
 from web3.exceptions import BadResponseFormat, Web3Exception, Web3RPCError
 from websockets.exceptions import WebSocketException
 
@@ -32,6 +33,19 @@ def is_node_trouble(exc: BaseException) -> bool:
     connection closes under a read (aiohttp/streams.py, C{StreamReader._wait}).
     """
     if isinstance(exc, NODE_TROUBLE):
+        return True
+    return type(exc) is RuntimeError and str(exc) == "Connection closed."
+
+
+def closed_by_node(exc: BaseException) -> bool:
+    """
+    Whether C{exc} says the node closed the HTTP connection under a request, before answering:
+    aiohttp's C{ServerDisconnectedError}, a reset or broken pipe, or its bare
+    C{RuntimeError("Connection closed.")}.  The request may never have reached the node.
+    """
+    if isinstance(exc, ServerDisconnectedError | ConnectionResetError | BrokenPipeError):
+        return True
+    if isinstance(exc, ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
         return True
     return type(exc) is RuntimeError and str(exc) == "Connection closed."
 

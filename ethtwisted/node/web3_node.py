@@ -5,9 +5,11 @@ L{Web3Node} talks to one node over IPC (C{AsyncIPCProvider}), WebSocket (C{WebSo
 or HTTP (C{AsyncHTTPProvider}).  web3's coroutines run as asyncio tasks on the loop under
 Twisted's asyncio reactor, which must be the running reactor; every call is bounded by a
 timeout on the injected reactor, and anything that goes wrong on the way to the node becomes
-one L{NodeError} with a short reason.  A connection that failed is dropped and the next call
-opens a new one, so a restarted node is reached again.  Every request and answer is raw JSON-RPC
-(C{connection}), each answer checked where it enters (C{answers}).
+one L{NodeError} with a short reason.  A persistent connection that failed is dropped and the
+next call opens a new one, so a restarted node is reached again; a request the node closed the
+connection under, or whose persistent connection it hung up, is asked once more at once.
+Every request and answer is raw JSON-RPC (C{connection}), each answer checked where it enters
+(C{answers}).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError, RefusalEr
 from ethtwisted.node.answers import as_block, quantity, tagged_number
 from ethtwisted.node.connection import Connection, Provider
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
-from ethtwisted.node.trouble import is_node_trouble, node_reason
+from ethtwisted.node.trouble import closed_by_node, is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block
 
@@ -55,8 +57,9 @@ class Web3Node:
     One Ethereum node through web3's asynchronous API, on Twisted's asyncio reactor.
 
     The connection opens on the first call; IPC and WebSocket keep theirs open and HTTP reuses
-    its provider.  When a call fails (the node hung up, timed out or answered garbage) the
-    connection is closed and the next call opens a new one, fetching the chain id again.
+    its provider (web3 opens a socket for each request).  When a call fails (the node hung up,
+    timed out or answered garbage) a persistent connection is closed and the next call opens a
+    new one; either way the chain id is fetched again.
     """
 
     def __init__(
@@ -204,12 +207,23 @@ class Web3Node:
         connection, fresh = await self._connected()
         try:
             return await self._on(connection, fetch)
-        except Exception:
-            if fresh or not connection.gone():
+        except Exception as e:
+            if connection.persistent:
+                if fresh or not connection.gone():
+                    raise
+                # The node hung up on a connection that used to work (it restarted, say).
+                log.debug("{node} hung up; reconnecting", node=self.description)
+            elif closed_by_node(e):
+                # The node closed the HTTP connection under the request (some close idle
+                # kept-alive connections as a request arrives on them).
+                log.debug("{node} closed the connection under a request ({reason}); asking "
+                          "once more on a new one", node=self.description,
+                          reason=node_reason(e))  # fmt: skip
+            else:
                 raise
-        # The node hung up on a connection that used to work (it restarted, say): the request
-        # may never have left, and every call here only reads, so ask once more on a new one.
-        log.debug("{node} hung up; reconnecting", node=self.description)
+        # The request may never have reached the node, and every call here only reads: ask
+        # once more, on a new connection (a new socket, over HTTP).  A second failure is the
+        # node's trouble.
         connection, fresh = await self._connected()
         return await self._on(connection, fetch)
 
@@ -222,7 +236,13 @@ class Web3Node:
             # The node answered, with an error: the connection itself is fine.
             raise
         except BaseException:
-            self._drop(connection)
+            if connection.persistent:
+                self._drop(connection)
+            else:
+                # web3 opens a new TCP connection for each HTTP request (and closes it): the
+                # provider holds nothing to throw away, and closing its session would fail
+                # the calls under way on it.  The chain id is asked again, as on a new one.
+                connection.chain_id = None
             raise
 
     async def _connected(self) -> tuple[Connection, bool]:
