@@ -6,8 +6,7 @@
   var KEY = "ethtwisted-token";
   var POLL_MS = 2000;
   var params = new URLSearchParams(location.search);
-  var LAG_LIMIT = positive(params.get("lag"), 2);
-  var QUIET_SECONDS = positive(params.get("quiet"), 60);
+  var P = Page, $ = P.$, el = P.el, chip = P.chip, number = P.number, age = P.age, now = P.now;
   var token = null;
   if (params.has("token")) {
     token = params.get("token");
@@ -19,77 +18,17 @@
     try { token = sessionStorage.getItem(KEY); } catch (e) { token = null; }
   }
 
-  // The fleet view's states, each explaining those after it (as the API's "state" does).
-  var STATES = ["silent", "syncing", "fork", "stalled", "behind"];
-  var SHOWN_STATES = ["current", "behind", "stalled", "silent", "syncing", "fork"];
   var EVENTS = 20;
-  var PAGE_ROWS = 100;      // the fleet view's rows per page
   var CLIENT_PAGES = 50;    // the most pages of /api/v1/clients read per poll
   var CHAINS = 4;           // the chains drawn
   var TIMES = 100;          // heights of the block times
   var HEIGHTS = 20;         // heights of the chain as the fleet saw it
   var BLOCKS = 20;          // blocks per chain in the propagation picture and sparklines
   var YOUNG = 60;           // a block's sightings are read again while it is this young (s)
-  var skew = 0;  // server clock minus this browser's, in seconds
   var last = null;
   var opened = null;  // the recent block whose sightings are shown: {sha256, sightings, error}
   var picked = null;  // the block picked in the chain picture, likewise
   var sightings = {};  // sha256 → {at (when read), sightings}
-  var view = { state: null, name: "", sort: "lag", page: 0 };
-  var drawnOnce = false;
-
-  function positive(text, fallback) {
-    var n = Number(text);
-    return text !== null && isFinite(n) && n > 0 ? n : fallback;
-  }
-  function $(id) { return document.getElementById(id); }
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) { e.className = cls; }
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
-  function emptyRow(body, columns, text) {
-    var td = el("td", "empty", text);
-    td.colSpan = columns;
-    var tr = el("tr");
-    tr.appendChild(td);
-    body.appendChild(tr);
-  }
-  function svg(tag, attrs, text) {
-    var e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
-    if (text !== undefined) { e.textContent = text; }
-    return e;
-  }
-  function now() { return Date.now() / 1000 + skew; }
-  function age(seconds) {
-    seconds = Math.max(0, Math.floor(seconds));
-    if (seconds < 60) { return seconds + " s"; }
-    if (seconds < 3600) { return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s"; }
-    if (seconds < 86400) { return Math.floor(seconds / 3600) + " h " + Math.floor(seconds % 3600 / 60) + " min"; }
-    return Math.floor(seconds / 86400) + " d";
-  }
-  function chainName(id) { return id === null ? "unknown" : String(id); }
-  function shortHash(h) { return h ? h.slice(0, 10) + "…" + h.slice(-6) : "–"; }
-  function number(n) { return n === null || n === undefined ? "–" : n.toLocaleString("en-US"); }
-  function delay(ms) {
-    if (typeof ms !== "number" || !isFinite(ms)) { return "–"; }
-    return ms < 1000 ? Math.round(ms) + " ms" : (ms / 1000).toFixed(2) + " s";
-  }
-  function utc(t) { return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"); }
-  function chip(state, text) {
-    var e = el("span", "chip" + (state === "current" || STATES.indexOf(state) >= 0 ? " " + state : ""), text);
-    e.dataset.state = state;
-    return e;
-  }
-  function syncState(syncing) {
-    if (syncing === false) { return "synced"; }
-    if (syncing && typeof syncing === "object") {
-      return "syncing " + number(syncing.current) + " / " + number(syncing.highest);
-    }
-    return "–";
-  }
 
   function get(path) {
     var headers = token ? { "Authorization": "Bearer " + token } : {};
@@ -129,7 +68,10 @@
       })).then(function (chains) { return chains.filter(function (c) { return c !== null; }); });
   }
 
+  // Every POLL_MS, or four times as long as the last poll took when that is more: a large
+  // fleet's reads cost the server more than one dashboard should take of it.
   function poll() {
+    var started = Date.now();
     // The changes of state are shown when the store has them; their trouble is said in place.
     var events = get("/api/v1/events?limit=" + EVENTS).then(function (body) {
       return { events: Array.isArray(body.events) ? body.events : [], error: null };
@@ -139,7 +81,7 @@
       heads, allClients(), get("/api/v1/blocks?limit=15"), get("/api/v1/arrivals?minutes=60"),
       events, heads.then(function (h) { return chainBlocks(h.heads); })
     ]).then(function (answers) {
-      skew = answers[0].now - Date.now() / 1000;
+      P.setNow(answers[0].now);
       last = { heads: answers[0].heads, clients: answers[1], blocks: answers[2].blocks,
                arrivals: answers[3], events: answers[4], chains: answers[5] };
       render();
@@ -151,7 +93,7 @@
       var status = $("status");
       status.className = "down";
       status.textContent = err.message;
-    }).then(function () { setTimeout(poll, POLL_MS); });
+    }).then(function () { setTimeout(poll, Math.max(POLL_MS, 4 * (Date.now() - started))); });
   }
 
   // The blocks of the propagation picture: the last BLOCKS canonical blocks of each chain.
@@ -197,12 +139,8 @@
     renderPictures();
     renderEvents(last.events);
     renderBlocks(last.blocks);
-    renderArrivals(last.arrivals);
+    Pictures.arrivals($("chart"), last.arrivals, now());
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
-    if (!drawnOnce && last.clients.length) {
-      drawnOnce = true;
-      performance.mark("fleet-drawn");
-    }
   }
 
   function renderHeads(heads) {
@@ -211,8 +149,8 @@
     if (!heads.length) { box.appendChild(el("div", "empty", "no blocks yet")); return; }
     heads.forEach(function (h) {
       var row = el("div", "head");
-      row.dataset.chain = chainName(h.chain_id);
-      row.appendChild(el("span", "chain", "chain " + chainName(h.chain_id)));
+      row.dataset.chain = P.chainName(h.chain_id);
+      row.appendChild(el("span", "chain", "chain " + P.chainName(h.chain_id)));
       row.appendChild(el("span", "number", "#" + number(h.number)));
       row.title = h.hash || "";
       box.appendChild(row);
@@ -225,98 +163,6 @@
     var over = typeof rate.seconds === "number" ? rate.seconds : 600;
     $("bpm-note").textContent = "payloads first seen, over the last " +
       (over >= 600 ? "10 minutes" : age(over) + " (since the first)");
-  }
-
-  // -- the fleet ---------------------------------------------------------------------------
-
-  function named(c) {
-    var states = c.states && typeof c.states === "object" ? c.states : null;
-    return states ? STATES.filter(function (s) { return Object.prototype.hasOwnProperty.call(states, s); }) : [];
-  }
-  function stateOf(c) { return typeof c.state === "string" ? c.state : "unwatched"; }
-  function p50(c) { var p = c.propagation || {}; return typeof p.p50_ms === "number" ? p.p50_ms : -1; }
-
-  // The clients the view shows, grouped by chain (by id), sorted in each group.
-  function selected(clients) {
-    var name = view.name.toLowerCase();
-    var rows = clients.filter(function (c) {
-      return (view.state === null || stateOf(c) === view.state) &&
-        (!name || c.client.toLowerCase().indexOf(name) >= 0);
-    });
-    var order = {
-      lag: function (a, b) { return (b.lag === null ? -1 : b.lag) - (a.lag === null ? -1 : a.lag); },
-      delay: function (a, b) { return p50(b) - p50(a); },
-      name: function () { return 0; }
-    }[view.sort];
-    return rows.sort(function (a, b) {
-      var ca = a.chain_id === null ? Infinity : a.chain_id, cb = b.chain_id === null ? Infinity : b.chain_id;
-      return ca - cb || order(a, b) || (a.client < b.client ? -1 : a.client > b.client ? 1 : 0);
-    });
-  }
-
-  function renderCounts(clients) {
-    var counts = {};
-    clients.forEach(function (c) { counts[stateOf(c)] = (counts[stateOf(c)] || 0) + 1; });
-    var box = $("state-counts");
-    box.replaceChildren();
-    var shown = [null].concat(SHOWN_STATES, counts.unwatched ? ["unwatched"] : []);
-    shown.forEach(function (s) {
-      var button = el("button", "count" + (view.state === s ? " on" : ""));
-      button.type = "button";
-      button.dataset.state = s === null ? "all" : s;
-      button.appendChild(s === null ? el("span", "chip", "all") : chip(s, s));
-      button.appendChild(el("span", "n", s === null ? clients.length : (counts[s] || 0)));
-      button.addEventListener("click", function () {
-        view.state = view.state === s ? null : s;
-        view.page = 0;
-        renderFleet();
-      });
-      box.appendChild(button);
-    });
-  }
-
-  function renderFleet() {
-    if (!last) { return; }
-    var clients = last.clients;
-    renderCounts(clients);
-    var rows = selected(clients);
-    var pages = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
-    view.page = Math.min(view.page, pages - 1);
-    var first = view.page * PAGE_ROWS;
-    var page = rows.slice(first, first + PAGE_ROWS);
-    var body = document.querySelector("#clients tbody");
-    body.replaceChildren();
-    var groups = {};
-    rows.forEach(function (c) { var k = chainName(c.chain_id); groups[k] = (groups[k] || 0) + 1; });
-    var delays = clientDelays();
-    var bad = 0;
-    clients.forEach(function (c) { if (alerting(c)) { bad += 1; } });
-    var group = null;
-    page.forEach(function (c) {
-      if (chainName(c.chain_id) !== group) {
-        group = chainName(c.chain_id);
-        var head = el("tr", "group");
-        head.dataset.chain = group;
-        var td = el("td", "", "chain " + group + " · " + groups[group] +
-                    (groups[group] === 1 ? " client" : " clients"));
-        td.colSpan = 12;
-        head.appendChild(td);
-        body.appendChild(head);
-      }
-      body.appendChild(clientRow(c, delays[c.client]));
-    });
-    if (!clients.length) { emptyRow(body, 12, "no client has sent anything yet"); }
-    else if (!rows.length) { emptyRow(body, 12, "no client matches"); }
-    $("fleet-shown").textContent = rows.length ? (first + 1) + "–" + (first + page.length) + " of " +
-      rows.length + (rows.length === clients.length ? "" : " (of " + clients.length + ")") : "0 of " + clients.length;
-    $("prev").disabled = view.page === 0;
-    $("next").disabled = view.page >= pages - 1;
-    $("client-count").textContent = clients.length;
-    $("client-note").textContent = bad ? bad + " not current" : "all current";
-  }
-
-  function alerting(c) {
-    return now() - c.last_seen > QUIET_SECONDS || (c.lag !== null && c.lag > LAG_LIMIT) || named(c).length > 0;
   }
 
   // Each client's delay at each block of its chain's propagation picture, oldest first.
@@ -338,58 +184,8 @@
     return delays;
   }
 
-  function clientRow(c, delays) {
-    var quiet = now() - c.last_seen > QUIET_SECONDS;
-    var behind = c.lag !== null && c.lag > LAG_LIMIT;
-    var states = c.states && typeof c.states === "object" ? c.states : null;
-    var alert = alerting(c);
-    var tr = el("tr", alert ? "bad" : "ok");
-    tr.dataset.client = c.client;
-    tr.dataset.state = stateOf(c);
-    var name = el("td", "name");
-    name.appendChild(el("span", "dot"));
-    name.appendChild(document.createTextNode(c.client));
-    name.title = c.client + " at " + c.address + ", " + number(c.messages) + " messages";
-    tr.appendChild(name);
-    tr.appendChild(stateCell(states, named(c)));
-    tr.appendChild(el("td", "", chainName(c.chain_id)));
-    tr.appendChild(el("td", "num head", number(c.last_block)));
-    tr.appendChild(el("td", "num lag" + (behind ? " alert" : ""), c.lag === null ? "–" : c.lag));
-    tr.appendChild(el("td", "num seen" + (quiet ? " alert" : ""), age(now() - c.last_seen) + " ago"));
-    var node = c.node || {};
-    var version = el("td", "version", node.client_version || "–");
-    version.title = node.client_version || "";
-    tr.appendChild(version);
-    tr.appendChild(el("td", "num peers", number(node.peers)));
-    tr.appendChild(el("td", "sync", syncState(node.syncing)));
-    var propagation = c.propagation || {};
-    tr.appendChild(el("td", "num p50", delay(propagation.p50_ms)));
-    tr.appendChild(el("td", "num p95", delay(propagation.p95_ms)));
-    var spark = el("td", "sparkline");
-    if (delays) { spark.appendChild(Pictures.sparkline(delays)); }
-    tr.appendChild(spark);
-    return tr;
-  }
-
-  function stateCell(states, names) {
-    var td = el("td", "states");
-    if (!states) {
-      td.textContent = "–";
-      td.title = "not watched: an older or one-shot client";
-      return td;
-    }
-    if (!names.length) { td.appendChild(chip("current", "current")); return td; }
-    names.forEach(function (name) {
-      var s = states[name] || {};
-      var since = typeof s.since === "number" ? s.since : now();
-      var c = chip(name, name + " " + age(now() - since));
-      c.dataset.since = String(since);
-      c.title = name + " since " + utc(since) +
-        (typeof s.head === "number" ? ", at block " + number(s.head) : "") +
-        (typeof s.best_head === "number" ? " of " + number(s.best_head) : "");
-      td.appendChild(c);
-    });
-    return td;
+  function renderFleet() {
+    if (last) { Fleet.show(last.clients, clientDelays()); }
   }
 
   // -- the pictures ------------------------------------------------------------------------
@@ -433,7 +229,7 @@
     var panel = $("picked");
     panel.replaceChildren();
     if (picked) {
-      panel.appendChild(el("div", "sub", "#" + number(picked.number) + " " + shortHash(picked.hash) +
+      panel.appendChild(el("div", "sub", "#" + number(picked.number) + " " + P.shortHash(picked.hash) +
                            (picked.canonical ? ", canonical" : ", orphaned") + ": who saw it when"));
       panel.appendChild(sightingsTable(picked));
     }
@@ -462,12 +258,12 @@
   function renderEvents(answer) {
     var body = document.querySelector("#events tbody");
     body.replaceChildren();
-    if (answer.error) { emptyRow(body, 4, answer.error); return; }
+    if (answer.error) { P.emptyRow(body, 4, answer.error); return; }
     answer.events.forEach(function (e) {
       var tr = el("tr", e.event === "entered" ? "entered" : "left");
       tr.dataset.eventId = String(e.id);
       var when = el("td", "num at", age(now() - e.at) + " ago");
-      when.title = utc(e.at);
+      when.title = P.utc(e.at);
       tr.appendChild(when);
       tr.appendChild(el("td", "client", e.client));
       var change = el("td", "change");
@@ -477,7 +273,7 @@
       tr.appendChild(el("td", "text", e.text));
       body.appendChild(tr);
     });
-    if (!answer.events.length) { emptyRow(body, 4, "no change of state yet"); }
+    if (!answer.events.length) { P.emptyRow(body, 4, "no change of state yet"); }
   }
 
   function renderBlocks(blocks) {
@@ -487,11 +283,11 @@
       var tr = el("tr");
       tr.dataset.sha256 = b.sha256;
       tr.appendChild(el("td", "num", number(b.number)));
-      tr.appendChild(el("td", "", chainName(b.chain_id)));
-      tr.appendChild(el("td", "mono", shortHash(b.hash)));
+      tr.appendChild(el("td", "", P.chainName(b.chain_id)));
+      tr.appendChild(el("td", "mono", P.shortHash(b.hash)));
       tr.appendChild(el("td", "num", age(now() - b.first_seen) + " ago"));
       tr.appendChild(el("td", "", b.client));
-      tr.appendChild(el("td", "mono", shortHash(b.sha256)));
+      tr.appendChild(el("td", "mono", P.shortHash(b.sha256)));
       tr.tabIndex = 0;
       tr.title = "who saw it when";
       tr.addEventListener("click", function () { toggle(b.sha256); });
@@ -510,7 +306,7 @@
         body.appendChild(row);
       }
     });
-    if (!blocks.length) { emptyRow(body, 6, "no blocks yet"); }
+    if (!blocks.length) { P.emptyRow(body, 6, "no blocks yet"); }
   }
 
   function toggle(sha256) {
@@ -537,56 +333,18 @@
       row.dataset.client = s.client;
       row.appendChild(el("td", "", s.client));
       row.appendChild(el("td", "mono", new Date(s.seen_at * 1000).toISOString().replace("T", " ").replace("Z", " UTC")));
-      row.appendChild(el("td", "num delay", delay(s.delay_ms)));
+      row.appendChild(el("td", "num delay", P.delay(s.delay_ms)));
       row.appendChild(el("td", "", s.via));
       rows.appendChild(row);
     });
     return table;
   }
 
-  function renderArrivals(a) {
-    var minutes = 60;
-    var first = a.since;
-    var counts = new Array(minutes).fill(0);
-    a.counts.forEach(function (pair) {
-      var i = Math.round((pair[0] - first) / a.bucket);
-      if (i >= 0 && i < minutes) { counts[i] = pair[1]; }
-    });
-    var current = Math.floor((now() - first) / a.bucket);
-    var chart = $("chart");
-    chart.replaceChildren();
-    var W = 960, H = 170, left = 36, bottom = 22, top = 10;
-    var max = Math.max.apply(null, counts.concat([1]));
-    var step = (W - left) / minutes;
-    chart.appendChild(svg("line", { x1: left, y1: H - bottom, x2: W, y2: H - bottom, "class": "axis" }));
-    chart.appendChild(svg("text", { x: 0, y: top + 8 }, String(max)));
-    chart.appendChild(svg("text", { x: 0, y: H - bottom }, "0"));
-    counts.forEach(function (n, i) {
-      if (!n) { return; }
-      var h = (H - bottom - top) * n / max;
-      var bar = svg("rect", { x: left + i * step + 1, y: H - bottom - h, width: Math.max(step - 2, 1),
-                              height: h, "class": i === current ? "bar current" : "bar" });
-      bar.appendChild(svg("title", {}, n + " at " + new Date((first + i * a.bucket) * 1000).toLocaleTimeString()));
-      chart.appendChild(bar);
-    });
-    [[0, "60 min ago"], [30, "30 min ago"], [59, "now"]].forEach(function (t) {
-      var x = left + t[0] * step + (t[0] === 59 ? step - 22 : 0);
-      chart.appendChild(svg("text", { x: x, y: H - 6 }, t[1]));
-    });
-  }
-
-  $("filter-name").addEventListener("input", function (e) {
-    view.name = e.target.value;
-    view.page = 0;
-    renderFleet();
-  });
-  $("sort").addEventListener("change", function (e) { view.sort = e.target.value; renderFleet(); });
-  $("prev").addEventListener("click", function () { view.page = Math.max(0, view.page - 1); renderFleet(); });
-  $("next").addEventListener("click", function () { view.page += 1; renderFleet(); });
   $("legend").textContent = "A client turns red when the server has it in a state (behind," +
-    " stalled, silent, syncing, fork), or when it is more than " + LAG_LIMIT +
-    " blocks behind the best head of its chain or quiet for over " + QUIET_SECONDS +
-    " s (change with ?lag=N&quiet=SECONDS). Updates every " + POLL_MS / 1000 + " s.";
+    " stalled, silent, syncing, fork), or when it is more than " + P.LAG_LIMIT +
+    " blocks behind the best head of its chain or quiet for over " + P.QUIET_SECONDS +
+    " s (change with ?lag=N&quiet=SECONDS). Updates every " + POLL_MS / 1000 +
+    " s, or less often while the server is slow to answer.";
   setInterval(function () {
     if (last) { renderFleet(); renderEvents(last.events); renderBlocks(last.blocks); }
   }, 1000);

@@ -1,6 +1,7 @@
 """
-C{/}: the dashboard, one self-contained page (C{dashboard.html}, with C{pictures.js} and
-C{dashboard.js} inlined where it names them) that polls the JSON API, or with a token and none
+C{/}: the dashboard, one self-contained page (C{dashboard.html}, with the scripts it names
+inlined: C{page.js} what they share, C{pictures.js} the pictures, C{fleet.js} the fleet view,
+C{dashboard.js} the polling and the rest) that polls the JSON API, or with a token and none
 given, a small page asking for it (C{login.html}); each sent with a Content-Security-Policy
 that allows its own inline scripts and style and nothing else.
 """

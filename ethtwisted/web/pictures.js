@@ -4,14 +4,8 @@
 // of those answers' or a count of them; each shape carries it in a data- attribute and a title.
 var Pictures = (function () {
   "use strict";
-  var NS = "http://www.w3.org/2000/svg";
+  var svg = Page.svg;
 
-  function svg(tag, attrs, text) {
-    var e = document.createElementNS(NS, tag);
-    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
-    if (text !== undefined) { e.textContent = String(text); }
-    return e;
-  }
   function titled(e, text) { e.appendChild(svg("title", {}, text)); return e; }
   function canvas(box, width, height, label) {
     box.replaceChildren();
@@ -226,6 +220,37 @@ var Pictures = (function () {
     });
   }
 
-  return { histogram: histogram, sparkline: sparkline, blockTimes: blockTimes,
+  // Payloads first seen per minute over the last hour (/api/v1/arrivals), at `now`.
+  function arrivals(chart, a, now) {
+    var minutes = 60;
+    var first = a.since;
+    var counts = new Array(minutes).fill(0);
+    a.counts.forEach(function (pair) {
+      var i = Math.round((pair[0] - first) / a.bucket);
+      if (i >= 0 && i < minutes) { counts[i] = pair[1]; }
+    });
+    var current = Math.floor((now - first) / a.bucket);
+    chart.replaceChildren();
+    var W = 960, H = 170, left = 36, bottom = 22, top = 10;
+    var max = Math.max.apply(null, counts.concat([1]));
+    var step = (W - left) / minutes;
+    chart.appendChild(svg("line", { x1: left, y1: H - bottom, x2: W, y2: H - bottom, "class": "axis" }));
+    chart.appendChild(svg("text", { x: 0, y: top + 8 }, String(max)));
+    chart.appendChild(svg("text", { x: 0, y: H - bottom }, "0"));
+    counts.forEach(function (n, i) {
+      if (!n) { return; }
+      var h = (H - bottom - top) * n / max;
+      var bar = svg("rect", { x: left + i * step + 1, y: H - bottom - h, width: Math.max(step - 2, 1),
+                              height: h, "class": i === current ? "bar current" : "bar" });
+      bar.appendChild(svg("title", {}, n + " at " + new Date((first + i * a.bucket) * 1000).toLocaleTimeString()));
+      chart.appendChild(bar);
+    });
+    [[0, "60 min ago"], [30, "30 min ago"], [59, "now"]].forEach(function (t) {
+      var x = left + t[0] * step + (t[0] === 59 ? step - 22 : 0);
+      chart.appendChild(svg("text", { x: x, y: H - 6 }, t[1]));
+    });
+  }
+
+  return { arrivals: arrivals, histogram: histogram, sparkline: sparkline, blockTimes: blockTimes,
            chainView: chainView, canonicalOf: canonicalOf, binOf: binOf, EDGES: EDGES };
 })();
