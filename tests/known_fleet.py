@@ -82,8 +82,10 @@ def _sighting(b: Block, client: str, first: float) -> Received:
 
 async def known_fleet(path: Path) -> KnownFleet:
     """
-    Fill a SQLite store at C{path}: block n of MAIN first seen 10 s after n - 1, the head 8 s
-    ago; then decide the states as a server that holds every client but the silent ones.
+    Fill a SQLite store at C{path}: the blocks of MAIN from SEEN_FROM on first seen 10 s
+    apart, the head 8 s ago, those below long before (so that the last 10 minutes hold the
+    same blocks for minutes); then decide the states as a server that holds every client but
+    the silent ones.
     """
     now = reactor.seconds()
     store = SQLStore(parse_db_url(f"sqlite:///{path}"), reactor)
@@ -91,11 +93,13 @@ async def known_fleet(path: Path) -> KnownFleet:
     try:
 
         def first(number: int) -> float:
+            if number < SEEN_FROM:
+                return now - 3000 + 10 * number
             return now - 8 - 10 * (HEAD - number)
 
         heights = [n for n in range(1, HEAD + 1) if not GAP[0] <= n <= GAP[1]]
         batch = [_sighting(block(MAIN, n), "node-0000", first(n)) for n in heights]
-        batch += [_sighting(block(EDGE, n), "edge-0", first(n + 40)) for n in range(1, 21)]
+        batch += [_sighting(block(EDGE, n), "edge-0", first(n + HEAD - 20)) for n in range(1, 21)]
         for n in [n for n in heights if n >= SEEN_FROM]:
             for client in [f"node-{i:04d}" for i in range(1, NODES)] + [SLOW]:
                 if (client not in BEHIND or n <= 52) and (client not in LAGGING or n <= 53):
@@ -106,7 +110,7 @@ async def known_fleet(path: Path) -> KnownFleet:
             orphan = block(MAIN, n, fork=1, parent_fork=parent)
             batch += [_sighting(orphan, c, first(n) - 0.5) for c in FORKED]
         for n in range(1, 21):
-            batch += [_sighting(block(EDGE, n), c, first(n + 40)) for c in EDGES[1:]]
+            batch += [_sighting(block(EDGE, n), c, first(n + HEAD - 20)) for c in EDGES[1:]]
         await store.store(batch)
         await store.store(
             [
