@@ -1,8 +1,8 @@
 """
-Every EVM header shape: real headers of clique, IBFT, Parlia, Bor, OP Stack and Arbitrum chains
-(tests/fixtures/headers, each checked to be what it says), served by a fake JSON-RPC node over
-HTTP and WebSocket, are read as the blocks they are: by call, by subscription, in the node's
-status and by the follower; and what is not a header is still refused.
+Every EVM header shape: real headers of clique, IBFT, QBFT, Parlia, Bor, OP Stack and Arbitrum
+chains (tests/fixtures/headers, each checked to be what it says), served by a fake JSON-RPC
+node over HTTP and WebSocket, are read as the blocks they are: by call, by subscription, in
+the node's status and by the follower; and what is not a header is still refused.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ CHAIN_IDS = {
     "bor-polygon-436.json": 137,
     "opstack-optimism-151534212.json": 10,
     "nitro-arbitrum-58989000.json": 42161,
+    "qbft-besu-0.json": 1337,
 }
 NAMES = sorted(CHAIN_IDS)
 
@@ -71,8 +72,10 @@ def header_hash(data: dict[str, Any]) -> str:
     """
     The hash of a header, computed from its fields: keccak-256 of its RLP (the fields of later
     forks appended while present).  Parity's JSON has no mixHash or nonce but their RLP in
-    sealFields; Quorum's IBFT hashes the header with the committed seals of its extraData
-    emptied.
+    sealFields.  Both BFT kinds hash the header with the committed seals in its extraData
+    emptied: Quorum's IBFT (32 bytes of vanity, then the RLP of validators, seal and committed
+    seals) and Besu's IBFT 2.0 and QBFT (the RLP of vanity, validators, vote, round and
+    committed seals, last).
     """
     data = dict(data)
     if "mixHash" not in data:
@@ -80,8 +83,12 @@ def header_hash(data: dict[str, Any]) -> str:
                                           for f in data["sealFields"])  # fmt: skip
     if data["mixHash"] == ISTANBUL_DIGEST:
         extra = bytes.fromhex(data["extraData"][2:])
-        validators, seal, _committed = rlp.decode(extra[32:])
-        data["extraData"] = "0x" + (extra[:32] + rlp.encode([validators, seal, []])).hex()
+        if extra[0] >= 0xF8:  # Besu: the whole extraData is one RLP list
+            fields = rlp.decode(extra)
+            data["extraData"] = "0x" + rlp.encode([*fields[:-1], []]).hex()
+        else:
+            validators, seal, _committed = rlp.decode(extra[32:])
+            data["extraData"] = "0x" + (extra[:32] + rlp.encode([validators, seal, []])).hex()
     items: list[object] = []
     for name in _FIELDS + _LATER:
         if name not in _FIELDS and data.get(name) is None:
@@ -100,7 +107,7 @@ def test_each_fixture_is_the_header_it_says(name: str) -> None:
     data = fixture(name)
     assert header_hash(data) == data["hash"]
     extra = len(bytes.fromhex(data["extraData"][2:]))
-    if name.split("-")[0] in ("clique", "ibft", "parlia", "bor"):
+    if name.split("-")[0] in ("clique", "ibft", "qbft", "parlia", "bor"):
         assert extra > 32
 
 
