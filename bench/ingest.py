@@ -9,6 +9,7 @@ prints one JSON line per run:
     python bench/ingest.py --mode oneshot --store mysql --connections 50 --messages 5000
     python bench/ingest.py --mode idle --connections 1000
     python bench/ingest.py --store galera --connections 30 --messages 20000
+    python bench/ingest.py --store mysql --prefill 5500000 --buffer-pool-mb 1024
 
 - persistent: C connections, each keeping up to --window messages unacknowledged; the clock
   stops when every message is acknowledged.
@@ -19,6 +20,11 @@ prints one JSON line per run:
   every message sent to all three (C connections in all, a third on each), as a fleet sends
   each block many times; reports distinct messages stored per second, acknowledgements per
   second, and the conflicts the servers counted (from their /metrics).
+
+--prefill N stores N sightings first (N / --prefill-clients blocks of another chain, each
+seen by every one of those clients) through the store's own commits, 5,000 reports each, before
+the clock starts: ingest as the store grows.  --buffer-pool-mb sizes MariaDB's buffer pool (the
+test suite's server keeps 32 MB).
 
 Every result carries the load average when it ended (the machine may be shared).
 
@@ -64,7 +70,10 @@ from ethtwisted.frames import (  # noqa: E402
     encode_control,
 )
 from ethtwisted.framing import FrameProtocol  # noqa: E402
-from ethtwisted.protocol import payload_hash  # noqa: E402
+from ethtwisted.protocol import Block, block_json, parse_block, payload_hash  # noqa: E402
+from ethtwisted.records import Received  # noqa: E402
+from ethtwisted.storage.sql_pool import parse_db_url  # noqa: E402
+from ethtwisted.storage.sql_store import SQLStore  # noqa: E402
 from tests.services import GaleraCluster, MariaDB, Redis, free_port  # noqa: E402
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -148,6 +157,40 @@ def payloads(n: int, run: str) -> list[bytes]:
                     "timestamp": i}, sort_keys=True, separators=(",", ":")).encode()
         for i in range(n)
     ]  # fmt: skip
+
+
+PREFILL_BATCH = 5000
+PREFILL_CHAIN = 2
+"""The chain of the stored blocks: apart from the benchmark's messages (chain 1)."""
+
+
+async def prefill(url: str, password: str | None, sightings: int, clients: int) -> float:
+    """
+    Store C{sightings} sightings through L{SQLStore.store}, in commits of L{PREFILL_BATCH}
+    reports, each block reported by every one of C{clients} clients in turn; the seconds taken.
+    """
+    parsed = parse_db_url(url)
+    store = SQLStore(parsed.with_password(password) if password else parsed, reactor)
+    await store.start()
+    start, now = time.monotonic(), time.time() - 86400
+    batch: list[Received] = []
+    try:
+        for n in range(-(-sightings // clients)):
+            b = Block(PREFILL_CHAIN, n, f"0x{n:064x}", f"0x{max(n - 1, 0):064x}", n)
+            payload = block_json(b)
+            sha256, text, block = payload_hash(payload), payload.decode(), parse_block(payload)
+            for c in range(min(clients, sightings - n * clients)):
+                at = now + n * 0.25 + c / clients / 4
+                batch.append(Received(sha256, text, "127.0.0.1", f"prefill-{c:05d}", at + 0.05,
+                                      block, at, "subscription"))  # fmt: skip
+                if len(batch) == PREFILL_BATCH:
+                    await store.store(batch)
+                    batch = []
+        if batch:
+            await store.store(batch)
+    finally:
+        await store.close()
+    return time.monotonic() - start
 
 
 async def rows_reach(count_rows: Callable[[], int], n: int, deadline: float) -> int:
@@ -247,6 +290,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds, at most")
+    parser.add_argument("--prefill", type=int, default=0, help="sightings stored first")
+    parser.add_argument("--prefill-clients", type=int, default=100)
+    parser.add_argument("--buffer-pool-mb", type=int, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ethtwisted-bench-") as tmp:
@@ -266,6 +312,10 @@ def main() -> None:
                 raise
             dbs = [["--db", mariadb.url, "--redis", redis.url]]
             env["ETH_MYSQL_PASSWORD"] = mariadb.password
+            if args.buffer_pool_mb:
+                # InnoDB resizes its buffer pool while running.
+                size = args.buffer_pool_mb << 20
+                mariadb.query("SET GLOBAL innodb_buffer_pool_size = %s", (size,))
 
             def count_rows(table: str = "ethereum_data") -> int:
                 return int(mariadb.query(f"SELECT COUNT(*) FROM {table}",  # noqa: S608
@@ -329,8 +379,20 @@ def main() -> None:
             outcome: dict[str, Any] = {}
 
             async def go() -> None:
-                outcome.update(await run(args, ports, count_rows, [s.pid for s in servers]))
-                outcome["sightings"] = await threads.deferToThread(count_rows, "eth_sightings")
+                if args.prefill:
+                    password = env.get("ETH_MYSQL_PASSWORD")
+                    seconds = await prefill(dbs[0][1], password, args.prefill,
+                                            args.prefill_clients)  # fmt: skip
+                    outcome.update(prefill=args.prefill, prefill_seconds=round(seconds, 1))
+                # What was there before the clock starts is not counted as stored.
+                before = await threads.deferToThread(count_rows)
+                sightings = await threads.deferToThread(count_rows, "eth_sightings")
+                pids = [s.pid for s in servers]
+                outcome.update(await run(args, ports, lambda: count_rows() - before, pids))
+                after = await threads.deferToThread(count_rows, "eth_sightings")
+                outcome["sightings"] = after - sightings
+                if args.buffer_pool_mb:
+                    outcome["buffer_pool_mb"] = args.buffer_pool_mb
 
             d = ensureDeferred(go())
             d.addErrback(lambda f: outcome.update(error=str(f.value)))

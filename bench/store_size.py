@@ -4,10 +4,12 @@ What a sighting and a block cost on disk in MariaDB; prints one JSON object.
   python bench/store_size.py [--blocks 2000] [--clients 500] [--buffer-pool-mb 256]
 
 Fills a private MariaDB server through L{SQLStore.store}, as eth-server does: one chain of
-C{--blocks} heights, each block reported by every one of C{--clients} clients within about a
-second (one commit per 100 reports, in the order they would arrive), with sighting times.  Then
-ANALYZE TABLE, and the data and index bytes of C{eth_sightings} and C{eth_blocks} from
-information_schema, per row.  Every result carries the load average when it ended.
+C{--blocks} heights over yesterday and today (UTC), each block reported by every one of
+C{--clients} clients within about a second (one commit per 100 reports, in the order they would
+arrive), with sighting times.  Then ANALYZE TABLE, and the data and index bytes of
+C{eth_sightings} and C{eth_blocks} from information_schema, per row; then one prune with
+today's start as the cut, timed (yesterday's sightings go: on MariaDB a partition dropped).
+Every result carries the load average when it ended.
 """
 
 from __future__ import annotations
@@ -33,21 +35,20 @@ from ethtwisted.storage.sql_pool import parse_db_url  # noqa: E402
 from ethtwisted.storage.sql_store import SQLStore  # noqa: E402
 from tests.services import MariaDB  # noqa: E402
 
-T0 = 1_800_000_000.0
+DAY = 86400
 BATCH = 100
-BLOCK_TIME = 12.0
 
 
-def reports(blocks: int, clients: int) -> list[Received]:
-    """Every client's report of every block, in the order they arrive."""
-    out = []
+def reports(blocks: int, clients: int, start: float) -> list[Received]:
+    """Every client's report of every block from C{start} over two days, as they arrive."""
+    out, block_time = [], 2 * DAY / blocks
     for n in range(blocks):
         b = Block(1, n, f"0x{n:064x}", f"0x{max(n - 1, 0):064x}", 1_700_000_000 + n)
         payload = block_json(b)
         sha256 = payload_hash(payload)
         text = payload.decode()
         for c in range(clients):
-            at = T0 + n * BLOCK_TIME + c / clients
+            at = start + n * block_time + c / clients
             out.append(Received(sha256, text, "127.0.0.1", f"client-{c:05d}", at + 0.05,
                                 parse_block(payload), at, "subscription"))  # fmt: skip
     return out
@@ -97,12 +98,18 @@ def main() -> None:
             async def go() -> None:
                 store = SQLStore(url, reactor)
                 await store.start()
+                today = reactor.seconds() // DAY * DAY
                 try:
-                    seconds = await fill(store, reports(args.blocks, args.clients))
+                    batch = reports(args.blocks, args.clients, today - DAY)
+                    seconds = await fill(store, batch)
                     outcome["fill_seconds"] = round(seconds, 1)
+                    outcome.update(await threads.deferToThread(sizes, server))
+                    start = time.monotonic()
+                    pruned = await store.ledger.prune_sightings(today, 500)
+                    outcome["prune_seconds"] = round(time.monotonic() - start, 3)
+                    outcome["pruned_about"] = pruned
                 finally:
                     await store.close()
-                outcome.update(await threads.deferToThread(sizes, server))
 
             d = ensureDeferred(go())
             d.addErrback(lambda f: outcome.update(error=str(f.value)))
