@@ -326,5 +326,17 @@ class ILedger(Interface):
 
     def prune_sightings(before: float, limit: int) -> Deferred[int]:
         """
-        Delete at most C{limit} sightings received before C{before}; fire with how many.
+        Delete the sightings of the payloads first seen on the (UTC) days before that of
+        C{before}: whole days where the store keeps them by day, and at most C{limit} more
+        otherwise, those stored first first; fire with about how many.
+        """
+
+    def prune_blocks(
+        before: float, after: tuple[float, str] | None, limit: int
+    ) -> Deferred[tuple[int, tuple[float, str] | None]]:
+        """
+        Read at most C{limit} payloads first seen before C{before} (in the order of their
+        first sighting and SHA256, after the cursor C{after}) and delete those no gap proof
+        needs (L{ethtwisted.storage.retention}), with their sightings; fire with how many
+        went and the cursor to go on from.
         """

@@ -103,6 +103,9 @@ class Options(StoreOptions):
          " past it the connection holding the most is dropped.", positive_int],
         ["keep-sightings", None, DEFAULT_KEEP_SIGHTINGS,
          "Days to keep each client's sightings of blocks; older ones are pruned.", positive_int],
+        ["keep-blocks", None, None,
+         "Days to keep the payloads no gap proof needs (orphaned blocks, payloads of no chain);"
+         " forever if not given.", positive_int],
         ["summary-interval", None, DEFAULT_SUMMARY_INTERVAL,
          "Log one summary line (blocks stored, clients connected, heads, clients not current)"
          " every this many seconds.", positive_float],
@@ -246,7 +249,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     fleet.setServiceParent(service)
 
     # Both wait for the collector to have its stores.
-    pruner = SightingPruner(store.ledger, reactor, config["keep-sightings"], ready)
+    pruner = SightingPruner(
+        store.ledger, reactor, config["keep-sightings"], ready, config["keep-blocks"]
+    )
     summary = Summary(store, store.fleet, lambda: len(factory.connections), ready)
     ingest.observers.append(summary.committed)
     for name, step, run in [

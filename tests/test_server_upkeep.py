@@ -1,13 +1,16 @@
 """
-The server's timers: old sightings pruned in small batches, and the summary line.
+The server's timers: old sightings and payloads pruned in small batches, and the summary line.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from ethtwisted.interfaces import CHAIN_WINDOW
 from ethtwisted.protocol import block_json
 from ethtwisted.server import upkeep
 from ethtwisted.server.upkeep import PRUNE_BATCH, SightingPruner, Summary
@@ -24,7 +27,8 @@ DAY = 86400.0
 
 def test_pruner_deletes_sightings_older_than_kept_in_batches_and_never_fails() -> None:
     """
-    A run deletes the sightings received over C{keep_days} ago, L{PRUNE_BATCH} a transaction
+    A run deletes the sightings of payloads first seen over C{keep_days} ago (the memory
+    store keeps no days: by DELETE), L{PRUNE_BATCH} a transaction
     and at most L{upkeep.MAX_PRUNE_BATCHES} of them; a store that is down is said once, and
     the run still succeeds.
     """
@@ -45,6 +49,39 @@ def test_pruner_deletes_sightings_older_than_kept_in_batches_and_never_fails() -
         assert pruner.run().called
         assert pruner.run().called
     assert [e["log_format"] for e in events] == ["cannot prune old sightings: {reason}"]
+
+
+def test_pruner_with_keep_blocks_goes_on_from_where_it_got_to() -> None:
+    """
+    With C{keep_blocks}, a run then prunes the payloads first seen over that many days ago
+    that no gap proof needs (here an orphaned block and an opaque payload), reading
+    L{PRUNE_BATCH} a call; the next run goes on after the last payload read and finds
+    nothing more; without it, no payload goes.
+    """
+    clock = Clock()
+    clock.advance(100 * DAY)
+    kept = [received(block_json(block(1, n)), "a", DAY + n) for n in range(1, PRUNE_BATCH + 6)]
+    orphan = received(block_json(block(1, 3, fork=1)), "b", 2 * DAY)
+    opaque = received(b"opaque", "c", 3 * DAY)
+    top = received(block_json(block(1, CHAIN_WINDOW + 10)), "a", 99 * DAY)
+
+    def prune(keep_blocks: int | None) -> tuple[MemoryStore, list[Any]]:
+        store = MemoryStore()
+        store.store([*kept[:-1], orphan, kept[-1], opaque, top])
+        pruner = SightingPruner(store.ledger, clock, keep_days=90, keep_blocks=keep_blocks)
+        calls: list[Any] = []
+        real = store.ledger.prune_blocks
+        store.ledger.prune_blocks = lambda b, c, n: calls.append(c) or real(b, c, n)  # type: ignore
+        assert pruner.run().called
+        assert len(calls) == (0 if keep_blocks is None else 3)
+        pruner.run()
+        return store, calls
+
+    store, calls = prune(None)
+    assert len(store.tables.payloads) == len(kept) + 3 and calls == []
+    store, calls = prune(30)
+    assert set(store.tables.payloads) == {r.sha256 for r in [*kept, top]}
+    assert calls[-1:] == [(3 * DAY, opaque.sha256)] and len(calls) == 4
 
 
 @pytest_twisted.ensureDeferred

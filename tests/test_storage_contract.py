@@ -1208,6 +1208,52 @@ async def test_pruning_deletes_old_sightings_in_batches(blocks: BlockBackend) ->
     assert await store.payload(payload_hash(payloads[0])) == payloads[0].decode()
 
 
+@pytest_twisted.ensureDeferred
+async def test_pruning_blocks_keeps_what_a_gap_proof_needs(blocks: BlockBackend) -> None:
+    """
+    Pruning payloads first seen before the cut, a few read at a time from a cursor, deletes
+    those of no chain and, at each height of a chain, all but the block first seen there,
+    never within the chain window below the highest stored number; each goes with its
+    sightings and its payload.  The gaps of every range are what they were; pruning again
+    from the start deletes nothing.
+    """
+    store = await blocks.writer()
+    top = CHAIN_WINDOW + 10
+    old = [
+        received(block_json(block(7, 1)), "a", T0),
+        received(block_json(block(7, 2)), "a", T0 + 1),
+        received(block_json(block(7, 2, fork=1)), "b", T0 + 2),
+        received(block_json(block(7, 4)), "a", T0 + 3),
+        received(b"opaque", "a", T0 + 4),
+        received(block_html(5), "c", T0 + 5),
+        received(block_json(block(7, top - 1)), "a", T0 + 6),
+        received(block_json(block(7, top - 1, fork=1)), "b", T0 + 7),
+    ]
+    recent = [
+        received(block_json(block(7, top)), "a", T0 + 100),
+        received(block_json(block(7, 4, fork=2)), "b", T0 + 101),
+    ]
+    for r in [*old, *recent]:
+        await store.store([r])
+    chains = chain_reader(store)
+    gaps = await chains.gaps(7, 0, top)
+    deleted, cursor, reads = 0, None, 0
+    while reads < 10:
+        n, after = await store.ledger.prune_blocks(T0 + 50, cursor, 3)
+        reads, deleted = reads + 1, deleted + n
+        if after == cursor:
+            break
+        cursor = after
+    assert (deleted, cursor) == (3, (T0 + 7, old[-1].sha256))
+    gone = {old[2].sha256, old[4].sha256, old[5].sha256}
+    for r in [*old, *recent]:
+        kept = r.sha256 not in gone
+        assert (await store.payload(r.sha256) is not None) == kept, r.payload
+        assert bool(await store.ledger.sightings(r.sha256, 10)) == kept, r.payload
+    assert await chains.gaps(7, 0, top) == gaps
+    assert await store.ledger.prune_blocks(T0 + 50, None, 100) == (0, (T0 + 7, old[-1].sha256))
+
+
 # -- the counters and their reader ------------------------------------------------------------
 
 

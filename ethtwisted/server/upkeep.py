@@ -1,6 +1,7 @@
 """
-What an eth-server does on a timer beside the collecting: prune old sightings in small batches
-(L{SightingPruner}) and say in one line how it is doing (L{Summary}).
+What an eth-server does on a timer beside the collecting: prune old sightings (whole days, or
+in small batches) and old payloads no gap proof needs (L{SightingPruner}), and say in one line
+how it is doing (L{Summary}).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ MAX_NAMED = 5
 
 class SightingPruner:
     """
-    Deletes sightings received over C{keep_days} days ago, L{PRUNE_BATCH} at a time, one
-    transaction after another, at most L{MAX_PRUNE_BATCHES} per L{run}.
+    Deletes the sightings of the payloads first seen over C{keep_days} days ago (the days
+    before that one, whole where the store keeps them by day), L{PRUNE_BATCH} at a time
+    otherwise, one transaction after another, at most L{MAX_PRUNE_BATCHES} per L{run}; with
+    C{keep_blocks}, then the payloads first seen over that many days ago that no gap proof
+    needs, reading L{PRUNE_BATCH} a transaction and at most L{MAX_PRUNE_BATCHES} per run, on
+    from where the last run got to.
     """
 
     def __init__(
@@ -41,11 +46,16 @@ class SightingPruner:
         reactor: IReactorTime,
         keep_days: int,
         ready: Callable[[], bool] = lambda: True,
+        keep_blocks: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.ready = ready
         self.reactor = reactor
         self.keep = keep_days * 86400.0
+        self.keep_blocks = None if keep_blocks is None else keep_blocks * 86400.0
+        self.cursor: tuple[float, str] | None = None
+        """The last payload read for pruning (first seen, SHA256): the next run goes on after
+        it; from the first again after a restart."""
         self.trouble = Trouble(log, LogLevel.warn, "cannot prune old sightings: {reason}",
                                "pruning old sightings again")  # fmt: skip
 
@@ -59,20 +69,28 @@ class SightingPruner:
         return Deferred.fromCoroutine(self._run())
 
     async def _run(self) -> None:
-        before = self.reactor.seconds() - self.keep
-        deleted = 0
+        now = self.reactor.seconds()
+        deleted = blocks = 0
         try:
             for _ in range(MAX_PRUNE_BATCHES):
-                n = await self.ledger.prune_sightings(before, PRUNE_BATCH)
+                n = await self.ledger.prune_sightings(now - self.keep, PRUNE_BATCH)
                 deleted += n
                 if n < PRUNE_BATCH:
                     break
+            if self.keep_blocks is not None:
+                for _ in range(MAX_PRUNE_BATCHES):
+                    before = now - self.keep_blocks
+                    n, cursor = await self.ledger.prune_blocks(before, self.cursor, PRUNE_BATCH)
+                    blocks += n
+                    if cursor == self.cursor:
+                        break
+                    self.cursor = cursor
         except Exception as e:
             self.trouble.say(describe(e))
             return
         self.trouble.ended()
-        if deleted:
-            log.debug("pruned {n} sightings", n=deleted)
+        if deleted or blocks:
+            log.debug("pruned {n} sightings and {blocks} payloads", n=deleted, blocks=blocks)
 
 
 class Summary:

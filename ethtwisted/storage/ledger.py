@@ -21,7 +21,7 @@ from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import ILedger
 from ethtwisted.protocol import SOURCES
 from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord, StatusReport
-from ethtwisted.storage import fleet_finalized, partitions, status_events
+from ethtwisted.storage import fleet_finalized, partitions, retention, status_events
 
 TABLES = ("eth_client_ids", "eth_sightings", "eth_node_status", "eth_events")
 VIAS = ("unknown", *SOURCES)
@@ -362,6 +362,12 @@ class SQLLedger:
             partitions.ensure(txn, today, today + partitions.DAYS_AHEAD)
             dropped = partitions.drop_before(txn, day)
         return dropped + partitions.delete_before(txn, self.statements.placeholder, day, limit)
+
+    def prune_blocks(
+        self, before: float, after: retention.Cursor, limit: int
+    ) -> Deferred[tuple[int, retention.Cursor]]:
+        p = self.statements.placeholder
+        return self.pool.runInteraction(retention.sql_prune_blocks, p, before, after, limit)
 
 
 def _with_delays(rows: Sequence[Sequence[Any]]) -> list[SightingRecord]:

@@ -30,7 +30,13 @@ from ethtwisted.records import (
     SightingRecord,
     StatusReport,
 )
-from ethtwisted.storage import RejectedError, fleet_finalized, row_problem, status_events
+from ethtwisted.storage import (
+    RejectedError,
+    fleet_finalized,
+    retention,
+    row_problem,
+    status_events,
+)
 from ethtwisted.storage.chains import Row, Stored, gaps_between
 from ethtwisted.storage.heads import OnBlock, best_at, best_of
 
@@ -428,6 +434,11 @@ class MemoryLedger(Answering):
                 seen = (client, b.sha256) in t.sightings
                 heights[b.number] = heights.get(b.number, False) or seen
         return sorted(n for n, seen in heights.items() if not seen)[:limit]
+
+    def prune_blocks(
+        self, before: float, after: retention.Cursor, limit: int
+    ) -> Deferred[tuple[int, retention.Cursor]]:
+        return self._answer(retention.memory_prune_blocks, self.store.tables, before, after, limit)
 
     def prune_sightings(self, before: float, limit: int) -> Deferred[int]:
         return self._answer(self._prune, before, limit)

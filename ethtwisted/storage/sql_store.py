@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -149,7 +149,8 @@ class SQLStore:
         self.dialect = SQLITE if url.dialect == "sqlite" else MYSQL
         self.max_payload_bytes = MYSQL_TEXT_BYTES if url.dialect == "mysql" else 2**30
         self.pool = connection_pool(url, reactor, read_only)
-        self.clock = IReactorTime(reactor)
+        # The reactor tells the day: the partitions of the sightings are made from it.
+        self.clock = cast(IReactorTime, reactor)
         self.ledger = ledger.SQLLedger(self.pool, url.dialect, self.clock)
         self.fleet = fleet.SQLFleet(self.pool, url.dialect)
         self.deliveries = deliveries.SQLDeliveries(self.pool, url.dialect)
