@@ -268,6 +268,7 @@ class SQLLedger:
         clients = sorted(ids)
         # A block sighting is one of a payload with a number (eth_blocks_id has it).
         block = "JOIN eth_blocks b ON b.id = s.block_id AND b.number IS NOT NULL"
+        first: dict[int, int] = {}  # block id → its first sighting (ms), read once a call
         for start in range(0, len(clients), PROPAGATION_CLIENTS):
             chunk = clients[start : start + PROPAGATION_CLIENTS]
             # First the time of each client's limit-th block sighting, newest first: in the
@@ -284,8 +285,7 @@ class SQLLedger:
             )
             since = {int(i): int(t) for i, t in txn.fetchall()}
             # Then the sightings from that time on (all of a client's with fewer; ties by SHA256,
-            # which eth_blocks_id holds too), each with the first sighting of its payload (by
-            # the payload's rows, first in the key).
+            # which eth_blocks_id holds too).
             last, args = [], []
             for n, i in enumerate(chunk):
                 after = f" AND s.seen_at_ms >= {p}" if i in since else ""
@@ -296,13 +296,14 @@ class SQLLedger:
                 )
                 args += [i, since[i], limit] if i in since else [i, limit]
             txn.execute(
-                "SELECT s.client_id, s.seen_at_ms - (SELECT MIN(f.seen_at_ms) FROM eth_sightings f"
-                f" WHERE f.block_id = s.block_id) FROM ({' UNION ALL '.join(last)}) AS s"
-                " ORDER BY s.client_id, s.seen_at_ms DESC, s.hash DESC",
+                f"SELECT s.client_id, s.block_id, s.seen_at_ms FROM ({' UNION ALL '.join(last)})"
+                " AS s ORDER BY s.client_id, s.seen_at_ms DESC, s.hash DESC",
                 args,
             )
-            for i, delay in txn.fetchall():
-                delays[ids[int(i)]].append(float(delay))
+            rows = [(int(i), int(b), int(t)) for i, b, t in txn.fetchall()]
+            _first_sightings(txn, p, {b for _, b, _ in rows} - first.keys(), first)
+            for i, b, t in rows:
+                delays[ids[i]].append(float(t - first[b]))
         return delays
 
     def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
@@ -379,3 +380,19 @@ def _with_delays(rows: Sequence[Sequence[Any]]) -> list[SightingRecord]:
                        float(int(t) - first))
         for c, t, via in rows
     ]  # fmt: skip
+
+
+def _first_sightings(txn: Any, p: str, blocks: set[int], first: dict[int, int]) -> None:
+    """
+    Put in C{first} the first sighting (ms) of each of C{blocks}: each block's rows once, by
+    the key they lead (a look-up per sighting read each block's rows again, once per client).
+    """
+    ordered = sorted(blocks)
+    for start in range(0, len(ordered), PROPAGATION_CLIENTS):
+        chunk = ordered[start : start + PROPAGATION_CLIENTS]
+        txn.execute(
+            "SELECT block_id, MIN(seen_at_ms) FROM eth_sightings"
+            f" WHERE block_id IN ({', '.join([p] * len(chunk))}) GROUP BY block_id",
+            chunk,
+        )
+        first.update((int(b), int(t)) for b, t in txn.fetchall())
