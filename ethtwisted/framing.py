@@ -27,6 +27,8 @@ DROP_KINDS = (
     "buffered_bytes",
     "internal",
     "rejected",
+    "name_in_use",
+    "replaced",
 )
 """Every sort of reason for dropping a connection (L{FrameProtocol.drop} says what each means),
 as the metrics count them."""
@@ -145,7 +147,10 @@ class FrameProtocol(Protocol):
 
         and the server's own (L{ethtwisted.server}):
 
-          - C{unauthorized}: a missing or invalid token;
+          - C{unauthorized}: a missing or invalid token, or one that may not use the name;
+          - C{name_in_use}: a hello naming a client another live connection is;
+          - C{replaced}: the client connected again (same token, or same address without
+            tokens) and its new connection took over;
           - C{no_hello}: no hello within the hello timeout, when tokens are required;
           - C{idle}: silent for the idle timeout before saying hello;
           - C{slow_reader}: acknowledgements left unread, too many or for too long;

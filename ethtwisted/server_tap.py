@@ -31,6 +31,7 @@ from ethtwisted.server.factory import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,
+    ClientTokens,
     ServerFactory,
 )
 from ethtwisted.server.feed import WebhookFeed, hook_id
@@ -92,7 +93,9 @@ class Options(StoreOptions):
          "Drop a connection silent this many seconds (not after its client said hello).",
          positive_float],
         ["tokens-file", None, None,
-         "File of client tokens, one a line: clients must present one in their hello."],
+         "File of client tokens, one a line, each optionally followed by a space and the client"
+         " name it binds: clients must present one in their hello, and may use only a name"
+         " their token binds (or, a token alone, any name no token binds)."],
         ["hello-timeout", None, DEFAULT_HELLO_TIMEOUT,
          "With --tokens-file: drop a connection that has not said hello this many seconds"
          " after it opened.", positive_float],
@@ -166,9 +169,13 @@ class Options(StoreOptions):
             check_endpoint(description, "listen", server=True)
         if self["max-buffered-bytes"] < self["max-message-bytes"]:
             raise usage.UsageError("--max-buffered-bytes must be at least --max-message-bytes")
-        self["tokens"] = (
-            read_lines(self["tokens-file"], "tokens-file") if self["tokens-file"] else None
-        )
+        self["tokens"] = None
+        if self["tokens-file"]:
+            try:
+                lines = read_lines(self["tokens-file"], "tokens-file")
+                self["tokens"] = ClientTokens.parse(lines)
+            except ValueError as e:
+                raise usage.UsageError(f"--tokens-file: {e}") from None
         if self["stats"]:
             self["stats"] = web_endpoint(self["stats"], "stats")
         self["stats_token"] = read_token(self, "stats-token")

@@ -36,7 +36,7 @@ from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
 from ethtwisted.records import Received, StatusReport
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
-from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.factory import ClientTokens, ServerFactory
 from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, MAX_CONFLICT_RETRIES, Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
@@ -377,7 +377,8 @@ def server_connection(
     tokens: Sequence[str] | None = None, idle_timeout: float = 60.0
 ) -> tuple[ServerProtocol, StringTransport, HeldStore, Clock]:
     clock, store = Clock(), HeldStore()
-    factory = ServerFactory(Ingest(store, None, clock), clock, 1000, idle_timeout, tokens)
+    book = None if tokens is None else ClientTokens.parse(tokens)
+    factory = ServerFactory(Ingest(store, None, clock), clock, 1000, idle_timeout, book)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=None)
     protocol.makeConnection(transport)

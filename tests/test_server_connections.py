@@ -22,7 +22,7 @@ from ethtwisted.frames import Ack, Hello, encode_control
 from ethtwisted.interfaces import IBlockStore
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
 from ethtwisted.records import Received
-from ethtwisted.server.factory import ServerFactory
+from ethtwisted.server.factory import ClientTokens, ServerFactory
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES, ServerProtocol
 from ethtwisted.storage.memory_store import MemoryStore
@@ -326,7 +326,9 @@ def test_hello_deadline_is_not_reset_by_trickling() -> None:
     timeout is dropped, however steadily it trickles bytes; a prompt client is not.
     """
     clock = Clock()
-    factory, drops = make_factory(clock=clock, tokens=["t"], hello_timeout=10.0)
+    factory, drops = make_factory(
+        clock=clock, tokens=ClientTokens.parse(["t"]), hello_timeout=10.0
+    )
     trickler, transport = connect(factory)
     hello = netstring(encode_control(Hello("slow", token="t")))
     for byte in hello[:-1][:12]:
@@ -349,7 +351,9 @@ def test_hello_deadline_waits_while_reading_is_paused() -> None:
     the deadline starts again.
     """
     clock = Clock()
-    factory, drops = make_factory(clock=clock, tokens=["t"], hello_timeout=10.0)
+    factory, drops = make_factory(
+        clock=clock, tokens=ClientTokens.parse(["t"]), hello_timeout=10.0
+    )
     protocol, _ = connect(factory)
     protocol.for_the_stores.pauseProducing()
     clock.advance(15)

@@ -264,9 +264,12 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.unread_ack_bytes = None
         self.factory.account(self)
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str, in_use: bool = False) -> None:
         self.send_control(Refusal(reason))
-        self.drop(reason, "unauthorized")
+        if in_use:
+            self.drop(reason, "name_in_use")
+        else:
+            self.drop(reason, "unauthorized")
 
     def controlReceived(self, frame: ControlFrame) -> None:
         if isinstance(frame, Hello):
@@ -295,8 +298,9 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             raise ProtocolError("second hello")
         if self.sent_payload:
             raise ProtocolError("hello after payloads: it must come first")
-        if self.factory.tokens is not None and not self.factory.token_valid(frame.token):
-            self.refuse(f"client {frame.name!r}: missing or invalid token")
+        refused = self.factory.claim(self, frame)
+        if refused is not None:
+            self.refuse(f"client {frame.name!r}: {refused[0]}", refused[1])
             return
         self.hello = frame
         if self.hello_deadline is not None and self.hello_deadline.active():
