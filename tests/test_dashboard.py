@@ -682,6 +682,12 @@ async def test_pictures_of_a_known_fleet(tmp_path: Path) -> None:
         assert [lags[r["client"]] for r in shown["rows"]] == sorted(
             (lags[r["client"]] for r in shown["rows"]), reverse=True
         )
+        await browser.evaluate("document.getElementById('next').click()")
+        following = await browser.evaluate(FLEET)
+        assert following["shown"] == "101\u2013200 of 1001"
+        first_page = {r["client"] for r in shown["rows"]}
+        assert first_page.isdisjoint(r["client"] for r in following["rows"])
+        await browser.evaluate("document.getElementById('prev').click()")
         await browser.screenshot(tmp_path / "dashboard.png")
         for name, selector in [
             ("propagation", "#propagation"),
