@@ -1,8 +1,9 @@
 """
 A JSON-RPC node of the test's making, on free loopback ports: L{ChainNode} serves a chain of
-raw headers (as real nodes of other chains send them) over HTTP (twisted.web) and WebSocket
-(the websockets library, with C{newHeads} subscriptions), answers the status methods, and can
-lack methods or close HTTP connections the way some real nodes do.
+raw headers (as real nodes of other chains send them) over HTTP (twisted.web), WebSocket (the
+websockets library) and IPC (an asyncio Unix socket), with C{newHeads} subscriptions over the
+last two, answers the status methods, and can lack methods or close HTTP connections the way
+some real nodes do.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ChainNode:
         self.closed_connections = 0
         self.http_url = ""
         self.ws_url = ""
+        self.ipc_path = ""
+        self._ipc: asyncio.AbstractServer | None = None
         self._port: IListeningPort | None = None
         self._ws: Any = None
         self._subscribers: dict[Any, str] = {}
@@ -108,7 +111,10 @@ class ChainNode:
 
     # -- the servers
 
-    async def start(self) -> None:
+    async def start(self, ipc_path: str = "") -> None:
+        """
+        Listen on free loopback ports for HTTP and WebSocket, and at C{ipc_path} if given.
+        """
         from websockets.asyncio.server import serve
 
         endpoint = TCP4ServerEndpoint(IReactorTCP(the_reactor()), 0, interface="127.0.0.1")
@@ -121,27 +127,52 @@ class ChainNode:
         )
         port = next(iter(self._ws.sockets)).getsockname()[1]
         self.ws_url = f"ws://127.0.0.1:{port}"
+        if ipc_path:
+            listening = asyncio.start_unix_server(self._serve_ipc, ipc_path)
+            self._ipc = await Deferred.fromFuture(asyncio.ensure_future(listening))
+            self.ipc_path = ipc_path
 
     async def stop(self) -> None:
         if self._port is not None:
             await maybeDeferred(self._port.stopListening)
-        if self._ws is not None:
-            self._ws.close()
-            closing = asyncio.ensure_future(asyncio.wait_for(self._ws.wait_closed(), 5))
-            await Deferred.fromFuture(closing)
+        for server in (self._ws, self._ipc):
+            if server is not None:
+                server.close()
+                closing = asyncio.ensure_future(asyncio.wait_for(server.wait_closed(), 5))
+                await Deferred.fromFuture(closing)
+
+    async def _reply(self, socket: Any, call: dict[str, Any]) -> None:
+        reply = self.answer(call["method"], call.get("params") or [])
+        method = call["method"]
+        if method == "eth_subscribe" and method not in self.missing:
+            reply = {"result": f"0x{len(self._subscribers) + 1:x}"}
+            self._subscribers[socket] = reply["result"]
+        await socket.send(json.dumps({"jsonrpc": "2.0", "id": call["id"], **reply}))
 
     async def _serve_ws(self, socket: Any) -> None:
         try:
             async for message in socket:
-                call = json.loads(message)
-                reply = self.answer(call["method"], call.get("params") or [])
-                method = call["method"]
-                if method == "eth_subscribe" and method not in self.missing:
-                    reply = {"result": f"0x{len(self._subscribers) + 1:x}"}
-                    self._subscribers[socket] = reply["result"]
-                await socket.send(json.dumps({"jsonrpc": "2.0", "id": call["id"], **reply}))
+                await self._reply(socket, json.loads(message))
         finally:
             self._subscribers.pop(socket, None)
+
+    async def _serve_ipc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        socket = _IPCSocket(writer)
+        decoder = json.JSONDecoder()
+        buffer = ""
+        try:
+            while chunk := await reader.read(65536):
+                buffer = (buffer + chunk.decode()).lstrip()
+                while buffer:
+                    try:
+                        call, end = decoder.raw_decode(buffer)
+                    except ValueError:
+                        break  # the rest of the request is still to come
+                    buffer = buffer[end:].lstrip()
+                    await self._reply(socket, call)
+        finally:
+            self._subscribers.pop(socket, None)
+            writer.close()
 
     def _serve_http(self, request: Request) -> bytes | int:
         channel = request.channel
@@ -156,6 +187,17 @@ class ChainNode:
         reply = self.answer(call["method"], call.get("params") or [])
         request.setHeader("content-type", "application/json")
         return json.dumps({"jsonrpc": "2.0", "id": call["id"], **reply}).encode()
+
+
+class _IPCSocket:
+    """An IPC connection, sending text as a WebSocket does."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    async def send(self, text: str) -> None:
+        self.writer.write(text.encode() + b"\n")  # one message a line, as geth writes them
+        await self.writer.drain()
 
 
 class _HTTP(Resource):

@@ -126,21 +126,26 @@ def test_the_fixtures_readme_names_each_fixture() -> None:
 
 
 @pytest_twisted.async_yield_fixture(params=NAMES)
-async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ChainNode]]:
+async def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[str, ChainNode]]:
     """A fake node whose chain is one fixture, and the fixture's name."""
     name = request.param
     node = ChainNode(CHAIN_IDS[name], [fixture(name)])
-    await node.start()
+    await node.start(str(tmp_path / "node.ipc"))
     yield name, node
     await node.stop()
 
 
+TRANSPORTS = ["http", "ws", "ipc"]
+
+
 def node_of(chain: ChainNode, transport: str) -> Web3Node:
-    return Web3Node(chain.http_url if transport == "http" else chain.ws_url, the_reactor(),
-                    timeout=5)  # fmt: skip
+    uri = {"http": chain.http_url, "ws": chain.ws_url, "ipc": chain.ipc_path}[transport]
+    return Web3Node(uri, the_reactor(), timeout=5)
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
 async def test_each_header_is_read_as_its_block(
     served: tuple[str, ChainNode], transport: str
@@ -163,7 +168,7 @@ async def test_each_header_is_read_as_its_block(
         await node.close()
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
 async def test_each_header_is_read_in_the_status(
     served: tuple[str, ChainNode], transport: str
@@ -184,14 +189,18 @@ async def test_each_header_is_read_in_the_status(
     assert status.base_fee == (None if fee is None else int(fee, 16))
 
 
+@pytest.mark.parametrize("transport", ["ws", "ipc"])
 @pytest_twisted.ensureDeferred
-async def test_each_header_is_pushed_as_its_block(served: tuple[str, ChainNode]) -> None:
+async def test_each_header_is_pushed_as_its_block(
+    served: tuple[str, ChainNode], transport: str
+) -> None:
     """
-    Over WebSocket, a C{newHeads} notification carrying the fixture is delivered as its block
-    (web3's notification formatter, which would refuse the long extraData, is not in the way).
+    Over WebSocket and IPC, a C{newHeads} notification carrying the fixture is delivered as its
+    block (web3's notification formatter, which would refuse the long extraData, is not in the
+    way).
     """
     name, chain = served
-    node = Web3Node(chain.ws_url, the_reactor(), timeout=5)
+    node = node_of(chain, transport)
     delivered: list[Block] = []
     subscription = await node.subscribe_heads(delivered.append)
     try:
@@ -206,7 +215,7 @@ async def test_each_header_is_pushed_as_its_block(served: tuple[str, ChainNode])
         await node.close()
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest_twisted.ensureDeferred
 async def test_the_follower_takes_each_header(
     served: tuple[str, ChainNode], transport: str
