@@ -6,21 +6,34 @@ own.  Real eth-servers on loopback ports (127.0.0.1 and ::1), real connections.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
-from ethtwisted.frames import Hello
-from ethtwisted.protocol import payload_hash
-from ethtwisted.server.factory import ClientTokens
+from ethtwisted.frames import Hello, encode_control
+from ethtwisted.protocol import Block, block_json, payload_hash
+from ethtwisted.server.factory import ClientTokens, ServerFactory
+from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options
+from ethtwisted.storage.chains import chain_reader
+from ethtwisted.storage.memory_store import MemoryStore
 from tests.helpers import Peer, Server, connect, start_server, the_reactor, wait_for
+from tests.test_protocol import netstring
 from tests.test_server_e2e import drops, sqlite_rows
+from tests.test_storage_contract import block
 
 TOKENS = "# the fleet\ntok-alice alice\ntok-mallory mallory\ntok-any\ntok-zurich Zürich 1\n"
 
@@ -179,3 +192,104 @@ def test_the_tokens_file_binds_names_and_old_files_still_work(tmp_path: Path) ->
     error = str(raised.value)
     assert "--tokens-file: token 2: the name must not contain invisible" in error
     assert "secret-token-xyz" not in error and "\n" not in error
+
+
+# -- a hostile client among honest ones: generated lies about names and blocks -----------------
+
+HONEST = "honest"
+BOOK = ClientTokens.parse(["tok-honest honest", "tok-mallory mallory", "tok-any"])
+HONEST_BLOCKS = [block(1, n, fork=0xABC) for n in range(1, 4)]
+
+
+def _spoiled(name: str, how: int, where: int) -> str:
+    """C{name} made to look like itself: an invisible or other character in it, decomposed."""
+    where %= len(name) + 1
+    if how == 0:
+        return name
+    if how == 5:
+        return name.replace("o", "o\u0308")  # a diaeresis, decomposed
+    extra = ["\u200b", "\u202e", "\u00a0", "\u3164"][how - 1]
+    return name[:where] + extra + name[where:]
+
+
+def _variant(block_: Block, how: int) -> bytes:
+    """The honest block in JSON that is not its canonical message (or the message itself)."""
+    canonical = block_json(block_)
+    if how == 0:
+        return canonical
+    if how in (1, 2):
+        value = block_.hash if how == 1 else block_.parent_hash
+        return canonical.replace(value.encode(), b"0x" + value[2:].upper().encode())
+    return json.dumps(json.loads(canonical)).encode()  # with spaces
+
+
+lies = st.tuples(
+    st.sampled_from(["honest", "mallory", "carol"]),
+    st.integers(0, 5),
+    st.integers(0, 10),
+    st.sampled_from([None, "tok-mallory", "tok-any", "tok-wrong"]),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), max_size=4),
+)
+"""A hostile connection: the name it claims (spoiled how and where), its token, and which
+honest block it sends again in which spelling."""
+
+
+def result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "not fired"
+    return out[0]
+
+
+@pytest.mark.property
+@given(st.lists(lies, min_size=1, max_size=5), st.booleans())
+def test_a_hostile_client_cannot_speak_for_an_honest_one(
+    hostile: list[tuple[str, int, int, str | None, list[tuple[int, int]]]], tokens: bool
+) -> None:
+    """
+    Whatever hellos a hostile client says (the honest client's name as it is, spoiled with an
+    invisible character or decomposed, another name; a wrong, unbound or other client's token,
+    or none) and whatever spellings of the honest blocks it sends after, from another
+    address: the honest client keeps its connection and its name, its record (messages, last
+    block, address) and the chain (head, forks, reorgs) are what they were.
+    """
+    clock, store = Clock(), MemoryStore()
+    factory = ServerFactory(
+        Ingest(store, None, clock), clock, 65536, 60.0, BOOK if tokens else None
+    )
+
+    def connection(host: str) -> tuple[Any, StringTransport]:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 4000))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    honest, honest_transport = connection("127.0.0.1")
+    hello = Hello(HONEST, "tok-honest" if tokens else None)
+    honest.dataReceived(netstring(encode_control(hello)))
+    for b in HONEST_BLOCKS:
+        honest.dataReceived(netstring(block_json(b)))
+    clock.advance(1)
+    chains = chain_reader(store)
+    before = (
+        result(store.clients(10, names=[HONEST])),
+        result(chains.chain(1, 1, 4, finalized=None)),
+    )
+    assert before[0] and before[0][0].messages == 3
+
+    for name, how, where, token, sends in hostile:
+        liar, _ = connection("127.0.0.9")
+        data = netstring(encode_control(Hello(_spoiled(name, how, where), token)))
+        data += b"".join(netstring(_variant(HONEST_BLOCKS[n], spelling)) for n, spelling in sends)
+        liar.dataReceived(data)
+        clock.advance(1)
+    after = (
+        result(store.clients(10, names=[HONEST])),
+        result(chains.chain(1, 1, 4, finalized=None)),
+    )
+    assert after == before
+    assert not honest_transport.disconnecting and factory.named[HONEST] is honest
+    for protocol in list(factory.connections):
+        protocol.transport.loseConnection()
+        protocol.connectionLost(connectionDone)
+    clock.advance(60)
