@@ -122,23 +122,14 @@ def fleet_block(reports: Mapping[str, tuple[str, float]]) -> str | None:
     return max(counts, key=counts.__getitem__)
 
 
-def fleet_head(
-    clients: Iterable[ClientFacts],
-    contested: Mapping[int, Mapping[str, tuple[str, float]]],
-    stored: int,
-) -> int:
+def fleet_head(clients: Iterable[ClientFacts], forked: Mapping[str, float], stored: int) -> int:
     """
     The best head of a chain that its clients are measured against: C{stored} (the highest
-    block a client is on), unless clients on a fork are on it; then the highest head of the
-    others, so that a node on blocks of its own ahead of the fleet does not put the fleet
-    behind.
+    block a client is on), unless clients on a fork (C{forked}: L{forks}) are on it; then the
+    highest head of the others, so that a node on blocks of its own ahead of the fleet does
+    not put the fleet behind.
     """
-    majority = {height: fleet_block(r) for height, r in contested.items()}
-    heads = [
-        c.head
-        for c in clients
-        if c.head is not None and fork_since(c.client, contested, majority) is None
-    ]
+    heads = [c.head for c in clients if c.head is not None and c.client not in forked]
     if len(heads) == sum(c.head is not None for c in clients):
         return stored
     return max(heads, default=stored)
@@ -155,17 +146,14 @@ def decide(
     left out.
     """
     decided: dict[str, dict[str, State]] = {}
-    majority = {
-        chain_id: {height: fleet_block(r) for height, r in chain.contested.items()}
-        for chain_id, chain in chains.items()
-    }
+    forked = {chain_id: forks(chain.contested) for chain_id, chain in chains.items()}
     for facts in clients:
         chain = chains.get(facts.chain_id) if facts.chain_id is not None else None
         best = chain.best if chain is not None else None
-        fleet = majority.get(facts.chain_id, {}) if facts.chain_id is not None else {}
+        on_fork = forked[chain.chain_id].get(facts.client) if chain is not None else None
         states = {
             state: State(state, since, facts.chain_id, facts.head, best)
-            for state, since in _causes(facts, chain, fleet, thresholds, now)
+            for state, since in _causes(facts, chain, on_fork, thresholds, now)
         }
         if states:
             decided[facts.client] = states
@@ -175,12 +163,13 @@ def decide(
 def _causes(
     facts: ClientFacts,
     chain: ChainFacts | None,
-    fleet: Mapping[int, str | None],
+    forked: float | None,
     thresholds: Thresholds,
     now: float,
 ) -> Iterator[tuple[str, float]]:
     """
-    Each state C{facts}' client is in, with since when.
+    Each state C{facts}' client is in, with since when (C{forked}: since when it has been on
+    a fork, L{forks}).
     """
     gone = not facts.connected and (facts.gone_at is None or now - facts.gone_at > RECONNECT_GRACE)
     if gone or now - facts.last_frame > thresholds.silent_seconds:
@@ -204,26 +193,23 @@ def _causes(
         and now - facts.head_at > thresholds.stall_seconds
     ):
         yield "stalled", facts.head_at
-    since = fork_since(facts.client, chain.contested, fleet)
-    if since is not None and now - since > thresholds.fork_seconds:
-        yield "fork", since
+    if forked is not None and now - forked > thresholds.fork_seconds:
+        yield "fork", forked
 
 
-def fork_since(
-    client: str,
-    contested: Mapping[int, Mapping[str, tuple[str, float]]],
-    fleet: Mapping[int, str | None],
-) -> float | None:
+def forks(contested: Mapping[int, Mapping[str, tuple[str, float]]]) -> dict[str, float]:
     """
-    Since when C{client} has reported, at some height, a block other than the fleet's there
-    (C{fleet}: height → L{fleet_block}): the earliest such sighting, or L{None}.
+    The clients that have reported, at some height of C{contested}, a block other than the
+    fleet's there (L{fleet_block}): client → the earliest such sighting.
     """
-    since = None
-    for height, reports in contested.items():
-        own = reports.get(client)
-        block = fleet.get(height)
-        if own is not None and block is not None and own[0] != block:
-            since = own[1] if since is None else min(since, own[1])
+    since: dict[str, float] = {}
+    for reports in contested.values():
+        block = fleet_block(reports)
+        if block is None:
+            continue
+        for client, (own, seen) in reports.items():
+            if own != block and (client not in since or seen < since[client]):
+                since[client] = seen
     return since
 
 

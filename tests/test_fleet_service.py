@@ -149,7 +149,8 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
 ) -> None:
     """
     No decision before the server has run for RECONNECT_GRACE seconds; then every second,
-    recording the clients held and when each was last heard.  A connection that ends is
+    recording the clients held and when each was last heard (a client's row written again once
+    a twelfth of silent_seconds has passed, 5 s here, not each second).  A connection that ends is
     recorded as gone at the next decision; once gone for longer than the grace, its client is
     silent: logged once (a warning), published to the sink once, and no longer once it comes
     back (logged once, at info).
@@ -169,7 +170,7 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
         assert not await h.tick(0.5)
         a.connectionLost(Failure(ConnectionDone()))
         assert await h.tick(0.5)
-        assert await h.presence() == [("a", 0, 0.0, 4.0), ("b", 1, 0.0, 4.0)]
+        assert await h.presence() == [("a", 0, 0.0, 4.0), ("b", 1, 0.0, 3.0)]
         assert await sqlite_store.fleet.states() == {"a": {}, "b": {}}
         for _ in range(int(RECONNECT_GRACE)):
             await h.tick()
@@ -178,6 +179,7 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
         assert [(e.client, e.state, e.event, e.since, e.at) for e in h.sink.events] == [
             ("a", "silent", "entered", 0.0, 8.0)
         ]
+        assert await h.presence() == [("a", 0, 0.0, 4.0), ("b", 1, 0.0, 8.0)]
         await h.tick()
         assert len(h.sink.events) == 1
 
@@ -186,6 +188,17 @@ async def test_decides_after_the_grace_records_the_gone_and_tells_each_change_on
         assert [(e.client, e.state, e.event) for e in h.sink.events[1:]] == [
             ("a", "silent", "left")
         ]
+        # b's connection drops and b is back a second later: its row says so at once.
+        [b] = [c for c in h.factory.connections if c.hello and c.hello.name == "b"]
+        b.connectionLost(Failure(ConnectionDone()))
+        await h.tick()
+        assert (await h.presence())[1] == ("b", 0, 0.0, 11.0)
+        h.connect("b")
+        await h.tick()
+        assert (await h.presence())[1] == ("b", 1, 11.0, 12.0)
+        for _ in range(int(RECONNECT_GRACE) + 1):
+            await h.tick()
+        assert len(h.sink.events) == 2
         assert await sqlite_store.fleet.events(None, None, 10) == h.sink.events[::-1]
     h.stop()
     texts = [e.text for e in h.sink.events]

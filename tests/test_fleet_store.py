@@ -7,6 +7,7 @@ also when several servers decide at the same moment on one database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from ethtwisted.protocol import Block, block_json, payload_hash
 from ethtwisted.records import Received, StateEvent, StatusReport
 from ethtwisted.states import RECONNECT_GRACE, Thresholds
 from ethtwisted.storage import is_conflict
+from ethtwisted.storage.fleet import SQLFleet
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
 
@@ -287,3 +289,111 @@ async def test_a_client_gone_for_a_week_is_no_longer_watched(open_store: Opener)
     back = T0 + week + 20
     assert await fleet.decide("s", back, {"a": back, "b": back}, {}, T) == []
     assert await fleet.states() == {"a": {}, "b": {}}
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])
+async def twins(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[SQLStore, SQLStore]]:
+    """Two started stores, each on an empty database of its own."""
+    if request.param == "sqlite":
+        urls = [parse_db_url(f"sqlite:///{tmp_path / f'{n}.sqlite'}") for n in "ab"]
+    else:
+        db = request.getfixturevalue("mysql_db")
+        other = f"{db.name}_twin"
+        db.server.create_database(other)
+        urls = [
+            parse_db_url(u).with_password(db.password) for u in (db.url, db.server.url_for(other))
+        ]
+    stores = [SQLStore(url, reactor) for url in urls]
+    for store in stores:
+        await store.start()
+    yield stores[0], stores[1]
+    for store in stores:
+        await store.close()
+    if request.param == "mysql":
+        db.server.drop_database(other)
+
+
+def fleet_history(t: int) -> list[Received | StatusReport]:
+    """
+    What the fleet sends in second C{t} of L{test_deciding_from_what_changed_is_deciding_anew}:
+    a, b and c follow chain 1 a block a second; d leaves for a branch of its own at 30 and
+    comes back at 41; e is 12 blocks behind; f stops at 20; g, an older client (never
+    watched), reports every other block.  At 36, c reports a second block at height 30 (a
+    height contested already) and a one at 34 (not contested before); at 38, b reports c's
+    block at 30, then its head; at 47, a sends three blocks out of order in one commit; b's
+    node syncs from 15 to 22.
+    """
+    batch: list[Received | StatusReport] = []
+    at = T0 + t
+    for client in "abc":
+        batch.append(received(client, t, at))
+    batch.append(received("d", t, at, "d" if 30 <= t <= 40 else "a"))
+    if t >= 12:
+        batch.append(received("e", t - 12, at))
+    if t <= 20:
+        batch.append(received("f", t, at))
+    if t % 2 == 0:
+        batch.append(received("g", t, at))
+    if t == 36:
+        batch += [received("c", 30, at + 0.5, "c"), received("a", 34, at + 0.5, "e")]
+    if t == 38:
+        again = replace(received("c", 30, T0 + 36.5, "c"), client="b", received=at, seen=at - 0.5)
+        batch += [again, received("b", 38, at + 0.6)]
+    if t == 47:
+        batch += [received("a", 45, at + 0.6, "b"), received("a", 43, at + 0.7, "b"),
+                  received("a", 47, at + 0.8)]  # fmt: skip
+    if t in (15, 22):
+        batch.append(
+            StatusReport("b", at, Status(syncing=SyncProgress(1, 9) if t == 15 else False))
+        )
+    return batch
+
+
+@pytest_twisted.ensureDeferred
+async def test_deciding_from_what_changed_is_deciding_anew(
+    twins: tuple[SQLStore, SQLStore],
+) -> None:
+    """
+    A server that decides each second from what changed since its last decision (its presence
+    and states kept, the sightings read only where clients sent something) decides exactly as
+    a server that reads everything afresh each second, through new heads, a client behind, one
+    stalled, a fork and the way back, a height contested late, blocks sent out of order, a
+    node syncing, a client gone and back, an unwatched client, and another server deciding in
+    between (after which the first reads everything again).
+    """
+    kept, anew = twins
+    thresholds = Thresholds(behind_blocks=3, behind_seconds=5, stall_seconds=10,
+                            silent_seconds=12, fork_seconds=3)  # fmt: skip
+    other = SQLStore(kept.url, reactor)
+    told: list[list[tuple[object, ...]]] = [[], []]
+    try:
+        for t in range(60):
+            batch = fleet_history(t)
+            await kept.store(batch)
+            await anew.store(batch)
+            held = {c: T0 + t for c in "abcdef" if not (50 <= t < 55 and c == "c")}
+            gone = {"c": T0 + 49} if t == 50 else {}
+            for n, (store, fleet) in enumerate(
+                [(kept, kept.fleet), (anew, SQLFleet(anew.pool, anew.url.dialect))]
+            ):
+                # Another server, holding no client, decides at 30 and 45 instead.
+                server = "s2" if t in (30, 45) else "s1"
+                if server == "s2" and store is kept:
+                    fleet = other.fleet
+                mine = (held, gone) if server == "s1" else ({}, {})
+                events = await fleet.decide(server, T0 + t + 0.5, *mine, thresholds)
+                told[n] += [(e.id, e.client, e.state, e.event, e.since, e.head, e.best_head,
+                             e.text) for e in events]  # fmt: skip
+            assert told[0] == told[1], t
+            assert await kept.fleet.states() == await anew.fleet.states()
+    finally:
+        await other.close()
+    assert {(c, s) for _, c, s, event, *_ in told[0] if event == "entered"} >= {
+        ("d", "fork"),
+        ("e", "behind"),
+        ("f", "stalled"),
+        ("b", "syncing"),
+        ("c", "silent"),
+    }

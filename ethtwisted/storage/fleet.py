@@ -23,7 +23,6 @@ from zope.interface import implementer
 from ethtwisted.interfaces import IFleet
 from ethtwisted.records import StateEvent
 from ethtwisted.states import (
-    FORK_WINDOW,
     STATES,
     ChainFacts,
     ClientFacts,
@@ -33,8 +32,22 @@ from ethtwisted.states import (
     decide,
     describe_change,
     fleet_head,
+    forks,
 )
-from ethtwisted.storage.heads import sql_best_head
+from ethtwisted.storage.fleet_facts import (
+    Memo,
+    client_ids,
+    contested_heights,
+    execute,
+    latest_sightings,
+    moved,
+    read_presence,
+    read_reported,
+    read_states,
+    read_syncing,
+    reports,
+    window,
+)
 
 TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet")
 PRESENCE_KEEP = 86400.0
@@ -43,6 +56,10 @@ restarted or replaced server left behind)."""
 FORGET_AFTER = 7 * 86400.0
 """Seconds after which a client that no server holds is no longer watched (a node taken out
 of the fleet): its presence and states go, with no event."""
+PRESENCE_STEPS = 12
+"""A server writes the row of C{eth_presence} of a client it holds again once this fraction of
+C{--silent-seconds} has passed (5 s of the default 60), not at each decision: the last frame
+the decisions know of a client is that much older at most than the last that arrived."""
 EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
 
 
@@ -90,6 +107,10 @@ class SQLFleet:
     def __init__(self, pool: adbapi.ConnectionPool, dialect: str) -> None:
         self.pool = pool
         self.statements = _Statements(dialect)
+        self.client_ids: dict[str, int] = {}
+        """Client name → its id in C{eth_client_ids} (never changed or reused), those asked."""
+        self.memo: Memo | None = None
+        """What this server's last decision read and wrote (L{ethtwisted.storage.fleet_facts})."""
 
     def decide(
         self,
@@ -99,36 +120,58 @@ class SQLFleet:
         gone: Mapping[str, float],
         thresholds: Thresholds,
     ) -> Deferred[list[StateEvent]]:
-        return self.pool.runInteraction(self._decide, server, now, connected, gone, thresholds)
+        # Taken while the decision runs: one that fails leaves none, and the next reads all.
+        memo, self.memo = self.memo, None
+        d = self.pool.runInteraction(self._decide, memo, server, now, connected, gone, thresholds)
+        return d.addCallback(self._keep)
+
+    def _keep(self, decided: tuple[list[StateEvent], Memo]) -> list[StateEvent]:
+        events, self.memo = decided
+        return events
 
     def _execute(self, txn: Any, statement: str, *args: Any) -> list[Any]:
-        txn.execute(statement.replace("?", self.statements.placeholder), args)
-        return list(txn.fetchall())
+        return execute(txn, self.statements.placeholder, statement, *args)
+
+    def _begin(self, txn: Any, memo: Memo | None, server: str, now: float) -> Memo:
+        """
+        Update the row of C{eth_fleet} (first, so that deciders queue here, or conflict here
+        on Galera), and give what to decide on: C{memo} when this server's decision was the
+        last one (the row still says so), else everything read again.
+        """
+        p = self.statements.placeholder
+        if memo is not None and memo.server == server:
+            txn.execute(
+                f"UPDATE eth_fleet SET decided = {p} WHERE id = 1 AND server = {p}"
+                f" AND decided = {p}",
+                (now, server, memo.decided),
+            )
+            if txn.rowcount == 1:
+                memo.decided = now
+                return memo
+        txn.execute(
+            f"UPDATE eth_fleet SET decided = {p}, server = {p} WHERE id = 1", (now, server)
+        )
+        return Memo(server, now, read_presence(txn, p), read_states(txn, p))
 
     def _decide(
         self,
         txn: Any,
+        memo: Memo | None,
         server: str,
         now: float,
         connected: Mapping[str, float],
         gone: Mapping[str, float],
         thresholds: Thresholds,
-    ) -> list[StateEvent]:
+    ) -> tuple[list[StateEvent], Memo]:
         s = self.statements
-        # First, so that deciders queue here (or conflict here, on Galera).
-        txn.execute(
-            f"UPDATE eth_fleet SET decided = {s.placeholder}, server = {s.placeholder}"
-            " WHERE id = 1",
-            (now, server),
-        )
-        rows = [(c, server, t, 1, now) for c, t in connected.items()]
-        rows += [(c, server, t, 0, now) for c, t in gone.items() if c not in connected]
-        if rows:
-            txn.executemany(s.upsert_presence, sorted(rows))
-        clients = self._clients(txn, now, thresholds)
-        chains = self._chains(txn, clients, thresholds)
+        memo = self._begin(txn, memo, server, now)
+        self._record_presence(txn, memo, server, now, connected, gone, thresholds)
+        before, memo.reported = memo.reported, read_reported(txn, s.placeholder)
+        clients = self._clients(txn, memo, read_syncing(txn, s.placeholder), now, thresholds)
+        recent = self._recent(txn, moved(before, memo.reported)) if memo.contested else []
+        chains = self._chains(txn, memo, clients, recent, thresholds)
         decided = decide(clients, chains, thresholds, now)
-        stored = self._stored_states(txn, {})
+        stored = memo.states
         facts = {c.client: c for c in clients}
         events = []
         for client in sorted(set(decided) | set(stored)):
@@ -148,7 +191,21 @@ class SQLFleet:
                         left = State(state, left.since, current.chain_id, current.head,
                                      chain.best if chain is not None else None)  # fmt: skip
                     events.append(self._record(txn, client, left, "left", now))
-        return events
+        # What eth_states holds now: the states kept as they were entered, and those entered.
+        memo.states = {
+            client: {state: stored.get(client, {}).get(state, entered)
+                     for state, entered in states.items()}
+            for client, states in decided.items()
+        }  # fmt: skip
+        return events, memo
+
+    def _recent(self, txn: Any, sent: Mapping[str, int]) -> list[tuple[str, int, int]]:
+        """The latest sightings of the clients that C{sent} payloads (L{latest_sightings})."""
+        p = self.statements.placeholder
+        ids = client_ids(txn, p, sent, self.client_ids)
+        names = {ids[c]: c for c in sent if c in ids}
+        rows = latest_sightings(txn, p, {i: sent[c] for i, c in names.items()})
+        return [(names[c], b, at) for c, b, at in rows]
 
     def _record(self, txn: Any, client: str, state: State, event: str, at: float) -> StateEvent:
         text = describe_change(client, state, event, at)
@@ -160,147 +217,127 @@ class SQLFleet:
         return StateEvent(int(txn.lastrowid), client, state.chain_id, state.state, event,
                           state.head, state.best_head, state.since, at, text)  # fmt: skip
 
-    def _clients(self, txn: Any, now: float, thresholds: Thresholds) -> list[ClientFacts]:
+    def _record_presence(
+        self,
+        txn: Any,
+        memo: Memo,
+        server: str,
+        now: float,
+        connected: Mapping[str, float],
+        gone: Mapping[str, float],
+        thresholds: Thresholds,
+    ) -> None:
+        """
+        Write this server's rows of C{eth_presence} that changed: a client it holds when new
+        here, back, or last written L{PRESENCE_STEPS}th of C{silent_seconds} ago or more; a
+        client gone since the last decision.
+        """
+        step = thresholds.silent_seconds / PRESENCE_STEPS
+        rows = []
+        for client, heard in connected.items():
+            old = memo.presence.get(client, {}).get(server)
+            if old is None or not old[1] or now - old[2] >= step:
+                rows.append((client, server, heard, 1, now))
+        rows += [(c, server, t, 0, now) for c, t in gone.items() if c not in connected]
+        if rows:
+            txn.executemany(self.statements.upsert_presence, sorted(rows))
+        for client, _, heard, on, updated in rows:
+            memo.presence.setdefault(client, {})[server] = (heard, bool(on), updated)
+
+    def _clients(
+        self, txn: Any, memo: Memo, syncing: set[str], now: float, thresholds: Thresholds
+    ) -> list[ClientFacts]:
         """
         The facts of every watched client: its presence rows put together, what it last
         reported and what its node last said; the presence rows no longer needed deleted.
         """
         fresh = now - thresholds.silent_seconds
-        presence: dict[str, list[tuple[str, float, bool, float]]] = {}
-        for client, server, last_frame, on, updated in self._execute(
-            txn, "SELECT client, server, last_frame, connected, updated FROM eth_presence"
-        ):
-            presence.setdefault(client, []).append(
-                (server, float(last_frame), bool(on), float(updated))
-            )
         stale, forgotten = [], []
-        for client, rows in presence.items():
-            newest = max(r[3] for r in rows)
+        for client, rows in memo.presence.items():
+            newest = max(r[2] for r in rows.values())
             if newest < now - FORGET_AFTER:
                 forgotten.append(client)
                 continue
-            stale += [(client, r[0]) for r in rows if r[3] < min(newest, now - PRESENCE_KEEP)]
+            keep = min(newest, now - PRESENCE_KEEP)
+            stale += [(client, server) for server, r in rows.items() if r[2] < keep]
         for client, server in sorted(stale):
             self._execute(txn, "DELETE FROM eth_presence WHERE client = ? AND server = ?",
                           client, server)  # fmt: skip
+            del memo.presence[client][server]
         for client in sorted(forgotten):
-            del presence[client]
+            del memo.presence[client]
+            memo.states.pop(client, None)
             self._execute(txn, "DELETE FROM eth_presence WHERE client = ?", client)
             self._execute(txn, "DELETE FROM eth_states WHERE client = ?", client)
-        reported = {
-            r[0]: r[1:]
-            for r in self._execute(
-                txn,
-                "SELECT c.client, c.chain_id, c.last_block, c.last_seen FROM eth_clients c"
-                " WHERE c.client IN (SELECT p.client FROM eth_presence p)",
-            )
-        }
-        syncing = {
-            r[0]: bool(r[1])
-            for r in self._execute(
-                txn,
-                "SELECT s.client, s.syncing FROM eth_node_status s"
-                " WHERE s.client IN (SELECT p.client FROM eth_presence p)",
-            )
-        }
         facts = []
-        for client in sorted(presence):
-            rows = presence[client]
-            on = any(r[2] and r[3] >= fresh for r in rows)
-            chain_id, head, head_at = reported.get(client, (None, None, None))
+        for client in sorted(memo.presence):
+            held = list(memo.presence[client].values())
+            on = any(r[1] and r[2] >= fresh for r in held)
+            reported = memo.reported.get(client)
             facts.append(
                 ClientFacts(
                     client=client,
-                    last_frame=max(r[1] for r in rows),
+                    last_frame=max(r[0] for r in held),
                     connected=on,
-                    gone_at=None if on else max(r[3] for r in rows),
-                    chain_id=_int(chain_id),
-                    head=_int(head),
-                    head_at=None if head_at is None else float(head_at),
-                    syncing=syncing.get(client, False),
+                    gone_at=None if on else max(r[2] for r in held),
+                    chain_id=reported.chain_id if reported else None,
+                    head=reported.head if reported else None,
+                    head_at=reported.head_at if reported else None,
+                    syncing=client in syncing,
                 )
             )
         return facts
 
     def _chains(
-        self, txn: Any, clients: Sequence[ClientFacts], thresholds: Thresholds
+        self,
+        txn: Any,
+        memo: Memo,
+        clients: Sequence[ClientFacts],
+        recent: Sequence[tuple[str, int, int]],
+        thresholds: Thresholds,
     ) -> dict[int, ChainFacts]:
         """
         The facts of each chain the clients follow: its best head, when the fleet reached the
         heights that would make a client behind, and who reported which block at the heights
-        of its last L{FORK_WINDOW} where more than one block is stored.
+        of its last L{FORK_WINDOW} where more than one block is stored (kept in C{memo}).
         """
+        p = self.statements.placeholder
         chains = {}
-        ids = sorted({c.chain_id for c in clients if c.chain_id is not None})
-        for chain_id in ids:
-            head = sql_best_head(txn, self.statements.placeholder, chain_id)
-            if head is None:
-                continue
-            best = head.number
-            contested: dict[int, dict[str, tuple[str, float]]] = {}
-            heights = [
-                int(r[0])
-                for r in self._execute(
-                    txn,
-                    "SELECT number FROM eth_blocks WHERE chain_id = ? AND number > ?"
-                    " GROUP BY number HAVING COUNT(DISTINCT block_hash) > 1",
-                    chain_id,
-                    best - FORK_WINDOW,
-                )
-            ]
-            if heights:
-                contested = self._contested(txn, chain_id, heights)
+        kept, memo.contested = memo.contested, {}
+        highest: dict[int, int] = {}
+        for r in memo.reported.values():
+            if r.chain_id is not None and r.head is not None:
+                highest[r.chain_id] = max(r.head, highest.get(r.chain_id, r.head))
+        for chain_id in sorted({c.chain_id for c in clients if c.chain_id is not None}):
+            # The best head's height: the highest block a client is on (heads.py).
+            stored = highest[chain_id]
+            at = window(txn, p, chain_id, stored)
+            heights = contested_heights(txn, p, at, kept.get(chain_id, {}), recent)
+            memo.contested[chain_id] = heights
+            contested = reports(heights)
             on_chain = [c for c in clients if c.chain_id == chain_id]
-            best = fleet_head(on_chain, contested, best)
+            best = fleet_head(on_chain, forks(contested), stored)
             targets = {
                 h
                 for c in on_chain
                 if (h := behind_height(c, thresholds)) is not None and h <= best
             }
-            reached = {h: self._reached(txn, chain_id, h) for h in sorted(targets)}
-            best_at = self._reached(txn, chain_id, best)
+            reached = {h: self._reached(txn, chain_id, h, at) for h in sorted(targets)}
+            best_at = self._reached(txn, chain_id, best, at)
             chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested)
         return chains
 
-    def _contested(
-        self, txn: Any, chain_id: int, heights: Sequence[int]
-    ) -> dict[int, dict[str, tuple[str, float]]]:
-        """
-        Who reported which block at C{heights}, and when: the blocks there first (an index
-        look-up), then their sightings, in the sightings' key (one range each).
-        """
-        marks = ", ".join(["?"] * len(heights))
-        blocks = {
-            int(block_id): (int(number), block_hash)
-            for block_id, number, block_hash in self._execute(
-                txn,
-                "SELECT id, number, block_hash FROM eth_blocks WHERE chain_id = ?"
-                f" AND number IN ({marks})",
-                chain_id,
-                *heights,
-            )
-        }
-        contested: dict[int, dict[str, tuple[str, float]]] = {}
-        marks = ", ".join(["?"] * len(blocks))
-        for client, block_id, seen_at_ms in self._execute(
-            txn,
-            "SELECT c.client, s.block_id, s.seen_at_ms FROM eth_sightings s"
-            f" JOIN eth_client_ids c ON c.id = s.client_id WHERE s.block_id IN ({marks})",
-            *blocks,
-        ):
-            number, block_hash = blocks[int(block_id)]
-            seen_at = int(seen_at_ms) / 1000
-            reports = contested.setdefault(number, {})
-            # What a client reported last at a height is what its node has there.
-            if client not in reports or reports[client][1] < seen_at:
-                reports[client] = (block_hash, seen_at)
-        return contested
-
-    def _reached(self, txn: Any, chain_id: int, height: int) -> float:
+    def _reached(
+        self, txn: Any, chain_id: int, height: int, at: Mapping[int, Mapping[int, Any]]
+    ) -> float:
         """
         When the fleet first stored a block at the lowest stored height at or above
-        C{height} (two index look-ups; the caller knows one is stored).
+        C{height} (the caller knows one is stored): from C{at} (a L{window} of the chain) when
+        it holds every stored height from C{height} on, else two index look-ups.
         """
+        if at and min(at) <= height <= max(at):
+            lowest = min(n for n in at if n >= height)
+            return min(first for _, first in at[lowest].values())
         (lowest,) = self._execute(
             txn,
             "SELECT MIN(number) FROM eth_blocks WHERE chain_id = ? AND number >= ?",
@@ -322,20 +359,8 @@ class SQLFleet:
 
     def _states(self, txn: Any) -> dict[str, dict[str, State]]:
         watched = self._execute(txn, "SELECT DISTINCT client FROM eth_presence")
-        return self._stored_states(txn, {r[0]: {} for r in watched})
-
-    def _stored_states(
-        self, txn: Any, states: dict[str, dict[str, State]]
-    ) -> dict[str, dict[str, State]]:
-        """
-        C{states} with the rows of C{eth_states} added: client → state → L{State}.
-        """
-        for client, state, chain_id, since, head, best in self._execute(
-            txn, "SELECT client, state, chain_id, since, head, best_head FROM eth_states"
-        ):
-            states.setdefault(client, {})[state] = State(
-                state, float(since), _int(chain_id), _int(head), _int(best)
-            )
+        states: dict[str, dict[str, State]] = {r[0]: {} for r in watched}
+        states.update(read_states(txn, self.statements.placeholder))
         return states
 
     def events(

@@ -1,0 +1,237 @@
+"""
+What a decision of the fleet's states reads (the facts of L{ethtwisted.states}), in the
+decision's transaction, and what a server keeps of it from one decision to its next (L{Memo}).
+
+A server whose previous decision was the last one made (L{ethtwisted.storage.fleet} checks the
+row of C{eth_fleet}) reads only what changed since: the rows of C{eth_presence} and
+C{eth_states} are its own writes, kept; of every client it reads the one small row of
+C{eth_clients} (and whether its node is syncing), and of those whose message count moved, as
+many of their latest sightings as they sent payloads; a height newly contested (a second
+block there), or a block new at a contested one, has its sightings read once.
+Any other server's decision in between, or none of its own yet, makes it read them all, as a
+server that starts does.  So a decision costs what changed and the clients' rows, never the
+number of stored blocks or sightings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ethtwisted.states import FORK_WINDOW, State
+
+BATCH = 500
+"""The most values one statement lists (SQLite allows 32,766 placeholders)."""
+UNION = 100
+"""The most clients one statement of L{latest_sightings} reads (SQLite allows 500 SELECTs)."""
+SLACK = 2
+"""Sightings read beyond what each client sent (L{latest_sightings})."""
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One client's row of C{eth_clients}: its messages, and its last block."""
+
+    messages: int
+    chain_id: int | None
+    head: int | None
+    head_at: float
+
+
+@dataclass
+class Height:
+    """A contested height of a chain: its blocks, and what each client reported there last."""
+
+    blocks: dict[int, str]
+    """The id of each payload stored at this height (C{eth_blocks.id}) → its block's hash."""
+    reports: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Client → (the block it reported last here, when it saw it)."""
+
+
+@dataclass
+class Memo:
+    """
+    What a server's last decision read and wrote: valid for its next decision while no other
+    server decided in between.
+    """
+
+    server: str
+    decided: float
+    """The server and time that decision wrote into C{eth_fleet}."""
+    presence: dict[str, dict[str, tuple[float, bool, float]]] = field(default_factory=dict)
+    """C{eth_presence}: client → server → (last frame, connected, updated)."""
+    states: dict[str, dict[str, State]] = field(default_factory=dict)
+    """C{eth_states}: client → state → L{State}."""
+    reported: dict[str, Reported] = field(default_factory=dict)
+    """C{eth_clients} (every client, watched or not) as last read."""
+    contested: dict[int, dict[int, Height]] = field(default_factory=dict)
+    """Chain id → its contested heights (those of its last L{FORK_WINDOW})."""
+
+
+def execute(txn: Any, placeholder: str, statement: str, *args: Any) -> list[Any]:
+    txn.execute(statement.replace("?", placeholder), args)
+    return list(txn.fetchall())
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def read_presence(txn: Any, p: str) -> dict[str, dict[str, tuple[float, bool, float]]]:
+    presence: dict[str, dict[str, tuple[float, bool, float]]] = {}
+    for client, server, last_frame, on, updated in execute(
+        txn, p, "SELECT client, server, last_frame, connected, updated FROM eth_presence"
+    ):
+        presence.setdefault(client, {})[server] = (float(last_frame), bool(on), float(updated))
+    return presence
+
+
+def read_states(txn: Any, p: str) -> dict[str, dict[str, State]]:
+    """Every row of C{eth_states}: client → state → L{State}."""
+    states: dict[str, dict[str, State]] = {}
+    for client, state, chain_id, since, head, best in execute(
+        txn, p, "SELECT client, state, chain_id, since, head, best_head FROM eth_states"
+    ):
+        states.setdefault(client, {})[state] = State(
+            state, float(since), _int(chain_id), _int(head), _int(best)
+        )
+    return states
+
+
+def read_reported(txn: Any, p: str) -> dict[str, Reported]:
+    """Every client's row of C{eth_clients}."""
+    return {
+        client: Reported(int(messages), _int(chain_id), _int(head), float(last_seen))
+        for client, messages, chain_id, head, last_seen in execute(
+            txn, p, "SELECT client, messages, chain_id, last_block, last_seen FROM eth_clients"
+        )
+    }
+
+
+def read_syncing(txn: Any, p: str) -> set[str]:
+    """The clients whose node said it is syncing, in its latest status."""
+    return {r[0] for r in execute(txn, p, "SELECT client FROM eth_node_status WHERE syncing <> 0")}
+
+
+def moved(before: Mapping[str, Reported], now: Mapping[str, Reported]) -> dict[str, int]:
+    """The clients that sent payloads since C{before}: client → how many."""
+    return {
+        client: sent
+        for client, row in now.items()
+        if (sent := row.messages - (before[client].messages if client in before else 0)) > 0
+    }
+
+
+def latest_sightings(txn: Any, p: str, sent: Mapping[int, int]) -> list[tuple[int, int, int]]:
+    """
+    The last sightings of each client of C{sent} (by its id: how many payloads it sent), as
+    many as it sent and a few more (for sightings a corrected clock put out of order), newest
+    first by the (client_id, seen_at_ms) index: (client id, payload id, seen_at_ms).
+    """
+    rows: list[tuple[int, int, int]] = []
+    ids = sorted(sent)
+    for start in range(0, len(ids), UNION):
+        chunk = ids[start : start + UNION]
+        txn.execute(
+            " UNION ALL ".join(
+                "SELECT * FROM (SELECT client_id, block_id, seen_at_ms FROM eth_sightings"
+                f" WHERE client_id = {p} ORDER BY seen_at_ms DESC LIMIT {p}) AS s{n}"
+                for n in range(len(chunk))
+            ),
+            [value for i in chunk for value in (i, sent[i] + SLACK)],
+        )
+        rows += [(int(c), int(b), int(at)) for c, b, at in txn.fetchall()]
+    return rows
+
+
+def client_ids(txn: Any, p: str, names: Iterable[str], known: dict[str, int]) -> dict[str, int]:
+    """
+    C{known} (client name → id in C{eth_client_ids}) with the ids of C{names} it lacks added,
+    for those that have one.
+    """
+    wanted = sorted(n for n in set(names) if n not in known)
+    for start in range(0, len(wanted), BATCH):
+        chunk = wanted[start : start + BATCH]
+        marks = _marks(chunk)
+        known.update(
+            (name, int(i))
+            for name, i in execute(
+                txn, p, f"SELECT client, id FROM eth_client_ids WHERE client IN ({marks})", *chunk
+            )
+        )
+    return known
+
+
+def window(txn: Any, p: str, chain_id: int, best: int) -> dict[int, dict[int, tuple[str, float]]]:
+    """
+    The payloads stored at the heights of chain C{chain_id} above C{best} - L{FORK_WINDOW}:
+    height → payload id → (its block's hash, when the fleet first saw it).
+    """
+    at: dict[int, dict[int, tuple[str, float]]] = {}
+    for number, block_id, block_hash, first_seen in execute(
+        txn,
+        p,
+        "SELECT number, id, block_hash, first_seen FROM eth_blocks"
+        " WHERE chain_id = ? AND number > ?",
+        chain_id,
+        best - FORK_WINDOW,
+    ):
+        at.setdefault(int(number), {})[int(block_id)] = (block_hash, float(first_seen))
+    return at
+
+
+def contested_heights(
+    txn: Any,
+    p: str,
+    at: Mapping[int, Mapping[int, tuple[str, float]]],
+    kept: Mapping[int, Height],
+    recent: Iterable[tuple[str, int, int]],
+) -> dict[int, Height]:
+    """
+    The heights of C{at} (a L{window}) where blocks of more than one hash are stored, with who
+    reported which there: from C{kept} (the last decision's) and the C{recent} sightings
+    (client, payload id, seen_at_ms: L{latest_sightings}), or, for a height or a block not
+    kept, from all its sightings (by the sightings' key).
+    """
+    heights: dict[int, Height] = {}
+    unread: list[int] = []
+    for number, stored in at.items():
+        blocks = {b: block_hash for b, (block_hash, _) in stored.items()}
+        if len(set(blocks.values())) < 2:
+            continue
+        old = kept.get(number)
+        heights[number] = Height(blocks, dict(old.reports) if old is not None else {})
+        unread += [b for b in blocks if old is None or b not in old.blocks]
+    number_of = {b: n for n, height in heights.items() for b in height.blocks}
+    for start in range(0, len(unread), BATCH):
+        chunk = unread[start : start + BATCH]
+        marks = _marks(chunk)
+        _merge(heights, number_of, execute(
+            txn, p,
+            "SELECT c.client, s.block_id, s.seen_at_ms FROM eth_sightings s"
+            f" JOIN eth_client_ids c ON c.id = s.client_id WHERE s.block_id IN ({marks})",
+            *chunk,
+        ))  # fmt: skip
+    _merge(heights, number_of, (r for r in recent if r[1] in number_of))
+    return heights
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join(["?"] * len(values))
+
+
+def _merge(
+    heights: Mapping[int, Height], number_of: Mapping[int, int], rows: Iterable[Sequence[Any]]
+) -> None:
+    for client, block_id, seen_at_ms in rows:
+        height = heights[number_of[int(block_id)]]
+        seen = int(seen_at_ms) / 1000
+        # What a client reported last at a height is what its node has there.
+        if client not in height.reports or height.reports[client][1] < seen:
+            height.reports[client] = (height.blocks[int(block_id)], seen)
+
+
+def reports(heights: Mapping[int, Height]) -> dict[int, dict[str, tuple[str, float]]]:
+    """The contested reports of L{ethtwisted.states.ChainFacts}, of C{heights}."""
+    return {number: height.reports for number, height in heights.items()}
