@@ -16,6 +16,13 @@ from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
+from ethtwisted.node.errors import (
+    DEFAULT_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+    LOG_NAMESPACE,
+    NodeError,
+    RefusalError,
+)
 from ethtwisted.node.interfaces import INode
 from ethtwisted.node.uri import (
     DEFAULT_HTTP_URI,
@@ -29,6 +36,7 @@ __all__ = [
     "DEFAULT_HTTP_URI",
     "DEFAULT_RETRY_AFTER",
     "DEFAULT_TIMEOUT",
+    "LOG_NAMESPACE",
     "NodeError",
     "NodeURI",
     "RefusalError",
@@ -37,33 +45,6 @@ __all__ = [
     "parse_node_uri",
     "redact_uri",
 ]
-
-LOG_NAMESPACE = "ethtwisted.node"
-"""The namespace every module of the package logs under (what log lines show)."""
-
-DEFAULT_TIMEOUT = 10.0
-"""Seconds a node has to answer one call (connecting included)."""
-
-DEFAULT_RETRY_AFTER = 30.0
-"""Seconds a L{FailoverNode} waits before it tries a preferred node again."""
-
-
-class NodeError(Exception):
-    """
-    The node is unreachable, did not answer in time, or answered something unusable; the
-    message is a short reason for people.
-    """
-
-
-class RefusalError(NodeError):
-    """
-    The node answered a request with a JSON-RPC error (the connection itself is fine);
-    C{error} is the error object as the node sent it.
-    """
-
-    def __init__(self, message: str, error: object) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 def open_node(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ethtwisted.node import NodeError
+from ethtwisted.node.errors import NodeError
 from ethtwisted.protocol import MAX_BLOCK_INT, Block
 
 _QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,15})")

@@ -22,8 +22,8 @@ from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import RPCEndpoint
 
 from ethtwisted.logs import describe
-from ethtwisted.node import NodeError, RefusalError
 from ethtwisted.node.answers import error_text, shown
+from ethtwisted.node.errors import NodeError, RefusalError
 
 _T = TypeVar("_T")
 

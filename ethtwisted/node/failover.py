@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ethtwisted.logs import Logger
-from ethtwisted.node import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
+from ethtwisted.node.errors import DEFAULT_RETRY_AFTER, LOG_NAMESPACE, NodeError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.protocol import Block
 

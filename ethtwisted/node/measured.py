@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ethtwisted.node import NodeError
+from ethtwisted.node.errors import NodeError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
 from ethtwisted.protocol import Block
 

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.frames import MAX_CLIENT_VERSION_LENGTH, Status, SyncProgress
 from ethtwisted.logs import Logger
-from ethtwisted.node import LOG_NAMESPACE, NodeError
 from ethtwisted.node.answers import error_text, quantity, shown
+from ethtwisted.node.errors import LOG_NAMESPACE, NodeError
 from ethtwisted.node.interfaces import INodeRequests
 from ethtwisted.node.lacking import ASK_AGAIN_MOST, Lacking, says_missing
 

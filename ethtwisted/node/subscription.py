@@ -1,7 +1,8 @@
 """
-New heads pushed by a node, through web3's asynchronous API: L{subscribe_heads} opens a
-connection of its own to an IPC or WebSocket node (so that dropping a subscription that went
-silent never disturbs the calls, and remaking it means a fresh connection), sends
+New heads pushed by a node, through web3's asynchronous API: a L{HeadSubscription} runs on a
+connection of its own to an IPC or WebSocket node, given by L{Web3Node.subscribe_heads} (so
+that dropping a subscription that went silent never disturbs the calls, and remaking it means
+a fresh connection), sends
 C{eth_subscribe("newHeads")} with C{AsyncWeb3.eth.subscribe} and reads the notifications from
 C{AsyncWeb3.socket.process_subscriptions()}.
 
@@ -18,24 +19,25 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from web3._utils.rpc_abi import RPC
 from web3.exceptions import Web3RPCError
 from web3.method import Method, default_root_munger
 from zope.interface import implementer
 
-from ethtwisted.node import NodeError, RefusalError
 from ethtwisted.node.answers import as_block, error_text, quantity
 from ethtwisted.node.connection import Connection
+from ethtwisted.node.errors import NodeError, RefusalError
 from ethtwisted.node.interfaces import IHeadSubscription
 from ethtwisted.node.trouble import answer, is_node_trouble, node_reason
-from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 
 _T = TypeVar("_T")
 
 PUSHING_TRANSPORTS = ("ipc", "ws")
+"""The transports over which a node pushes new heads."""
 
 
 def _unchanged(value: _T) -> _T:
@@ -62,32 +64,33 @@ def raw_subscribe(connection: Connection) -> None:
     connection.w3.eth.attach_methods({"_subscribe": method})
 
 
-def subscribe_heads(
-    node: Web3Node, deliver: Callable[[Block], object]
-) -> Deferred[IHeadSubscription | None]:
-    """
-    A new-heads subscription to C{node} on a connection of its own, calling C{deliver} with
-    each header; L{None} over HTTP.  Fails with L{NodeError} when the node does not connect or
-    subscribe within its timeout.
-    """
-    if node.uri.transport not in PUSHING_TRANSPORTS:
-        return succeed(None)
-    if node._closed:
-        return fail(NodeError(f"{node.description} is closed"))
-    return HeadSubscription(node, deliver).start()
-
-
 @implementer(IHeadSubscription)
 class HeadSubscription:
     """
-    One C{newHeads} subscription on its own web3 connection.
+    One C{newHeads} subscription on C{connection}, not yet connected, to the node shown as
+    C{description} (whose C{target}, in web3's reasons, is replaced by it), calling C{deliver}
+    with each header.  Connecting and subscribing have C{timeout} seconds on C{reactor}; the
+    connection, once done with, goes to C{dispose}, which closes it and tells when it did.
     """
 
-    def __init__(self, node: Web3Node, deliver: Callable[[Block], object]) -> None:
-        self.description = node.description
+    def __init__(
+        self,
+        connection: Connection,
+        description: str,
+        target: str,
+        timeout: float,
+        reactor: IReactorTime,
+        deliver: Callable[[Block], object],
+        dispose: Callable[[Connection], asyncio.Future[None]],
+    ) -> None:
+        self.description = description
         self.ended: Deferred[None] = Deferred()
-        self._node = node
+        self._target = target
+        self._timeout = timeout
+        self._reactor = reactor
         self._deliver = deliver
+        self._dispose = dispose
+        self._pending: Connection | None = connection
         self._connection: Connection | None = None
         self._reader: asyncio.Future[None] | None = None
 
@@ -96,7 +99,7 @@ class HeadSubscription:
 
     def start(self) -> Deferred[IHeadSubscription | None]:
         opening = Deferred.fromFuture(asyncio.ensure_future(self._open()))
-        opening.addTimeout(self._node._timeout, self._node._reactor)
+        opening.addTimeout(self._timeout, self._reactor)
 
         def opened(chain_id: int) -> IHeadSubscription:
             connection = self._connection
@@ -109,7 +112,7 @@ class HeadSubscription:
             self._close_connection()
             if failure.check(TimeoutError):
                 return Failure(NodeError(f"no answer to eth_subscribe within "
-                                         f"{self._node._timeout:g} s"))  # fmt: skip
+                                         f"{self._timeout:g} s"))  # fmt: skip
             return self._as_node_error(failure)
 
         return opening.addCallbacks(opened, failed)
@@ -127,7 +130,8 @@ class HeadSubscription:
         """
         Connect, learn the chain id, subscribe; the chain id.
         """
-        connection = Connection(self._node._provider())
+        connection, self._pending = self._pending, None
+        assert connection is not None, "a subscription starts once"
         self._connection = connection
         await connection.w3.provider.connect()
         raw_subscribe(connection)
@@ -172,7 +176,7 @@ class HeadSubscription:
             return failure
         exc: Any = failure.value
         if is_node_trouble(exc):
-            reason = node_reason(exc).replace(self._node.uri.target, self.description)
+            reason = node_reason(exc).replace(self._target, self.description)
             return Failure(NodeError(reason))
         return failure
 
@@ -180,7 +184,4 @@ class HeadSubscription:
         connection, self._connection = self._connection, None
         if connection is None:
             return succeed(None)
-        closing = asyncio.ensure_future(self._node._disconnect(connection))
-        self._node._closing.add(closing)
-        closing.add_done_callback(self._node._closing.discard)
-        return Deferred.fromFuture(closing)
+        return Deferred.fromFuture(self._dispose(connection))

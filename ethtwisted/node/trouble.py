@@ -16,7 +16,7 @@ from web3.exceptions import BadResponseFormat, Web3Exception, Web3RPCError
 from websockets.exceptions import WebSocketException
 
 from ethtwisted.logs import describe
-from ethtwisted.node import NodeError
+from ethtwisted.node.errors import NodeError
 
 _T = TypeVar("_T")
 

@@ -28,10 +28,11 @@ from web3 import AsyncHTTPProvider, AsyncIPCProvider, WebSocketProvider
 from zope.interface import implementer
 
 from ethtwisted.logs import Logger
-from ethtwisted.node import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError, RefusalError
 from ethtwisted.node.answers import as_block, quantity, tagged_number
 from ethtwisted.node.connection import Connection, Provider
+from ethtwisted.node.errors import DEFAULT_TIMEOUT, LOG_NAMESPACE, NodeError, RefusalError
 from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode, INodeRequests
+from ethtwisted.node.subscription import PUSHING_TRANSPORTS, HeadSubscription
 from ethtwisted.node.trouble import closed_by_node, is_node_trouble, node_reason
 from ethtwisted.node.uri import NodeURI, parse_node_uri
 from ethtwisted.protocol import Block
@@ -39,8 +40,9 @@ from ethtwisted.protocol import Block
 # Importing web3 imports py_ecc, which raises the recursion limit to 100,000: json's C decoder
 # then overflows the C stack (SIGSEGV, no exception) on JSON nested some 80,000 deep, and web3
 # parses every node answer with it before we see it.  At Python's default limit the decoder
-# raises RecursionError instead, which is node trouble like any other garbage.  Every module
-# of ours that imports web3 imports this one: the one place to put the limit back.
+# raises RecursionError instead, which is node trouble like any other garbage.  Every node
+# is built here, and this module imports the others that import web3: the one place to put
+# the limit back, once they are all loaded.
 SAFE_RECURSION_LIMIT = 1000
 sys.setrecursionlimit(min(sys.getrecursionlimit(), SAFE_RECURSION_LIMIT))
 
@@ -129,9 +131,24 @@ class Web3Node:
     def subscribe_heads(
         self, deliver: Callable[[Block], object]
     ) -> Deferred[IHeadSubscription | None]:
-        from ethtwisted.node.subscription import subscribe_heads  # it imports this module
-
-        return subscribe_heads(self, deliver)
+        """
+        A new-heads subscription on a connection of its own; L{None} over HTTP.  Fails with
+        L{NodeError} when the node does not connect or subscribe within the timeout.
+        """
+        if self.uri.transport not in PUSHING_TRANSPORTS:
+            return succeed(None)
+        if self._closed:
+            return fail(NodeError(f"{self.description} is closed"))
+        subscription = HeadSubscription(
+            Connection(self._provider()),
+            self.description,
+            self.uri.target,
+            self._timeout,
+            self._reactor,
+            deliver,
+            self._dispose,
+        )
+        return subscription.start()
 
     def rpc(self, method: str, params: Sequence[object] = ()) -> Deferred[object]:
         return self._call(method, lambda c: c.request(method, params))
@@ -301,10 +318,14 @@ class Web3Node:
         self._connection = None
         self._dispose(current)
 
-    def _dispose(self, connection: Connection) -> None:
+    def _dispose(self, connection: Connection) -> asyncio.Future[None]:
+        """
+        Close C{connection} in the background (L{close} waits for it); the closing.
+        """
         closing = asyncio.ensure_future(self._disconnect(connection))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
+        return closing
 
     async def _disconnect(self, connection: Connection) -> None:
         try:
