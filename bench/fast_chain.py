@@ -11,10 +11,10 @@ notifies when it notifies the client.  For each transport, over the C{--seconds}
 client's first block learnt by subscription, in milliseconds (median, 90th and 99th percentile,
 largest):
 
-  - C{push}: from the bare reader receiving a block's header to the client having it (its
-    sighting: its clock when web3 handed it the header, in whole milliseconds, put on the
-    server's clock with the offset the server estimates from pings, C{clock_offset_ms}; both
-    are the same machine's clock, so that offset is the estimate's error);
+  - C{push}: from the bare reader receiving a block's header to the client having it: its
+    sighting, its clock when web3 handed it the header, in whole milliseconds.  Both are the
+    same machine's clock, so the server's correction of sightings for the client's clock (the
+    offset it estimates from pings, C{clock_offset_ms}: the estimate's error) is undone;
   - C{to_server}: from the bare reader to the payload's arrival at the server;
   - C{to_sql}: from the bare reader to the commit of the payload's row in SQL;
   - C{in_server}: from the arrival to the commit.
@@ -127,6 +127,15 @@ async def follow(
     commits = Commits()
     db = tmp / f"{transport}.sqlite"
     server, port = await start_server(reactor, db, commits)
+    collector = server.getServiceNamed("collector")
+    offset_at: dict[str, float] = {}
+
+    def offsets_used(batch: Sequence[Any], new: int) -> None:
+        for c in collector.factory.connections:
+            for r in batch:
+                offset_at[r.sha256] = c.clock.offset  # one connection: the client's
+
+    collector.factory.ingest.observers.append(offsets_used)
     try:
         process = start_client(anvil, port, 1.0, tmp / f"client-{transport}.log", transport)
         try:
@@ -144,7 +153,6 @@ async def follow(
             await deferLater(reactor, seconds)
             end, client_end, own_end = time.time(), cpu_seconds(process.pid), own_cpu_seconds()
             load_after = os.getloadavg()
-            collector = server.getServiceNamed("collector")
             offsets = [c.clock.offset for c in collector.factory.connections if c.clock.known]
             made = sorted(n for n, (_, at) in pushes.at.items() if start <= at < end)
             # Whatever was made in the window reaches SQL within seconds, or the check says so.
@@ -177,7 +185,7 @@ async def follow(
             "received": len(arrived),
             "via": dict(Counter(r.via for r, _ in received)),
         },
-        "push": ms([r.seen_at - pushed_at[n] for n, (r, _) in first.items()]),
+        "push": ms([r.seen + offset_at[r.sha256] - pushed_at[n] for n, (r, _) in first.items()]),
         "to_server": ms([r.received - pushed_at[n] for n, (r, _) in first.items()]),
         "to_sql": ms([c - pushed_at[n] for n, (_, c) in first.items()]),
         "in_server": ms([c - r.received for r, c in first.values()]),
