@@ -34,7 +34,6 @@ from tests.test_client import FakeNode, Recorder, block_hash
 from tests.test_client_e2e import (
     assert_chain_stored_once,
     node_hashes,
-    sleep,
     start_client,
     uri_of,
 )
@@ -500,7 +499,10 @@ async def test_node_restart_subscribes_again(
             await committed.wait_for(node_hashes(anvil).values())
             await subscribed(client)
             anvil.stop()
-            await sleep(0.5)
+            await wait_for(
+                lambda: bool(texts_with(events, "no new heads by subscription")),
+                what="the client saying the subscription ended",
+            )
             anvil.start()
             anvil.mine(5)
             await committed.wait_for(node_hashes(anvil).values())
