@@ -7,7 +7,8 @@
 #   make lock      refresh requirements.lock and requirements-test.lock from setup.cfg's ranges
 #   make services  MariaDB (with Galera), Redis (with Sentinel), Chromium and promtool
 #                  (prometheus) from Debian's packages, when missing
-#   make node      the anvil Ethereum dev node from package-lock.json, under node_modules/
+#   make node      from package-lock.json, under node_modules/: the anvil Ethereum dev node and
+#                  EthereumJS (a peer-to-peer execution client, for a clique network in the tests)
 #   make fuzz      the property tests with fresh random examples, 5,000 each (minutes, bounded)
 #   make clean     remove everything these targets and the tests generate
 #   make run       the whole demo in the foreground: dev node, eth-server, eth-client
@@ -153,9 +154,14 @@ $(NODE_STAMP): package.json package-lock.json
 		$(APT_GET) update; \
 		$(APT_GET) install -y --no-install-recommends nodejs npm; \
 	fi
+	@# No install scripts: anvil's binary comes as a package of its own, EthereumJS's LevelDB
+	@# binding ships prebuilt (classic-level's prebuilds/), and its own preinstall only makes a
+	@# placeholder for a file the package already holds.
 	npm ci --ignore-scripts --no-audit --no-fund
 	@ls node_modules/@foundry-rs/anvil-*/bin/anvil >/dev/null 2>&1 \
 		|| { echo "npm installed no anvil binary for this platform" >&2; exit 1; }
+	@node node_modules/.bin/ethereumjs --version >/dev/null \
+		|| { echo "npm installed no EthereumJS that runs on this node" >&2; exit 1; }
 	touch $@
 
 clean:

@@ -13,6 +13,8 @@ temporary directory; a fixture returns once it answers and stops it at teardown.
   (function) gives a test its own empty database, as seen through each node, every node
   running (one a test killed joins again first).
 - ``sentinel_group`` (function): a Redis master, its replica and three Sentinels.
+- ``clique`` (function): a clique network of EthereumJS nodes (tests/ethereumjs.py), none
+  started yet; every node it starts stops at the end.
 
 A missing binary fails the test with a hint: ``make test`` installs every one of them.
 """
@@ -34,6 +36,7 @@ from hypothesis import HealthCheck, settings
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tests.ethereumjs import CliqueNetwork
 from tests.services import (
     Anvil,
     AnvilFactory,
@@ -236,6 +239,17 @@ def anvil_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilFac
 def anvil(anvil_factory: AnvilFactory) -> Anvil:
     """A fresh anvil node for this test: chain id 31337, block 0, mining on demand."""
     return anvil_factory()
+
+
+@pytest.fixture
+def clique(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliqueNetwork]:
+    """A clique network of EthereumJS nodes of its own, its genesis written, no node started."""
+    with installed():
+        network = CliqueNetwork(tmp_path_factory.mktemp("clique"))
+    try:
+        yield network
+    finally:
+        network.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

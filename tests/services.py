@@ -11,7 +11,8 @@ service answers (a bounded poll, blocking: call it before any reactor-driven cod
 - ``Redis``: ``execute()`` sends one command; ``flushall()`` empties it.
 - ``SentinelGroup``: a Redis master, its replica and three ``Sentinel`` processes watching it.
 - ``Anvil``: an Ethereum dev node serving HTTP and WebSocket on a port and IPC on a path;
-  ``rpc()``, ``ipc_rpc()``, ``mine()``.
+  ``rpc()``, ``ipc_rpc()``, ``mine()``.  ``http_rpc()`` calls a JSON-RPC method of any node.
+- tests/ethereumjs.py: EthereumJS nodes of a clique network, ``Service``s like these.
 
 Nothing here imports pytest: ``bench/`` uses these classes outside a test session, and
 tests/conftest.py wraps them in fixtures. A missing binary raises ``MissingBinaryError``, with
@@ -174,7 +175,7 @@ def _wait_ready(process: _Process, ready: Callable[[], object], timeout: float) 
         time.sleep(POLL_INTERVAL)
 
 
-class _Service:
+class Service:
     """Start, stop, kill and restart one server process on a fixed port."""
 
     host = LOOPBACK
@@ -219,10 +220,14 @@ class _Service:
             self._process.kill()
             raise
 
+    def choose_ports(self) -> None:
+        """Take free ports for the next start: C{port} (a server that needs more takes more)."""
+        self.port = free_port()
+
     def start_on_free_port(self) -> None:
-        """Start on a free port, trying another one if the server dies (port taken)."""
+        """Start on free ports, trying others if the server dies (a port taken meanwhile)."""
         for attempt in range(PORT_ATTEMPTS):
-            self.port = free_port()
+            self.choose_ports()
             try:
                 self.start()
             except ServiceError:
@@ -250,7 +255,7 @@ class _Service:
             self.start()
 
 
-class MariaDB(_Service):
+class MariaDB(Service):
     """A private MariaDB server with one database and one password-protected user."""
 
     def __init__(self, workdir: Path, user: str = "ethtwisted", database: str = "ethtwisted"):
@@ -559,7 +564,7 @@ class RedisReplyError(ServiceError):
     """Redis answered a command with an error reply."""
 
 
-class Redis(_Service):
+class Redis(Service):
     """A private Redis server without persistence (``args``: more of its options)."""
 
     def __init__(self, workdir: Path, args: Sequence[str] = (), name: str = "redis-server"):
@@ -743,7 +748,34 @@ class RPCError(ServiceError):
     """The node answered a JSON-RPC request with an error."""
 
 
-class Anvil(_Service):
+_rpc_ids = count(1)
+
+
+def rpc_request(method: str, params: Sequence[Any]) -> bytes:
+    """The body of a JSON-RPC request calling C{method} with C{params}."""
+    body = {"jsonrpc": "2.0", "id": next(_rpc_ids), "method": method, "params": list(params)}
+    return json.dumps(body).encode()
+
+
+def rpc_result(method: str, reply: Any) -> Any:
+    """The result of a JSON-RPC reply; L{RPCError} if it is an error."""
+    if "error" in reply:
+        raise RPCError(f"{method}: {reply['error']}")
+    return reply["result"]
+
+
+def http_rpc(url: str, method: str, params: Sequence[Any] = ()) -> Any:
+    """Call one JSON-RPC method at the C{http://} C{url} (blocking) and return its result."""
+    if not url.startswith("http://"):
+        raise ValueError(f"not an http:// URL: {url}")
+    request = urllib.request.Request(  # noqa: S310 (http:// checked above)
+        url, data=rpc_request(method, params), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310
+        return rpc_result(method, json.load(response))
+
+
+class Anvil(Service):
     """An anvil Ethereum dev node serving HTTP and WebSocket on a port, and IPC on a path.
 
     Its chain lives in memory: ``restart()`` (and ``stop()`` then ``start()``) begins a new
@@ -755,7 +787,6 @@ class Anvil(_Service):
         self.ipc_path = str(workdir / "anvil.ipc")
         self.args = list(args)
         self._anvil = anvil_binary()
-        self._ids = count(1)
 
     @property
     def http_url(self) -> str:
@@ -788,25 +819,9 @@ class Anvil(_Service):
         self.ipc_rpc("eth_chainId")
         self.rpc("eth_chainId")
 
-    def _request(self, method: str, params: Sequence[Any]) -> bytes:
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-        return json.dumps(body).encode()
-
-    @staticmethod
-    def _result(method: str, reply: Any) -> Any:
-        if "error" in reply:
-            raise RPCError(f"{method}: {reply['error']}")
-        return reply["result"]
-
     def rpc(self, method: str, *params: Any) -> Any:
         """Call one JSON-RPC method over HTTP (blocking) and return its result."""
-        request = urllib.request.Request(  # noqa: S310 (http_url is always http://)
-            self.http_url,
-            data=self._request(method, params),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310
-            return self._result(method, json.load(response))
+        return http_rpc(self.http_url, method, params)
 
     def ipc_rpc(self, method: str, *params: Any) -> Any:
         """Call one JSON-RPC method over the IPC socket (blocking) and return its result."""
@@ -814,7 +829,7 @@ class Anvil(_Service):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(REQUEST_TIMEOUT)
             sock.connect(self.ipc_path)
-            sock.sendall(self._request(method, params))
+            sock.sendall(rpc_request(method, params))
             received = b""
             while True:
                 chunk = sock.recv(65536)
@@ -825,7 +840,7 @@ class Anvil(_Service):
                     reply, _ = decoder.raw_decode(received.decode().strip())
                 except ValueError:
                     continue
-                return self._result(method, reply)
+                return rpc_result(method, reply)
 
     def block_number(self) -> int:
         """The number of the latest block."""
