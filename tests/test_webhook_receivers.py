@@ -2,7 +2,8 @@
 Webhooks against hostile receivers: raw Twisted protocols on loopback ports that stream
 headers without end, send too many, trickle their answer, redirect, or answer garbage.  What
 the server holds is measured from inside this process (its resident memory, its open sockets
-in /proc/self/fd), and what it logs is checked for the receiver's bytes.
+in /proc/self/fd), and what it logs is checked for the receiver's bytes.  Then any answer
+Hypothesis makes up, fed to the real client protocol over a StringTransport.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -26,8 +30,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.web._newclient import Request
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ethtwisted.server.webhooks import (
@@ -35,6 +42,9 @@ from ethtwisted.server.webhooks import (
     MAX_HEADER_LINES,
     REDIRECT_ATTEMPTS,
     WebhookService,
+    _Body,
+    _BoundedClientProtocol,
+    failure_reason,
     parse_webhook_url,
 )
 from tests.helpers import the_reactor, wait_for
@@ -339,3 +349,62 @@ async def test_a_garbage_answer_is_said_without_its_bytes(hostile: list[Receiver
     await stopped(service)
     assert any("a bad answer (ParseError)" in t for t in texts(logged)), texts(logged)
     no_receiver_bytes(logged)
+
+
+# -- any answer, in memory: the real client protocol over a StringTransport -------------------
+
+header_value = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+header_line = st.builds(
+    b"%s: %s".__mod__,
+    st.tuples(st.from_regex(rb"X-[A-Za-z0-9-]{1,20}", fullmatch=True), header_value),
+) | header_value.filter(lambda line: line[:1] not in (b" ", b"\t"))
+header_lines = st.lists(header_line, max_size=20) | st.tuples(
+    header_line, st.integers(0, 400)
+).map(lambda repeated: [repeated[0]] * repeated[1])
+"""A few header lines of any bytes, or one line many times (up to 120 KB)."""
+statuses = st.sampled_from(
+    [b"HTTP/1.1 200 OK", b"HTTP/1.1 100 Continue", b"HTTP/1.1 302 Found", b"HTTP/1.0 204",
+     b"HTTP/1.1 " + MARKER.encode(), b"garbage"]
+)  # fmt: skip
+REASONS = re.compile(
+    rf"headers over {MAX_HEADER_BYTES} bytes or {MAX_HEADER_LINES} lines"
+    r" \(\d+ bytes, \d+ lines\)|a bad answer \(\w+\)|Connection was closed cleanly\."
+)
+
+
+@pytest.mark.property
+@given(st.lists(st.tuples(statuses, header_lines), min_size=1, max_size=4), st.booleans(),
+       st.integers(1, 70_000))  # fmt: skip
+def test_any_answer_is_bounded_and_said_without_its_bytes(
+    answers: list[tuple[bytes, list[bytes]]], ends: bool, read: int
+) -> None:
+    """
+    Whatever a receiver answers (1xx answers before the last, any header lines of any bytes,
+    a bad status line, headers that end or not), handed over in reads of any size: the
+    connection takes at most MAX_HEADER_BYTES and one read of status and headers, and
+    MAX_HEADER_LINES lines and those of one read, before it has the answer or hangs up; and a
+    failed attempt is said in one of a few phrases of ours, never with the receiver's bytes.
+    """
+    protocol = _BoundedClientProtocol()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    headers = Headers({b"Host": [b"127.0.0.1"]})
+    request = Request(b"POST", b"/hook", headers, _Body(b"{}"), persistent=False)
+    outcome: list[Any] = []
+    protocol.request(request).addBoth(outcome.append)
+    data = b"".join(s + b"\r\n" + b"".join(h + b"\r\n" for h in hs) + b"\r\n" for s, hs in answers)
+    if not ends:
+        data = data[:-2]
+    for i in range(0, len(data), read):
+        if transport.disconnecting or outcome:
+            break
+        protocol.dataReceived(data[i : i + read])
+        assert protocol.header_bytes <= MAX_HEADER_BYTES + read
+        assert protocol.header_lines <= MAX_HEADER_LINES + data[i : i + read].count(b"\n")
+    if not outcome:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    assert len(outcome) == 1
+    if isinstance(outcome[0], Failure):
+        reason = failure_reason(outcome[0])
+        assert REASONS.fullmatch(reason), reason
+        assert MARKER not in reason
