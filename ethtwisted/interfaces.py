@@ -228,9 +228,10 @@ class IFleet(Interface):
         time (nothing is then recorded: try again later).
         """
 
-    def states() -> Deferred[dict[str, dict[str, State]]]:
+    def states(clients: Collection[str] | None = None) -> Deferred[dict[str, dict[str, State]]]:
         """
-        Every watched client → the states it is in (empty: current).
+        Every watched client → the states it is in (empty: current); only those of
+        C{clients}, when given.
         """
 
     def events(since: float | None, client: str | None, limit: int) -> Deferred[list[StateEvent]]:

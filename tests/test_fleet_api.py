@@ -171,9 +171,9 @@ class CountingFleet:
         self.fleet = fleet
         self.reads = 0
 
-    def states(self) -> Deferred[dict[str, dict[str, State]]]:
+    def states(self, clients: Any = None) -> Deferred[dict[str, dict[str, State]]]:
         self.reads += 1
-        return self.fleet.states()
+        return self.fleet.states(clients)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fleet, name)

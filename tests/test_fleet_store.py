@@ -322,8 +322,8 @@ def fleet_history(t: int) -> list[Received | StatusReport]:
     comes back at 41; e is 12 blocks behind; f stops at 20; g, an older client (never
     watched), reports every other block.  At 36, c reports a second block at height 30 (a
     height contested already) and a one at 34 (not contested before); at 38, b reports c's
-    block at 30, then its head; at 47, a sends three blocks out of order in one commit; b's
-    node syncs from 15 to 22.
+    block at 30, then its head; at 47, a sends three blocks out of order in one commit; at 50,
+    b's block 51 is stored as having arrived at 30; b's node syncs from 15 to 22.
     """
     batch: list[Received | StatusReport] = []
     at = T0 + t
@@ -344,6 +344,9 @@ def fleet_history(t: int) -> list[Received | StatusReport]:
     if t == 47:
         batch += [received("a", 45, at + 0.6, "b"), received("a", 43, at + 0.7, "b"),
                   received("a", 47, at + 0.8)]  # fmt: skip
+    if t == 50:
+        # A commit late by 20 s: its row of eth_clients says it arrived then.
+        batch.append(received("b", 51, T0 + 30))
     if t in (15, 22):
         batch.append(
             StatusReport("b", at, Status(syncing=SyncProgress(1, 9) if t == 15 else False))
@@ -375,6 +378,7 @@ async def test_deciding_from_what_changed_is_deciding_anew(
             await anew.store(batch)
             held = {c: T0 + t for c in "abcdef" if not (50 <= t < 55 and c == "c")}
             gone = {"c": T0 + 49} if t == 50 else {}
+            memos = []
             for n, (store, fleet) in enumerate(
                 [(kept, kept.fleet), (anew, SQLFleet(anew.pool, anew.url.dialect))]
             ):
@@ -386,7 +390,16 @@ async def test_deciding_from_what_changed_is_deciding_anew(
                 events = await fleet.decide(server, T0 + t + 0.5, *mine, thresholds)
                 told[n] += [(e.id, e.client, e.state, e.event, e.since, e.head, e.best_head,
                              e.text) for e in events]  # fmt: skip
+                memos.append(fleet.memo)
             assert told[0] == told[1], t
+            # What each read of the facts: the same, whichever way.
+            kept_memo, fresh = memos
+            assert kept_memo is not None and fresh is not None
+            assert kept_memo.reported == fresh.reported, t
+            assert {c: {n: h.reports for n, h in heights.items()}
+                    for c, heights in kept_memo.contested.items()} == {
+                c: {n: h.reports for n, h in heights.items()}
+                for c, heights in fresh.contested.items()}, t  # fmt: skip
             assert await kept.fleet.states() == await anew.fleet.states()
     finally:
         await other.close()
@@ -397,3 +410,23 @@ async def test_deciding_from_what_changed_is_deciding_anew(
         ("b", "syncing"),
         ("c", "silent"),
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_states_of_some_clients_are_theirs_of_all(open_store: Opener) -> None:
+    """
+    C{states(clients)} gives, of the watched clients among C{clients}, what C{states()} gives
+    for them: a client in no state as current, unwatched and unknown names left out, over more
+    names than one statement asks for.
+    """
+    store = await started(open_store)
+    await store.store([received("b", n, T0 + n) for n in range(0, 21)])
+    await store.store([received("a", n, T0 + n) for n in range(0, 11)])
+    await store.store([received("old", 20, T0 + 20)])
+    await store.fleet.decide("s", T0 + 45, {"a": T0 + 44, "b": T0 + 44}, {}, T)
+    everyone = await store.fleet.states()
+    assert set(everyone) == {"a", "b"} and set(everyone["a"]) == {"behind"}
+    asked = ["a", "old", "never", *(f"x{i}" for i in range(600))]
+    assert await store.fleet.states(asked) == {"a": everyone["a"]}
+    assert await store.fleet.states(["b", "a"]) == everyone
+    assert await store.fleet.states([]) == {}

@@ -13,7 +13,7 @@ webhooks), by exactly one server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -35,6 +35,7 @@ from ethtwisted.states import (
     forks,
 )
 from ethtwisted.storage.fleet_facts import (
+    BATCH,
     Memo,
     client_ids,
     contested_heights,
@@ -166,7 +167,9 @@ class SQLFleet:
         s = self.statements
         memo = self._begin(txn, memo, server, now)
         self._record_presence(txn, memo, server, now, connected, gone, thresholds)
-        before, memo.reported = memo.reported, read_reported(txn, s.placeholder)
+        before = memo.reported
+        memo.reported = read_reported(txn, s.placeholder, before, memo.read_at)
+        memo.read_at = now
         clients = self._clients(txn, memo, read_syncing(txn, s.placeholder), now, thresholds)
         recent = self._recent(txn, moved(before, memo.reported)) if memo.contested else []
         chains = self._chains(txn, memo, clients, recent, thresholds)
@@ -354,13 +357,28 @@ class SQLFleet:
 
     # -- reading back -------------------------------------------------------------------------
 
-    def states(self) -> Deferred[dict[str, dict[str, State]]]:
-        return self.pool.runInteraction(self._states)
+    def states(
+        self, clients: Collection[str] | None = None
+    ) -> Deferred[dict[str, dict[str, State]]]:
+        names = None if clients is None else sorted(set(clients))
+        return self.pool.runInteraction(self._states, names)
 
-    def _states(self, txn: Any) -> dict[str, dict[str, State]]:
-        watched = self._execute(txn, "SELECT DISTINCT client FROM eth_presence")
-        states: dict[str, dict[str, State]] = {r[0]: {} for r in watched}
-        states.update(read_states(txn, self.statements.placeholder))
+    def _states(self, txn: Any, names: list[str] | None) -> dict[str, dict[str, State]]:
+        p = self.statements.placeholder
+        if names is None:
+            watched = self._execute(txn, "SELECT DISTINCT client FROM eth_presence")
+            states: dict[str, dict[str, State]] = {r[0]: {} for r in watched}
+            states.update(read_states(txn, p))
+            return states
+        states = {}
+        for start in range(0, len(names), BATCH):
+            chunk = names[start : start + BATCH]
+            marks = ", ".join(["?"] * len(chunk))
+            for (client,) in self._execute(
+                txn, f"SELECT DISTINCT client FROM eth_presence WHERE client IN ({marks})", *chunk
+            ):
+                states[client] = {}
+            states.update(read_states(txn, p, f"WHERE client IN ({marks})", chunk))
         return states
 
     def events(

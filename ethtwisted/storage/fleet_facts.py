@@ -27,6 +27,9 @@ UNION = 100
 """The most clients one statement of L{latest_sightings} reads (SQLite allows 500 SELECTs)."""
 SLACK = 2
 """Sightings read beyond what each client sent (L{latest_sightings})."""
+RECENT = 5.0
+"""Seconds before the last decision from which a row of C{eth_clients} is read again: a commit
+lands after the arrival it records (L{read_reported} checks that none was missed)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Memo:
     """C{eth_states}: client → state → L{State}."""
     reported: dict[str, Reported] = field(default_factory=dict)
     """C{eth_clients} (every client, watched or not) as last read."""
+    read_at: float | None = None
+    """When C{reported} was read (the time of that decision)."""
     contested: dict[int, dict[int, Height]] = field(default_factory=dict)
     """Chain id → its contested heights (those of its last L{FORK_WINDOW})."""
 
@@ -87,11 +92,16 @@ def read_presence(txn: Any, p: str) -> dict[str, dict[str, tuple[float, bool, fl
     return presence
 
 
-def read_states(txn: Any, p: str) -> dict[str, dict[str, State]]:
-    """Every row of C{eth_states}: client → state → L{State}."""
+def read_states(
+    txn: Any, p: str, where: str = "", args: Sequence[Any] = ()
+) -> dict[str, dict[str, State]]:
+    """The rows of C{eth_states} (those C{where} says): client → state → L{State}."""
     states: dict[str, dict[str, State]] = {}
     for client, state, chain_id, since, head, best in execute(
-        txn, p, "SELECT client, state, chain_id, since, head, best_head FROM eth_states"
+        txn,
+        p,
+        f"SELECT client, state, chain_id, since, head, best_head FROM eth_states {where}",
+        *args,
     ):
         states.setdefault(client, {})[state] = State(
             state, float(since), _int(chain_id), _int(head), _int(best)
@@ -99,13 +109,31 @@ def read_states(txn: Any, p: str) -> dict[str, dict[str, State]]:
     return states
 
 
-def read_reported(txn: Any, p: str) -> dict[str, Reported]:
-    """Every client's row of C{eth_clients}."""
+def read_reported(
+    txn: Any, p: str, kept: Mapping[str, Reported], since: float | None
+) -> dict[str, Reported]:
+    """
+    Every client's row of C{eth_clients}: given C{kept}, the rows as read at C{since}, only
+    those heard from since then (less L{RECENT}) are read, when the clients and their messages
+    then add up to the table's count and sum (a row changes only with more messages); else
+    all.
+    """
+    if since is not None and kept:
+        ((count, total),) = execute(txn, p, "SELECT COUNT(*), SUM(messages) FROM eth_clients")
+        rows = dict(kept)
+        rows.update(_reported(execute(txn, p, f"{REPORTED} WHERE last_seen >= ?", since - RECENT)))
+        if len(rows) == int(count) and sum(r.messages for r in rows.values()) == int(total or 0):
+            return rows
+    return _reported(execute(txn, p, REPORTED))
+
+
+REPORTED = "SELECT client, messages, chain_id, last_block, last_seen FROM eth_clients"
+
+
+def _reported(rows: Iterable[Sequence[Any]]) -> dict[str, Reported]:
     return {
         client: Reported(int(messages), _int(chain_id), _int(head), float(last_seen))
-        for client, messages, chain_id, head, last_seen in execute(
-            txn, p, "SELECT client, messages, chain_id, last_block, last_seen FROM eth_clients"
-        )
+        for client, messages, chain_id, head, last_seen in rows
     }
 
 
@@ -201,7 +229,8 @@ def contested_heights(
         if len(set(blocks.values())) < 2:
             continue
         old = kept.get(number)
-        heights[number] = Height(blocks, dict(old.reports) if old is not None else {})
+        # The reports kept are taken over (a failed decision leaves no memo behind).
+        heights[number] = Height(blocks, old.reports if old is not None else {})
         unread += [b for b in blocks if old is None or b not in old.blocks]
     number_of = {b: n for n, height in heights.items() for b in height.blocks}
     for start in range(0, len(unread), BATCH):

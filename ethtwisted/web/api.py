@@ -229,9 +229,10 @@ class ApiResource(Endpoint):
         state = query_arg(request, "state")
         if state is not None and state not in CLIENT_STATES:
             raise HTTPError(400, f"state must be one of {', '.join(CLIENT_STATES)}")
-        states = await self.reads.read(self.reads.states())
-        names = None
+        states, names = None, None
         if state is not None:
+            # The filter needs every client's states; else the page's alone are read.
+            states = await self.reads.read(self.reads.states())
             names = [
                 c for c, now in states.items() if state in now or (state == "current" and not now)
             ]
@@ -249,14 +250,14 @@ class ApiResource(Endpoint):
     async def _clients(
         self,
         limit: int,
-        states: Mapping[str, Mapping[str, State]],
+        states: Mapping[str, Mapping[str, State]] | None,
         after: str | None = None,
         chain_id: int | None = None,
         names: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         """
         The entries of the clients L{IBlockReader.clients} lists, with their nodes,
-        propagation and C{states}.
+        propagation and C{states} (read for them alone when not given).
         """
         sql = self.reads.sql
         clients, heads = await self.reads.read(
@@ -266,6 +267,8 @@ class ApiResource(Endpoint):
             )
         )
         listed = [c.client for c in clients]
+        if states is None:
+            states = await self.reads.read(self.reads.states(listed))
         nodes, delays = await self.reads.read(
             gatherResults(
                 [
@@ -293,8 +296,7 @@ class ApiResource(Endpoint):
             if rest[1] != "missing":
                 raise HTTPError(404, "not found")
             return await self.missing(request, name)
-        states = await self.reads.read(self.reads.states())
-        entries = await self._clients(1, states, names=[name])
+        entries = await self._clients(1, None, names=[name])
         if not entries:
             raise HTTPError(404, "no such client")
         events = await self.reads.read(self.reads.sql.ledger.events(name, MAX_EVENTS))

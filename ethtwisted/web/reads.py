@@ -6,7 +6,7 @@ a 503 to the caller and one warning in the log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -98,11 +98,14 @@ class Reads:
         since = self.reactor.seconds() - FINALIZED_REPORT_AGE
         return self.sql.ledger.finalized(MAX_CHAINS, since)
 
-    def states(self) -> Deferred[dict[str, dict[str, State]]]:
+    def states(
+        self, clients: Collection[str] | None = None
+    ) -> Deferred[dict[str, dict[str, State]]]:
         """
-        Every watched client → the states it is in (none without a fleet view).
+        Every watched client (of C{clients}, when given) → the states it is in (none without a
+        fleet view).
         """
-        return self.fleet.states() if self.fleet is not None else succeed({})
+        return self.fleet.states(clients) if self.fleet is not None else succeed({})
 
     @property
     def counters(self) -> ICounterReader:
