@@ -135,7 +135,7 @@ async def follow(
             for r in batch:
                 offset_at[r.sha256] = c.clock.offset  # one connection: the client's
 
-    collector.factory.ingest.observers.append(offsets_used)
+    collector.factory.ingest.commit_listeners.append(offsets_used)
     try:
         process = start_client(anvil, port, 1.0, tmp / f"client-{transport}.log", transport)
         try:

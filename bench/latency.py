@@ -171,7 +171,7 @@ async def start_server(reactor: Any, db: Path, commits: Commits) -> tuple[Any, i
     collector = service.getServiceNamed("collector")
     assert isinstance(collector, CollectorService)
     await collector.ready
-    collector.factory.ingest.observers.append(commits)
+    collector.factory.ingest.commit_listeners.append(commits)
     address = collector.ports[0].getHost()
     assert isinstance(address, IPv4Address)
     return service, address.port

@@ -260,7 +260,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         store.ledger, reactor, config["keep-sightings"], ready, config["keep-blocks"]
     )
     summary = Summary(store, store.fleet, lambda: len(factory.connections), ready)
-    ingest.observers.append(summary.committed)
+    ingest.commit_listeners.append(summary.committed)
     for name, step, run in [
         ("prune-sightings", PRUNE_INTERVAL, pruner.run),
         ("summary", config["summary-interval"], summary.run),
@@ -308,8 +308,8 @@ def stats_service(
         registry, reactor, lambda: len(factory.connections), lambda: ingest.unsettled
     )
     factory.observers.append(metrics)
-    ingest.observers.append(metrics.committed)
-    ingest.conflict_observers.append(metrics.conflict)
+    ingest.commit_listeners.append(metrics.committed)
+    ingest.conflict_listeners.append(metrics.conflict)
     fleet.observers.append(metrics.decided)
     reads = Reads(
         reactor, store, store, redis, lambda: ingest.trouble.reason, registry, store.fleet

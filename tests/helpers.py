@@ -161,7 +161,7 @@ def connect_peer(port: int, name: str | None = None, window: int = 50) -> Deferr
 
 class Committed:
     """
-    The blocks a server reports committed to SQL (through its ingest's observers), and
+    The blocks a server reports committed to SQL (through its ingest's commit listeners), and
     Deferreds that fire once given hashes are among them.
     """
 
@@ -281,5 +281,5 @@ async def start_server(
         committed or Committed(),
         address.port,
     )
-    collector.factory.ingest.observers.append(server.committed)
+    collector.factory.ingest.commit_listeners.append(server.committed)
     return server

@@ -38,7 +38,7 @@ async def test_every_block_of_a_fast_chain_is_stored_once_in_order(
     def record(batch: Sequence[Received], new: int) -> None:
         arrived.extend(r.block.number for r in batch if isinstance(r.block, Block))
 
-    srv.collector.factory.ingest.observers.append(record)
+    srv.collector.factory.ingest.commit_listeners.append(record)
     anvil = anvil_factory(block_time=BLOCK_TIME)
     client = start_client(anvil.ipc_path, srv.port, "--interval", "1")
     try:

@@ -199,13 +199,13 @@ def test_conflict_is_retried_at_once_counted_and_not_an_outage() -> None:
     """
     A commit that loses to a concurrent transaction (a Galera certification failure, reported
     as a deadlock) is tried again at once, the same group, not split; each conflict is told to
-    the conflict observers and logged at debug level only; nothing is acknowledged before the
+    the conflict listeners and logged at debug level only; nothing is acknowledged before the
     commit succeeds, and the ingest never reports trouble.
     """
     clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock)
     conflicts: list[None] = []
-    ingest.conflict_observers.append(lambda: conflicts.append(None))
+    ingest.conflict_listeners.append(lambda: conflicts.append(None))
     acked: list[object] = []
     for text in ["a", "b"]:
         ingest.submit(received(text)).addBoth(acked.append)
@@ -239,7 +239,7 @@ def test_conflicts_past_the_retries_are_an_outage_and_counting_starts_again() ->
     clock, store = Clock(), HeldStore()
     ingest = Ingest(store, None, clock)
     conflicts: list[None] = []
-    ingest.conflict_observers.append(lambda: conflicts.append(None))
+    ingest.conflict_listeners.append(lambda: conflicts.append(None))
     acked: list[str] = []
     ingest.submit(received("a")).addCallback(acked.append)
     clock.advance(0)

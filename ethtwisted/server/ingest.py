@@ -74,7 +74,7 @@ class Ingest:
     A transaction that conflicts with a concurrent one (L{is_conflict}: another server storing
     the same blocks through another Galera node) is tried again at once, up to
     L{MAX_CONFLICT_RETRIES} times in a row, then as an outage; each conflict is told to the
-    C{conflict_observers} and logged at debug level only.
+    C{conflict_listeners} and logged at debug level only.
     """
 
     def __init__(
@@ -111,9 +111,9 @@ class Ingest:
         self.conflicts = 0
         """Conflicts in a row of the group under way."""
         self._idle: list[Deferred[None]] = []
-        self.observers: list[Callable[[Sequence[Received], int], None]] = []
+        self.commit_listeners: list[Callable[[Sequence[Received], int], None]] = []
         """Called with each committed group and how many of its payloads were new."""
-        self.conflict_observers: list[Callable[[], None]] = []
+        self.conflict_listeners: list[Callable[[], None]] = []
         """Called with each conflict, whether its group is then tried again at once or later."""
         self.statuses: dict[str, _Entry] = {}
         """Each client's status report not yet taken into a transaction."""
@@ -192,8 +192,8 @@ class Ingest:
         d.addErrback(lambda f: log.failure("storing a group", f))
 
     def _stored(self, group: list[_Entry], new: int) -> None:
-        for observer in self.observers:
-            observer(_payloads(group), new)
+        for listener in self.commit_listeners:
+            listener(_payloads(group), new)
         self._record(group)
 
     def _record(self, group: list[_Entry], name: str | None = None) -> None:
@@ -217,8 +217,8 @@ class Ingest:
         again: Callable[[list[_Entry]], None],
     ) -> None:
         if is_conflict(failure):
-            for observer in self.conflict_observers:
-                observer()
+            for listener in self.conflict_listeners:
+                listener()
             if self.conflicts < MAX_CONFLICT_RETRIES:
                 self.conflicts += 1
                 log.debug("{store} store conflict ({reason}): trying the group of {n} again",
