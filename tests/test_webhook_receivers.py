@@ -37,16 +37,14 @@ from twisted.web._newclient import Request
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from ethtwisted.server.webhooks import (
+from ethtwisted.server.webhook_http import (
     MAX_HEADER_BYTES,
     MAX_HEADER_LINES,
-    REDIRECT_ATTEMPTS,
-    WebhookService,
     _Body,
     _BoundedClientProtocol,
     failure_reason,
-    parse_webhook_url,
 )
+from ethtwisted.server.webhooks import REDIRECT_ATTEMPTS, WebhookService, parse_webhook_url
 from tests.helpers import the_reactor, wait_for
 from tests.test_webhooks import FAST_RETRY, event
 

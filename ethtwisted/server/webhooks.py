@@ -5,8 +5,8 @@ receiver is down or answers 5xx, 408 or 429, each attempt bounded by a timeout. 
 is bounded: when full, the oldest event goes, said once until the queue is empty again.  With
 a secret, C{X-Ethtwisted-Signature: sha256=<hex>} is the HMAC-SHA256 of the body.
 
-A receiver's answer is bounded too: its status line and headers in bytes and lines
-(L{MAX_HEADER_BYTES}, L{MAX_HEADER_LINES}), its body in bytes, the whole attempt in time; the
+A receiver's answer is bounded too (L{ethtwisted.server.webhook_http}): its status line and
+headers in bytes and lines, its body in bytes, and here the whole attempt in time; the
 connection is closed whichever bound it reaches.  Redirects are not followed: a 3xx is tried
 again, L{REDIRECT_ATTEMPTS} times in all, then the event is given up.
 
@@ -28,32 +28,28 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
 from ethtwisted.interfaces import IEventSink
-from ethtwisted.logs import Logger, Trouble, describe
+from ethtwisted.logs import Logger, Trouble
 from ethtwisted.records import StateEvent
+from ethtwisted.server.webhook_http import (
+    RetryableStatusError,
+    bounded_agent,
+    failure_reason,
+)
+from ethtwisted.server.webhook_http import post as post_once
 
 log = Logger(namespace="ethtwisted.server")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUE = 10_000
-MAX_RESPONSE_BYTES = 64 * 1024
-"""The most of a receiver's answer read (and thrown away) before hanging up on it."""
-MAX_HEADER_BYTES = 16 * 1024
-"""The most bytes of status line and headers taken from a receiver (1xx answers included)."""
-MAX_HEADER_LINES = 100
-"""The most lines of status and headers taken from a receiver."""
 REDIRECT_ATTEMPTS = 3
 """Attempts at an event answered with a 3xx (redirects are not followed) before giving it up."""
 SIGNATURE_HEADER = b"X-Ethtwisted-Signature"
@@ -108,107 +104,6 @@ def signature(secret: bytes, body: bytes) -> bytes:
     The value of the signature header: C{sha256=} and the HMAC-SHA256 of C{body}, in hex.
     """
     return b"sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest().encode("ascii")
-
-
-class _Discard(Protocol):
-    """
-    Reads a response's body into nothing, hanging up past L{MAX_RESPONSE_BYTES}, or when
-    C{done} is cancelled (the attempt timed out).
-    """
-
-    def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred(lambda _: self._hang_up())
-        self.size = 0
-
-    def _hang_up(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_RESPONSE_BYTES and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The answer's status is what counts; how its body ended does not.
-        if not reason.check(ResponseDone):
-            log.debug("a webhook answer's body ended after {size} bytes: {reason}",
-                      size=self.size, reason=type(reason.value).__name__)  # fmt: skip
-        if not self.done.called:
-            self.done.callback(None)
-
-
-class HeadersTooLargeError(Exception):
-    """
-    The receiver's status line and headers went past L{MAX_HEADER_BYTES} or
-    L{MAX_HEADER_LINES}.
-    """
-
-
-class _BoundedClientProtocol(HTTP11ClientProtocol):
-    """
-    An HTTP/1.1 client connection that hangs up on a receiver whose status line and headers
-    (of the answer and of any 1xx before it) go past L{MAX_HEADER_BYTES} bytes or
-    L{MAX_HEADER_LINES} lines: Twisted's parser bounds only each line, and keeps every header.
-    """
-
-    header_bytes = 0
-    header_lines = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        parser = self._parser
-        super().dataReceived(data)
-        # What the parser took while still in the headers counts, all of it: a chunk is at
-        # most one read from the socket, so the headers held stay within the bound and a read.
-        if parser is None or self._parser is not parser or parser.state not in (STATUS, HEADER):
-            return
-        self.header_bytes += len(data)
-        self.header_lines += data.count(b"\n")
-        if self.header_bytes > MAX_HEADER_BYTES or self.header_lines > MAX_HEADER_LINES:
-            self._giveUp(Failure(HeadersTooLargeError(
-                f"headers over {MAX_HEADER_BYTES} bytes or {MAX_HEADER_LINES} lines"
-                f" ({self.header_bytes} bytes, {self.header_lines} lines)"
-            )))  # fmt: skip
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory: bounded connections, without a log line for each.
-    """
-
-    noisy = False
-
-    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
-        return _BoundedClientProtocol(self._quiescentCallback)
-
-
-class RetryableStatusError(Exception):
-    """
-    The receiver answered with a status worth trying again (5xx, 408, 429, 3xx).
-    """
-
-
-_SAID_AS_IS = (
-    ConnectError,
-    ConnectionLost,
-    ConnectionDone,
-    HeadersTooLargeError,
-    RetryableStatusError,
-)
-"""Errors whose message holds nothing the receiver sent (ours, and the system's)."""
-
-
-def failure_reason(failure: Failure) -> str:
-    """
-    Why an attempt failed, for the log: the message of an error of ours or of the system's,
-    only the type's name of any other (a parser's error quotes the receiver's bytes).
-    """
-    # The agent's errors wrap their reasons in a list.
-    reasons = getattr(failure.value, "reasons", None)
-    value = reasons[0].value if reasons and isinstance(reasons[0], Failure) else failure.value
-    if isinstance(value, _SAID_AS_IS):
-        return describe(value)
-    return f"a bad answer ({type(value).__name__})"
 
 
 class _Target:
@@ -366,11 +261,7 @@ class WebhookService(Service):
         self.timeout = timeout
         self.max_queue = max_queue
         self.retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0)
-        if agent is None:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            pool._factory = _QuietFactory
-            agent = Agent(reactor, connectTimeout=timeout, pool=pool)
-        self.agent = agent
+        self.agent = agent or bounded_agent(reactor, timeout)
         self.targets = [_Target(self, n, url) for n, url in enumerate(urls, 1)]
 
     def publish(self, event: StateEvent) -> None:
@@ -401,11 +292,7 @@ class WebhookService(Service):
             headers.addRawHeader(SIGNATURE_HEADER, signature(self.secret, body))
         if url.authorization is not None:
             headers.addRawHeader(b"Authorization", url.authorization)
-        response: IResponse = await self.agent.request(b"POST", url.url, headers, _Body(body))
-        discard = _Discard()
-        response.deliverBody(discard)
-        await discard.done
-        return int(response.code)
+        return await post_once(self.agent, url.url, headers, body)
 
     def startService(self) -> None:
         super().startService()
@@ -416,27 +303,3 @@ class WebhookService(Service):
         super().stopService()
         for target in self.targets:
             target.stop()
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """
-    A request body of a few bytes, written at once.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
