@@ -35,7 +35,8 @@ class ChainNode:
     an answer (as a node closing a kept-alive connection under a request does); with L{down},
     every one (an outage).  With L{close_reused}, a connection that sends a second request is
     closed so too (web3 v8 asks for a new connection each request, so this one never happens
-    to it).  L{calls} counts the requests of each method, over either transport.
+    to it).  Each method in L{silent} is read over WebSocket and IPC and never answered.
+    L{calls} counts the requests of each method, over either transport.
     """
 
     def __init__(self, chain_id: int, headers: list[dict[str, Any]]) -> None:
@@ -44,6 +45,7 @@ class ChainNode:
         self.safe: dict[str, Any] | None = self.headers[0]
         self.finalized: dict[str, Any] | None = self.headers[0]
         self.missing: set[str] = set()
+        self.silent: set[str] = set()
         self.close_reused = False
         self.drop_every = 0
         self.down = False
@@ -144,6 +146,8 @@ class ChainNode:
     async def _reply(self, socket: Any, call: dict[str, Any]) -> None:
         reply = self.answer(call["method"], call.get("params") or [])
         method = call["method"]
+        if method in self.silent:
+            return
         if method == "eth_subscribe" and method not in self.missing:
             reply = {"result": f"0x{len(self._subscribers) + 1:x}"}
             self._subscribers[socket] = reply["result"]

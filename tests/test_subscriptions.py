@@ -399,6 +399,52 @@ async def test_a_real_refusal_of_eth_subscribe_is_kept_whole() -> None:
     assert chain.calls["eth_subscribe"] == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_node_silent_to_eth_subscribe_is_a_node_error_at_the_timeout() -> None:
+    """
+    Over a real WebSocket, a node that reads eth_subscribe and never answers fails the
+    subscription with a NodeError saying so once the node's timeout has passed (not with
+    asyncio's CancelledError, taken for a bug of ours).
+    """
+    chain = ChainNode(1, [header_of(GENESIS)])
+    chain.silent.add("eth_subscribe")
+    await chain.start()
+    node = Web3Node(chain.ws_url, the_reactor(), timeout=0.5)
+    try:
+        with pytest.raises(NodeError) as info:
+            await node.subscribe_heads(lambda block: None)
+    finally:
+        await node.close()
+        await chain.stop()
+    assert str(info.value) == "no answer to eth_subscribe within 0.5 s"
+    assert chain.calls["eth_subscribe"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_stopped_while_subscribing_says_nothing() -> None:
+    """
+    A subscriber stopped while its node has not answered eth_subscribe yet cancels the
+    attempt, which ends in Twisted's CancelledError: nothing is logged as a bug (web3's future
+    failed with asyncio's own CancelledError before, which the subscriber logged as one).
+    """
+    chain = ChainNode(1, [header_of(GENESIS)])
+    chain.silent.add("eth_subscribe")
+    await chain.start()
+    node = Web3Node(chain.ws_url, the_reactor(), timeout=30)
+    subscriber = Subscriber(Follower(node, Recorder(), clock=the_reactor()), the_reactor())
+    try:
+        with capturedLogs() as events:
+            await Deferred.fromCoroutine(subscriber.poll())
+            await wait_for(lambda: chain.calls.get("eth_subscribe") == 1, what="eth_subscribe")
+            await subscriber.stop()
+            # The attempt ends once asyncio has run the cancelled future's callbacks.
+            await wait_for(lambda: subscriber._subscribing is None, what="the attempt ended")
+    finally:
+        await node.close()
+        await chain.stop()
+    assert [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn] == []
+
+
 # -- against anvil ----------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from web3._utils.rpc_abi import RPC
@@ -98,8 +98,29 @@ class HeadSubscription:
         return f"<HeadSubscription {self.description}>"
 
     def start(self) -> Deferred[IHeadSubscription | None]:
-        opening = Deferred.fromFuture(asyncio.ensure_future(self._open()))
-        opening.addTimeout(self._timeout, self._reactor)
+        """
+        Connect and subscribe: this subscription, or L{NodeError} when the node does not
+        answer within the timeout or fails; cancelled, L{CancelledError} (Twisted's, as any
+        Deferred's cancellation).
+        """
+        opening_future = asyncio.ensure_future(self._open())
+        timed_out = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            opening_future.cancel()
+
+        timer = self._reactor.callLater(self._timeout, time_out)
+        # Cancelling a Deferred made from a future cancels the future, and the Deferred fails
+        # with asyncio's CancelledError, which addTimeout would not take for its own.
+        opening = Deferred.fromFuture(opening_future)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        opening.addBoth(stop_timer)
 
         def opened(chain_id: int) -> IHeadSubscription:
             connection = self._connection
@@ -110,9 +131,11 @@ class HeadSubscription:
 
         def failed(failure: Failure) -> Failure:
             self._close_connection()
-            if failure.check(TimeoutError):
-                return Failure(NodeError(f"no answer to eth_subscribe within "
-                                         f"{self._timeout:g} s"))  # fmt: skip
+            if failure.check(asyncio.CancelledError, CancelledError):
+                if timed_out:
+                    return Failure(NodeError(f"no answer to eth_subscribe within "
+                                             f"{self._timeout:g} s"))  # fmt: skip
+                return Failure(CancelledError())
             return self._as_node_error(failure)
 
         return opening.addCallbacks(opened, failed)
