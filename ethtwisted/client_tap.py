@@ -233,7 +233,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         registry = CollectorRegistry()
         directory = outbox.spool.directory if outbox.spool else None
         metrics = ClientMetrics(registry, reactor, lambda: len(outbox), directory)
-        outbox.ack_listeners.append(metrics.acknowledged)
         node = metrics.measured(node)
     follower = Follower(
         node,
@@ -252,10 +251,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         status = StatusReader(requests, reactor)
     servers = [(d, clientFromString(reactor, d)) for d in config["server"]]
     retry = backoffPolicy(RECONNECT_INITIAL, RECONNECT_MAX, factor=2.0)
+    oneshot = connection = None
     if config["oneshot"]:
-        delivery = OneShotDelivery(outbox, servers, reactor, retry)
-        connection = None
-        service: Service = delivery
+        oneshot = OneShotDelivery(outbox, servers, reactor, retry)
+        service: Service = oneshot
     else:
         server_list = ServerList(servers)
         hello = Hello(config["name"], config["token"], FEATURES)
@@ -266,18 +265,19 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     poll_status = None
     if status is not None:
         poll_status = StatusPoller(status, connection, reactor, config["status-interval"])
-        follower.sighting_listeners.append(poll_status.changed)
+    wire(
+        outbox=outbox,
+        follower=follower,
+        subscriber=subscriber,
+        delivery=connection,
+        oneshot=oneshot,
+        status=poll_status,
+        metrics=metrics,
+    )
     client = EthClient(poller, service, connection, outbox, node, reactor, status=poll_status)
     if metrics is not None:
         from ethtwisted.web.site import serve_agent
 
-        follower.reorg_listeners.append(metrics.reorg)
-        watch_delivery(metrics, client.connection)
-        follower.sighting_listeners.append(lambda sighting: metrics.sighting(sighting.source))
-        if subscriber is not None:
-            watch_subscriber(metrics, subscriber)
-        if poll_status is not None:
-            poll_status.listeners.append(metrics.node_status)
         web = serve_agent(reactor, registry, metrics.health, config["metrics"],
                           config["metrics_token"])  # fmt: skip
         web.setName("metrics")
@@ -285,26 +285,58 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     return client
 
 
-def watch_subscriber(metrics: ClientMetrics, subscriber: Subscriber) -> None:
+def wire(
+    *,
+    outbox: Outbox | None = None,
+    follower: Follower | None = None,
+    subscriber: Subscriber | None = None,
+    delivery: Delivery | None = None,
+    oneshot: OneShotDelivery | None = None,
+    status: StatusPoller | None = None,
+    metrics: ClientMetrics | None = None,
+) -> None:
     """
-    Tell C{metrics} whether C{subscriber} has a live subscription, and of its misses,
-    resubscriptions and lateness.
+    Connect the given parts of an eth-client (a delivery or a one-shot delivery, not both; a
+    part in one call only): each is told here of the events of the others that it follows.
+    This is the one place where parts are connected: no constructor registers itself with a
+    part it is given.  A list's listeners are called in the order they are added here (the
+    metrics hear of an acknowledgement before the delivery, the status poller of a new head
+    before the metrics).
     """
-    subscriber.miss_listeners.append(metrics.subscription_missed)
-    subscriber.resubscribe_listeners.append(metrics.resubscribed)
-    subscriber.lag_listeners.append(metrics.subscription_late)
-    metrics.watch_subscription(lambda: subscriber.active)
-
-
-def watch_delivery(metrics: ClientMetrics, delivery: Delivery | None) -> None:
-    """
-    Tell C{metrics} how the server is reached: what C{delivery} does with its connection and
-    its servers, or that one-shot delivery (C{None}) has no connection to watch.
-    """
-    if delivery is None:
-        metrics.watch_server(None)
+    if outbox is not None:
+        if metrics is not None:
+            outbox.ack_listeners.append(metrics.acknowledged)
+        if oneshot is not None:
+            outbox.queue_listeners.append(oneshot.queued)
+        if delivery is not None:
+            outbox.queue_listeners.append(delivery.queued)
+            outbox.ack_listeners.append(delivery.remember_acked)
+    if delivery is not None:
+        if delivery.prober is not None:
+            delivery.servers.failure_listeners.append(delivery.prober.start)
+            delivery.servers.answer_listeners.append(delivery.server_answered)
+        if status is not None:
+            delivery.welcome_listeners.append(status.welcomed)
+    if follower is not None and status is not None:
+        follower.sighting_listeners.append(status.changed)
+    if metrics is None:
         return
-    watched = delivery
-    watched.connection_listeners.append(lambda up: metrics.connection(up, watched.in_use))
-    watched.switch_listeners.append(metrics.switched)
-    metrics.watch_server([name for name, _ in watched.servers.servers], lambda: watched.refusal)
+    if follower is not None:
+        follower.reorg_listeners.append(metrics.reorg)
+        follower.sighting_listeners.append(lambda sighting: metrics.sighting(sighting.source))
+    if delivery is not None:
+        # What the delivery does with its connection and its servers tells how the server is
+        # reached; a one-shot delivery has no connection to watch.
+        delivery.connection_listeners.append(lambda up: metrics.connection(up, delivery.in_use))
+        delivery.switch_listeners.append(metrics.switched)
+        metrics.watch_server([name for name, _ in delivery.servers.servers],
+                             lambda: delivery.refusal)  # fmt: skip
+    elif oneshot is not None:
+        metrics.watch_server(None)
+    if subscriber is not None:
+        subscriber.miss_listeners.append(metrics.subscription_missed)
+        subscriber.resubscribe_listeners.append(metrics.resubscribed)
+        subscriber.lag_listeners.append(metrics.subscription_late)
+        metrics.watch_subscription(lambda: subscriber.active)
+    if status is not None:
+        status.status_listeners.append(metrics.node_status)

@@ -29,6 +29,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from ethtwisted.client.delivery import Delivery
+from ethtwisted.client_tap import wire
 from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.protocol import Block, payload_hash
@@ -283,3 +285,12 @@ async def start_server(
     )
     collector.factory.ingest.commit_listeners.append(server.committed)
     return server
+
+
+def wired(delivery: Delivery) -> Delivery:
+    """
+    C{delivery}, told of its outbox's and its servers' events as eth-client tells it
+    (L{ethtwisted.client_tap.wire}).
+    """
+    wire(outbox=delivery.outbox, delivery=delivery)
+    return delivery

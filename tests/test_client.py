@@ -46,7 +46,7 @@ from ethtwisted.framing import FrameProtocol
 from ethtwisted.node import NodeError
 from ethtwisted.node.interfaces import INode
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wired
 from tests.test_protocol import feed, netstring
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -691,7 +691,7 @@ def test_outbox_keeps_order_and_each_payload_once(logs: Logs) -> None:
     """
     outbox = Outbox(10)
     seen: list[bytes] = []
-    outbox.listeners.append(seen.extend)
+    outbox.queue_listeners.append(seen.extend)
     assert fired(outbox.put([b"a", b"b"])) == [b"a", b"b"]
     assert fired(outbox.put([b"b", b"c"])) == [b"c"]
     assert outbox.pending() == [b"a", b"b", b"c"] == seen
@@ -860,7 +860,7 @@ async def test_spool_queues_nothing_it_could_not_write(
     spool = Spool(str(tmp_path), reactor)
     outbox = Outbox(100, spool)
     sent: list[bytes] = []
-    outbox.listeners.append(sent.extend)
+    outbox.queue_listeners.append(sent.extend)
 
     def full(
         sequence: int, payloads: Sequence[bytes], sightings: Sequence[SightingFrame | None] = ()
@@ -987,7 +987,7 @@ def test_hello_then_everything_pending_then_each_new_payload(logs: Logs) -> None
     """
     outbox = Outbox(10)
     outbox.put([b"a", b"b"])
-    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1", "secret-token"))
+    delivery = wired(Delivery(outbox, one_server(), Clock(), Hello("c1", "secret-token")))
     transport = StringTransport()
     protocol = delivery.factory().buildProtocol(None)
     protocol.makeConnection(transport)
@@ -1004,7 +1004,7 @@ def test_acknowledgements_fed_in_small_chunks_remove_payloads(logs: Logs) -> Non
     """
     outbox = Outbox(10)
     outbox.put([b"a", b"b", b"c"])
-    delivery = Delivery(outbox, one_server(), Clock())
+    delivery = wired(Delivery(outbox, one_server(), Clock()))
     protocol = delivery.factory().buildProtocol(None)
     protocol.makeConnection(StringTransport())
     acks = b"".join(netstring(encode_control(Ack(payload_hash(p)))) for p in [b"c", b"a"])
@@ -1018,7 +1018,7 @@ def test_reconnect_resends_everything_unacknowledged_in_order(logs: Logs) -> Non
     in order, on the next connection; those acknowledged are not.
     """
     outbox = Outbox(10)
-    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1"))
+    delivery = wired(Delivery(outbox, one_server(), Clock(), Hello("c1")))
     factory = delivery.factory()
     peer = AckingPeer(ack=False)
     client, pump = connect(factory, peer)
@@ -1055,7 +1055,7 @@ def test_a_refusal_is_logged_once(logs: Logs) -> None:
     """
     outbox = Outbox(10)
     outbox.put([b"a"])
-    delivery = Delivery(outbox, one_server(), Clock(), Hello("c1", "bad-token"))
+    delivery = wired(Delivery(outbox, one_server(), Clock(), Hello("c1", "bad-token")))
     factory = delivery.factory()
     for _ in range(3):
         protocol = factory.buildProtocol(None)
@@ -1077,7 +1077,7 @@ def test_a_server_sending_payloads_loses_the_connection(logs: Logs) -> None:
     The server has no business sending payloads: the client drops that connection and says
     why, once.
     """
-    delivery = Delivery(Outbox(10), one_server(), Clock())
+    delivery = wired(Delivery(Outbox(10), one_server(), Clock()))
     protocol = delivery.factory().buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -1095,7 +1095,7 @@ def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
     clock, endpoint = Clock(), FakeEndpoint()
     outbox = Outbox(10)
     outbox.put([b"a"])
-    delivery = Delivery(outbox, ServerList([("test-server", endpoint)]), clock, Hello("c1"))
+    delivery = wired(Delivery(outbox, ServerList([("test-server", endpoint)]), clock, Hello("c1")))
     retry = client_tap.backoffPolicy(0.25, 4.0, factor=2.0, jitter=lambda: 0.5)
     service = ReconnectingService(
         delivery.servers, delivery.factory(), retryPolicy=retry, clock=clock
@@ -1148,6 +1148,7 @@ def test_oneshot_sends_one_message_per_connection_in_order(logs: Logs) -> None:
     outbox = Outbox(10)
     outbox.put([b"a", b"b"])
     sender = OneShotDelivery(outbox, [("old-server", endpoint)], clock, lambda n: 1.0)
+    client_tap.wire(outbox=outbox, oneshot=sender)
     sender.startService()
     received: list[bytes] = []
     for expected in [b"a", b"b"]:
@@ -1172,6 +1173,7 @@ def test_oneshot_retries_a_server_that_is_down(logs: Logs) -> None:
     outbox = Outbox(10)
     outbox.put([b"a"])
     sender = OneShotDelivery(outbox, [("old-server", endpoint)], clock, lambda n: float(n))
+    client_tap.wire(outbox=outbox, oneshot=sender)
     sender.startService()
     for attempt in range(1, 4):
         endpoint.refuse()
@@ -1220,7 +1222,7 @@ def whole_client(
     outbox = Outbox(100, spool)
     f = Follower(node, queue_blocks(outbox, "json"), 256, outbox.restore(), clock=clock)
     poller = Poller(f, clock, interval=1.0)
-    delivery = Delivery(outbox, one_server(), clock, Hello("c1"))
+    delivery = wired(Delivery(outbox, one_server(), clock, Hello("c1")))
     connection = StoppableDelivery(delivery, peer)
     return EthClient(poller, connection, delivery, outbox, node, clock, 5.0), outbox, connection
 

@@ -53,7 +53,7 @@ class Fleet:
             self.delivery.prober.policy = float
         self.registry = CollectorRegistry()
         self.metrics = ClientMetrics(self.registry, self.clock, lambda: len(self.outbox), None)
-        client_tap.watch_delivery(self.metrics, self.delivery)
+        client_tap.wire(outbox=self.outbox, delivery=self.delivery, metrics=self.metrics)
         self.service = ReconnectingService(
             self.servers,
             self.delivery.factory(),
@@ -574,6 +574,7 @@ def test_oneshot_tries_the_servers_in_order_for_each_message(logs: Logs) -> None
     outbox = Outbox(10)
     outbox.put([b"m0", b"m1"])
     sender = OneShotDelivery(outbox, list(endpoints.items()), clock, lambda n: 1.0)
+    client_tap.wire(outbox=outbox, oneshot=sender)
     sender.startService()
     received: dict[str, list[bytes]] = {"a": [], "b": []}
     for _ in range(2):

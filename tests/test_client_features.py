@@ -36,6 +36,7 @@ from ethtwisted.frames import (
     encode_control,
 )
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
+from tests.helpers import wired
 from tests.test_client import FakeEndpoint, FakeNode, Logs, one_server
 from tests.test_protocol import feed, netstring
 
@@ -79,7 +80,7 @@ def test_payloads_wait_for_the_welcome_then_carry_their_sightings(logs: Logs) ->
     """
     clock, outbox = Clock(), Outbox(10)
     outbox.put([b"a", b"b"], sightings=[sighting(b"a", 5, "subscription"), sighting(b"b", 6)])
-    delivery = Delivery(outbox, one_server(), clock, HELLO)
+    delivery = wired(Delivery(outbox, one_server(), clock, HELLO))
     protocol, transport = connected(delivery)
     outbox.put([b"c"], sightings=[sighting(b"c", 7, "backfill")])
     assert frames(transport) == [HELLO]
@@ -104,7 +105,7 @@ def test_a_server_without_welcome_gets_what_an_older_client_sent(logs: Logs) -> 
     """
     clock, outbox = Clock(), Outbox(10)
     outbox.put([b"a"], sightings=[sighting(b"a")])
-    delivery = Delivery(outbox, one_server(), clock, HELLO)
+    delivery = wired(Delivery(outbox, one_server(), clock, HELLO))
     protocol, transport = connected(delivery)
     clock.advance(WELCOME_TIMEOUT - 0.01)
     assert frames(transport) == [HELLO]
@@ -130,7 +131,7 @@ def test_a_server_that_sent_no_welcome_is_not_waited_for_again(logs: Logs) -> No
     clock, outbox = Clock(), Outbox(10)
     outbox.put([b"a"], sightings=[sighting(b"a")])
     servers = ServerList([("old", FakeEndpoint()), ("other", FakeEndpoint())])
-    delivery = Delivery(outbox, servers, clock, HELLO)
+    delivery = wired(Delivery(outbox, servers, clock, HELLO))
     protocol, transport = connected(delivery)
     clock.advance(WELCOME_TIMEOUT)
     assert frames(transport) == [HELLO, b"a"]
@@ -163,11 +164,11 @@ def test_a_welcome_without_features_asked_for_costs_the_connection(logs: Logs) -
     """
     A welcome to a hello that listed no features, or a second welcome, is a protocol error.
     """
-    delivery = Delivery(Outbox(10), one_server(), Clock(), Hello("c1"))
+    delivery = wired(Delivery(Outbox(10), one_server(), Clock(), Hello("c1")))
     protocol, _ = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("status",)))))
     assert protocol.dropped == "unexpected welcome frame"
-    delivery = Delivery(Outbox(10), one_server(), Clock(), HELLO)
+    delivery = wired(Delivery(Outbox(10), one_server(), Clock(), HELLO))
     protocol, _transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("status",)))) * 2)
     assert protocol.dropped == "unexpected welcome frame"
@@ -180,12 +181,12 @@ def test_pings_are_answered_at_once_with_the_clock_in_ms(logs: Logs) -> None:
     """
     clock = Clock()
     clock.advance(1_700_000_000.1234)
-    delivery = Delivery(Outbox(10), one_server(), clock, HELLO)
+    delivery = wired(Delivery(Outbox(10), one_server(), clock, HELLO))
     protocol, transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("ping",)))))
     feed(protocol, netstring(encode_control(Ping(41))) + netstring(encode_control(Ping(42))))
     assert frames(transport)[1:] == [Pong(41, 1_700_000_000_123), Pong(42, 1_700_000_000_123)]
-    delivery = Delivery(Outbox(10), one_server(), clock, HELLO)
+    delivery = wired(Delivery(Outbox(10), one_server(), clock, HELLO))
     protocol, transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("status",)))))
     feed(protocol, netstring(encode_control(Ping(1))))
@@ -197,7 +198,7 @@ def test_status_goes_only_where_status_was_welcomed(logs: Logs) -> None:
     send_status sends a status frame only on a connection whose welcome listed status, and
     says whether it did; the welcome listeners hear of each welcome.
     """
-    delivery = Delivery(Outbox(10), one_server(), Clock(), HELLO)
+    delivery = wired(Delivery(Outbox(10), one_server(), Clock(), HELLO))
     heard: list[frozenset[str]] = []
     delivery.welcome_listeners.append(heard.append)
     assert not delivery.send_status(Status(peers=1))
@@ -215,7 +216,7 @@ def test_resends_after_a_reconnect_carry_the_original_sighting(logs: Logs) -> No
     each with the sighting it was first queued with.
     """
     clock, outbox = Clock(), Outbox(10)
-    delivery = Delivery(outbox, one_server(), clock, HELLO)
+    delivery = wired(Delivery(outbox, one_server(), clock, HELLO))
     protocol, transport = connected(delivery)
     feed(protocol, netstring(encode_control(Welcome(("sighting",)))))
     outbox.put([b"a"], sightings=[sighting(b"a", 11, "subscription")])

@@ -42,7 +42,7 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wired
 from tests.test_client import FakeNode as ChainNode
 from tests.test_client import Logs, one_server
 from tests.test_client_e2e import TIMEOUT, twistd_client
@@ -506,7 +506,7 @@ def test_a_hostile_server_costs_only_its_connection(
     """
     outbox = Outbox()
     outbox.put(QUEUED)
-    delivery = Delivery(outbox, one_server("server"), Clock())
+    delivery = wired(Delivery(outbox, one_server("server"), Clock()))
     protocol = ClientProtocol(delivery)
     transport = StringTransport()
     protocol.makeConnection(transport)

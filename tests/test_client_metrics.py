@@ -23,12 +23,13 @@ from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.client.follower import Follower
+from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
 from tests.helpers import start_server, wait_for
 from tests.services import LOOPBACK, Anvil, free_port
-from tests.test_client import FakeNode, one_server
+from tests.test_client import FakeEndpoint, FakeNode, one_server
 from tests.test_client_e2e import twistd_client_fails
 
 TIMEOUT = 30.0
@@ -38,13 +39,15 @@ def sample(registry: CollectorRegistry, name: str) -> float | None:
     return registry.get_sample_value(f"ethtwisted_{name}")
 
 
-def watched(metrics: ClientMetrics, outbox: Outbox, clock: Clock) -> Delivery:
+def watched(
+    metrics: ClientMetrics, outbox: Outbox, clock: Clock, follower: Follower | None = None
+) -> Delivery:
     """
-    A connection to the server whose ups, downs and refusal C{metrics} watch, wired by
-    client_tap.
+    A connection to the server whose ups, downs and refusal C{metrics} watch, with the outbox
+    (and the follower, if given), wired by client_tap.
     """
     delivery = Delivery(outbox, one_server(), clock)
-    client_tap.watch_delivery(metrics, delivery)
+    client_tap.wire(outbox=outbox, follower=follower, delivery=delivery, metrics=metrics)
     return delivery
 
 
@@ -70,9 +73,10 @@ def test_one_shot_delivery_never_makes_the_server_unreachable() -> None:
     """
     With one-shot delivery (no connection to watch), /healthz never reports the server.
     """
-    clock = Clock()
+    clock, outbox = Clock(), Outbox()
     metrics = ClientMetrics(CollectorRegistry(), clock, lambda: 0, None, 30)
-    client_tap.watch_delivery(metrics, None)
+    oneshot = OneShotDelivery(outbox, [("old-server", FakeEndpoint())], clock, lambda n: 1.0)
+    client_tap.wire(outbox=outbox, oneshot=oneshot, metrics=metrics)
     clock.advance(100)
     assert metrics.health() == {"node": None, "server": None}
 
@@ -154,10 +158,8 @@ def test_reconnects_reorgs_and_acknowledged_block() -> None:
     registry, clock, node = CollectorRegistry(), Clock(), FakeNode()
     outbox = Outbox()
     metrics = ClientMetrics(registry, clock, lambda: len(outbox), None)
-    outbox.ack_listeners.append(metrics.acknowledged)
-    delivery = watched(metrics, outbox, clock)
     follower = Follower(node, queue_blocks(outbox, "json"), clock=clock)
-    follower.reorg_listeners.append(metrics.reorg)
+    delivery = watched(metrics, outbox, clock, follower)
     for up in (True, False, True, False, True):
         for listener in delivery.connection_listeners:
             listener(up)

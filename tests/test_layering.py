@@ -116,3 +116,28 @@ def test_moved_code_logs_under_its_old_tag() -> None:
 
     assert startup.log.namespace == "ethtwisted.tap"
     assert demo.log.namespace == "ethtwisted.demo_tap"
+
+
+def test_only_tap_modules_add_listeners_to_other_objects() -> None:
+    """
+    Parts are connected where they are built: no module but a C{*_tap} module adds to another
+    object's listener or observer list (a constructor that registers itself with a part it is
+    given hides a connection from whoever reads the wiring); an object may fill its own.
+    """
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name.endswith("_tap.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("append", "extend", "insert")
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr.endswith(("listeners", "observers"))
+            ):
+                continue
+            owner = node.func.value.value
+            if not (isinstance(owner, ast.Name) and owner.id == "self"):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}")
+    assert offenders == []

@@ -90,7 +90,7 @@ async def test_status_reads_say_no_trouble(chain: ChainNode, how: str) -> None:
     node = Web3Node(chain.http_url, reactor, timeout=5)
     statuses: list[Status] = []
     status = StatusPoller(StatusReader(node, reactor), None, reactor, 0.05)
-    status.listeners.append(statuses.append)
+    status.status_listeners.append(statuses.append)
     with capturedLogs() as events:
         status.startService()
         try:
@@ -135,7 +135,7 @@ async def test_a_real_outage_is_still_said_once_and_once_when_it_ends(chain: Cha
     node = Web3Node(chain.http_url, reactor, timeout=5)
     reads: list[Status] = []
     status = StatusPoller(StatusReader(node, reactor), None, reactor, 0.05)
-    status.listeners.append(reads.append)
+    status.status_listeners.append(reads.append)
     with capturedLogs() as events:
         status.startService()
         try:

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
+from ethtwisted import client_tap
 from ethtwisted.client.status import StatusPoller
 from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.logs import set_verbose
@@ -216,8 +217,11 @@ def test_a_node_that_does_not_answer_fails_the_read(logs: Logs) -> None:
 
 class Sent:
     """
-    A delivery stand-in: takes status frames while C{welcomed}, and has welcome listeners.
+    A delivery stand-in: takes status frames while C{welcomed}, and has welcome listeners;
+    one server, so no prober.
     """
+
+    prober = None
 
     def __init__(self) -> None:
         self.welcomed = False
@@ -243,6 +247,7 @@ def test_the_poller_paces_reads_and_sends(logs: Logs) -> None:
     """
     clock, node, sent = Clock(), FakeRequests(), Sent()
     poller = StatusPoller(StatusReader(node, clock), sent, clock, 15.0)  # type: ignore[arg-type]
+    client_tap.wire(delivery=sent, status=poller)  # type: ignore[arg-type]
     poller.startService()
     assert poller.status == FULL and sent.statuses == []
     sent.welcome()
@@ -278,6 +283,7 @@ def test_stopping_the_poller_cancels_the_read_under_way(logs: Logs, asked_by: st
     """
     clock, node, sent = Clock(), FakeRequests(), Sent()
     poller = StatusPoller(StatusReader(node, clock), sent, clock, 15.0)  # type: ignore[arg-type]
+    client_tap.wire(delivery=sent, status=poller)  # type: ignore[arg-type]
     poller.startService()
     sent.welcome()
     node.held = []

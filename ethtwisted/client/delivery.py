@@ -176,9 +176,6 @@ class Delivery:
             # A probe says hello as a client without features: no welcome, no pings.
             plain = None if hello is None else replace(hello, features=None)
             self.prober = Prober(servers, plain, self._probe_payload, clock, ack_timeout)
-            servers.answer_listeners.append(self._answered)
-        outbox.listeners.append(self._queued)
-        outbox.ack_listeners.append(self._remember_acked)
 
     def factory(self) -> ClientFactory:
         return ClientFactory(self)
@@ -306,7 +303,11 @@ class Delivery:
         if payloads and self._watchdog is None and len(self.servers) > 1:
             self._watchdog = self.clock.callLater(self.ack_timeout, self._unacknowledged)
 
-    def _queued(self, payloads: Sequence[bytes]) -> None:
+    def queued(self, payloads: Sequence[bytes]) -> None:
+        """
+        The outbox queued C{payloads}: send them now, unless there is no connection or it
+        waits for the welcome (then they go with the others when it is over).
+        """
         if self.protocol is not None and self._welcome_wait is None:
             self._send(self.protocol, payloads)
 
@@ -326,7 +327,10 @@ class Delivery:
         self.servers.failed(self.servers.current, why)
         self._leave(why)
 
-    def _remember_acked(self, payload: bytes) -> None:
+    def remember_acked(self, payload: bytes) -> None:
+        """
+        The outbox let go of acknowledged C{payload}: the next probe sends it.
+        """
         self._last_acked = payload
 
     def _probe_payload(self) -> bytes | None:
@@ -334,7 +338,11 @@ class Delivery:
         # while a payload still waiting would be stored as seen when the probe arrived.
         return self._last_acked or self.outbox.first()
 
-    def _answered(self, index: int) -> None:
+    def server_answered(self, index: int) -> None:
+        """
+        Server C{index} acknowledged a probe: leave the server in use for it if it is listed
+        before.
+        """
         if self.protocol is None or self.stopping or index >= self.servers.current:
             return
         self.servers.go_back("it acknowledges again")

@@ -210,13 +210,13 @@ class _ProbeProtocol(FrameProtocol):
 
 class Prober:
     """
-    Probes each server of a L{ServerList} that fails, until it acknowledges again:
-    C{policy(n)} seconds after its n-th failure in a row (L{ServerList.failures}), a probe
-    connects, says hello and sends one payload (C{payload()}; none yet means no probe this
-    time, and another try as long after).  A probe acknowledged within C{timeout} seconds makes
-    the server usable again (L{ServerList.answered}); any other outcome is one more failure,
-    so the next probe waits longer.  Sending a payload again is harmless: storing is
-    idempotent.
+    Probes each server of a L{ServerList} that fails (L{start}, one of its failure listeners),
+    until it acknowledges again: C{policy(n)} seconds after its n-th failure in a row
+    (L{ServerList.failures}), a probe connects, says hello and sends one payload
+    (C{payload()}; none yet means no probe this time, and another try as long after).  A probe
+    acknowledged within C{timeout} seconds makes the server usable again
+    (L{ServerList.answered}); any other outcome is one more failure, so the next probe waits
+    longer.  Sending a payload again is harmless: storing is idempotent.
     """
 
     def __init__(
@@ -237,7 +237,6 @@ class Prober:
         self.stopped = False
         self._probes: dict[int, IDelayedCall | Deferred[None]] = {}
         """The next probe of each server being probed, or the probe under way."""
-        servers.failure_listeners.append(self.start)
 
     def start(self, index: int) -> None:
         """

@@ -84,7 +84,6 @@ class OneShotDelivery(Service):
             for _ in servers
         ]  # fmt: skip
         self._sending: Deferred[None] | None = None
-        outbox.listeners.append(self._kick)
 
     def startService(self) -> None:
         super().startService()
@@ -96,7 +95,14 @@ class OneShotDelivery(Service):
             self._sending.cancel()
         return succeed(None)
 
-    def _kick(self, new: Sequence[bytes] = ()) -> None:
+    def queued(self, payloads: Sequence[bytes]) -> None:
+        """
+        The outbox queued C{payloads}: send what is queued, unless that is under way already
+        (it goes on to them).
+        """
+        self._kick()
+
+    def _kick(self) -> None:
         if not self.running or self._sending is not None or not len(self.outbox):
             return
         d = Deferred.fromCoroutine(self._drain())

@@ -44,7 +44,7 @@ class Outbox:
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE, spool: Spool | None = None) -> None:
         self.max_queue = max_queue
         self.spool = spool
-        self.listeners: list[Callable[[Sequence[bytes]], None]] = []
+        self.queue_listeners: list[Callable[[Sequence[bytes]], None]] = []
         """Called with the payloads each L{put} adds."""
         self.ack_listeners: list[Callable[[bytes], None]] = []
         """Called with each payload acknowledged."""
@@ -132,7 +132,7 @@ class Outbox:
             self._trim()
         added = [p for s, p in new.items() if s in self._queued]
         if added:
-            for listener in self.listeners:
+            for listener in self.queue_listeners:
                 listener(added)
         if self.spool is not None and checkpoint is not None:
             # After the payloads: a crash in between makes the follower queue them again,

@@ -37,7 +37,7 @@ class StatusPoller(CancellingTimerService):
     Reads the node's status every C{interval} seconds on C{clock}, and at once when L{changed}
     is called (a new head); never two reads at once (one asked for during a read follows it),
     and a read never fails: a node that does not answer is said once, and once when it answers
-    again.  Each status read goes to the C{listeners}; it goes to the server through
+    again.  Each status read goes to the C{status_listeners}; it goes to the server through
     C{delivery} when it changed, at most every C{interval} seconds when it did not, and at once
     to a server that has just welcomed status frames.
     """
@@ -54,7 +54,7 @@ class StatusPoller(CancellingTimerService):
         self.delivery = delivery
         self.status: Status | None = None
         """The last status read."""
-        self.listeners: list[Callable[[Status], None]] = []
+        self.status_listeners: list[Callable[[Status], None]] = []
         """Called with each status read."""
         self.trouble: str | None = None
         self._sent: Status | None = None
@@ -62,8 +62,6 @@ class StatusPoller(CancellingTimerService):
         self._current: Deferred[None] | None = None
         self._again = False
         self._waiting: list[Deferred[None]] = []
-        if delivery is not None:
-            delivery.welcome_listeners.append(self._welcomed)
 
     def changed(self, *_: object) -> None:
         """
@@ -115,7 +113,7 @@ class StatusPoller(CancellingTimerService):
 
     def _read(self, status: Status) -> None:
         self.status = status
-        for listener in self.listeners:
+        for listener in self.status_listeners:
             listener(status)
         now = self.clock.seconds()
         due = self._sent_at is None or now - self._sent_at >= self.step
@@ -127,6 +125,9 @@ class StatusPoller(CancellingTimerService):
             log.debug("sent the node's status: {status}", status=status)
             self._sent, self._sent_at = status, self.clock.seconds()
 
-    def _welcomed(self, features: frozenset[str]) -> None:
+    def welcomed(self, features: frozenset[str]) -> None:
+        """
+        The server welcomed C{features}: send it the last status read if it takes status frames.
+        """
         if "status" in features and self.status is not None:
             self._send(self.status)
