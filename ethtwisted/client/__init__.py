@@ -6,8 +6,8 @@ The modules, in the order the data flows: L{follower} follows the chain (backfil
 L{poller} runs it every interval and rides out node trouble, L{outbox} holds what the server
 has not acknowledged yet (in memory, and in a L{spool} directory when asked), L{delivery}
 keeps one connection to a server through C{ClientService}, failing over between the servers
-of L{failover}, L{oneshot} talks to older servers instead; L{EthClient}, here, ties them
-together and stops them in order.
+of L{failover}, L{oneshot} talks to older servers instead; L{EthClient}, here, runs them and
+stops them in order.  C{ethtwisted.client_tap} builds them and connects them (its C{wire}).
 """
 
 from __future__ import annotations
