@@ -25,7 +25,7 @@ from ethtwisted.records import (
     StateEvent,
     StatusReport,
 )
-from ethtwisted.states import State, Thresholds
+from ethtwisted.states import FleetView, State, Thresholds
 
 
 class IBlockStore(Interface):
@@ -232,6 +232,12 @@ class IFleet(Interface):
         """
         Every watched client → the states it is in (empty: current); only those of
         C{clients}, when given.
+        """
+
+    def view(now: float) -> FleetView | None:
+        """
+        What this process's last decision read and decided, if it was at most
+        L{VIEW_SECONDS<ethtwisted.storage.fleet.VIEW_SECONDS>} before C{now}; else L{None}.
         """
 
     def events(since: float | None, client: str | None, limit: int) -> Deferred[list[StateEvent]]:

@@ -98,6 +98,20 @@ class State:
     best_head: int | None
 
 
+@dataclass(frozen=True)
+class FleetView:
+    """
+    What a decision read and decided, for the per-client metrics: every client's chain, last
+    block and when it was last heard from (watched or not), and every watched client's states.
+    """
+
+    decided: float
+    clients: Mapping[str, tuple[int | None, int | None, float]]
+    """Client → (chain id, number of its last block, when its last message arrived)."""
+    states: Mapping[str, Mapping[str, State]]
+    """Watched client → the states it is in (empty: current)."""
+
+
 def behind_height(facts: ClientFacts, thresholds: Thresholds) -> int | None:
     """
     The height whose arrival made (or will make) C{facts}' client behind: C{behind_blocks}

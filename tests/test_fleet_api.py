@@ -16,6 +16,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from ethtwisted.frames import Status, SyncProgress
@@ -305,6 +306,32 @@ async def test_state_gauges_for_every_watched_client(tmp_path: Path) -> None:
         assert 'client="c"' not in "".join(samples)
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_take_the_clients_from_the_last_decision(open_store: Opener) -> None:
+    """
+    Within 5 s of this process's last decision, a scrape takes every client's last block, lag,
+    last message and states from what that decision read, and shows the same series as a
+    scrape that reads them from the stores (later, or in eth-stats).
+    """
+    store = await started(open_store)
+    await history(store)  # the last decision at T0 + 46
+    assert store.fleet.view(T0 + 45) is None and store.fleet.view(T0 + 52) is None
+    view = store.fleet.view(T0 + 47)
+    assert view is not None and set(view.states) == {"a", "b", "c"}
+    assert view.clients["old"] == (None, None, T0 + 20)
+    texts = []
+    for at in (T0 + 47, T0 + 60):
+        clock = Clock()
+        clock.advance(at)
+        text = (
+            await Client(StatsRoot(Reads(clock, store, store, fleet=store.fleet))).get("/metrics")
+        ).text
+        texts.append(sorted(re.findall(r"^ethtwisted_client_(?:last|lag|state).*$", text, re.M)))
+    assert texts[0] == texts[1]
+    assert 'ethtwisted_client_lag_blocks{chain_id="1",client="a"} 10.0' in texts[0]
+    assert len(texts[0]) == 4 + 3 * 2 + 3 * len(STATES)
 
 
 @pytest_twisted.ensureDeferred

@@ -46,7 +46,7 @@ from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.memory_counters import MemoryCounters
-from ethtwisted.storage.memory_store import MemoryStore
+from ethtwisted.storage.memory_store import MemoryLedger, MemoryStore
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
@@ -853,9 +853,9 @@ async def test_metrics_from_own_registry(sqlite_store: SQLStore) -> None:
 async def test_metrics_of_nodes_and_propagation() -> None:
     """
     /metrics shows each client's node peers, sync state and version (one series per client,
-    the old version's gone when it changes) and its propagation delay behind the fleet's first
-    sighting at its p50 and p95, read from the store at each scrape; a status that does not say
-    leaves its gauge out.
+    the old version's gone when it changes), read from the store at each scrape, and its
+    propagation delay behind the fleet's first sighting at its p50 and p95; a status that does
+    not say leaves its gauge out.
     """
     store = MemoryStore()
     delays = {"alpha": [0.0] * 3, "beta": [0.1, 0.2, 0.3], "gamma": [0.0, 0.4, 1.5]}
@@ -895,6 +895,50 @@ async def test_metrics_of_nodes_and_propagation() -> None:
         f'{info}{{client="alpha",version="anvil/1.1"}} 1.0'
     ]
     assert metric(text, "ethtwisted_client_peers", '{client="alpha"}') == 5
+
+
+class PendingLedger(MemoryLedger):
+    """The ledger in memory, whose propagation reads answer when the test says."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.asked: list[Deferred[dict[str, list[float]]]] = []
+
+    def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
+        self.asked.append(Deferred())
+        return self.asked[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_read_the_propagation_once_a_minute_and_never_wait_for_it() -> None:
+    """
+    A scrape asks for every client's propagation when none was asked in the last 60 s and
+    answers without waiting for it: the gauges show each answer from the next scrape on, and
+    one read failing is a warning that leaves them as they were.
+    """
+    clock = Clock()
+    store = MemoryStore()
+    ledger = store.ledger = PendingLedger(store)
+    store.store([received(block_json(block(1, 1)), c, T0) for c in ("alpha", "beta")])
+    client = Client(StatsRoot(Reads(clock, store, store)))
+    p50 = "ethtwisted_client_propagation_p50_seconds"
+    assert p50 + "{" not in (await client.get("/metrics")).text
+    assert len(ledger.asked) == 1
+    ledger.asked[0].callback({"alpha": [0.0], "beta": [250.0]})
+    clock.advance(59)
+    text = (await client.get("/metrics")).text
+    assert metric(text, p50, '{client="beta"}') == 0.25
+    assert len(ledger.asked) == 1
+    clock.advance(1)
+    with capturedLogs() as events:
+        text = (await client.get("/metrics")).text
+        assert len(ledger.asked) == 2
+        ledger.asked[1].errback(RuntimeError("the ledger is away"))
+    assert [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn] == [
+        "stats: cannot read the propagation for metrics: the ledger is away"
+    ]
+    assert metric((await client.get("/metrics")).text, p50, '{client="beta"}') == 0.25
+    assert not clock.getDelayedCalls()
 
 
 @pytest_twisted.ensureDeferred

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ethtwisted.framing import DROP_KINDS
 from ethtwisted.metrics import LATENCY_BUCKETS, REORG_DEPTH_BUCKETS, metric
-from ethtwisted.records import ChainRange, ClientRecord, Head, NodeRecord, Received
+from ethtwisted.records import ChainRange, NodeRecord, Received
 from ethtwisted.states import STATES, State
 
 PROPAGATION_PERCENTILES = (50, 95)
@@ -243,34 +243,31 @@ class StoreMetrics:
         for store, trouble in checks.items():
             self.store_up.labels(store).set(0 if trouble else 1)
 
-    def update_clients(self, clients: Sequence[ClientRecord], heads: Sequence[Head]) -> None:
+    def update_clients(self, clients: Mapping[str, tuple[int | None, int | None, float]]) -> None:
         """
-        Replace the per-client gauges with what the durable store says now.
+        Replace the per-client gauges with C{clients}: client → (chain id, its last block,
+        when it was last heard from); its lag is behind the highest last block of its chain.
         """
-        best = {h.chain_id: h.number for h in heads}
+        best: dict[int | None, int] = {}
+        for chain_id, last_block, _ in clients.values():
+            if last_block is not None:
+                best[chain_id] = max(last_block, best.get(chain_id, last_block))
         for gauge in (self.client_last_block, self.client_lag, self.client_last_seen):
             gauge.clear()
-        for c in clients:
-            self.client_last_seen.labels(c.client).set(c.last_seen)
-            if c.last_block is None:
+        for client, (chain_id, last_block, last_seen) in clients.items():
+            self.client_last_seen.labels(client).set(last_seen)
+            if last_block is None:
                 continue
-            chain = "" if c.chain_id is None else str(c.chain_id)
-            self.client_last_block.labels(c.client, chain).set(c.last_block)
-            head = best.get(c.chain_id)
-            if head is not None:
-                self.client_lag.labels(c.client, chain).set(max(head - c.last_block, 0))
+            chain = "" if chain_id is None else str(chain_id)
+            self.client_last_block.labels(client, chain).set(last_block)
+            self.client_lag.labels(client, chain).set(best[chain_id] - last_block)
 
-    def update_nodes(
-        self, nodes: Mapping[str, NodeRecord], propagation: Mapping[str, Mapping[int, float]]
-    ) -> None:
+    def update_nodes(self, nodes: Mapping[str, NodeRecord]) -> None:
         """
-        Replace the node gauges with each client's latest status in C{nodes}, and the
-        propagation gauges with C{propagation}: per client, its delay in ms at each of
-        L{PROPAGATION_PERCENTILES} (those it has).  A status, a version or a client that is
-        gone leaves no series behind.
+        Replace the node gauges with each client's latest status in C{nodes}.  A status, a
+        version or a client that is gone leaves no series behind.
         """
-        for m in (self.client_peers, self.client_syncing, self.client_node,
-                  *self.client_propagation.values()):  # fmt: skip
+        for m in (self.client_peers, self.client_syncing, self.client_node):
             m.clear()
         for client, record in nodes.items():
             status = record.status
@@ -280,6 +277,14 @@ class StoreMetrics:
                 self.client_syncing.labels(client).set(0 if status.syncing is False else 1)
             if status.client_version is not None:
                 self.client_node.labels(client).info({"version": status.client_version})
+
+    def update_propagation(self, propagation: Mapping[str, Mapping[int, float]]) -> None:
+        """
+        Replace the propagation gauges with C{propagation}: per client, its delay in ms at
+        each of L{PROPAGATION_PERCENTILES} (those it has).
+        """
+        for m in self.client_propagation.values():
+            m.clear()
         for client, percentiles in propagation.items():
             for percent, ms in percentiles.items():
                 self.client_propagation[percent].labels(client).set(ms / 1000)

@@ -26,6 +26,7 @@ from ethtwisted.states import (
     STATES,
     ChainFacts,
     ClientFacts,
+    FleetView,
     State,
     Thresholds,
     behind_height,
@@ -61,6 +62,8 @@ PRESENCE_STEPS = 12
 """A server writes the row of C{eth_presence} of a client it holds again once this fraction of
 C{--silent-seconds} has passed (5 s of the default 60), not at each decision: the last frame
 the decisions know of a client is that much older at most than the last that arrived."""
+VIEW_SECONDS = 5.0
+"""How old the last decision may be for L{SQLFleet.view} to give what it read."""
 EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
 
 
@@ -111,6 +114,8 @@ class SQLFleet:
         self.client_ids: dict[str, int] = {}
         """Client name → its id in C{eth_client_ids} (never changed or reused), those asked."""
         self.memo: Memo | None = None
+        self.last_view: FleetView | None = None
+        """What the last decision of this process read and decided (L{view})."""
         """What this server's last decision read and wrote (L{ethtwisted.storage.fleet_facts})."""
 
     def decide(
@@ -126,8 +131,8 @@ class SQLFleet:
         d = self.pool.runInteraction(self._decide, memo, server, now, connected, gone, thresholds)
         return d.addCallback(self._keep)
 
-    def _keep(self, decided: tuple[list[StateEvent], Memo]) -> list[StateEvent]:
-        events, self.memo = decided
+    def _keep(self, decided: tuple[list[StateEvent], Memo, FleetView]) -> list[StateEvent]:
+        events, self.memo, self.last_view = decided
         return events
 
     def _execute(self, txn: Any, statement: str, *args: Any) -> list[Any]:
@@ -163,7 +168,7 @@ class SQLFleet:
         connected: Mapping[str, float],
         gone: Mapping[str, float],
         thresholds: Thresholds,
-    ) -> tuple[list[StateEvent], Memo]:
+    ) -> tuple[list[StateEvent], Memo, FleetView]:
         s = self.statements
         memo = self._begin(txn, memo, server, now)
         self._record_presence(txn, memo, server, now, connected, gone, thresholds)
@@ -200,7 +205,12 @@ class SQLFleet:
                      for state, entered in states.items()}
             for client, states in decided.items()
         }  # fmt: skip
-        return events, memo
+        view = FleetView(
+            now,
+            {c: (r.chain_id, r.head, r.head_at) for c, r in memo.reported.items()},
+            {c: memo.states.get(c, {}) for c in memo.presence},
+        )
+        return events, memo, view
 
     def _recent(self, txn: Any, sent: Mapping[str, int]) -> list[tuple[str, int, int]]:
         """The latest sightings of the clients that C{sent} payloads (L{latest_sightings})."""
@@ -356,6 +366,12 @@ class SQLFleet:
         return float(first)
 
     # -- reading back -------------------------------------------------------------------------
+
+    def view(self, now: float) -> FleetView | None:
+        last = self.last_view
+        if last is None or not 0 <= now - last.decided <= VIEW_SECONDS:
+            return None
+        return last
 
     def states(
         self, clients: Collection[str] | None = None

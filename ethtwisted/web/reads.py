@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from ethtwisted.interfaces import IBlockReader, ICounterReader, IFleet
 from ethtwisted.logs import Logger, Trouble, describe
 from ethtwisted.metrics.server import PROPAGATION_PERCENTILES, StoreMetrics
-from ethtwisted.states import State
+from ethtwisted.states import FleetView, State
 from ethtwisted.storage import FINALIZED_REPORT_AGE
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.web.resource import HTTPError
@@ -26,6 +26,8 @@ from ethtwisted.web.resource import HTTPError
 log = Logger()
 
 MAX_CLIENTS = 1000
+MAX_METRIC_CLIENTS = 100_000
+"""The most clients that have per-client series in C{/metrics}."""
 MAX_CHAINS = 100
 CHECK_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
@@ -33,6 +35,9 @@ READ_TIMEOUT = 10.0
 
 PROPAGATION_BLOCKS = 100
 """A client's propagation is over the blocks it saw last, this many."""
+PROPAGATION_EVERY = 60.0
+"""Seconds between two reads of every client's propagation for C{/metrics}."""
+PROPAGATION_TIMEOUT = 120.0
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -83,6 +88,8 @@ class Reads:
         self.store_metrics = StoreMetrics(
             self.registry, ["sql", "redis"] if redis is not None else ["sql"]
         )
+        self._propagating = False
+        self._propagated = -PROPAGATION_EVERY
         self._failing = Trouble(
             log,
             LogLevel.warn,
@@ -152,30 +159,30 @@ class Reads:
 
     async def refresh_metrics(self) -> None:
         """
-        Bring the store gauges up to date before a scrape.
+        Bring the store gauges up to date before a scrape: the clients' last blocks, lags and
+        states from this process's last decision when it was a moment ago (eth-server's), else
+        read; their nodes read; their propagation read at most every L{PROPAGATION_EVERY}
+        seconds, not waited for.
         """
         checks = await self.check()
         if checks["sql"] is not None:
             return
-        reading_clients = self.sql.clients(MAX_CLIENTS).addTimeout(READ_TIMEOUT, self.reactor)
-        reading_heads = self.sql.heads(MAX_CHAINS).addTimeout(READ_TIMEOUT, self.reactor)
+        view = self.fleet.view(self.reactor.seconds()) if self.fleet is not None else None
         try:
-            clients = await reading_clients
-            heads = await reading_heads
+            if view is None:
+                view = await self._view()
         except CancelledError:
             raise  # the scraper went away
         except Exception as e:
             log.warn("stats: cannot read the clients for metrics: {reason}",
                      reason=_reason(e))  # fmt: skip
             return
-        self.store_metrics.update_clients(clients, heads)
-        names = [c.client for c in clients]
-        reading: list[Deferred[Any]] = [
-            self.sql.ledger.node_statuses(names),
-            self.sql.ledger.propagation(names, PROPAGATION_BLOCKS),
-        ]
+        self.store_metrics.update_clients(view.clients)
+        self.store_metrics.update_states(view.states)
+        names = sorted(view.clients)
+        self._propagate(names)
         try:
-            nodes, delays = await gatherResults(reading, consumeErrors=True).addTimeout(
+            nodes = await self.sql.ledger.node_statuses(names).addTimeout(
                 READ_TIMEOUT, self.reactor
             )
         except CancelledError:
@@ -183,23 +190,7 @@ class Reads:
         except Exception as e:
             log.warn("stats: cannot read the nodes for metrics: {reason}", reason=_reason(e))
             return
-        propagation = {
-            name: {
-                p: ms
-                for p in PROPAGATION_PERCENTILES
-                if (ms := percentile(d, p / 100)) is not None
-            }
-            for name, d in delays.items()
-        }
-        self.store_metrics.update_nodes(nodes, propagation)
-        try:
-            states = await self.states().addTimeout(READ_TIMEOUT, self.reactor)
-        except CancelledError:
-            raise
-        except Exception as e:
-            log.warn("stats: cannot read the states for metrics: {reason}", reason=_reason(e))
-            return
-        self.store_metrics.update_states(states)
+        self.store_metrics.update_nodes(nodes)
         try:
             finalized = await self.finalized().addTimeout(READ_TIMEOUT, self.reactor)
             chains = await self.chains.chains(MAX_CHAINS, finalized).addTimeout(
@@ -211,3 +202,41 @@ class Reads:
             log.warn("stats: cannot read the chains for metrics: {reason}", reason=_reason(e))
             return
         self.store_metrics.update_reorgs(chains)
+
+    async def _view(self) -> FleetView:
+        """What the metrics show of the clients, read from the stores (eth-stats)."""
+        clients = await self.sql.clients(MAX_METRIC_CLIENTS).addTimeout(READ_TIMEOUT, self.reactor)
+        states = await self.states().addTimeout(READ_TIMEOUT, self.reactor)
+        return FleetView(
+            self.reactor.seconds(),
+            {c.client: (c.chain_id, c.last_block, c.last_seen) for c in clients},
+            states,
+        )
+
+    def _propagate(self, names: list[str]) -> None:
+        """
+        Read the propagation of C{names} for their gauges, unless a read is under way or one
+        began less than L{PROPAGATION_EVERY} seconds ago.
+        """
+        now = self.reactor.seconds()
+        if self._propagating or now - self._propagated < PROPAGATION_EVERY:
+            return
+        self._propagating, self._propagated = True, now
+        d = self.sql.ledger.propagation(names, PROPAGATION_BLOCKS)
+        d.addTimeout(PROPAGATION_TIMEOUT, self.reactor)
+
+        def show(delays: dict[str, list[float]]) -> None:
+            self.store_metrics.update_propagation({
+                name: {p: ms for p in PROPAGATION_PERCENTILES
+                       if (ms := percentile(d, p / 100)) is not None}
+                for name, d in delays.items()
+            })  # fmt: skip
+
+        def failed(failure: Failure) -> None:
+            log.warn("stats: cannot read the propagation for metrics: {reason}",
+                     reason=_reason(failure))  # fmt: skip
+
+        def done(_: object) -> None:
+            self._propagating = False
+
+        d.addCallbacks(show, failed).addBoth(done)
