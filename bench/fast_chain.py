@@ -20,10 +20,10 @@ largest):
   - C{in_server}: from the arrival to the commit.
 
 C{blocks} says how many blocks the node made in that time, whether each was stored in SQL once
-with the node's hash, whether the server received them in order, each once, and how the client
-learnt of them.  C{cpu}: user+system CPU seconds per wall-clock second over that time, of the
-client's process (from C{/proc}) and of this process (the server, with the bare reader); the
-load averages are the machine's, before and after.
+with the node's hash and in order of height (the rows' ids), whether the server received them
+in order, each once, and how the client learnt of them.  C{cpu}: user+system CPU seconds per
+wall-clock second over that time, of the client's process (from C{/proc}) and of this process
+(the server, with the bare reader); the load averages are the machine's, before and after.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stored_rows(db: Path) -> Counter[tuple[int, str]]:
+def stored_rows(db: Path) -> list[tuple[int, str]]:
     """
-    How many rows of the SQLite file's older table hold each (number, hash).
+    The (number, hash) of each row of the SQLite file's older table, in the order of their ids.
     """
     with sqlite3.connect(db) as connection:
-        rows = connection.execute("SELECT payload FROM ethereum_data").fetchall()
-    return Counter((b["number"], b["hash"]) for b in (json.loads(p) for (p,) in rows))
+        rows = connection.execute("SELECT payload FROM ethereum_data ORDER BY id").fetchall()
+    return [(b["number"], b["hash"]) for b in (json.loads(p) for (p,) in rows)]
 
 
 def ms(values: Sequence[float]) -> dict[str, float | int] | None:
@@ -164,7 +164,8 @@ async def follow(
     window = set(made)
     received = [(r, committed) for r, committed in commits.stored if r.block.number in window]
     arrived = [r.block.number for r, _ in received]
-    rows = stored_rows(db)
+    stored = stored_rows(db)
+    rows = Counter(stored)
     node = {n: pushes.at[n][0] for n in made}
     at_height: Counter[int] = Counter()
     for (number, _), count in rows.items():
@@ -182,6 +183,7 @@ async def follow(
             "stored_once": len(once),
             "not_stored_once": [n for n in made if n not in once][:10],
             "received_in_order_once": arrived == made,
+            "stored_in_order": [n for n, _ in stored if n in window] == made,
             "received": len(arrived),
             "via": dict(Counter(r.via for r, _ in received)),
         },
