@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import ethtwisted
@@ -27,6 +28,33 @@ def imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return {name for name in names if name.startswith("ethtwisted.")}
+
+
+def module_name(path: Path) -> str:
+    """
+    The full name of the ethtwisted module at C{path}.
+    """
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles() -> None:
+    """
+    No ethtwisted module imports, even inside a function or only for type checking, a module
+    that imports it back (directly or through others): each room stands on the ones below it.
+    An imported name that is not a module counts as its module's import.
+    """
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path): path for path in paths}
+    graph = {
+        name: {n for n in imported_modules(path) if n in modules and n != name}
+        for name, path in modules.items()
+    }
+    assert graph["ethtwisted.server.factory"] >= {"ethtwisted.server.protocol"}
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as e:
+        raise AssertionError(f"import cycle: {' -> '.join(e.args[1])}") from None
 
 
 def test_only_tap_modules_import_tap_modules() -> None:

@@ -49,9 +49,12 @@ def control(frame: object) -> bytes:
     return netstring(encode_control(frame))  # type: ignore[arg-type]
 
 
-def connect(clock: Clock) -> tuple[ServerProtocol, StringTransport, HeldStore]:
+def connect(
+    clock: Clock, ping_interval: float = PING_INTERVAL
+) -> tuple[ServerProtocol, StringTransport, HeldStore]:
     store = HeldStore()
-    factory = ServerFactory(Ingest(store, None, clock), clock, 65536, 60.0)
+    ingest = Ingest(store, None, clock)
+    factory = ServerFactory(ingest, clock, 65536, 60.0, ping_interval=ping_interval)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
     protocol.makeConnection(transport)
@@ -190,8 +193,7 @@ def test_a_client_paused_past_the_pings_awaited_keeps_its_connection() -> None:
     """
     clock = Clock()
     clock.advance(T0)
-    protocol, transport, _ = connect(clock)
-    protocol.factory.ping_interval = 2.0
+    protocol, transport, _ = connect(clock, ping_interval=2.0)
     feed(protocol, control(Hello("paused", features=FEATURES)))
     clock.pump([FIRST_PING_INTERVAL] * (FIRST_PINGS - 1) + [2.0] * (MAX_OUTSTANDING + 2))
     pings = [f for f in frames(transport) if isinstance(f, Ping)]

@@ -10,38 +10,22 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
 from ethtwisted.frames import Hello, name_problem
 from ethtwisted.logs import Logger
-from ethtwisted.records import Received
 from ethtwisted.server.clock import PING_INTERVAL
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import MAX_IN_FLIGHT, ServerProtocol
+from ethtwisted.server.protocol import MAX_IN_FLIGHT, ConnectionObserver, ServerProtocol
 
 log = Logger(namespace="ethtwisted.server")
 
 DEFAULT_HELLO_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
-
-
-class ConnectionObserver(Protocol):
-    """
-    Told what happens on the connections of a L{ServerFactory} (metrics).
-    """
-
-    def received(self, received: Received) -> None:
-        """A payload arrived."""
-
-    def acknowledged(self, sha256: str) -> None:
-        """An acknowledgement was sent."""
-
-    def dropped(self, kind: str) -> None:
-        """A connection is being dropped; C{kind} as in L{FrameProtocol.drop}."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +123,11 @@ class ServerFactory(Factory):
         """Connections closed at once since the last one was let in (the cap was reached)."""
         self.buffered_bytes = 0
         """What the connections hold together: partial messages and unread acks."""
+
+    @property
+    def tokens_required(self) -> bool:
+        """Whether a client must say hello, with a token, before its payloads."""
+        return self.tokens is not None
 
     def claim(self, connection: ServerProtocol, hello: Hello) -> tuple[str, bool] | None:
         """

@@ -1,15 +1,18 @@
 """
 One connection of an eth-server (L{ServerProtocol}): frames in, each payload handed to the
-shared L{Ingest}, acknowledgements out; and when reading from it pauses and why.
+shared L{Ingest}, acknowledgements out; and when reading from it pauses and why.  What it needs
+of the factory that builds it is said here (L{ConnectionFactory}, L{ConnectionObserver}), so
+that L{ethtwisted.server.factory} imports this module and not the other way round.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -31,10 +34,8 @@ from ethtwisted.logs import Logger
 from ethtwisted.protocol import ProtocolError, check_payload, parse_block, payload_hash
 from ethtwisted.records import Received, StatusReport
 from ethtwisted.server.clock import FIRST_PING_INTERVAL, FIRST_PINGS, ClockOffset
+from ethtwisted.server.ingest import Ingest
 from ethtwisted.storage import RejectedError
-
-if TYPE_CHECKING:
-    from ethtwisted.server.factory import ServerFactory
 
 log = Logger(namespace="ethtwisted.server")
 
@@ -53,6 +54,60 @@ MAX_PENDING_SIGHTINGS = 16
 CLOCK_WAIT = 1.0
 """How long a connection's payloads wait for the first pong (so that their sightings are
 corrected for the client's clock) before they go on with the clock taken as right."""
+
+
+class ConnectionObserver(Protocol):
+    """
+    Told what happens on the connections of a factory (metrics).
+    """
+
+    def received(self, received: Received) -> None:
+        """A payload arrived."""
+
+    def acknowledged(self, sha256: str) -> None:
+        """An acknowledgement was sent."""
+
+    def dropped(self, kind: str) -> None:
+        """A connection is being dropped; C{kind} as in L{FrameProtocol.drop}."""
+
+
+class ConnectionFactory(Protocol):
+    """
+    What a L{ServerProtocol} needs of the factory that builds it: the settings every
+    connection shares, the ingest, the observers, and the bookkeeping of the connections
+    together (L{ethtwisted.server.factory.ServerFactory} says what each does).
+    """
+
+    @property
+    def reactor(self) -> IReactorTime: ...
+    @property
+    def ingest(self) -> Ingest: ...
+    @property
+    def observers(self) -> Sequence[ConnectionObserver]: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def tokens_required(self) -> bool: ...
+    @property
+    def hello_timeout(self) -> float: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def ping_interval(self) -> float: ...
+
+    def admit(self, connection: ServerProtocol) -> bool:
+        """Whether C{connection}, just made, may stay."""
+
+    def claim(self, connection: ServerProtocol, hello: Hello) -> tuple[str, bool] | None:
+        """Let C{connection} be the client C{hello} names, or say why not."""
+
+    def gone(self, connection: ServerProtocol) -> None:
+        """C{connection} has ended."""
+
+    def account(self, connection: ServerProtocol) -> None:
+        """Count the bytes C{connection} holds now."""
 
 
 @implementer(IPushProducer)
@@ -88,11 +143,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     for the idle timeout, is dropped.
     """
 
-    factory: ServerFactory
+    factory: ConnectionFactory
     transport: Any
     """A TCP or TLS transport: also a consumer and a push producer, and it can abort."""
 
-    def __init__(self, factory: ServerFactory) -> None:
+    def __init__(self, factory: ConnectionFactory) -> None:
         super().__init__(factory.max_message_bytes)
         # Named as it was when this class lived in the module ethtwisted.server.
         self.log = Logger("ethtwisted.server.ServerProtocol", self)
@@ -111,7 +166,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.unread_ack_bytes: int | None = None
         """Acks written since the transport's buffer filled up; None while it has room."""
         self.counted = 0
-        """Bytes of this connection in the factory's L{ServerFactory.buffered_bytes}."""
+        """Bytes of this connection in the factory's count of what the connections hold."""
         self.hello_deadline: IDelayedCall | None = None
         self.welcomed: frozenset[str] = frozenset()
         """The features listed in the welcome sent to this client."""
@@ -141,7 +196,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self.factory.ingest.add_producer(self.for_the_stores)
         self.setTimeout(self.factory.idle_timeout)
-        if self.factory.tokens is not None:
+        if self.factory.tokens_required:
             self.hello_deadline = self.factory.reactor.callLater(
                 self.factory.hello_timeout, self._no_hello
             )
@@ -341,7 +396,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             self._submit(received, sighting)
 
     def payloadReceived(self, payload: bytes) -> None:
-        if self.factory.tokens is not None and self.hello is None:
+        if self.factory.tokens_required and self.hello is None:
             self.refuse("a token is required: send a hello with a token first")
             return
         self.sent_payload = True

@@ -16,13 +16,10 @@ a bounded number each time, so a run never reads again what the last one kept.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ethtwisted.interfaces import CHAIN_WINDOW
 from ethtwisted.storage.partitions import IN_LIMIT
-
-if TYPE_CHECKING:
-    from ethtwisted.storage.memory_store import Tables
 
 Cursor = tuple[float, str] | None
 """The first sighting and SHA256 of the last payload read; L{None}: from the first."""
@@ -113,6 +110,17 @@ def sql_prune_blocks(
     return len(gone), (last[1], last[0])
 
 
+class Tables(Protocol):
+    """
+    What L{memory_prune_blocks} reads and changes of a memory store's tables
+    (L{ethtwisted.storage.memory_store.Tables}, whose module imports this one).
+    """
+
+    payloads: dict[str, str]
+    blocks: dict[str, Any]
+    sightings: dict[tuple[str, str], Any]
+
+
 def memory_prune_blocks(
     tables: Tables, before: float, after: Cursor, limit: int
 ) -> tuple[int, Cursor]:
@@ -137,7 +145,7 @@ def memory_prune_blocks(
     for b in blocks.values():
         if b.chain_id in chains and b.number is not None:
             highest[b.chain_id] = max(highest.get(b.chain_id, b.number), b.number)
-    gone = set(prunable(candidates, at_heights, highest))  # type: ignore[arg-type]
+    gone = set(prunable(candidates, at_heights, highest))
     for sha256 in gone:
         del blocks[sha256], tables.payloads[sha256]
     for key in [k for k in tables.sightings if k[1] in gone]:
