@@ -83,6 +83,8 @@ class ChainFacts:
     contested: Mapping[int, Mapping[str, tuple[str, float]]] = field(default_factory=dict)
     """Height (with more than one block stored) → client → (the block it reported last
     there, when it saw it)."""
+    forked: Mapping[str, float] | None = None
+    """L{forks} of C{contested}, when the caller knows them already."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,10 @@ def decide(
     left out.
     """
     decided: dict[str, dict[str, State]] = {}
-    forked = {chain_id: forks(chain.contested) for chain_id, chain in chains.items()}
+    forked = {
+        chain_id: chain.forked if chain.forked is not None else forks(chain.contested)
+        for chain_id, chain in chains.items()
+    }
     for facts in clients:
         chain = chains.get(facts.chain_id) if facts.chain_id is not None else None
         best = chain.best if chain is not None else None

@@ -33,7 +33,6 @@ from ethtwisted.states import (
     decide,
     describe_change,
     fleet_head,
-    forks,
 )
 from ethtwisted.storage.fleet_facts import (
     BATCH,
@@ -41,6 +40,7 @@ from ethtwisted.storage.fleet_facts import (
     client_ids,
     contested_heights,
     execute,
+    forks,
     latest_sightings,
     moved,
     read_presence,
@@ -327,9 +327,9 @@ class SQLFleet:
             at = window(txn, p, chain_id, stored)
             heights = contested_heights(txn, p, at, kept.get(chain_id, {}), recent)
             memo.contested[chain_id] = heights
-            contested = reports(heights)
+            contested, forked = reports(heights), forks(heights.values())
             on_chain = [c for c in clients if c.chain_id == chain_id]
-            best = fleet_head(on_chain, forks(contested), stored)
+            best = fleet_head(on_chain, forked, stored)
             targets = {
                 h
                 for c in on_chain
@@ -337,7 +337,7 @@ class SQLFleet:
             }
             reached = {h: self._reached(txn, chain_id, h, at) for h in sorted(targets)}
             best_at = self._reached(txn, chain_id, best, at)
-            chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested)
+            chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested, forked)
         return chains
 
     def _reached(

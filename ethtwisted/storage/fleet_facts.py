@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ethtwisted.states import FORK_WINDOW, State
+from ethtwisted.states import FORK_WINDOW, State, fleet_block
 
 BATCH = 500
 """The most values one statement lists (SQLite allows 32,766 placeholders)."""
@@ -50,6 +50,28 @@ class Height:
     """The id of each payload stored at this height (C{eth_blocks.id}) → its block's hash."""
     reports: dict[str, tuple[str, float]] = field(default_factory=dict)
     """Client → (the block it reported last here, when it saw it)."""
+    off: dict[str, float] | None = None
+    """The clients whose report differs from the fleet's block here → when they saw theirs;
+    L{None} until L{deviating} finds them again (the reports changed)."""
+
+    def deviating(self) -> dict[str, float]:
+        """The clients that reported a block other than the fleet's here (L{fleet_block})."""
+        if self.off is None:
+            block = fleet_block(self.reports)
+            self.off = {} if block is None else {
+                c: seen for c, (own, seen) in self.reports.items() if own != block
+            }  # fmt: skip
+        return self.off
+
+
+def forks(heights: Iterable[Height]) -> dict[str, float]:
+    """L{ethtwisted.states.forks} of C{heights}, from what each found last."""
+    since: dict[str, float] = {}
+    for height in heights:
+        for client, seen in height.deviating().items():
+            if client not in since or seen < since[client]:
+                since[client] = seen
+    return since
 
 
 @dataclass
@@ -229,8 +251,11 @@ def contested_heights(
         if len(set(blocks.values())) < 2:
             continue
         old = kept.get(number)
-        # The reports kept are taken over (a failed decision leaves no memo behind).
-        heights[number] = Height(blocks, old.reports if old is not None else {})
+        # What is kept is taken over (a failed decision leaves no memo behind).
+        if old is not None and old.blocks == blocks:
+            heights[number] = old
+        else:
+            heights[number] = Height(blocks, old.reports if old is not None else {})
         unread += [b for b in blocks if old is None or b not in old.blocks]
     number_of = {b: n for n, height in heights.items() for b in height.blocks}
     for start in range(0, len(unread), BATCH):
@@ -259,6 +284,7 @@ def _merge(
         # What a client reported last at a height is what its node has there.
         if client not in height.reports or height.reports[client][1] < seen:
             height.reports[client] = (height.blocks[int(block_id)], seen)
+            height.off = None
 
 
 def reports(heights: Mapping[int, Height]) -> dict[int, dict[str, tuple[str, float]]]:
