@@ -133,7 +133,8 @@ async def follow(
     def offsets_used(batch: Sequence[Any], new: int) -> None:
         for c in collector.factory.connections:
             for r in batch:
-                offset_at[r.sha256] = c.clock.offset  # one connection: the client's
+                # One connection: the client's.
+                offset_at[r.sha256] = c.sightings.clock.offset
 
     collector.factory.ingest.commit_listeners.append(offsets_used)
     try:
@@ -153,7 +154,11 @@ async def follow(
             await deferLater(reactor, seconds)
             end, client_end, own_end = time.time(), cpu_seconds(process.pid), own_cpu_seconds()
             load_after = os.getloadavg()
-            offsets = [c.clock.offset for c in collector.factory.connections if c.clock.known]
+            offsets = [
+                c.sightings.clock.offset
+                for c in collector.factory.connections
+                if c.sightings.clock.known
+            ]
             made = sorted(n for n, (_, at) in pushes.at.items() if start <= at < end)
             # Whatever was made in the window reaches SQL within seconds, or the check says so.
             await commits.wait(reactor, made[-1], 30).addErrback(lambda _: None)

@@ -459,12 +459,13 @@ async def test_a_client_process_stopped_then_killed_is_silent(
     connections = server.collector.factory.connections
     (connection,) = [c for c in connections if c.hello is not None and c.hello.name == "paused"]
 
-    pings = connection.pings_sent
+    pings = connection.sightings.pings_sent
     process.send_signal(signal.SIGSTOP)
     (silent,) = await fleet.hooks.got(("paused", "silent", "entered"))
     assert silent["since"] == connection.last_heard  # nothing heard since
     await wait_for(
-        lambda: connection.pings_sent > pings + MAX_OUTSTANDING, what="pings left unanswered"
+        lambda: connection.sightings.pings_sent > pings + MAX_OUTSTANDING,
+        what="pings left unanswered",
     )
     continued_at = reactor.seconds()
     process.send_signal(signal.SIGCONT)

@@ -23,8 +23,9 @@ from ethtwisted.interfaces import IBlockStore
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
 from ethtwisted.records import Received
 from ethtwisted.server.factory import ClientTokens, ServerFactory
+from ethtwisted.server.flow import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES, ServerProtocol
+from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage.memory_store import MemoryStore
 from tests.test_protocol import BLOCK, feed, netstring
 from tests.test_server import HeldStore, sent_frames
@@ -187,7 +188,7 @@ def test_pausing_for_a_slow_peer_and_for_the_stores_compose() -> None:
     """
     factory, _ = make_factory()
     protocol, transport = connect(factory)
-    stores = protocol.for_the_stores
+    stores = protocol.flow.for_the_stores
     for first, second in [("transport", "stores"), ("stores", "transport")]:
         pause = {"transport": protocol.pauseProducing, "stores": stores.pauseProducing}
         resume = {"transport": protocol.resumeProducing, "stores": stores.resumeProducing}
@@ -263,27 +264,27 @@ def test_a_flooding_peer_alone_waits_for_its_acks() -> None:
     flood = [b"f%d" % i for i in range(MAX_IN_FLIGHT + 5)]
     flooder.dataReceived(b"".join(netstring(p) for p in flood))  # one read holds them all
     assert factory.ingest.unsettled == MAX_IN_FLIGHT
-    assert flooder.in_flight == MAX_IN_FLIGHT and flooder.paused_for == {"in_flight"}
+    assert flooder.flow.in_flight == MAX_IN_FLIGHT and flooder.flow.paused_for == {"in_flight"}
     assert flooder_transport.producerState == "paused"
     assert flooder.buffered == len(b"".join(netstring(p) for p in flood[MAX_IN_FLIGHT:]))
     feed(honest, netstring(b"honest"))
-    assert honest_transport.producerState == "producing" and not honest.paused_for
+    assert honest_transport.producerState == "producing" and not honest.flow.paused_for
     clock.advance(0)
     assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT]
     flooder.pauseProducing()  # meanwhile, its transport's buffer fills up too
     store.commit(0)
     assert len(sent_frames(flooder_transport)) == MAX_IN_FLIGHT
-    assert flooder.in_flight == 0 and flooder.paused_for == {"acks"}
+    assert flooder.flow.in_flight == 0 and flooder.flow.paused_for == {"acks"}
     # The honest message is in the next transaction, before what the flooder held back.
     assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT, 1]
     store.commit(1)
     assert sent_frames(honest_transport) == [encode_control(Ack(payload_hash(b"honest")))]
     clock.advance(0)  # the frames held back are taken, though not read anew (acks unread)
-    assert flooder.buffered == 0 and flooder.in_flight == 5
+    assert flooder.buffered == 0 and flooder.flow.in_flight == 5
     assert [len(c) for c in store.calls] == [MAX_IN_FLIGHT, 1, 5]
     assert flooder_transport.producerState == "paused"
     flooder.resumeProducing()
-    assert flooder_transport.producerState == "producing" and not flooder.paused_for
+    assert flooder_transport.producerState == "producing" and not flooder.flow.paused_for
     store.commit(2)
     assert sent_frames(flooder_transport)[MAX_IN_FLIGHT:] == [
         encode_control(Ack(payload_hash(p))) for p in flood[MAX_IN_FLIGHT:]
@@ -355,10 +356,10 @@ def test_hello_deadline_waits_while_reading_is_paused() -> None:
         clock=clock, tokens=ClientTokens.parse(["t"]), hello_timeout=10.0
     )
     protocol, _ = connect(factory)
-    protocol.for_the_stores.pauseProducing()
+    protocol.flow.for_the_stores.pauseProducing()
     clock.advance(15)
     assert drops.kinds == []
-    protocol.for_the_stores.resumeProducing()
+    protocol.flow.for_the_stores.resumeProducing()
     clock.advance(10)
     assert drops.kinds == ["no_hello"]
     close(protocol)

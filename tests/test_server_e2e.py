@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 
 from ethtwisted.frames import Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
+from ethtwisted.server.flow import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server.ingest import MAX_BATCH
-from ethtwisted.server.protocol import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from tests.helpers import (
     ROLLBACK_FAILED,
     TIMEOUT,

@@ -36,7 +36,8 @@ from ethtwisted.server.clock import (
 )
 from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import CLOCK_WAIT, MAX_PENDING_SIGHTINGS, ServerProtocol
+from ethtwisted.server.protocol import ServerProtocol
+from ethtwisted.server.sightings import CLOCK_WAIT, MAX_PENDING_SIGHTINGS
 from tests.test_protocol import feed, netstring
 from tests.test_server import HeldStore, sent_frames
 from tests.test_storage_contract import block
@@ -203,8 +204,8 @@ def test_a_client_paused_past_the_pings_awaited_keeps_its_connection() -> None:
         feed(protocol, control(Pong(ping.id, now_ms)))
     assert not transport.disconnecting and protocol.dropped is None
     assert protocol.last_heard == clock.seconds()
-    assert protocol.clock.outstanding == {}
-    assert len(protocol.clock.samples) == MAX_OUTSTANDING
+    assert protocol.sightings.clock.outstanding == {}
+    assert len(protocol.sightings.clock.samples) == MAX_OUTSTANDING
     feed(protocol, control(Pong(pings[-1].id + 1, now_ms)))
     assert transport.disconnecting
     assert protocol.dropped == f"pong {pings[-1].id + 1} answers no ping sent"
@@ -279,7 +280,7 @@ def test_unmatched_sightings_are_bounded_and_a_late_payload_keeps_its_own() -> N
     payloads = [block_json(block(1, n)) for n in range(MAX_PENDING_SIGHTINGS + 1)]
     for p in payloads:
         feed(protocol, control(Sighting(payload_hash(p), int(T0 * 1000) - 500, "poll")))
-    assert len(protocol.sightings) == MAX_PENDING_SIGHTINGS
+    assert len(protocol.sightings.pending) == MAX_PENDING_SIGHTINGS
     feed(protocol, netstring(payloads[0]))
     feed(protocol, netstring(payloads[-1]))
     commit_all(store, clock)

@@ -57,8 +57,8 @@ class CollectorService(StartingService):
         ingest = self.factory.ingest
         # Read no more from anyone, but let what was read be stored and acknowledged.
         for connection in self.factory.connections:
-            ingest.remove_producer(connection.for_the_stores)
-            connection.pause_reading("stopping")
+            ingest.remove_producer(connection.flow.for_the_stores)
+            connection.flow.pause("stopping")
         try:
             await ingest.idle().addTimeout(STOP_TIMEOUT, self.factory.reactor)
         except TimeoutError:

@@ -18,8 +18,9 @@ from twisted.internet.protocol import Factory
 from ethtwisted.frames import Hello, name_problem
 from ethtwisted.logs import Logger
 from ethtwisted.server.clock import PING_INTERVAL
+from ethtwisted.server.flow import MAX_IN_FLIGHT
 from ethtwisted.server.ingest import Ingest
-from ethtwisted.server.protocol import MAX_IN_FLIGHT, ConnectionObserver, ServerProtocol
+from ethtwisted.server.protocol import ConnectionObserver, ServerProtocol
 
 log = Logger(namespace="ethtwisted.server")
 
