@@ -127,8 +127,8 @@ class Options(EnvOptions):
         ["token-file", None, None, "File holding the token sent to the server with the name."],
         ["status-interval", None, DEFAULT_STATUS_INTERVAL,
          "Seconds between two reads of the node's status (version, peers, sync, gas, safe and"
-         " finalized blocks, pool), sent to a server that takes it; read at once on a new"
-         " head too.", positive_float],
+         " finalized blocks, pool), sent to a server that takes it; read on a new head too,"
+         " at most once per --interval.", positive_float],
         ["ack-timeout", None, DEFAULT_ACK_TIMEOUT,
          "With several --server: seconds a server may leave what it was sent unacknowledged"
          " before the client fails over to the next.", positive_float],
@@ -264,7 +264,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         )
     poll_status = None
     if status is not None:
-        poll_status = StatusPoller(status, connection, reactor, config["status-interval"])
+        poll_status = StatusPoller(
+            status, connection, reactor, config["status-interval"], head_gap=config["interval"]
+        )
     wire(
         outbox=outbox,
         follower=follower,

@@ -274,6 +274,33 @@ def test_the_poller_paces_reads_and_sends(logs: Logs) -> None:
     assert not clock.getDelayedCalls()
 
 
+def test_new_heads_are_read_at_most_once_a_head_gap(logs: Logs) -> None:
+    """
+    With a head gap of 1 s (the client's --interval), a new head within 1 s of the last read
+    is read once that second is over, however many heads came meanwhile; a head after a quiet
+    second is read at once; stopping cancels a read still waiting for its turn.
+    """
+    clock, node, sent = Clock(), FakeRequests(), Sent()
+    poller = StatusPoller(StatusReader(node, clock), sent, clock, 15.0, head_gap=1.0)  # type: ignore[arg-type]
+    poller.startService()
+    assert node.calls.count("eth_chainId") == 1
+    clock.advance(0.1)
+    for _ in range(3):
+        poller.changed()
+        clock.advance(0.25)
+    assert node.calls.count("eth_chainId") == 1
+    clock.advance(0.15)  # a second after the first read
+    assert node.calls.count("eth_chainId") == 2
+    clock.advance(3)
+    poller.changed()
+    assert node.calls.count("eth_chainId") == 3
+    poller.changed()
+    poller.stopService()
+    assert not clock.getDelayedCalls()
+    clock.advance(5)
+    assert node.calls.count("eth_chainId") == 3
+
+
 @pytest.mark.parametrize("asked_by", ["change", "timer"])
 def test_stopping_the_poller_cancels_the_read_under_way(logs: Logs, asked_by: str) -> None:
     """

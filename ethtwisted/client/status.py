@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.frames import Status
@@ -34,12 +34,14 @@ def _unchanged(a: Status | None, b: Status | None) -> bool:
 
 class StatusPoller(CancellingTimerService):
     """
-    Reads the node's status every C{interval} seconds on C{clock}, and at once when L{changed}
-    is called (a new head); never two reads at once (one asked for during a read follows it),
-    and a read never fails: a node that does not answer is said once, and once when it answers
-    again.  Each status read goes to the C{status_listeners}; it goes to the server through
-    C{delivery} when it changed, at most every C{interval} seconds when it did not, and at once
-    to a server that has just welcomed status frames.
+    Reads the node's status every C{interval} seconds on C{clock}, and when L{changed} is
+    called (a new head): at once, unless a read began less than C{head_gap} seconds ago, then
+    once that much time has passed since, however many heads came meanwhile (a chain of four
+    blocks a second is not asked nine methods a block).  Never two reads at once (one asked
+    for during a read follows it), and a read never fails: a node that does not answer is said
+    once, and once when it answers again.  Each status read goes to the C{status_listeners};
+    it goes to the server through C{delivery} when it changed, at most every C{interval}
+    seconds when it did not, and at once to a server that has just welcomed status frames.
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class StatusPoller(CancellingTimerService):
         delivery: Delivery | None,
         clock: IReactorTime,
         interval: float = DEFAULT_STATUS_INTERVAL,
+        head_gap: float = 0.0,
     ) -> None:
         super().__init__(interval, self.poll, clock)
+        self.head_gap = head_gap
         self.reader = reader
         self.delivery = delivery
         self.status: Status | None = None
@@ -62,18 +66,40 @@ class StatusPoller(CancellingTimerService):
         self._current: Deferred[None] | None = None
         self._again = False
         self._waiting: list[Deferred[None]] = []
+        self._began: float | None = None
+        """When the last read began."""
+        self._later: IDelayedCall | None = None
+        """The read a head asked for, due once C{head_gap} has passed since the last began."""
 
     def changed(self, *_: object) -> None:
         """
-        Something changed (a new head): read the status now, or right after the read under way.
+        Something changed (a new head): read the status now, or right after the read under
+        way, or once C{head_gap} has passed since the last read began.
         """
+        if not self.running or (self._later is not None and self._later.active()):
+            return
+        wait = 0.0 if self._began is None else self._began + self.head_gap - self.clock.seconds()
+        if wait > 0:
+            self._later = self.clock.callLater(wait, self._read_later)
+        else:
+            self.call_now()
+
+    def _read_later(self) -> None:
+        self._later = None
         if self.running:
             self.call_now()
+
+    def stopService(self) -> Deferred[None]:
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        return super().stopService()
 
     def poll(self) -> Deferred[None]:
         """
         Read the status (after the read under way, if there is one); never fails.
         """
+        self._began = self.clock.seconds()
         if self._current is not None:
             self._again = True
             d: Deferred[None] = Deferred()
