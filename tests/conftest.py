@@ -26,17 +26,31 @@ import importlib.util
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import count
+from pathlib import Path
 from typing import cast
 
 import pymysql
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, settings
-from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 
+from ethtwisted.storage.sql_pool import parse_db_url
+from ethtwisted.storage.sql_store import SQLStore
 from tests.ethereumjs import CliqueNetwork
+from tests.fleet_reports import Opener
+from tests.helpers import Committed, Logs, Server, start_server, the_reactor
 from tests.services import (
     Anvil,
     AnvilFactory,
@@ -48,6 +62,8 @@ from tests.services import (
     SentinelGroup,
     ServiceError,
 )
+from tests.web import open_sqlite
+from tests.webhooks import Running
 
 # Property tests: `make test` runs a fixed, bounded set of examples (the same every run);
 # `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs many more, with fresh random seeds.
@@ -256,3 +272,59 @@ def pytest_report_header(config: pytest.Config) -> str:
     spec = importlib.util.find_spec("ethtwisted")
     where = spec.origin if spec is not None else "not importable"
     return f"ethtwisted under test: {where}"
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    """What the test logs."""
+    with capturedLogs() as events:
+        yield Logs(events)
+
+
+@pytest_twisted.async_yield_fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[Server, Committed]]:
+    started = await start_server(["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}"])
+    yield started, started.committed
+    if started.service.running:
+        await started.stop()
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """
+    Opens started stores on one empty database, each with a pool of its own (as several
+    servers have); closes them afterwards.
+    """
+    if request.param == "sqlite":
+        url = parse_db_url(f"sqlite:///{tmp_path / 'fleet.sqlite'}")
+    else:
+        db = request.getfixturevalue("mysql_db")
+        url = parse_db_url(db.url).with_password(db.password)
+    opened: list[SQLStore] = []
+
+    def opener() -> SQLStore:
+        store = SQLStore(url, IReactorCore(the_reactor()))
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        await store.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLStore]:
+    store = await open_sqlite(tmp_path / "eth.sqlite")
+    yield store
+    await store.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def receivers() -> AsyncIterator[list[Running]]:
+    """
+    Receivers that the test starts (or not); all stopped afterwards.
+    """
+    made: list[Running] = []
+    yield made
+    for running in made:
+        await running.stop()

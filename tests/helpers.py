@@ -1,4 +1,4 @@
-"""What several test modules share: one wait, one acking peer, one in-process eth-server.
+"""What several test modules share: one wait, one acking peer, one in-process eth-server, logs.
 
 - ``wait_for(condition, timeout)``: for what no event announces (a file's contents, rows
   another process writes, a page in a browser), check ``condition`` on the reactor's clock,
@@ -8,6 +8,9 @@
   unacknowledged, and collects the acks; ``connect_peer`` connects one over TCP.
 - ``start_server(args)``: ``eth-server`` built by its own ``makeService`` in this process,
   listening on free loopback ports, once it serves; ``Server.committed`` sees every commit.
+- ``Logs``: what a test logged (the ``logs`` fixture of conftest.py), by level and text.
+- ``options(*args, **environ)``: eth-client's options parsed; ``usage_error`` the message
+  of options it refuses.
 
 The reactor is the one pytest-twisted runs, imported when first needed.
 """
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
+import pytest
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -27,8 +31,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from ethtwisted import client_tap
 from ethtwisted.client.delivery import Delivery
 from ethtwisted.client_tap import wire
 from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal
@@ -294,3 +300,36 @@ def wired(delivery: Delivery) -> Delivery:
     """
     wire(outbox=delivery.outbox, delivery=delivery)
     return delivery
+
+
+class Logs:
+    """
+    What was logged during a test (errors it did not expect fail it: see conftest.py).
+    """
+
+    def __init__(self, events: Sequence[LogEvent]) -> None:
+        self.events = events
+
+    def texts(self, level: LogLevel | None = None) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_namespace", "").startswith("ethtwisted")
+            and (level is None or e.get("log_level") == level)
+        ]
+
+    def containing(self, text: str, level: LogLevel | None = None) -> list[str]:
+        return [t for t in self.texts(level) if text in t]
+
+
+def options(*args: str, **environ: str) -> client_tap.Options:
+    config = client_tap.Options()
+    config.environ = dict(environ)
+    config.parseOptions(list(args))
+    return config
+
+
+def usage_error(*args: str, **environ: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        options(*args, **environ)
+    return str(raised.value)

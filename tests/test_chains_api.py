@@ -24,8 +24,8 @@ from ethtwisted.storage import FINALIZED_REPORT_AGE
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import StatsRoot
-from tests.test_storage_contract import T0, block, received, store_reorged_chain
-from tests.test_web import Client, metric
+from tests.blocks import T0, block, received, store_reorged_chain
+from tests.web import Client, metric
 
 TOKEN = "chain-token"
 

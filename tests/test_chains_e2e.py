@@ -16,11 +16,10 @@ import pytest_twisted
 import treq
 from twisted.logger import capturedLogs
 
+from tests.e2e import node_hashes, start_client, subscribed
 from tests.helpers import Server, start_server, the_reactor
 from tests.services import Anvil
-from tests.test_client_e2e import node_hashes, start_client
-from tests.test_subscriptions import subscribed
-from tests.test_web import metric
+from tests.web import metric
 
 WAIT = 10.0
 """Seconds any one event of these tests may take."""

@@ -6,29 +6,26 @@ options.  The real node and server are exercised in test_client_e2e.py.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import itertools
 import json
 import os
 import pkgutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ethtwisted import client_tap
@@ -40,157 +37,17 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.client.poller import Poller
 from ethtwisted.client.spool import Spool, SpoolError
-from ethtwisted.frames import Ack, ControlFrame, Hello, Refusal, encode_control
+from ethtwisted.frames import Ack, Hello, Refusal, encode_control
 from ethtwisted.frames import Sighting as SightingFrame
 from ethtwisted.framing import FrameProtocol
 from ethtwisted.node import NodeError
 from ethtwisted.node.interfaces import INode
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
-from tests.helpers import wait_for, wired
-from tests.test_protocol import feed, netstring
+from tests.fakes import AckingPeer, FakeEndpoint, FakeNode, OneShotServer, Recorder, one_server
+from tests.helpers import Logs, options, usage_error, wait_for, wired
+from tests.wire import feed, netstring
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class Logs:
-    """
-    What was logged during a test (errors it did not expect fail it: see conftest.py).
-    """
-
-    def __init__(self, events: Sequence[LogEvent]) -> None:
-        self.events = events
-
-    def texts(self, level: LogLevel | None = None) -> list[str]:
-        return [
-            formatEvent(e)
-            for e in self.events
-            if e.get("log_namespace", "").startswith("ethtwisted")
-            and (level is None or e.get("log_level") == level)
-        ]
-
-    def containing(self, text: str, level: LogLevel | None = None) -> list[str]:
-        return [t for t in self.texts(level) if text in t]
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    """What the test logs."""
-    with capturedLogs() as events:
-        yield Logs(events)
-
-
-def block_hash(parent_hash: str, number: int, salt: str) -> str:
-    return "0x" + hashlib.sha256(f"{parent_hash}/{number}/{salt}".encode()).hexdigest()
-
-
-@implementer(INode)
-class FakeNode:
-    """
-    A small in-memory chain: blocks are mined, reverted and replaced by the test; the node can
-    go down, or hold its answers until the test releases them.
-    """
-
-    description = "fake-node"
-
-    def __init__(self, chain_id: int = 31337, salt: str = "") -> None:
-        self.chain_id = chain_id
-        self.blocks: dict[str, Block] = {}
-        self.canonical: list[Block] = []
-        self.finalized: int | None = None
-        self.down: str | None = None
-        self.hold = False
-        self.held: list[tuple[Deferred[Any], Any]] = []
-        self.calls: list[str] = []
-        self.closed = False
-        self.mine(1, salt)
-
-    @property
-    def tip(self) -> Block:
-        return self.canonical[-1]
-
-    def mine(self, n: int = 1, salt: str = "") -> Block:
-        for _ in range(n):
-            parent = self.canonical[-1] if self.canonical else None
-            number = parent.number + 1 if parent else 0
-            parent_hash = parent.hash if parent else "0x" + "00" * 32
-            h = block_hash(parent_hash, number, salt)
-            block = Block(self.chain_id, number, h, parent_hash, 1_700_000_000 + number)
-            self.blocks[h] = block
-            self.canonical.append(block)
-        return self.tip
-
-    def revert(self, number: int) -> None:
-        """
-        Make block C{number} the head again (C{evm_revert}).
-        """
-        del self.canonical[number + 1 :]
-
-    def reorg(self, depth: int, length: int | None = None, salt: str = "fork") -> None:
-        """
-        Replace the last C{depth} blocks by C{length} others.
-        """
-        self.revert(self.tip.number - depth)
-        self.mine(depth if length is None else length, salt)
-
-    def _answer(self, what: str, value: Any) -> Deferred[Any]:
-        self.calls.append(what)
-        if self.down is not None:
-            return fail(NodeError(self.down))
-        if self.hold:
-            d: Deferred[Any] = Deferred()
-            self.held.append((d, value))
-            return d
-        return succeed(value)
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for d, value in held:
-            d.callback(value)
-
-    def block_number(self) -> Deferred[int]:
-        return self._answer("block_number", self.tip.number)
-
-    def head(self) -> Deferred[Block]:
-        return self._answer("head", self.tip)
-
-    def block_by_number(self, number: int) -> Deferred[Block | None]:
-        found = self.canonical[number] if number < len(self.canonical) else None
-        return self._answer(f"number {number}", found)
-
-    def block_by_hash(self, block_hash: str) -> Deferred[Block | None]:
-        return self._answer(f"hash {block_hash}", self.blocks.get(block_hash))
-
-    def finalized_number(self) -> Deferred[int | None]:
-        return self._answer("finalized", self.finalized)
-
-    def close(self) -> Deferred[None]:
-        self.closed = True
-        return succeed(None)
-
-
-class Recorder:
-    """
-    A follower's sink that keeps what it is given (or fails, when told to).
-    """
-
-    def __init__(self) -> None:
-        self.blocks: list[Block] = []
-        self.checkpoints: list[Checkpoint] = []
-        self.failing = False
-
-    def __call__(self, sightings: Sequence[Sighting], checkpoint: Checkpoint) -> None:
-        if self.failing:
-            raise SpoolError("/spool/batch: No space left on device")
-        self.blocks.extend(s.block for s in sightings)
-        self.checkpoints.append(checkpoint)
-
-    @property
-    def numbers(self) -> list[int]:
-        return [b.number for b in self.blocks]
-
-    def take(self) -> list[Block]:
-        blocks, self.blocks = self.blocks, []
-        return blocks
 
 
 def follower(
@@ -203,30 +60,6 @@ def follower(
     return Follower(node, sink, max_backfill, checkpoint, clock=clock or Clock()), sink
 
 
-class AckingPeer(FrameProtocol):
-    """
-    A server-like peer for unit tests: keeps the hellos and payloads it receives and
-    acknowledges each payload, unless told not to.
-    """
-
-    def __init__(self, ack: bool = True) -> None:
-        super().__init__()
-        self.ack = ack
-        self.hellos: list[Hello] = []
-        self.payloads: list[bytes] = []
-
-    def controlReceived(self, frame: ControlFrame) -> None:
-        if isinstance(frame, Hello):
-            self.hellos.append(frame)
-        else:
-            super().controlReceived(frame)
-
-    def payloadReceived(self, payload: bytes) -> None:
-        self.payloads.append(payload)
-        if self.ack:
-            self.send_control(Ack(payload_hash(payload)))
-
-
 def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosim.IOPump]:
     """
     A connection made by C{factory} to C{peer}, through an in-memory pump.
@@ -235,42 +68,6 @@ def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosi
     assert isinstance(client, ClientProtocol)
     pump = iosim.connect(peer, iosim.makeFakeServer(peer), client, iosim.makeFakeClient(client))
     return client, pump
-
-
-@implementer(IStreamClientEndpoint)
-class FakeEndpoint:
-    """
-    An endpoint whose connection attempts wait for the test to make them fail or succeed.
-    """
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[Deferred[Any], Any]] = []
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:  # noqa: N803
-        d: Deferred[Any] = Deferred()
-        self.attempts.append((d, protocolFactory))
-        return d
-
-    def refuse(self) -> None:
-        d, _ = self.attempts.pop(0)
-        d.errback(ConnectionRefusedError())
-
-    def accept(self, peer: FrameProtocol) -> tuple[Any, iosim.IOPump]:
-        d, factory = self.attempts.pop(0)
-        client = factory.buildProtocol(None)
-        pump = iosim.connect(
-            peer, iosim.makeFakeServer(peer), client, iosim.makeFakeClient(client), greet=False
-        )
-        d.callback(client)
-        pump.flush()
-        return client, pump
-
-
-def one_server(name: str = "test-server") -> ServerList:
-    """
-    A list of one server, whose endpoint connects only when the test says so.
-    """
-    return ServerList([(name, FakeEndpoint())])
 
 
 def json_payload(block: Block) -> bytes:
@@ -1124,21 +921,6 @@ def test_reconnecting_service_backs_off_and_reports_once(logs: Logs) -> None:
 # -- older servers ----------------------------------------------------------------------------
 
 
-class OneShotServer(FrameProtocol):
-    """
-    An older server: reads one netstring per connection, answers nothing.
-    """
-
-    received: list[bytes]
-
-    def __init__(self, received: list[bytes]) -> None:
-        super().__init__()
-        self.received = received
-
-    def payloadReceived(self, payload: bytes) -> None:
-        self.received.append(payload)
-
-
 def test_oneshot_sends_one_message_per_connection_in_order(logs: Logs) -> None:
     """
     With C{--oneshot}, each payload goes over its own connection, alone and without a hello,
@@ -1303,19 +1085,6 @@ async def test_stop_ends_as_soon_as_everything_is_acknowledged(
 
 
 # -- options ----------------------------------------------------------------------------------
-
-
-def options(*args: str, **environ: str) -> client_tap.Options:
-    config = client_tap.Options()
-    config.environ = dict(environ)
-    config.parseOptions(list(args))
-    return config
-
-
-def usage_error(*args: str, **environ: str) -> str:
-    with pytest.raises(SystemExit) as raised:
-        options(*args, **environ)
-    return str(raised.value)
 
 
 def test_option_defaults() -> None:

@@ -6,86 +6,27 @@ loopback storing into SQLite, and restarts of each of them.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
-import ethtwisted
-from ethtwisted import client_tap
-from ethtwisted.client import EthClient
-from tests.helpers import TIMEOUT, Committed, Server, start_server, wait_for
+from tests.e2e import (
+    assert_chain_stored_once,
+    node_hashes,
+    sleep,
+    sqlite_file,
+    start_client,
+    stored_blocks,
+    uri_of,
+)
+from tests.helpers import TIMEOUT, Committed, Server, wait_for
 from tests.services import Anvil
+from tests.twistd import twistd_client, twistd_client_fails
 
 TRANSPORTS = ["ipc", "ws", "http"]
-
-
-def uri_of(anvil: Anvil, transport: str) -> str:
-    return {"ipc": anvil.ipc_path, "ws": anvil.ws_url, "http": anvil.http_url}[transport]
-
-
-def node_hashes(anvil: Anvil) -> dict[int, str]:
-    """
-    The node's canonical chain, block number to hash, from genesis to its head.
-    """
-    head = anvil.block_number()
-    return {n: anvil.rpc("eth_getBlockByNumber", hex(n), False)["hash"] for n in range(head + 1)}
-
-
-def stored_blocks(path: Path) -> list[tuple[int, str]]:
-    """
-    The (number, hash) of every block payload in the older table, one per row.
-    """
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT payload FROM ethereum_data").fetchall()
-    blocks = [json.loads(payload) for (payload,) in rows]
-    return sorted((b["number"], b["hash"]) for b in blocks)
-
-
-def start_client(node: str, port: int, *args: str) -> EthClient:
-    options = client_tap.Options()
-    options.environ = {}
-    options.parseOptions(
-        ["--node", node, "--server", f"tcp:host=127.0.0.1:port={port}", "--interval", "0.05",
-         "--name", "e2e", *args]
-    )  # fmt: skip
-    service = client_tap.makeService(options, reactor)
-    assert isinstance(service, EthClient)
-    service.startService()
-    return service
-
-
-async def sleep(seconds: float) -> None:
-    """Let C{seconds} pass (pacing what the test does, never waiting for an event)."""
-    await deferLater(reactor, seconds)
-
-
-@pytest_twisted.async_yield_fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[Server, Committed]]:
-    started = await start_server(["--db", f"sqlite:///{tmp_path / 'eth.sqlite'}"])
-    yield started, started.committed
-    if started.service.running:
-        await started.stop()
-
-
-def sqlite_file(server: Server) -> Path:
-    """The SQLite file named by the C{--db} of C{server}."""
-    return Path(server.args[server.args.index("--db") + 1].removeprefix("sqlite:///"))
-
-
-def assert_chain_stored_once(server: Server, anvil: Anvil) -> None:
-    """The SQLite file of C{server} holds the node's chain, each block once."""
-    expected = sorted(node_hashes(anvil).items())
-    assert stored_blocks(sqlite_file(server)) == expected
 
 
 # -- every transport --------------------------------------------------------------------------
@@ -168,52 +109,6 @@ async def test_server_stopped_while_blocks_are_mined_loses_nothing(
     finally:
         await client.stopService()
     assert_chain_stored_once(srv, anvil)
-
-
-def twistd_environ() -> dict[str, str]:
-    """
-    The environment of a child twistd: this one without ETH_* variables, with the ethtwisted
-    under test importable.
-    """
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ETH_")}
-    package_root = str(Path(ethtwisted.__file__).resolve().parent.parent)
-    environ["PYTHONPATH"] = os.pathsep.join(
-        [package_root, *filter(None, [environ.get("PYTHONPATH")])]
-    )
-    return environ
-
-
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def twistd_client(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """
-    C{twistd -n eth-client} as a child process, running the ethtwisted under test.
-    """
-    return subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", f"--logfile={log}", "eth-client", *args],
-        env=twistd_environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def twistd_client_fails(*args: str, twistd_args: Sequence[str] = ()) -> list[str]:
-    """
-    Run C{twistd -n eth-client} to its end, which must be a failure; return its stderr lines
-    after checking there is no traceback.
-    """
-    result = subprocess.run(
-        [*TWISTD, *twistd_args, "-n", "--pidfile=", "eth-client", *args],
-        env=twistd_environ(),
-        capture_output=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 1, result.stderr
-    assert b"Traceback" not in result.stdout + result.stderr
-    return result.stderr.decode().strip().splitlines()
 
 
 def spool_head(spool: Path) -> int | None:

@@ -23,7 +23,8 @@ from ethtwisted.client.outbox import Outbox
 from ethtwisted.frames import Ack, Hello, Refusal
 from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import payload_hash
-from tests.test_client import AckingPeer, FakeEndpoint, Logs, OneShotServer
+from tests.fakes import AckingPeer, FakeEndpoint, OneShotServer
+from tests.helpers import Logs
 
 ACK_TIMEOUT = 30.0
 

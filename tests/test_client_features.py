@@ -36,9 +36,9 @@ from ethtwisted.frames import (
     encode_control,
 )
 from ethtwisted.protocol import CONTROL_MARK, block_json, payload_hash
-from tests.helpers import wired
-from tests.test_client import FakeEndpoint, FakeNode, Logs, one_server
-from tests.test_protocol import feed, netstring
+from tests.fakes import FakeEndpoint, FakeNode, one_server
+from tests.helpers import Logs, wired
+from tests.wire import feed, netstring
 
 HELLO = Hello("c1", features=FEATURES)
 

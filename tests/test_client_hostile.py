@@ -42,11 +42,11 @@ from ethtwisted.protocol import (
     parse_block,
     payload_hash,
 )
-from tests.helpers import wait_for, wired
-from tests.test_client import FakeNode as ChainNode
-from tests.test_client import Logs, one_server
-from tests.test_client_e2e import TIMEOUT, twistd_client
-from tests.test_protocol import netstring
+from tests.fakes import FakeNode as ChainNode
+from tests.fakes import one_server
+from tests.helpers import TIMEOUT, Logs, wait_for, wired
+from tests.twistd import twistd_client
+from tests.wire import netstring
 
 reactor: Any = global_reactor
 

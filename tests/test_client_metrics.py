@@ -27,10 +27,10 @@ from ethtwisted.client.oneshot import OneShotDelivery
 from ethtwisted.client.outbox import Outbox, queue_blocks
 from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import block_html, block_json, payload_hash
+from tests.fakes import FakeEndpoint, FakeNode, one_server
 from tests.helpers import start_server, wait_for
 from tests.services import LOOPBACK, Anvil, free_port
-from tests.test_client import FakeEndpoint, FakeNode, one_server
-from tests.test_client_e2e import twistd_client_fails
+from tests.twistd import twistd_client_fails
 
 TIMEOUT = 30.0
 

@@ -25,9 +25,9 @@ from twisted.internet.task import deferLater
 import ethtwisted
 from ethtwisted.client import EthClient
 from ethtwisted.protocol import payload_hash
+from tests.e2e import node_hashes, start_client, stored_blocks
 from tests.helpers import TIMEOUT, start_server, wait_for
 from tests.services import Anvil, free_port
-from tests.test_client_e2e import node_hashes, start_client, stored_blocks
 
 OLD = "33fc7a3"
 

@@ -32,7 +32,7 @@ from ethtwisted.records import StatusReport
 from ethtwisted.states import Thresholds
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
-from tests.helpers import wait_for
+from tests.helpers import TIMEOUT, wait_for
 from tests.known_fleet import (
     CLIENTS,
     EDGE,
@@ -47,7 +47,7 @@ from tests.known_fleet import (
     known_fleet,
 )
 from tests.services import Anvil
-from tests.test_web import TIMEOUT, TOKEN, start_stats, stats_server
+from tests.web import TOKEN, start_stats, stats_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

@@ -17,9 +17,9 @@ from twisted.logger import capturedLogs, formatEvent
 
 from ethtwisted.client import EthClient
 from ethtwisted.protocol import Block, block_json, payload_hash
+from tests.e2e import start_client
 from tests.ethereumjs import CHAIN_ID, PERIOD, CliqueNetwork, EthereumJS
 from tests.helpers import Server, start_server, wait_for
-from tests.test_client_e2e import start_client
 
 SEALED = 3
 """Blocks the sealer seals before it stops: more than C{--behind-blocks}, so that the follower

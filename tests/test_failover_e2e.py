@@ -19,9 +19,9 @@ from twisted.logger import capturedLogs, formatEvent
 
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
+from tests.e2e import node_hashes
 from tests.helpers import TIMEOUT, Server, start_server
 from tests.services import Anvil, MySQLDatabase, Redis
-from tests.test_client_e2e import node_hashes
 
 ACK_TIMEOUT = 2.0
 

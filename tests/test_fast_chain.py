@@ -12,11 +12,9 @@ import pytest_twisted
 
 from ethtwisted.protocol import Block
 from ethtwisted.records import Received
+from tests.e2e import sqlite_file, start_client, stored_blocks, subscribed
 from tests.helpers import Committed, Server, wait_for
 from tests.services import AnvilFactory
-from tests.test_client_e2e import server as server
-from tests.test_client_e2e import sqlite_file, start_client, stored_blocks
-from tests.test_subscriptions import subscribed
 
 BLOCK_TIME = 0.25
 BLOCKS = 16

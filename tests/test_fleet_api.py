@@ -29,20 +29,10 @@ from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.web.reads import Reads
 from ethtwisted.web.site import StatsRoot
+from tests.blocks import T0
+from tests.fleet_reports import Opener, T, received, started
 from tests.helpers import connect_peer
-from tests.test_fleet_store import T0, Opener, T, open_store, received, started
-from tests.test_web import (
-    TOKEN,
-    Client,
-    above_debug,
-    metric,
-    open_sqlite,
-    sqlite_store,
-    start_stats,
-    stats_server,
-)
-
-__all__ = ["open_store", "sqlite_store"]  # the fixtures, for pytest
+from tests.web import TOKEN, Client, above_debug, metric, open_sqlite, start_stats, stats_server
 
 
 def site(store: SQLStore, fleet: IFleet | None = None) -> Client:

@@ -41,7 +41,7 @@ from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
 from tests.helpers import TIMEOUT, Server, start_server, wait_for
 from tests.services import Anvil, AnvilFactory, MySQLDatabase
-from tests.test_client_e2e import twistd_client
+from tests.twistd import twistd_client
 
 BEHIND_BLOCKS, BEHIND_SECONDS, STALL_SECONDS, SILENT_SECONDS, FORK_SECONDS = 2, 2.0, 4.0, 6.0, 2.0
 THRESHOLDS = [

@@ -31,10 +31,7 @@ from ethtwisted.states import RECONNECT_GRACE, Thresholds
 from ethtwisted.storage.fleet import SQLFleet
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.storage.sql_store import SQLStore
-from tests.test_protocol import feed, netstring
-from tests.test_web import sqlite_store
-
-__all__ = ["sqlite_store"]  # the fixture, for pytest
+from tests.wire import feed, netstring
 
 T = Thresholds(silent_seconds=60)
 

@@ -6,7 +6,7 @@ also when several servers decide at the same moment on one database.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,63 +19,14 @@ from zope.interface.verify import verifyObject
 
 from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import IFleet
-from ethtwisted.protocol import Block, block_json, payload_hash
 from ethtwisted.records import Received, StateEvent, StatusReport
 from ethtwisted.states import RECONNECT_GRACE, Thresholds
 from ethtwisted.storage import is_conflict
 from ethtwisted.storage.fleet import SQLFleet
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
-
-T0 = 1_700_000_000.0
-T = Thresholds(behind_blocks=3, behind_seconds=30, stall_seconds=60, silent_seconds=60,
-               fork_seconds=30)  # fmt: skip
-CHAIN = 1
-
-
-def block_hash(number: int, branch: str = "a") -> str:
-    return "0x" + f"{branch}{number:x}".rjust(64, "0")
-
-
-def received(client: str, number: int, at: float, branch: str = "a") -> Received:
-    """C{client}'s report of block C{number} of C{branch}, arriving (and seen) at C{at}."""
-    parent = block_hash(number - 1, branch) if number else "0x" + "0" * 64
-    block = Block(CHAIN, number, block_hash(number, branch), parent, int(at))
-    payload = block_json(block)
-    return Received(payload_hash(payload), payload.decode(), "127.0.0.1", client, at, block,
-                    seen=at, via="subscription")  # fmt: skip
-
-
-Opener = Callable[[], SQLStore]
-
-
-@pytest_twisted.async_yield_fixture(params=["sqlite", "mysql"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """
-    Opens started stores on one empty database, each with a pool of its own (as several
-    servers have); closes them afterwards.
-    """
-    if request.param == "sqlite":
-        url = parse_db_url(f"sqlite:///{tmp_path / 'fleet.sqlite'}")
-    else:
-        db = request.getfixturevalue("mysql_db")
-        url = parse_db_url(db.url).with_password(db.password)
-    opened: list[SQLStore] = []
-
-    def opener() -> SQLStore:
-        store = SQLStore(url, reactor)
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        await store.close()
-
-
-async def started(open_store: Opener) -> SQLStore:
-    store = open_store()
-    await store.start()
-    return store
+from tests.blocks import T0
+from tests.fleet_reports import CHAIN, Opener, T, received, started
 
 
 def changes(events: list[StateEvent]) -> list[tuple[str, str, str]]:

@@ -29,7 +29,7 @@ from ethtwisted.frames import (
     encode_control,
 )
 from ethtwisted.protocol import CONTROL_MARK, SOURCES, ProtocolError
-from tests.test_names import names
+from tests.names import names
 
 SHA = "ab" * 32
 

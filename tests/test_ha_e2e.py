@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThread
 
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
+from tests.e2e import node_hashes
 from tests.helpers import ROLLBACK_FAILED, TIMEOUT, start_server, wait_for
 from tests.services import (
     Anvil,
@@ -32,7 +33,7 @@ from tests.services import (
     SentinelGroup,
     free_port,
 )
-from tests.test_client_e2e import TWISTD, node_hashes, twistd_environ
+from tests.twistd import TWISTD, twistd_environ
 
 ACK_TIMEOUT = 2.0
 BLOCK_TIME = 0.25

@@ -93,6 +93,31 @@ def test_product_code_uses_no_test_helpers() -> None:
     assert offenders == {}
 
 
+def test_no_test_module_imports_another() -> None:
+    """
+    No module of tests/ imports a test module (C{tests.test_*}, or a name out of one): what
+    several test modules share lives in tests/helpers.py, the modules beside it and the
+    fixtures of tests/conftest.py, so changing one test module cannot break another.
+    """
+    tests = Path(__file__).parent
+    paths = sorted(tests.rglob("*.py"))
+    assert len(paths) > 10
+    offenders = {}
+    for path in paths:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                module = ".".join(filter(None, ["tests" if node.level else "", node.module]))
+                names.add(module)
+                names.update(f"{module}.{alias.name}" for alias in node.names)
+        imported = sorted(n for n in names if n.startswith("tests.test_"))
+        if imported:
+            offenders[str(path.relative_to(tests))] = imported
+    assert offenders == {}
+
+
 def test_every_logger_passes_the_verbose_filter() -> None:
     """
     Every module logs through L{ethtwisted.logs.Logger} (whose events pass the one filter that

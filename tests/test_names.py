@@ -7,7 +7,6 @@ characters, no space but U+0020 and never two in a row nor around it, in NFC.
 from __future__ import annotations
 
 import json
-import unicodedata
 
 import pytest
 from hypothesis import given
@@ -15,20 +14,9 @@ from hypothesis import strategies as st
 
 from ethtwisted.frames import Hello, decode_control, encode_control, name_problem
 from ethtwisted.protocol import CONTROL_MARK, ProtocolError
-from tests.test_client import usage_error
+from tests.helpers import usage_error
+from tests.names import names
 
-BLANK = "\u115f\u1160\u3164\uffa0\u2800"
-words = st.text(
-    st.characters(categories=["L", "M", "N", "P", "S"], exclude_characters=BLANK),
-    min_size=1,
-    max_size=12,
-).map(lambda word: unicodedata.normalize("NFC", word))
-names = (
-    st.lists(words, min_size=1, max_size=4)
-    .map(" ".join)
-    .filter(lambda name: len(name) <= 255 and name[0] != " " and name[-1] != " ")
-)
-"""Names of visible characters with single spaces between words: every one is a good name."""
 forbidden = st.characters(categories=["Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"]) | (
     st.characters(categories=["Zs"], exclude_characters=" ")
 )

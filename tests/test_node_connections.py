@@ -22,9 +22,9 @@ from ethtwisted.node import NodeError
 from ethtwisted.node.status import StatusReader
 from ethtwisted.node.web3_node import Web3Node
 from tests.fake_rpc import ChainNode
+from tests.fakes import Recorder
+from tests.headers import expected, fixture
 from tests.helpers import the_reactor, wait_for
-from tests.test_client import Recorder
-from tests.test_node_headers import expected, fixture
 
 NAME = "parlia-bsc-1.json"
 

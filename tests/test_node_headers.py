@@ -7,7 +7,6 @@ the node's status and by the follower; and what is not a header is still refused
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,35 +24,12 @@ from ethtwisted.node.status import StatusReader
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
 from tests.fake_rpc import ChainNode, header_of
+from tests.fakes import Recorder
+from tests.headers import CHAIN_IDS, FIXTURES, expected, fixture
 from tests.helpers import the_reactor, wait_for
-from tests.test_client import Recorder
-
-FIXTURES = Path(__file__).parent / "fixtures" / "headers"
 
 # The chain id of each fixture's chain (the Quorum network's own is not known: any will do).
-CHAIN_IDS = {
-    "clique-goerli-3422.json": 5,
-    "ibft-quorum-1.json": 1337,
-    "parlia-bsc-1.json": 56,
-    "bor-polygon-436.json": 137,
-    "opstack-optimism-151534212.json": 10,
-    "nitro-arbitrum-58989000.json": 42161,
-    "qbft-besu-0.json": 1337,
-}
 NAMES = sorted(CHAIN_IDS)
-
-
-def fixture(name: str) -> dict[str, Any]:
-    data = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    return data
-
-
-def expected(name: str) -> Block:
-    """The block a fixture is, read by hand."""
-    data = fixture(name)
-    return Block(CHAIN_IDS[name], int(data["number"], 16), data["hash"].lower(),
-                 data["parentHash"].lower(), int(data["timestamp"], 16))  # fmt: skip
 
 
 # -- the fixtures are real headers ------------------------------------------------------------

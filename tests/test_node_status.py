@@ -23,7 +23,7 @@ from ethtwisted.node import NodeError, open_node
 from ethtwisted.node.interfaces import INodeRequests
 from ethtwisted.node.status import StatusReader
 from tests.conftest import Anvil
-from tests.test_client import Logs
+from tests.helpers import Logs
 
 BLOCK = {"number": "0x10", "baseFeePerGas": "0x3b9aca00"}
 ANSWERS: dict[str, Any] = {

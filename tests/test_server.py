@@ -34,7 +34,7 @@ from ethtwisted.frames import Ack, Hello, Refusal, encode_control
 from ethtwisted.interfaces import IBlockStore, ICounterStore
 from ethtwisted.logs import set_verbose
 from ethtwisted.protocol import Block, block_html, block_json, payload_hash
-from ethtwisted.records import Received, StatusReport
+from ethtwisted.records import Received
 from ethtwisted.server.collector import STOP_TIMEOUT, CollectorService
 from ethtwisted.server.factory import ClientTokens, ServerFactory
 from ethtwisted.server.ingest import ENTRY_OVERHEAD_BYTES, MAX_CONFLICT_RETRIES, Ingest
@@ -42,33 +42,8 @@ from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage import RejectedError
 from ethtwisted.storage.memory_counters import MemoryCounters
 from ethtwisted.storage.memory_store import MemoryStore
-from tests.test_protocol import feed, netstring
-
-
-class HeldStore(MemoryStore):
-    """
-    The in-memory store, with each commit held until the test completes it (L{commit}) or
-    fails it (C{results[i].errback}).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[list[Received]] = []
-        """The payloads of each commit."""
-        self.batches: list[list[Received | StatusReport]] = []
-        """Each commit whole: its payloads and status reports."""
-        self.results: list[Deferred[int]] = []
-
-    def store(self, batch: Sequence[Received | StatusReport]) -> Deferred[int]:
-        self.calls.append([r for r in batch if isinstance(r, Received)])
-        self.batches.append(list(batch))
-        d: Deferred[int] = Deferred()
-        self.results.append(d)
-        return d
-
-    def commit(self, index: int = -1) -> None:
-        super().store(self.batches[index]).chainDeferred(self.results[index])
-
+from tests.fakes import HeldStore
+from tests.wire import feed, netstring, sent_frames
 
 REDIS_DOWN = ConnectionError("Redis is down")
 
@@ -383,15 +358,6 @@ def server_connection(
     transport = StringTransport(peerAddress=None)
     protocol.makeConnection(transport)
     return protocol, transport, store, clock
-
-
-def sent_frames(transport: StringTransport) -> list[bytes]:
-    data, frames = transport.value(), []
-    while data:
-        length, _, rest = data.partition(b":")
-        frames.append(rest[: int(length)])
-        data = rest[int(length) + 1 :]
-    return frames
 
 
 def test_ack_is_sent_after_commit() -> None:

@@ -27,8 +27,8 @@ from ethtwisted.server.flow import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.storage.memory_store import MemoryStore
-from tests.test_protocol import BLOCK, feed, netstring
-from tests.test_server import HeldStore, sent_frames
+from tests.fakes import HeldStore
+from tests.wire import BLOCK, feed, netstring, sent_frames
 
 
 class Drops:

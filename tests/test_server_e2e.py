@@ -27,6 +27,7 @@ from ethtwisted.frames import Hello, encode_control
 from ethtwisted.protocol import payload_hash as sha
 from ethtwisted.server.flow import MAX_IN_FLIGHT, MAX_UNREAD_ACK_BYTES
 from ethtwisted.server.ingest import MAX_BATCH
+from tests.e2e import drops, sqlite_rows
 from tests.helpers import (
     ROLLBACK_FAILED,
     TIMEOUT,
@@ -48,11 +49,6 @@ async def sqlite_server(tmp_path: Path) -> AsyncIterator[tuple[Server, Path]]:
     server = await start_server(["--db", f"sqlite:///{path}", "--idle-timeout", "2"])
     yield server, path
     await server.service.stopService()
-
-
-def sqlite_rows(path: Path) -> dict[str, str]:
-    with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT hash, payload FROM ethereum_data"))
 
 
 @pytest_twisted.ensureDeferred
@@ -330,10 +326,6 @@ class Raw(Protocol):
 def bugs(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The events that log a traceback or a critical error."""
     return [e for e in events if e.get("log_failure") is not None or e.get("isError")]
-
-
-def drops(events: Sequence[dict[str, Any]]) -> list[str]:
-    return [e["reason"] for e in events if "dropping connection" in e.get("log_format", "")]
 
 
 @pytest_twisted.ensureDeferred

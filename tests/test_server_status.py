@@ -38,9 +38,9 @@ from ethtwisted.server.factory import ServerFactory
 from ethtwisted.server.ingest import Ingest
 from ethtwisted.server.protocol import ServerProtocol
 from ethtwisted.server.sightings import CLOCK_WAIT, MAX_PENDING_SIGHTINGS
-from tests.test_protocol import feed, netstring
-from tests.test_server import HeldStore, sent_frames
-from tests.test_storage_contract import block
+from tests.blocks import block
+from tests.fakes import HeldStore
+from tests.wire import feed, netstring, sent_frames
 
 T0 = 1_700_000_000.0
 FEATURES = ("status", "sighting", "ping")

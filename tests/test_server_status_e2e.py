@@ -13,8 +13,8 @@ import treq
 
 from ethtwisted.frames import Ack, ControlFrame, Hello, Ping, Pong, Sighting, Status, Welcome
 from ethtwisted.protocol import block_json, payload_hash
+from tests.blocks import block
 from tests.helpers import Peer, connect, connect_peer, start_server, the_reactor, wait_for
-from tests.test_storage_contract import block
 
 FEATURES = ("status", "sighting", "ping")
 

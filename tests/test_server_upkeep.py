@@ -17,10 +17,7 @@ from ethtwisted.server.upkeep import PRUNE_BATCH, SightingPruner, Summary
 from ethtwisted.states import Thresholds
 from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.storage.sql_store import SQLStore
-from tests.test_storage_contract import block, received
-from tests.test_web import sqlite_store
-
-__all__ = ["sqlite_store"]  # the fixture, for pytest
+from tests.blocks import block, received
 
 DAY = 86400.0
 

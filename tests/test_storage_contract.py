@@ -65,10 +65,10 @@ from ethtwisted.storage.memory_store import MemoryStore, Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore
+from tests.blocks import T0, BlockStore, block, received, store_reorged_chain
 from tests.helpers import ROLLBACK_FAILED
 from tests.services import MySQLDatabase, Redis
 
-T0 = 1_700_000_000.0
 SQL_TABLES = {
     "ethereum_data",
     "eth_blocks",
@@ -85,41 +85,6 @@ SQL_TABLES = {
 }
 MYSQL_CONNECT_TIMEOUT = 10.0  # the connect_timeout of sql_pool.connection_pool
 MARGIN = 5.0  # for a loaded machine: the answer must come within the store's timeout plus this
-
-BlockStore = SQLStore | MemoryStore
-
-
-def block(chain_id: int, number: int, fork: int = 0, parent_fork: int = 0) -> Block:
-    """
-    Block C{number} of branch C{fork}, child of block C{number - 1} of branch C{parent_fork}.
-    """
-    return Block(
-        chain_id=chain_id,
-        number=number,
-        hash=f"0x{chain_id:016x}{number:040x}{fork:08x}",
-        parent_hash=f"0x{chain_id:016x}{number - 1:040x}{parent_fork:08x}",
-        timestamp=1_600_000_000 + number,
-    )
-
-
-def received(
-    payload: bytes,
-    client: str,
-    at: float,
-    address: str = "127.0.0.1",
-    seen: float | None = None,
-    via: str = "unknown",
-) -> Received:
-    return Received(
-        sha256=payload_hash(payload),
-        payload=payload.decode("utf-8"),
-        address=address,
-        client=client,
-        received=at,
-        block=parse_block(payload),
-        seen=seen,
-        via=via,
-    )
 
 
 def newest_first(batch: Sequence[Received]) -> list[str]:
@@ -618,26 +583,6 @@ def chain_block(
 ) -> ChainBlock:
     return ChainBlock(b.number, b.hash, b.parent_hash, payload_hash(block_json(b)), client, at,
                       canonical, finalized, b.timestamp)  # fmt: skip
-
-
-async def store_reorged_chain(store: BlockStore) -> None:
-    """
-    Chain 1: heights 1 to 12 with 4 and 5 missing; a branch of 9 and 10 replaced by the
-    chain through 11 and 12; at 3, below the gap, two blocks, the one first seen last on the
-    chain.  Chain 5: block 700 alone.  An older client's page (no chain).
-    """
-    batch = [received(block_json(block(1, n)), "a", T0 + n) for n in (1, 2, 6, 7, 8)]
-    batch += [
-        received(block_json(block(1, 3, fork=2)), "b", T0 + 3),
-        received(block_json(block(1, 3)), "a", T0 + 3.5),
-        received(block_json(block(1, 9, fork=1)), "b", T0 + 9),
-        received(block_json(block(1, 10, fork=1, parent_fork=1)), "b", T0 + 10),
-        received(block_json(block(5, 700)), "c", T0 + 20),
-        received(block_html(99), "d", T0 + 21),
-    ]
-    await store.store(batch)
-    await store.store([received(block_json(block(1, n)), "a", T0 + 11 + n) for n in (9, 10)])
-    await store.store([received(block_json(block(1, n)), "a", T0 + 22 + n) for n in (11, 12)])
 
 
 @pytest_twisted.ensureDeferred

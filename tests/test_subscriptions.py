@@ -27,17 +27,18 @@ from ethtwisted.node.interfaces import IHeadSource, IHeadSubscription, INode
 from ethtwisted.node.lacking import says_missing
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
-from tests.fake_rpc import ChainNode, header_of
-from tests.helpers import Committed, Server, the_reactor, wait_for
-from tests.services import Anvil
-from tests.test_client import FakeNode, Recorder, block_hash
-from tests.test_client_e2e import (
+from tests.e2e import (
     assert_chain_stored_once,
     node_hashes,
     start_client,
+    subscribed,
+    subscriber_of,
     uri_of,
 )
-from tests.test_client_e2e import server as server
+from tests.fake_rpc import ChainNode, header_of
+from tests.fakes import FakeNode, Recorder, block_hash
+from tests.helpers import Committed, Server, the_reactor, wait_for
+from tests.services import Anvil
 
 INTERVAL = 1.0
 GENESIS = {"number": "0x0", "hash": "0x" + "11" * 32, "parentHash": "0x" + "00" * 32,
@@ -455,16 +456,6 @@ def watch_sources(client: EthClient) -> list[Sighting]:
     sightings: list[Sighting] = []
     client.poller.follower.sighting_listeners.append(sightings.append)
     return sightings
-
-
-def subscriber_of(client: EthClient) -> Subscriber:
-    subscriber = client.poller.subscriber
-    assert subscriber is not None, "the client does not subscribe"
-    return subscriber
-
-
-async def subscribed(client: EthClient) -> None:
-    await wait_for(lambda: subscriber_of(client).active, 10, what="a live subscription")
 
 
 @pytest.mark.parametrize("transport", PUSHING)

@@ -30,10 +30,10 @@ from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options
 from ethtwisted.storage.chains import chain_reader
 from ethtwisted.storage.memory_store import MemoryStore
+from tests.blocks import block
+from tests.e2e import drops, sqlite_rows
 from tests.helpers import Peer, Server, connect, start_server, the_reactor, wait_for
-from tests.test_protocol import netstring
-from tests.test_server_e2e import drops, sqlite_rows
-from tests.test_storage_contract import block
+from tests.wire import netstring
 
 TOKENS = "# the fleet\ntok-alice alice\ntok-mallory mallory\ntok-any\ntok-zurich Zürich 1\n"
 

@@ -8,31 +8,24 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
-from typing import Protocol as TypingProtocol
 from urllib.parse import quote
 
 import prometheus_client
 import pytest
 import pytest_twisted
-import treq
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
-from treq.testing import StubTreq
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
-from twisted.web.resource import IResource
 from zope.interface.verify import verifyObject
 
 from ethtwisted import stats_tap
@@ -53,97 +46,26 @@ from ethtwisted.storage.sql_store import SQLStore
 from ethtwisted.web.cat import plain_table
 from ethtwisted.web.reads import CHECK_TIMEOUT, READ_TIMEOUT, Reads
 from ethtwisted.web.site import StatsRoot, WebService, agent_resource
-from tests.helpers import LISTEN, TIMEOUT, connect_peer, start_server, wait_for
+from tests.blocks import block, received
+from tests.helpers import connect_peer, wait_for
 from tests.services import MySQLDatabase, Redis
-from tests.test_storage_contract import block, received
+from tests.web import (
+    TOKEN,
+    Client,
+    Reply,
+    Running,
+    above_debug,
+    metric,
+    open_sqlite,
+    start_stats,
+    stats_server,
+    stub_treq,
+)
 
-TOKEN = "s3cret-stats-token"
 T0 = 1_700_000_000.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-    def json(self) -> Any:
-        assert self.headers["content-type"] == "application/json"
-        return json.loads(self.body)
-
-
-class Treq(TypingProtocol):
-    """What C{StubTreq} offers, which it sets up at run time where mypy cannot see it."""
-
-    def request(
-        self, method: str, url: str, *, headers: Mapping[bytes, Any] | Mapping[str, Any]
-    ) -> Deferred[IResponse]: ...
-
-    def content(self, response: IResponse) -> Deferred[bytes]: ...
-
-    def flush(self) -> None: ...
-
-
-def stub_treq(root: IResource) -> Treq:
-    """treq in memory over C{root}."""
-    return cast(Treq, StubTreq(root))
-
-
-class Client:
-    """
-    GETs against a resource in memory: StubTreq, pumped until the answer (which comes from a
-    store thread) is complete.
-    """
-
-    def __init__(self, root: Any) -> None:
-        self.stub = stub_treq(root)
-
-    async def _settle(self, d: Deferred[Any]) -> Any:
-        done: list[Any] = []
-        d.addBoth(done.append)
-
-        def finished() -> bool:
-            self.stub.flush()
-            return bool(done)
-
-        await wait_for(finished, interval=0.005)
-        if isinstance(done[0], Failure):
-            done[0].raiseException()
-        return done[0]
-
-    async def request(
-        self, method: str, path: str, headers: Mapping[Any, Any] | None = None
-    ) -> Reply:
-        response = await self._settle(
-            self.stub.request(method, "http://stats.test" + path, headers=dict(headers or {}))
-        )
-        body = await self._settle(self.stub.content(response))
-        flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
-        return Reply(response.code, flat, body)
-
-    async def get(self, path: str, token: str | None = None) -> Reply:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return await self.request("GET", path, headers)
-
-
-async def open_sqlite(path: Path, read_only: bool = False) -> SQLStore:
-    store = SQLStore(parse_db_url(f"sqlite:///{path}"), reactor, read_only=read_only)
-    await store.start()
-    return store
-
-
-@pytest_twisted.async_yield_fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLStore]:
-    store = await open_sqlite(tmp_path / "eth.sqlite")
-    yield store
-    await store.close()
 
 
 async def fill(store: SQLStore) -> dict[str, Any]:
@@ -621,13 +543,6 @@ def has_security_headers(reply: Reply) -> bool:
     return all(reply.headers.get(k) == v for k, v in SECURITY_HEADERS.items())
 
 
-def above_debug(events: Sequence[LogEvent]) -> list[str]:
-    """
-    The events of C{events} logged at info level or above (anything but an access log line).
-    """
-    return [formatEvent(e) for e in events if e.get("log_level") != LogLevel.debug]
-
-
 @pytest_twisted.ensureDeferred
 async def test_oversized_query_arguments_are_a_400(sqlite_store: SQLStore) -> None:
     """
@@ -791,15 +706,6 @@ async def test_a_store_that_does_not_answer_times_out_in_words(sqlite_store: SQL
         assert (reply.status, reply.text) == (503, "store unavailable\n")
     assert above_debug(events) == ["stats: a store read failed: timed out after 10 s"]
     assert not clock.getDelayedCalls()
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    """
-    The value of one sample in a Prometheus text exposition.
-    """
-    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
-    assert match, f"no {name}{labels} in metrics"
-    return float(match.group(1))
 
 
 @pytest_twisted.ensureDeferred
@@ -1101,51 +1007,6 @@ def test_hostile_requests_cost_only_a_4xx(
 
 
 # -- over real sockets ------------------------------------------------------------------------
-
-
-@dataclass
-class Running:
-    service: IService
-    stats: WebService
-    collector_port: int | None
-
-    @property
-    def url(self) -> str:
-        address = self.stats.ports[0].getHost()
-        assert isinstance(address, IPv4Address)
-        return f"http://127.0.0.1:{address.port}"
-
-    async def get(self, path: str, token: str | None = None) -> Reply:
-        headers: dict[bytes | str, bytes | str] = {}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        response = await treq.get(self.url + path, headers=headers, timeout=TIMEOUT)
-        body = await treq.content(response)
-        flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
-        return Reply(response.code, flat, body)
-
-    async def stop(self) -> None:
-        await self.service.stopService()
-
-
-async def stats_server(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
-    """eth-server with --stats on a free loopback port, in this process."""
-    server = await start_server(["--stats", LISTEN, *args], environ)
-    assert server.stats is not None
-    return Running(server.service, server.stats, server.port)
-
-
-async def start_stats(args: Sequence[str], environ: Mapping[str, str] = {}) -> Running:
-    options = StatsOptions()
-    options.environ = dict(environ)
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
-    service = stats_tap.makeService(options, reactor)
-    assert isinstance(service, MultiService)
-    service.startService()
-    stats = service.getServiceNamed("stats")
-    assert isinstance(stats, WebService)
-    await stats.ready.addTimeout(TIMEOUT, reactor)
-    return Running(service, stats, None)
 
 
 def chain_payloads(chain_id: int, numbers: range) -> list[bytes]:

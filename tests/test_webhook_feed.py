@@ -13,11 +13,10 @@ from ethtwisted.records import StateEvent
 from ethtwisted.server.feed import WebhookFeed, hook_id
 from ethtwisted.server.webhooks import WebhookService
 from ethtwisted.storage.sql_store import SQLStore
+from tests.blocks import T0
+from tests.fleet_reports import Opener, T, started
 from tests.helpers import the_reactor, wait_for
-from tests.test_fleet_store import T0, Opener, T, open_store, started
-from tests.test_webhooks import FAST_RETRY, Running, receiver, receivers, url
-
-__all__ = ["open_store", "receivers"]  # the fixtures, used by name
+from tests.webhooks import FAST_RETRY, Running, receiver, url
 
 
 async def record_changes(store: SQLStore, clients: str, at: float) -> list[StateEvent]:

@@ -46,7 +46,7 @@ from ethtwisted.server.webhook_http import (
 )
 from ethtwisted.server.webhooks import REDIRECT_ATTEMPTS, WebhookService, parse_webhook_url
 from tests.helpers import the_reactor, wait_for
-from tests.test_webhooks import FAST_RETRY, event
+from tests.webhooks import FAST_RETRY, event
 
 MARKER = "receiver-bytes-7f3a"
 """Written by the receivers into every answer: it must never reach the log."""

@@ -10,117 +10,19 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel, capturedLogs, formatEvent
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
 from ethtwisted.interfaces import IEventSink
-from ethtwisted.records import StateEvent
-from ethtwisted.server.webhooks import WebhookService, WebhookURL, event_body, parse_webhook_url
+from ethtwisted.server.webhooks import WebhookService, event_body, parse_webhook_url
 from tests.helpers import the_reactor, wait_for
 from tests.services import free_port
+from tests.webhooks import FAST_RETRY, Running, event, receiver, url
 
 SECRET = b"hmac-secret-of-the-test"
-FAST_RETRY = 0.05
-
-
-def event(n: int, client: str = "node-a") -> StateEvent:
-    return StateEvent(
-        id=n,
-        client=client,
-        chain_id=1,
-        state="behind",
-        event="entered" if n % 2 else "left",
-        head=100 + n,
-        best_head=110 + n,
-        since=1_700_000_000.0 + n,
-        at=1_700_000_030.0 + n,
-        text=f"{client} is 10 blocks behind ({n})",
-    )
-
-
-@dataclass
-class Receiver(Resource):
-    """
-    A webhook receiver: records each POST (headers and body); answers C{statuses} in turn
-    (then 200), and leaves the first C{hang} requests unanswered.
-    """
-
-    statuses: list[int] = field(default_factory=list)
-    hang: int = 0
-    requests: list[tuple[dict[bytes, bytes], bytes]] = field(default_factory=list)
-    hanging: list[Request] = field(default_factory=list)
-    isLeaf = True
-
-    def __post_init__(self) -> None:
-        Resource.__init__(self)
-
-    def render_POST(self, request: Request) -> bytes | int:
-        assert request.content is not None
-        headers = {k.lower(): v[-1] for k, v in request.requestHeaders.getAllRawHeaders()}
-        self.requests.append((headers, request.content.read()))
-        if self.hang > 0:
-            self.hang -= 1
-            self.hanging.append(request)
-            return NOT_DONE_YET
-        request.setResponseCode(self.statuses.pop(0) if self.statuses else 200)
-        return b"ok"
-
-    @property
-    def ids(self) -> list[int]:
-        return [json.loads(body)["id"] for _, body in self.requests]
-
-
-@dataclass
-class Running:
-    receiver: Receiver
-    port: int
-    listening: IListeningPort | None = None
-
-    async def start(self) -> None:
-        endpoint = TCP4ServerEndpoint(cast(Any, the_reactor()), self.port, interface="127.0.0.1")
-        site = Site(self.receiver)
-        site.noisy = False
-        self.listening = await endpoint.listen(site)
-
-    async def stop(self) -> None:
-        if self.listening is not None:
-            for request in self.receiver.hanging:
-                if request.channel is not None and request.channel.transport is not None:
-                    cast(Any, request.channel.transport).abortConnection()
-            await maybeDeferred(self.listening.stopListening)
-            self.listening = None
-
-
-@pytest_twisted.async_yield_fixture
-async def receivers() -> AsyncIterator[list[Running]]:
-    """
-    Receivers that the test starts (or not); all stopped afterwards.
-    """
-    made: list[Running] = []
-    yield made
-    for running in made:
-        await running.stop()
-
-
-def receiver(made: list[Running], **kwargs: object) -> Running:
-    running = Running(Receiver(**kwargs), free_port())  # type: ignore[arg-type]
-    made.append(running)
-    return running
-
-
-def url(running: Running, path: str = "/hook") -> WebhookURL:
-    return parse_webhook_url(f"http://127.0.0.1:{running.port}{path}")
 
 
 async def stopped(service: WebhookService) -> None:
