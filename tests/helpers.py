@@ -8,6 +8,8 @@
   unacknowledged, and collects the acks; ``connect_peer`` connects one over TCP.
 - ``start_server(args)``: ``eth-server`` built by its own ``makeService`` in this process,
   listening on free loopback ports, once it serves; ``Server.committed`` sees every commit.
+- ``closing(node)``: ``async with closing(node) as node:`` closes the node when the block
+  ends, however it ends.
 - ``Logs``: what a test logged (the ``logs`` fixture of conftest.py), by level and text.
 - ``options(*args, **environ)``: eth-client's options parsed; ``usage_error`` the message
   of options it refuses.
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
 from typing import TypeVar, cast
 
 import pytest
@@ -333,3 +337,19 @@ def usage_error(*args: str, **environ: str) -> str:
     with pytest.raises(SystemExit) as raised:
         options(*args, **environ)
     return str(raised.value)
+
+
+class Closable(TypingProtocol):
+    def close(self) -> Awaitable[object]: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+@asynccontextmanager
+async def closing(node: C) -> AsyncIterator[C]:
+    """C{node} for the block, closed (and waited for) when the block ends, however it ends."""
+    try:
+        yield node
+    finally:
+        await node.close()

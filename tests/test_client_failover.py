@@ -6,12 +6,10 @@ and endpoints that connect only when the test says so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel
 from twisted.test import iosim
 
 from ethtwisted import client_tap
@@ -24,16 +22,9 @@ from ethtwisted.frames import Ack, Hello, Refusal
 from ethtwisted.metrics.client import ClientMetrics
 from ethtwisted.protocol import payload_hash
 from tests.fakes import AckingPeer, FakeEndpoint, OneShotServer
-from tests.helpers import Logs
+from tests.helpers import Logs, options
 
 ACK_TIMEOUT = 30.0
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    """What the test logs."""
-    with capturedLogs() as events:
-        yield Logs(events)
 
 
 class Fleet:
@@ -597,13 +588,6 @@ def test_oneshot_tries_the_servers_in_order_for_each_message(logs: Logs) -> None
     assert received["a"] == [b"m2", b"m3"] and len(outbox) == 0
     sender.stopService()
     assert not clock.getDelayedCalls()
-
-
-def options(*args: str, **environ: str) -> client_tap.Options:
-    config = client_tap.Options()
-    config.environ = dict(environ)
-    config.parseOptions(list(args))
-    return config
 
 
 def test_server_is_repeatable_and_eth_server_holds_several() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
 
 from ethtwisted.client.delivery import WELCOME_TIMEOUT, Delivery
 from ethtwisted.client.failover import ServerList
@@ -41,13 +39,6 @@ from tests.helpers import Logs, wired
 from tests.wire import feed, netstring
 
 HELLO = Hello("c1", features=FEATURES)
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    """What the test logs (the global fixture fails it on errors)."""
-    with capturedLogs() as events:
-        yield Logs(events)
 
 
 def frames(transport: StringTransport) -> list[Any]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -44,7 +44,7 @@ from ethtwisted.protocol import (
 )
 from tests.fakes import FakeNode as ChainNode
 from tests.fakes import one_server
-from tests.helpers import TIMEOUT, Logs, wait_for, wired
+from tests.helpers import TIMEOUT, Logs, closing, wait_for, wired
 from tests.twistd import twistd_client
 from tests.wire import netstring
 
@@ -57,13 +57,6 @@ GOOD_BLOCK = {
     "parentHash": "0x" + "cd" * 32,
     "timestamp": "0x6500",
 }
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    """What the test logs."""
-    with capturedLogs() as events:
-        yield Logs(events)
 
 
 # -- a node that answers what the test says ---------------------------------------------------
@@ -249,14 +242,11 @@ async def test_absurd_block_numbers_are_node_errors(fake_node: tuple[FakeNode, s
         "eth_blockNumber": ("result", hex(2**64)),
         "finalized": ("result", {**GOOD_BLOCK, "number": hex(2**160)}),
     })  # fmt: skip
-    node = Web3Node(url, reactor, timeout=5)
-    try:
+    async with closing(Web3Node(url, reactor, timeout=5)) as node:
         with pytest.raises(NodeError, match="unusable block number: a 65-bit number"):
             await node.block_number()
         with pytest.raises(NodeError, match="unusable finalized block number: a 161-bit"):
             await node.finalized_number()
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -269,13 +259,10 @@ async def test_deep_json_from_the_node_is_node_trouble_in_the_process(
     """
     resource, url = fake_node
     resource.script = Script(default=("deep", 100_000))
-    node = Web3Node(url, reactor, timeout=5)
-    try:
+    async with closing(Web3Node(url, reactor, timeout=5)) as node:
         for call in (node.block_number, node.head, node.finalized_number):
             with pytest.raises(NodeError, match="maximum recursion depth exceeded while decoding"):
                 await call()
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -49,6 +49,7 @@ from ethtwisted.node.interfaces import INode
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
+from tests.helpers import closing
 
 reactor = IReactorTime(global_reactor)
 
@@ -112,8 +113,7 @@ async def test_blocks_agree_with_the_node(
     says over plain JSON-RPC, with 0x-prefixed lowercase hashes and the chain id.
     """
     anvil.mine(3)
-    node = node_of(kind, uri_of(anvil, transport), tmp_path)
-    try:
+    async with closing(node_of(kind, uri_of(anvil, transport), tmp_path)) as node:
         assert verifyObject(INode, node)
         head = expected_block(anvil, "latest")
         assert await node.block_number() == head.number
@@ -125,8 +125,6 @@ async def test_blocks_agree_with_the_node(
         assert await node.block_by_hash(second.hash) == second
         assert await node.block_by_hash(second.hash.upper().replace("0X", "0x")) == second
         assert (await node.block_by_number(1)).hash == second.parent_hash  # type: ignore[union-attr]
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("kind", NODE_KINDS)
@@ -138,12 +136,9 @@ async def test_unknown_blocks_are_none(
     """
     A number past the head and a hash the node does not know give None, not an error.
     """
-    node = node_of(kind, uri_of(anvil, transport), tmp_path)
-    try:
+    async with closing(node_of(kind, uri_of(anvil, transport), tmp_path)) as node:
         assert await node.block_by_number(10**9) is None
         assert await node.block_by_hash("0x" + "ab" * 32) is None
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("kind", NODE_KINDS)
@@ -153,11 +148,8 @@ async def test_blocks_carry_the_chain_id(anvil_factory: Any, kind: str, tmp_path
     Blocks carry the chain id the node reports (eth_chainId), not a default.
     """
     other = anvil_factory("--chain-id", "5")
-    node = node_of(kind, other.ws_url, tmp_path)
-    try:
+    async with closing(node_of(kind, other.ws_url, tmp_path)) as node:
         assert (await node.head()).chain_id == 5
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("kind", NODE_KINDS)
@@ -167,12 +159,9 @@ async def test_finalized_number(anvil: Any, kind: str, tmp_path: Any) -> None:
     anvil reports a finalized block (64 behind the head, at least genesis): its number.
     """
     anvil.mine(70)
-    node = node_of(kind, anvil.ipc_path, tmp_path)
-    try:
+    async with closing(node_of(kind, anvil.ipc_path, tmp_path)) as node:
         expected = int(anvil.rpc("eth_getBlockByNumber", "finalized", False)["number"], 16)
         assert await node.finalized_number() == expected
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("kind", NODE_KINDS)
@@ -185,16 +174,13 @@ async def test_restarted_node_is_reached_again(
     After the node restarts, the next call opens a new connection and answers, with the new
     chain's blocks.
     """
-    node = node_of(kind, uri_of(anvil, transport), tmp_path)
-    try:
+    async with closing(node_of(kind, uri_of(anvil, transport), tmp_path)) as node:
         anvil.mine(5)
         before = await node.head()
         anvil.restart()
         after = await node.head()
         assert after == expected_block(anvil, "latest")
         assert after.hash != before.hash
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("kind", NODE_KINDS)
@@ -207,8 +193,7 @@ async def test_stopped_node_fails_then_comes_back(
     While the node is down every call fails at once with NodeError; once it is back, calls
     answer again.
     """
-    node = node_of(kind, uri_of(anvil, transport), tmp_path, timeout=10)
-    try:
+    async with closing(node_of(kind, uri_of(anvil, transport), tmp_path, timeout=10)) as node:
         await node.block_number()
         anvil.stop()
         start = reactor.seconds()
@@ -218,8 +203,6 @@ async def test_stopped_node_fails_then_comes_back(
         assert reactor.seconds() - start < 5
         anvil.start()
         assert await node.block_number() == 0
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("transport", ["ipc", "ws"])
@@ -233,8 +216,7 @@ async def test_web3_reads_a_persistent_connection_in_the_task_we_watch(
     in one place, _Connection.listener): once connected it is a running asyncio task, and it
     ends when the node hangs up.  This fails when web3 renames or changes it.
     """
-    node = Web3Node(uri_of(anvil, transport), reactor, timeout=5)
-    try:
+    async with closing(Web3Node(uri_of(anvil, transport), reactor, timeout=5)) as node:
         await node.block_number()
         connection = node._connection
         assert connection is not None
@@ -247,8 +229,6 @@ async def test_web3_reads_a_persistent_connection_in_the_task_we_watch(
         await Deferred.fromFuture(asyncio.ensure_future(asyncio.wait([listener], timeout=5)))
         assert listener.done()
         assert connection.gone() is not False
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -256,15 +236,12 @@ async def test_http_has_no_listener_task(anvil: Any) -> None:
     """
     Over HTTP there is no connection to watch: no listener, and never gone.
     """
-    node = Web3Node(anvil.http_url, reactor, timeout=5)
-    try:
+    async with closing(Web3Node(anvil.http_url, reactor, timeout=5)) as node:
         await node.block_number()
         connection = node._connection
         assert connection is not None
         assert connection.listener is None
         assert connection.gone() is False
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -273,8 +250,7 @@ async def test_failover_to_a_live_node_is_logged_once(anvil: Any, tmp_path: Any)
     With a dead node first, calls are answered by the live one, and the switch is logged once.
     """
     dead = str(tmp_path / "nobody.ipc")
-    node = open_node([dead, anvil.ws_url], reactor, timeout=5)
-    try:
+    async with closing(open_node([dead, anvil.ws_url], reactor, timeout=5)) as node:
         assert isinstance(node, FailoverNode)
         with capturedLogs() as events:
             head = await node.head()
@@ -284,8 +260,6 @@ async def test_failover_to_a_live_node_is_logged_once(anvil: Any, tmp_path: Any)
         assert len(switches) == 1
         assert switches[0]["old"] == dead and switches[0]["new"] == anvil.ws_url
         assert node.description == anvil.ws_url
-    finally:
-        await node.close()
 
 
 # -- nodes that never answer ------------------------------------------------------------------
@@ -346,15 +320,12 @@ async def test_refused_connection_is_a_node_error(uri: str, tmp_path: Any) -> No
     """
     Nothing listening: NodeError at once, with a short reason.
     """
-    node = Web3Node(uri, reactor, timeout=10)
-    try:
+    async with closing(Web3Node(uri, reactor, timeout=10)) as node:
         start = reactor.seconds()
         error = await failure_of(node.head())
         assert isinstance(error, NodeError)
         assert str(error) == "Connection refused"
         assert reactor.seconds() - start < 5
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -362,13 +333,10 @@ async def test_missing_ipc_socket_is_a_node_error(tmp_path: Any) -> None:
     """
     An IPC path where no node listens fails with the system's reason.
     """
-    node = Web3Node(str(tmp_path / "geth.ipc"), reactor)
-    try:
+    async with closing(Web3Node(str(tmp_path / "geth.ipc"), reactor)) as node:
         error = await failure_of(node.block_number())
         assert isinstance(error, NodeError)
         assert str(error) == "No such file or directory"
-    finally:
-        await node.close()
 
 
 @pytest_twisted.ensureDeferred

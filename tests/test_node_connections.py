@@ -24,7 +24,7 @@ from ethtwisted.node.web3_node import Web3Node
 from tests.fake_rpc import ChainNode
 from tests.fakes import Recorder
 from tests.headers import expected, fixture
-from tests.helpers import the_reactor, wait_for
+from tests.helpers import closing, the_reactor, wait_for
 
 NAME = "parlia-bsc-1.json"
 
@@ -37,7 +37,7 @@ async def chain() -> AsyncIterator[ChainNode]:
     await node.stop()
 
 
-def closing(chain: ChainNode, how: str) -> None:
+def close_connections(chain: ChainNode, how: str) -> None:
     if how == "every third request":
         # (Every other would drop the retry too: after a drop, a head is asked on a new
         # connection with its chain id first, two requests.)
@@ -63,16 +63,13 @@ async def test_a_request_the_node_closes_is_asked_again_at_once(
     Every call answers, the same as from a node that never closes, and nothing is logged
     above debug; the node did close connections under requests.
     """
-    closing(chain, how)
-    node = Web3Node(chain.http_url, the_reactor(), timeout=5)
-    try:
+    close_connections(chain, how)
+    async with closing(Web3Node(chain.http_url, the_reactor(), timeout=5)) as node:
         with capturedLogs() as events:
             for _ in range(5):
                 assert await node.head() == expected(NAME)
                 assert await node.block_number() == 1
                 assert await node.finalized_number() == 1
-    finally:
-        await node.close()
     assert said(events) == []
     if how == "every third request":
         assert chain.closed_connections >= 5
@@ -85,7 +82,7 @@ async def test_status_reads_say_no_trouble(chain: ChainNode, how: str) -> None:
     The status poller, every 50 ms on the real reactor, says nothing about a node that closes
     connections under requests, and reads its status whole every time.
     """
-    closing(chain, how)
+    close_connections(chain, how)
     reactor = the_reactor()
     node = Web3Node(chain.http_url, reactor, timeout=5)
     statuses: list[Status] = []
@@ -109,7 +106,7 @@ async def test_polls_say_no_trouble(chain: ChainNode, how: str) -> None:
     The block poller, every 50 ms on the real reactor, says nothing about a node that closes
     connections under requests, and hands its block over.
     """
-    closing(chain, how)
+    close_connections(chain, how)
     reactor = the_reactor()
     node = Web3Node(chain.http_url, reactor, timeout=5)
     sink = Recorder()

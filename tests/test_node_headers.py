@@ -26,7 +26,7 @@ from ethtwisted.protocol import Block
 from tests.fake_rpc import ChainNode, header_of
 from tests.fakes import Recorder
 from tests.headers import CHAIN_IDS, FIXTURES, expected, fixture
-from tests.helpers import the_reactor, wait_for
+from tests.helpers import closing, the_reactor, wait_for
 
 # The chain id of each fixture's chain (the Quorum network's own is not known: any will do).
 NAMES = sorted(CHAIN_IDS)
@@ -131,17 +131,14 @@ async def test_each_header_is_read_as_its_block(
     whatever its extraData, mixHash, nonce or extra fields hold.
     """
     name, chain = served
-    node = node_of(chain, transport)
     block = expected(name)
-    try:
+    async with closing(node_of(chain, transport)) as node:
         assert await node.head() == block
         assert await node.block_number() == block.number
         assert await node.block_by_number(block.number) == block
         assert await node.block_by_hash(block.hash) == block
         assert await node.block_by_number(block.number + 1) is None
         assert await node.finalized_number() == block.number
-    finally:
-        await node.close()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -153,12 +150,9 @@ async def test_each_header_is_read_in_the_status(
     The status read of such a node has its safe and finalized numbers and its base fee.
     """
     name, chain = served
-    node = node_of(chain, transport)
     data = fixture(name)
-    try:
+    async with closing(node_of(chain, transport)) as node:
         status = await StatusReader(node, Clock()).read()
-    finally:
-        await node.close()
     assert status.chain_id == CHAIN_IDS[name]
     assert status.safe == status.finalized == int(data["number"], 16)
     fee = data.get("baseFeePerGas")
@@ -200,12 +194,9 @@ async def test_the_follower_takes_each_header(
     The follower, on such a node, hands the fixture's block to its sink.
     """
     name, chain = served
-    node = node_of(chain, transport)
     sink = Recorder()
-    try:
+    async with closing(node_of(chain, transport)) as node:
         await Follower(node, sink, clock=Clock()).follow()
-    finally:
-        await node.close()
     assert sink.blocks == [expected(name)]
 
 

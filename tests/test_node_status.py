@@ -23,7 +23,7 @@ from ethtwisted.node import NodeError, open_node
 from ethtwisted.node.interfaces import INodeRequests
 from ethtwisted.node.status import StatusReader
 from tests.conftest import Anvil
-from tests.helpers import Logs
+from tests.helpers import Logs, closing
 
 BLOCK = {"number": "0x10", "baseFeePerGas": "0x3b9aca00"}
 ANSWERS: dict[str, Any] = {
@@ -363,13 +363,10 @@ async def test_anvil_status(anvil: Anvil, transport: str, logs: Logs) -> None:
     from twisted.internet import reactor
 
     uri = {"ipc": anvil.ipc_path, "ws": anvil.ws_url, "http": anvil.http_url}[transport]
-    node = open_node([uri], reactor)
-    try:
+    async with closing(open_node([uri], reactor)) as node:
         reader = StatusReader(node, reactor)  # type: ignore[arg-type]
         status = await reader.read()
         again = await reader.read()
-    finally:
-        await node.close()
     version = anvil.rpc("web3_clientVersion")
     assert version.startswith("anvil/")
     head = anvil.rpc("eth_getBlockByNumber", "latest", False)
