@@ -270,7 +270,7 @@ def fleet_history(t: int) -> list[Received | StatusReport]:
     """
     What the fleet sends in second C{t} of L{test_deciding_from_what_changed_is_deciding_anew}:
     a, b and c follow chain 1 a block a second; d leaves for a branch of its own at 30 and
-    comes back at 41; e is 12 blocks behind; f stops at 20; g, an older client (never
+    comes back at 41; e reports the blocks 12 s late; f stops at 20; g, an older client (never
     watched), reports every other block.  At 36, c reports a second block at height 30 (a
     height contested already) and a one at 34 (not contested before); at 38, b reports c's
     block at 30, then its head; at 47, a sends three blocks out of order in one commit; at 50,
@@ -282,7 +282,8 @@ def fleet_history(t: int) -> list[Received | StatusReport]:
         batch.append(received(client, t, at))
     batch.append(received("d", t, at, "d" if 30 <= t <= 40 else "a"))
     if t >= 12:
-        batch.append(received("e", t - 12, at))
+        # The block the others sent 12 s before: the same payload, seen now.
+        batch.append(replace(received("e", t - 12, at - 12), received=at, seen=at))
     if t <= 20:
         batch.append(received("f", t, at))
     if t % 2 == 0:

@@ -48,6 +48,7 @@ from ethtwisted.storage.fleet_facts import (
     read_states,
     read_syncing,
     reports,
+    sightings_of,
     window,
 )
 
@@ -176,7 +177,7 @@ class SQLFleet:
         memo.reported = read_reported(txn, s.placeholder, before, memo.read_at)
         memo.read_at = now
         clients = self._clients(txn, memo, read_syncing(txn, s.placeholder), now, thresholds)
-        recent = self._recent(txn, moved(before, memo.reported)) if memo.contested else []
+        recent = self._recent(txn, memo, moved(before, memo.reported)) if memo.contested else []
         chains = self._chains(txn, memo, clients, recent, thresholds)
         decided = decide(clients, chains, thresholds, now)
         stored = memo.states
@@ -212,12 +213,29 @@ class SQLFleet:
         )
         return events, memo, view
 
-    def _recent(self, txn: Any, sent: Mapping[str, int]) -> list[tuple[str, int, int]]:
-        """The latest sightings of the clients that C{sent} payloads (L{latest_sightings})."""
+    def _recent(self, txn: Any, memo: Memo, sent: Mapping[str, int]) -> list[tuple[str, int, int]]:
+        """
+        The sightings since the last decision of the clients that C{sent} payloads, that can
+        be at the contested heights it kept: of a client that sent one, its sighting of the
+        blocks at its last block's height, when that height is one of them (its payload was
+        that block); of the others, their latest (L{latest_sightings}).
+        """
         p = self.statements.placeholder
         ids = client_ids(txn, p, sent, self.client_ids)
-        names = {ids[c]: c for c in sent if c in ids}
-        rows = latest_sightings(txn, p, {i: sent[c] for i, c in names.items()})
+        at_head: dict[tuple[int, int], list[int]] = {}
+        several: dict[int, int] = {}
+        for client, n in sent.items():
+            if client not in ids:
+                continue
+            row = memo.reported[client]
+            if n > 1:
+                several[ids[client]] = n
+            elif row.chain_id is not None and row.head in memo.contested.get(row.chain_id, {}):
+                at_head.setdefault((row.chain_id, row.head), []).append(ids[client])
+        names = {i: c for c, i in ids.items()}
+        rows = latest_sightings(txn, p, several)
+        for (chain_id, number), clients in sorted(at_head.items()):
+            rows += sightings_of(txn, p, memo.contested[chain_id][number].blocks, clients)
         return [(names[c], b, at) for c, b, at in rows]
 
     def _record(self, txn: Any, client: str, state: State, event: str, at: float) -> StateEvent:

@@ -195,6 +195,27 @@ def latest_sightings(txn: Any, p: str, sent: Mapping[int, int]) -> list[tuple[in
     return rows
 
 
+def sightings_of(
+    txn: Any, p: str, blocks: Iterable[int], clients: Sequence[int]
+) -> list[tuple[int, int, int]]:
+    """
+    The sightings of C{blocks} (payload ids) by C{clients} (client ids), by the sightings'
+    key: (client id, payload id, seen_at_ms).
+    """
+    wanted = sorted(blocks)
+    rows: list[tuple[int, int, int]] = []
+    for start in range(0, len(clients), BATCH):
+        chunk = sorted(clients[start : start + BATCH])
+        marks, names = _marks(wanted), _marks(chunk)
+        rows += [(int(c), int(b), int(at)) for c, b, at in execute(
+            txn, p,
+            "SELECT client_id, block_id, seen_at_ms FROM eth_sightings"
+            f" WHERE block_id IN ({marks}) AND client_id IN ({names})",
+            *wanted, *chunk,
+        )]  # fmt: skip
+    return rows
+
+
 def client_ids(txn: Any, p: str, names: Iterable[str], known: dict[str, int]) -> dict[str, int]:
     """
     C{known} (client name → id in C{eth_client_ids}) with the ids of C{names} it lacks added,
