@@ -13,7 +13,7 @@ import os
 import pkgutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import pytest_twisted
@@ -58,6 +58,24 @@ def follower(
 ) -> tuple[Follower, Recorder]:
     sink = Recorder()
     return Follower(node, sink, max_backfill, checkpoint, clock=clock or Clock()), sink
+
+
+class Following(NamedTuple):
+    """A chain, its follower, and the follower's sink."""
+
+    node: FakeNode
+    follower: Follower
+    sink: Recorder
+
+
+@pytest.fixture
+def following() -> Following:
+    """
+    A fresh L{FakeNode} (its genesis only), a follower of it with the default bounds and no
+    checkpoint (not polled yet), and the sink it hands blocks to.
+    """
+    node = FakeNode()
+    return Following(node, *follower(node))
 
 
 def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosim.IOPump]:
@@ -123,13 +141,12 @@ def test_fake_node_provides_inode() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_sends_the_current_head_only(logs: Logs) -> None:
+async def test_start_sends_the_current_head_only(logs: Logs, following: Following) -> None:
     """
     A client without a checkpoint sends the node's current head, not the history before it.
     """
-    node = FakeNode()
+    node, f, sink = following
     node.mine(10)
-    f, sink = follower(node)
     await f.follow()
     assert sink.blocks == [node.tip]
     await f.follow()
@@ -138,12 +155,11 @@ async def test_start_sends_the_current_head_only(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_each_new_block_is_sent_once_in_order(logs: Logs) -> None:
+async def test_each_new_block_is_sent_once_in_order(logs: Logs, following: Following) -> None:
     """
     One block per poll: each is sent once, without fetching anything but the head.
     """
-    node = FakeNode()
-    f, sink = follower(node)
+    node, f, sink = following
     await f.follow()
     for _ in range(5):
         node.mine()
@@ -187,14 +203,13 @@ async def test_a_jump_beyond_max_backfill_sends_the_latest_and_logs_the_rest(
 
 
 @pytest_twisted.ensureDeferred
-async def test_reorg_at_the_same_height(logs: Logs) -> None:
+async def test_reorg_at_the_same_height(logs: Logs, following: Following) -> None:
     """
     A new hash at the height already sent replaces that block: the new one is sent, and a reorg
     of depth 1 is logged.
     """
-    node = FakeNode()
+    node, f, sink = following
     node.mine(5)
-    f, sink = follower(node)
     await f.follow()
     node.reorg(1)
     await f.follow()
@@ -205,13 +220,14 @@ async def test_reorg_at_the_same_height(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_deeper_reorg_sends_the_new_chain_from_the_fork(logs: Logs) -> None:
+async def test_deeper_reorg_sends_the_new_chain_from_the_fork(
+    logs: Logs, following: Following
+) -> None:
     """
     After a reorg replacing 3 blocks with 5, the walk goes back to the fork and the 5 new blocks
     are sent in order; the depth is logged.
     """
-    node = FakeNode()
-    f, sink = follower(node)
+    node, f, sink = following
     await f.follow()
     for _ in range(6):
         node.mine()
@@ -227,13 +243,12 @@ async def test_deeper_reorg_sends_the_new_chain_from_the_fork(logs: Logs) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_reorg_to_a_shorter_chain(logs: Logs) -> None:
+async def test_reorg_to_a_shorter_chain(logs: Logs, following: Following) -> None:
     """
     When the node goes back to a block already sent (a revert), nothing is sent; the next blocks
     mined on top are sent, though their heights were used before.
     """
-    node = FakeNode()
-    f, sink = follower(node)
+    node, f, sink = following
     await f.follow()
     for _ in range(5):
         node.mine()
@@ -250,14 +265,15 @@ async def test_reorg_to_a_shorter_chain(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reorg_never_walks_past_the_finalized_block(logs: Logs) -> None:
+async def test_reorg_never_walks_past_the_finalized_block(
+    logs: Logs, following: Following
+) -> None:
     """
     The walk back stops at the node's finalized block: the new chain is sent from there on, and
     the limit is logged.
     """
-    node = FakeNode()
+    node, f, sink = following
     node.mine(10)
-    f, sink = follower(node, checkpoint=None)
     await f.follow()
     for _ in range(5):
         node.mine()
@@ -294,13 +310,12 @@ async def test_reorg_deeper_than_max_backfill_is_logged(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_new_chain_from_genesis_is_followed(logs: Logs) -> None:
+async def test_a_new_chain_from_genesis_is_followed(logs: Logs, following: Following) -> None:
     """
     A node restarted on a new chain (same chain id, new genesis) is followed from its genesis:
     the walk stops at block 0.
     """
-    node = FakeNode()
-    f, sink = follower(node)
+    node, f, sink = following
     await f.follow()
     for _ in range(4):
         node.mine()
@@ -319,13 +334,12 @@ async def test_a_new_chain_from_genesis_is_followed(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_another_chain_id_starts_afresh(logs: Logs) -> None:
+async def test_another_chain_id_starts_afresh(logs: Logs, following: Following) -> None:
     """
     A node on another chain (another chain id) is followed from its head, with a warning.
     """
-    node = FakeNode()
+    node, f, sink = following
     node.mine(3)
-    f, sink = follower(node)
     await f.follow()
     other = FakeNode(chain_id=5)
     other.mine(7)
@@ -336,13 +350,14 @@ async def test_another_chain_id_starts_afresh(logs: Logs) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failing_sink_keeps_the_follower_where_it_was(logs: Logs) -> None:
+async def test_a_failing_sink_keeps_the_follower_where_it_was(
+    logs: Logs, following: Following
+) -> None:
     """
     When the blocks cannot be queued, the checkpoint does not move: the next poll hands the
     same blocks over again.
     """
-    node = FakeNode()
-    f, sink = follower(node)
+    node, f, sink = following
     await f.follow()
     node.mine(3)
     sink.failing = True
@@ -354,12 +369,11 @@ async def test_a_failing_sink_keeps_the_follower_where_it_was(logs: Logs) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unknown_parent_is_node_trouble(logs: Logs) -> None:
+async def test_an_unknown_parent_is_node_trouble(logs: Logs, following: Following) -> None:
     """
     A node that does not know the parent of its own block fails the poll with L{NodeError}.
     """
-    node = FakeNode()
-    f, _sink = follower(node)
+    node, f, _sink = following
     await f.follow()
     node.mine(3)
     del node.blocks[node.canonical[2].hash]
@@ -385,13 +399,13 @@ def test_checkpoint_round_trip() -> None:
 # -- the poller -------------------------------------------------------------------------------
 
 
-def test_polls_every_interval_never_overlapping(logs: Logs) -> None:
+def test_polls_every_interval_never_overlapping(logs: Logs, following: Following) -> None:
     """
     A poll starts at once and then every interval; while one waits for the node, no other
     starts.  Stopping waits for the poll in flight to be cancelled.
     """
-    clock, node = Clock(), FakeNode()
-    f, sink = follower(node)
+    clock = Clock()
+    node, f, sink = following
     poller = Poller(f, clock, interval=0.5)
     poller.startService()
     assert node.calls == ["head"]
@@ -412,13 +426,15 @@ def test_polls_every_interval_never_overlapping(logs: Logs) -> None:
     assert not clock.getDelayedCalls()
 
 
-def test_node_trouble_is_logged_once_and_retried_with_capped_backoff(logs: Logs) -> None:
+def test_node_trouble_is_logged_once_and_retried_with_capped_backoff(
+    logs: Logs, following: Following
+) -> None:
     """
     While the node is down, polls are spaced out (doubling, capped); its going away and coming
     back are logged once each; the blocks it made meanwhile are sent when it is back.
     """
-    clock, node = Clock(), FakeNode()
-    f, sink = follower(node)
+    clock = Clock()
+    node, f, sink = following
     poller = Poller(f, clock, interval=1.0, max_backoff=8.0)
     poller.startService()
     node.down = "Connection refused"
@@ -441,13 +457,14 @@ def test_node_trouble_is_logged_once_and_retried_with_capped_backoff(logs: Logs)
     assert not clock.getDelayedCalls()
 
 
-def test_stopping_cancels_a_backoff_wait(logs: Logs) -> None:
+def test_stopping_cancels_a_backoff_wait(logs: Logs, following: Following) -> None:
     """
     Stopping the poller while it waits after a failure ends at once, leaving no timer behind.
     """
-    clock, node = Clock(), FakeNode()
+    clock = Clock()
+    node, f, _sink = following
     node.down = "timeout"
-    poller = Poller(follower(node)[0], clock, interval=1.0)
+    poller = Poller(f, clock, interval=1.0)
     poller.startService()
     clock.advance(1.5)
     stopped = poller.stopService()
@@ -456,12 +473,12 @@ def test_stopping_cancels_a_backoff_wait(logs: Logs) -> None:
 
 
 @pytest.mark.expected_log_errors("^bug while following ")
-def test_a_bug_is_logged_once_and_polling_goes_on(logs: Logs) -> None:
+def test_a_bug_is_logged_once_and_polling_goes_on(logs: Logs, following: Following) -> None:
     """
     An unexpected exception is logged with its traceback once, and polling carries on.
     """
-    clock, node = Clock(), FakeNode()
-    f, sink = follower(node)
+    clock = Clock()
+    node, f, sink = following
 
     def broken(sightings: Sequence[Sighting], checkpoint: Checkpoint) -> None:
         raise RuntimeError("bug")
