@@ -1,7 +1,7 @@
 """
-End to end against anvil: the node's chain, eth-client started in this process (and its live
-subscription), what a server's SQLite file holds, and the reasons the server logged when it
-dropped a connection.
+End to end against anvil: the node's chain, a reorganisation of it, eth-client started in this
+process (and its live subscription), what a server's SQLite file holds, and the reasons the
+server logged when it dropped a connection.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from ethtwisted import client_tap
 from ethtwisted.client import EthClient
 from ethtwisted.client.subscriber import Subscriber
-from tests.helpers import Server, wait_for
+from tests.helpers import TIMEOUT, Committed, Server, wait_for
 from tests.services import Anvil
 
 
@@ -90,3 +90,23 @@ def subscriber_of(client: EthClient) -> Subscriber:
 
 async def subscribed(client: EthClient) -> None:
     await wait_for(lambda: subscriber_of(client).active, 10, what="a live subscription")
+
+
+async def reorganised(
+    anvil: Anvil, committed: Committed, base: int, old: int, new: int, timeout: float = TIMEOUT
+) -> tuple[dict[int, str], dict[int, str]]:
+    """
+    Mine C{base} blocks, take a snapshot, mine C{old} more and wait until they are committed,
+    then drop those (C{evm_revert}) for C{new} others and wait for them: the node's chain
+    before and after the reorganisation, block number to hash.
+    """
+    anvil.mine(base)
+    snapshot = anvil.rpc("evm_snapshot")
+    anvil.mine(old)
+    before = node_hashes(anvil)
+    await committed.wait_for(before.values(), timeout)
+    anvil.revert(snapshot)
+    anvil.mine(new)
+    after = node_hashes(anvil)
+    await committed.wait_for(after.values(), timeout)
+    return before, after

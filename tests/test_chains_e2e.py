@@ -16,7 +16,7 @@ import pytest_twisted
 import treq
 from twisted.logger import capturedLogs
 
-from tests.e2e import node_hashes, start_client, subscribed
+from tests.e2e import node_hashes, reorganised, start_client, subscribed
 from tests.helpers import Server, start_server, the_reactor
 from tests.services import Anvil
 from tests.web import metric
@@ -81,15 +81,7 @@ async def test_a_reorg_is_listed_as_the_fleet_saw_it(
         await server.committed.wait_for(node_hashes(anvil).values(), WAIT)
         await subscribed(client)
         assert f"{REORG}_count" not in await metrics(server)  # the baseline: no reorg yet
-        anvil.mine(5)
-        snapshot = anvil.rpc("evm_snapshot")
-        anvil.mine(old)
-        dropped = node_hashes(anvil)
-        await server.committed.wait_for(dropped.values(), WAIT)
-        anvil.revert(snapshot)
-        anvil.mine(new)
-        kept = node_hashes(anvil)
-        await server.committed.wait_for(kept.values(), WAIT)
+        dropped, kept = await reorganised(anvil, server.committed, 5, old, new, WAIT)
     finally:
         await client.stopService()
     head = 5 + new

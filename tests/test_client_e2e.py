@@ -16,6 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from tests.e2e import (
     assert_chain_stored_once,
     node_hashes,
+    reorganised,
     sleep,
     sqlite_file,
     start_client,
@@ -271,16 +272,8 @@ async def test_a_reorg_is_followed(anvil: Anvil, server: tuple[Server, Committed
         client = start_client(anvil.ws_url, srv.port)
         try:
             await committed.wait_for(node_hashes(anvil).values())
-            anvil.mine(3)
-            snapshot = anvil.rpc("evm_snapshot")
-            anvil.mine(3)
-            before = node_hashes(anvil)
-            await committed.wait_for(before.values())
-            anvil.revert(snapshot)
-            anvil.mine(4)
-            after = node_hashes(anvil)
+            before, after = await reorganised(anvil, committed, 3, 3, 4)
             assert after[4] != before[4]
-            await committed.wait_for(after.values())
         finally:
             await client.stopService()
     reorgs = [formatEvent(e) for e in events if "reorg" in e.get("log_format", "")]

@@ -30,6 +30,7 @@ from ethtwisted.protocol import Block
 from tests.e2e import (
     assert_chain_stored_once,
     node_hashes,
+    reorganised,
     start_client,
     subscribed,
     subscriber_of,
@@ -500,15 +501,7 @@ async def test_a_reorg_is_followed_with_subscriptions(
         try:
             await committed.wait_for(node_hashes(anvil).values())
             await subscribed(client)
-            anvil.mine(3)
-            snapshot = anvil.rpc("evm_snapshot")
-            anvil.mine(3)
-            before = node_hashes(anvil)
-            await committed.wait_for(before.values())
-            anvil.revert(snapshot)
-            anvil.mine(4)
-            after = node_hashes(anvil)
-            await committed.wait_for(after.values())
+            await reorganised(anvil, committed, 3, 3, 4)
         finally:
             await client.stopService()
     reorgs = [formatEvent(e) for e in events if "reorg" in e.get("log_format", "")]
