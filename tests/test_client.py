@@ -78,6 +78,18 @@ def following() -> Following:
     return Following(node, *follower(node))
 
 
+async def followed_one_by_one(node: FakeNode, f: Follower, sink: Recorder, blocks: int) -> None:
+    """
+    Follow C{node} once (its head is sent), then mine C{blocks} blocks one at a time,
+    following each; the sink is left empty.
+    """
+    await f.follow()
+    for _ in range(blocks):
+        node.mine()
+        await f.follow()
+    sink.take()
+
+
 def connect(factory: Factory, peer: FrameProtocol) -> tuple[ClientProtocol, iosim.IOPump]:
     """
     A connection made by C{factory} to C{peer}, through an in-memory pump.
@@ -228,11 +240,7 @@ async def test_deeper_reorg_sends_the_new_chain_from_the_fork(
     are sent in order; the depth is logged.
     """
     node, f, sink = following
-    await f.follow()
-    for _ in range(6):
-        node.mine()
-        await f.follow()
-    sink.take()
+    await followed_one_by_one(node, f, sink, 6)
     node.reorg(3, 5)
     await f.follow()
     assert sink.blocks == node.canonical[4:]
@@ -249,11 +257,7 @@ async def test_reorg_to_a_shorter_chain(logs: Logs, following: Following) -> Non
     mined on top are sent, though their heights were used before.
     """
     node, f, sink = following
-    await f.follow()
-    for _ in range(5):
-        node.mine()
-        await f.follow()
-    sink.take()
+    await followed_one_by_one(node, f, sink, 5)
     node.revert(2)
     await f.follow()
     assert sink.blocks == []
@@ -274,11 +278,7 @@ async def test_reorg_never_walks_past_the_finalized_block(
     """
     node, f, sink = following
     node.mine(10)
-    await f.follow()
-    for _ in range(5):
-        node.mine()
-        await f.follow()
-    sink.take()
+    await followed_one_by_one(node, f, sink, 5)
     # A reorg going below a block the node calls finalized (which a sane node never does).
     node.reorg(6, 7)
     node.finalized = 12
@@ -298,11 +298,7 @@ async def test_reorg_deeper_than_max_backfill_is_logged(logs: Logs) -> None:
     """
     node = FakeNode()
     f, sink = follower(node, max_backfill=3)
-    await f.follow()
-    for _ in range(8):
-        node.mine()
-        await f.follow()
-    sink.take()
+    await followed_one_by_one(node, f, sink, 8)
     node.reorg(6)
     await f.follow()
     assert [b.number for b in sink.blocks] == [6, 7, 8]
@@ -316,11 +312,7 @@ async def test_a_new_chain_from_genesis_is_followed(logs: Logs, following: Follo
     the walk stops at block 0.
     """
     node, f, sink = following
-    await f.follow()
-    for _ in range(4):
-        node.mine()
-        await f.follow()
-    sink.take()
+    await followed_one_by_one(node, f, sink, 4)
     fresh = FakeNode(salt="restarted")
     fresh.mine(2, salt="restarted")
     f.node = fresh
