@@ -49,16 +49,13 @@ from ethtwisted.node.interfaces import INode
 from ethtwisted.node.measured import MeasuredNode
 from ethtwisted.node.web3_node import Web3Node
 from ethtwisted.protocol import Block
+from tests.e2e import uri_of
 from tests.helpers import closing
 
 reactor = IReactorTime(global_reactor)
 
 TRANSPORTS = ["ipc", "ws", "http"]
 NODE_KINDS = ["web3", "failover", "measured"]
-
-
-def uri_of(anvil: Any, transport: str) -> str:
-    return {"ipc": anvil.ipc_path, "ws": anvil.ws_url, "http": anvil.http_url}[transport]
 
 
 def expected_block(anvil: Any, which: str | int) -> Block:
