@@ -24,32 +24,26 @@ from ethtwisted.interfaces import IFleet
 from ethtwisted.records import StateEvent
 from ethtwisted.states import (
     STATES,
-    ChainFacts,
     ClientFacts,
     FleetView,
     State,
     Thresholds,
-    behind_height,
     decide,
     describe_change,
-    fleet_head,
 )
 from ethtwisted.storage.fleet_facts import (
     BATCH,
     Memo,
+    chain_facts,
     client_ids,
-    contested_heights,
     execute,
-    forks,
     latest_sightings,
     moved,
     read_presence,
     read_reported,
     read_states,
     read_syncing,
-    reports,
     sightings_of,
-    window,
 )
 
 TABLES = ("eth_presence", "eth_states", "eth_state_events", "eth_fleet")
@@ -178,7 +172,7 @@ class SQLFleet:
         memo.read_at = now
         clients = self._clients(txn, memo, read_syncing(txn, s.placeholder), now, thresholds)
         recent = self._recent(txn, memo, moved(before, memo.reported)) if memo.contested else []
-        chains = self._chains(txn, memo, clients, recent, thresholds)
+        chains = chain_facts(txn, s.placeholder, memo, clients, recent, thresholds)
         decided = decide(clients, chains, thresholds, now)
         stored = memo.states
         facts = {c.client: c for c in clients}
@@ -318,70 +312,6 @@ class SQLFleet:
                 )
             )
         return facts
-
-    def _chains(
-        self,
-        txn: Any,
-        memo: Memo,
-        clients: Sequence[ClientFacts],
-        recent: Sequence[tuple[str, int, int]],
-        thresholds: Thresholds,
-    ) -> dict[int, ChainFacts]:
-        """
-        The facts of each chain the clients follow: its best head, when the fleet reached the
-        heights that would make a client behind, and who reported which block at the heights
-        of its last L{FORK_WINDOW} where more than one block is stored (kept in C{memo}).
-        """
-        p = self.statements.placeholder
-        chains = {}
-        kept, memo.contested = memo.contested, {}
-        highest: dict[int, int] = {}
-        for r in memo.reported.values():
-            if r.chain_id is not None and r.head is not None:
-                highest[r.chain_id] = max(r.head, highest.get(r.chain_id, r.head))
-        for chain_id in sorted({c.chain_id for c in clients if c.chain_id is not None}):
-            # The best head's height: the highest block a client is on (heads.py).
-            stored = highest[chain_id]
-            at = window(txn, p, chain_id, stored)
-            heights = contested_heights(txn, p, at, kept.get(chain_id, {}), recent)
-            memo.contested[chain_id] = heights
-            contested, forked = reports(heights), forks(heights.values())
-            on_chain = [c for c in clients if c.chain_id == chain_id]
-            best = fleet_head(on_chain, forked, stored)
-            targets = {
-                h
-                for c in on_chain
-                if (h := behind_height(c, thresholds)) is not None and h <= best
-            }
-            reached = {h: self._reached(txn, chain_id, h, at) for h in sorted(targets)}
-            best_at = self._reached(txn, chain_id, best, at)
-            chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested, forked)
-        return chains
-
-    def _reached(
-        self, txn: Any, chain_id: int, height: int, at: Mapping[int, Mapping[int, Any]]
-    ) -> float:
-        """
-        When the fleet first stored a block at the lowest stored height at or above
-        C{height} (the caller knows one is stored): from C{at} (a L{window} of the chain) when
-        it holds every stored height from C{height} on, else two index look-ups.
-        """
-        if at and min(at) <= height <= max(at):
-            lowest = min(n for n in at if n >= height)
-            return min(first for _, first in at[lowest].values())
-        (lowest,) = self._execute(
-            txn,
-            "SELECT MIN(number) FROM eth_blocks WHERE chain_id = ? AND number >= ?",
-            chain_id,
-            height,
-        )[0]
-        (first,) = self._execute(
-            txn,
-            "SELECT MIN(first_seen) FROM eth_blocks WHERE chain_id = ? AND number = ?",
-            chain_id,
-            lowest,
-        )[0]
-        return float(first)
 
     # -- reading back -------------------------------------------------------------------------
 

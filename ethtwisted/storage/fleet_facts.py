@@ -4,10 +4,10 @@ decision's transaction, and what a server keeps of it from one decision to its n
 
 A server whose previous decision was the last one made (L{ethtwisted.storage.fleet} checks the
 row of C{eth_fleet}) reads only what changed since: the rows of C{eth_presence} and
-C{eth_states} are its own writes, kept; of every client it reads the one small row of
-C{eth_clients} (and whether its node is syncing), and of those whose message count moved, as
-many of their latest sightings as they sent payloads; a height newly contested (a second
-block there), or a block new at a contested one, has its sightings read once.
+C{eth_states} are its own writes, kept; of C{eth_clients} it reads the rows heard from
+since, and of the clients whose message count moved, the sightings they can have added at the
+contested heights kept; a height newly contested (a second block there), or a block new at a
+contested one, has its sightings read once.
 Any other server's decision in between, or none of its own yet, makes it read them all, as a
 server that starts does.  So a decision costs what changed and the clients' rows, never the
 number of stored blocks or sightings.
@@ -19,7 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ethtwisted.states import FORK_WINDOW, State, fleet_block
+from ethtwisted.states import (
+    FORK_WINDOW,
+    ChainFacts,
+    ClientFacts,
+    State,
+    Thresholds,
+    behind_height,
+    fleet_block,
+    fleet_head,
+)
 
 BATCH = 500
 """The most values one statement lists (SQLite allows 32,766 placeholders)."""
@@ -311,3 +320,62 @@ def _merge(
 def reports(heights: Mapping[int, Height]) -> dict[int, dict[str, tuple[str, float]]]:
     """The contested reports of L{ethtwisted.states.ChainFacts}, of C{heights}."""
     return {number: height.reports for number, height in heights.items()}
+
+
+def chain_facts(
+    txn: Any,
+    p: str,
+    memo: Memo,
+    clients: Sequence[ClientFacts],
+    recent: Sequence[tuple[str, int, int]],
+    thresholds: Thresholds,
+) -> dict[int, ChainFacts]:
+    """
+    The facts of each chain the clients follow: its best head, when the fleet reached the
+    heights that would make a client behind, and who reported which block at the heights of
+    its last L{FORK_WINDOW} where more than one block is stored (kept in C{memo}).
+    """
+    chains = {}
+    kept, memo.contested = memo.contested, {}
+    highest: dict[int, int] = {}
+    for r in memo.reported.values():
+        if r.chain_id is not None and r.head is not None:
+            highest[r.chain_id] = max(r.head, highest.get(r.chain_id, r.head))
+    for chain_id in sorted({c.chain_id for c in clients if c.chain_id is not None}):
+        # The best head's height: the highest block a client is on (heads.py).
+        stored = highest[chain_id]
+        at = window(txn, p, chain_id, stored)
+        heights = contested_heights(txn, p, at, kept.get(chain_id, {}), recent)
+        memo.contested[chain_id] = heights
+        contested, forked = reports(heights), forks(heights.values())
+        on_chain = [c for c in clients if c.chain_id == chain_id]
+        best = fleet_head(on_chain, forked, stored)
+        targets = {
+            h for c in on_chain if (h := behind_height(c, thresholds)) is not None and h <= best
+        }
+        reached = {h: _reached(txn, p, chain_id, h, at) for h in sorted(targets)}
+        best_at = _reached(txn, p, chain_id, best, at)
+        chains[chain_id] = ChainFacts(chain_id, best, best_at, reached, contested, forked)
+    return chains
+
+
+def _reached(
+    txn: Any, p: str, chain_id: int, height: int, at: Mapping[int, Mapping[int, Any]]
+) -> float:
+    """
+    When the fleet first stored a block at the lowest stored height at or above C{height}
+    (the caller knows one is stored): from C{at} (a L{window} of the chain) when it holds
+    every stored height from C{height} on, else two index look-ups.
+    """
+    if at and min(at) <= height <= max(at):
+        lowest = min(n for n in at if n >= height)
+        return min(first for _, first in at[lowest].values())
+    ((lowest,),) = execute(
+        txn, p, "SELECT MIN(number) FROM eth_blocks WHERE chain_id = ? AND number >= ?",
+        chain_id, height,
+    )  # fmt: skip
+    ((first,),) = execute(
+        txn, p, "SELECT MIN(first_seen) FROM eth_blocks WHERE chain_id = ? AND number = ?",
+        chain_id, lowest,
+    )  # fmt: skip
+    return float(first)
