@@ -233,7 +233,8 @@ def decisions(before: str, after: str) -> dict[str, Any]:
     result["mean_ms"] = round((s1 - s0) / count * 1000, 1)
     for label, q in (("p50_at_most_ms", 0.5), ("p95_at_most_ms", 0.95)):
         bound = next((le for le in sorted(b1) if b1[le] - b0.get(le, 0) >= q * count), None)
-        result[label] = None if bound is None else bound * 1000
+        # The last bucket has no bound (+Inf), which JSON cannot say as a number.
+        result[label] = None if bound is None else bound * 1000 if bound < float("inf") else "+Inf"
     return result
 
 
