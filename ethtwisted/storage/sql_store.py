@@ -222,56 +222,64 @@ class SQLStore:
         Store the payloads of C{hashes} not stored yet, each with its block row; how many were
         new, and each one's id and day (SHA256 → both), as its sightings are stored under.
         """
-        ids = self._payload_ids(txn, hashes, "")
+        ids, stored = self._known(txn, hashes)
         todo = [h for h in hashes if h not in ids]
         if not todo:
             return 0, ids
-        stored = self._data_ids(txn, todo)
         lacking = [h for h in todo if h not in stored]
         new = 0
+        lock = self.ledger.statements.locked
         if lacking:
             txn.executemany(self.dialect.insert_data, [(h, first[h].payload) for h in lacking])
             new = max(txn.rowcount, 0)
-        data_ids = self._data_ids(txn, todo, self.ledger.statements.locked)
+            statement = "SELECT hash, id FROM ethereum_data WHERE hash IN ({hashes})" + lock
+            stored.update((h, int(i)) for h, i in self._rows_for(txn, statement, lacking))
         txn.executemany(
             self.dialect.insert_block,
             [
                 (h, first[h].received, first[h].client, *_block_columns(first[h].block),
-                 data_ids[h])
+                 stored[h])
                 for h in todo
             ],
         )  # fmt: skip
         # Another server may have stored one first: the day is that of the row stored.
-        ids.update(self._payload_ids(txn, todo, self.ledger.statements.locked))
+        day = self.ledger.statements.day
+        statement = f"SELECT hash, id, {day} FROM eth_blocks WHERE hash IN ({{hashes}})" + lock
+        ids.update((h, (int(i), int(d))) for h, i, d in self._rows_for(txn, statement, todo))
         return new, ids
 
-    def _payload_ids(self, txn: Any, hashes: list[str], lock: str) -> dict[str, tuple[int, int]]:
-        """The id and day of each payload of C{hashes} with a block row that has its id."""
-        p = self.dialect.placeholder
-        found: dict[str, tuple[int, int]] = {}
-        for start in range(0, len(hashes), partitions.IN_LIMIT):
-            chunk = hashes[start : start + partitions.IN_LIMIT]
-            txn.execute(
-                f"SELECT hash, id, {self.ledger.statements.day} FROM eth_blocks"
-                f" WHERE hash IN ({', '.join([p] * len(chunk))}) AND id IS NOT NULL{lock}",
-                chunk,
-            )
-            found.update((h, (int(i), int(d))) for h, i, d in txn.fetchall())
-        return found
+    def _known(
+        self, txn: Any, hashes: list[str]
+    ) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """
+        Of the payloads of C{hashes}, the id and day of those stored with a block row that has
+        its id, and the id of each one stored in C{ethereum_data}: one read.
+        """
+        ids: dict[str, tuple[int, int]] = {}
+        stored: dict[str, int] = {}
+        for h, data_id, block_id, day in self._rows_for(
+            txn,
+            f"SELECT d.hash, d.id, b.id, {self.ledger.statements.day} FROM ethereum_data d"
+            " LEFT JOIN eth_blocks b ON b.hash = d.hash WHERE d.hash IN ({hashes})",
+            hashes,
+        ):
+            stored[h] = int(data_id)
+            if block_id is not None:
+                ids[h] = (int(block_id), int(day))
+        return ids, stored
 
-    def _data_ids(self, txn: Any, hashes: list[str], lock: str = "") -> dict[str, int]:
-        """The id of each payload of C{hashes} stored in C{ethereum_data}."""
+    def _rows_for(self, txn: Any, statement: str, hashes: list[str]) -> list[Any]:
+        """
+        The rows of C{statement} for C{hashes}, which it lists as C{{hashes}}: a statement per
+        L{partitions.IN_LIMIT} of them.
+        """
         p = self.dialect.placeholder
-        found: dict[str, int] = {}
+        rows: list[Any] = []
         for start in range(0, len(hashes), partitions.IN_LIMIT):
             chunk = hashes[start : start + partitions.IN_LIMIT]
-            txn.execute(
-                f"SELECT hash, id FROM ethereum_data"
-                f" WHERE hash IN ({', '.join([p] * len(chunk))}){lock}",
-                chunk,
-            )
-            found.update((h, int(i)) for h, i in txn.fetchall())
-        return found
+            txn.execute(statement.format(hashes=", ".join([p] * len(chunk))), chunk)
+            rows += txn.fetchall()
+        return rows
 
     def close(self) -> Deferred[None]:
         self.pool.close()
