@@ -222,8 +222,9 @@ class IFleet(Interface):
         """
         Record that C{server} (an id of this run of it) holds the connections of the clients
         in C{connected} (name → when a frame of it last arrived) and no longer those in
-        C{gone}, decide every watched client's states at C{now}, record each change and fire
-        with the changes, in order.  Fail with an error that
+        C{gone}, decide every watched client's states at C{now} (when it is this server's turn:
+        one decides at a time; else nothing is decided), record each change and fire with the
+        changes, in order.  Fail with an error that
         L{ethtwisted.storage.is_conflict} recognises when another server decided at the same
         time (nothing is then recorded: try again later).
         """

@@ -384,14 +384,21 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         assert shown[0]["delay"] == "0 ms"
 
         # Meanwhile, through the store, another server holds "node-far", whose node says it
-        # is syncing, then that it is not (the page's server decides the same on these facts).
+        # is syncing, then that it is not; the page's server, which decides, sees each.
         writer = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'eth.sqlite'}"), reactor)
         await writer.start()
         try:
-            for syncing in (SyncProgress(1, 9), False):
+            for syncing, change in ((SyncProgress(1, 9), "entered"), (False, "left")):
                 now = reactor.seconds()
                 await writer.store([StatusReport("node-far", now, Status(syncing=syncing))])
                 await writer.fleet.decide("elsewhere", now, {"node-far": now}, {}, Thresholds())
+
+                async def far_told(change: str = change) -> bool:
+                    query = "/api/v1/events?client=node-far&limit=1"
+                    events = (await server.get(query, TOKEN)).json()["events"]
+                    return [(e["state"], e["event"]) for e in events] == [("syncing", change)]
+
+                await wait_for(far_told, interval=0.2)
         finally:
             await writer.close()
 

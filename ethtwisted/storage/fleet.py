@@ -4,11 +4,12 @@ The fleet view in SQL (L{IFleet}): which server holds each client's connection
 (C{eth_state_events}); who delivers the changes to the webhooks is
 L{ethtwisted.storage.deliveries}.
 
-Every server decides the states once a second, in one transaction that first updates the one
-row of C{eth_fleet}: on one MySQL (or SQLite) server the decisions of several eth-servers so
-wait for one another, each reading what the one before wrote; on Galera two at once conflict
-and one is rolled back.  A change is therefore recorded, and returned to be told (logs,
-webhooks), by exactly one server.
+Every server asks to decide the states once a second, in one transaction that first updates
+the one row of C{eth_fleet}; one server decides at a time (the one that decided last, until it
+has not for L{LEASE_SECONDS}), the others only record which clients they hold.  On one MySQL
+(or SQLite) server two taking over at once wait for one another at that row; on Galera two at
+once conflict and one is rolled back.  A change is therefore recorded, and returned to be told
+(logs, webhooks), by exactly one server.
 """
 
 from __future__ import annotations
@@ -57,9 +58,19 @@ PRESENCE_STEPS = 12
 """A server writes the row of C{eth_presence} of a client it holds again once this fraction of
 C{--silent-seconds} has passed (5 s of the default 60), not at each decision: the last frame
 the decisions know of a client is that much older at most than the last that arrived."""
+LEASE_SECONDS = 3.0
+"""A server decides while the last decision is its own; another takes over once none has been
+made for this long (the others meanwhile only write their rows of C{eth_presence})."""
 VIEW_SECONDS = 5.0
 """How old the last decision may be for L{SQLFleet.view} to give what it read."""
 EVENT_COLUMNS = "id, client, chain_id, state, event, head, best_head, since, at, text"
+
+
+Decided = tuple[
+    list[StateEvent], Memo | None, FleetView | None, list[tuple[str, str, float, int, float]]
+]
+"""What a decision returns: the events, what it kept and decided (none when another server
+decides), and this server's rows of C{eth_presence} it wrote."""
 
 
 class _Statements:
@@ -108,6 +119,9 @@ class SQLFleet:
         self.statements = _Statements(dialect)
         self.client_ids: dict[str, int] = {}
         """Client name → its id in C{eth_client_ids} (never changed or reused), those asked."""
+        self.written: dict[tuple[str, str], tuple[float, bool, float]] = {}
+        """(server, client) → the row of C{eth_presence} this server's committed decisions
+        wrote."""
         self.memo: Memo | None = None
         self.last_view: FleetView | None = None
         """What the last decision of this process read and decided (L{view})."""
@@ -126,18 +140,25 @@ class SQLFleet:
         d = self.pool.runInteraction(self._decide, memo, server, now, connected, gone, thresholds)
         return d.addCallback(self._keep)
 
-    def _keep(self, decided: tuple[list[StateEvent], Memo, FleetView]) -> list[StateEvent]:
-        events, self.memo, self.last_view = decided
+    def _keep(self, decided: Decided) -> list[StateEvent]:
+        events, self.memo, view, written = decided
+        if view is not None:
+            self.last_view = view
+        for client, server, heard, on, updated in written:
+            self.written[server, client] = (heard, bool(on), updated)
         return events
 
     def _execute(self, txn: Any, statement: str, *args: Any) -> list[Any]:
         return execute(txn, self.statements.placeholder, statement, *args)
 
-    def _begin(self, txn: Any, memo: Memo | None, server: str, now: float) -> Memo:
+    def _begin(self, txn: Any, memo: Memo | None, server: str, now: float) -> Memo | None:
         """
         Update the row of C{eth_fleet} (first, so that deciders queue here, or conflict here
         on Galera), and give what to decide on: C{memo} when this server's decision was the
-        last one (the row still says so), else everything read again.
+        last one (the row still says so), with the other servers' rows of C{eth_presence}
+        read again; else everything read again, when this server may decide (the last
+        decision is its own or L{LEASE_SECONDS} old, or none was made); else L{None}: another
+        server decides.
         """
         p = self.statements.placeholder
         if memo is not None and memo.server == server:
@@ -148,10 +169,20 @@ class SQLFleet:
             )
             if txn.rowcount == 1:
                 memo.decided = now
+                presence = {
+                    c: {server: r[server]} for c, r in memo.presence.items() if server in r
+                }
+                for client, rows in read_presence(txn, p, "WHERE server <> ?", server).items():
+                    presence.setdefault(client, {}).update(rows)
+                memo.presence = presence
                 return memo
         txn.execute(
-            f"UPDATE eth_fleet SET decided = {p}, server = {p} WHERE id = 1", (now, server)
+            f"UPDATE eth_fleet SET decided = {p}, server = {p}"
+            f" WHERE id = 1 AND (server IN ({p}, '') OR decided < {p})",
+            (now, server, server, now - LEASE_SECONDS),
         )
+        if txn.rowcount != 1:
+            return None
         return Memo(server, now, read_presence(txn, p), read_states(txn, p))
 
     def _decide(
@@ -163,10 +194,15 @@ class SQLFleet:
         connected: Mapping[str, float],
         gone: Mapping[str, float],
         thresholds: Thresholds,
-    ) -> tuple[list[StateEvent], Memo, FleetView]:
+    ) -> Decided:
         s = self.statements
-        memo = self._begin(txn, memo, server, now)
-        self._record_presence(txn, memo, server, now, connected, gone, thresholds)
+        decider = self._begin(txn, memo, server, now)
+        written = self._record_presence(txn, server, now, connected, gone, thresholds)
+        if decider is None:
+            return [], None, None, written
+        memo = decider
+        for client, _, heard, on, updated in written:
+            memo.presence.setdefault(client, {})[server] = (heard, bool(on), updated)
         before = memo.reported
         memo.reported = read_reported(txn, s.placeholder, before, memo.read_at)
         memo.read_at = now
@@ -205,7 +241,7 @@ class SQLFleet:
             {c: (r.chain_id, r.head, r.head_at) for c, r in memo.reported.items()},
             {c: memo.states.get(c, {}) for c in memo.presence},
         )
-        return events, memo, view
+        return events, memo, view, written
 
     def _recent(self, txn: Any, memo: Memo, sent: Mapping[str, int]) -> list[tuple[str, int, int]]:
         """
@@ -245,29 +281,28 @@ class SQLFleet:
     def _record_presence(
         self,
         txn: Any,
-        memo: Memo,
         server: str,
         now: float,
         connected: Mapping[str, float],
         gone: Mapping[str, float],
         thresholds: Thresholds,
-    ) -> None:
+    ) -> list[tuple[str, str, float, int, float]]:
         """
-        Write this server's rows of C{eth_presence} that changed: a client it holds when new
-        here, back, or last written L{PRESENCE_STEPS}th of C{silent_seconds} ago or more; a
-        client gone since the last decision.
+        Write this server's rows of C{eth_presence} that changed since it last wrote them
+        (L{written}): a client it holds when new here, back, or last written
+        L{PRESENCE_STEPS}th of C{silent_seconds} ago or more; a client gone since the last
+        decision.  The rows written.
         """
         step = thresholds.silent_seconds / PRESENCE_STEPS
         rows = []
         for client, heard in connected.items():
-            old = memo.presence.get(client, {}).get(server)
+            old = self.written.get((server, client))
             if old is None or not old[1] or now - old[2] >= step:
                 rows.append((client, server, heard, 1, now))
         rows += [(c, server, t, 0, now) for c, t in gone.items() if c not in connected]
         if rows:
             txn.executemany(self.statements.upsert_presence, sorted(rows))
-        for client, _, heard, on, updated in rows:
-            memo.presence.setdefault(client, {})[server] = (heard, bool(on), updated)
+        return rows
 
     def _clients(
         self, txn: Any, memo: Memo, syncing: set[str], now: float, thresholds: Thresholds

@@ -114,10 +114,16 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def read_presence(txn: Any, p: str) -> dict[str, dict[str, tuple[float, bool, float]]]:
+def read_presence(
+    txn: Any, p: str, where: str = "", *args: Any
+) -> dict[str, dict[str, tuple[float, bool, float]]]:
+    """The rows of C{eth_presence} (those C{where} says): client → server → row."""
     presence: dict[str, dict[str, tuple[float, bool, float]]] = {}
     for client, server, last_frame, on, updated in execute(
-        txn, p, "SELECT client, server, last_frame, connected, updated FROM eth_presence"
+        txn,
+        p,
+        f"SELECT client, server, last_frame, connected, updated FROM eth_presence {where}",
+        *args,
     ):
         presence.setdefault(client, {})[server] = (float(last_frame), bool(on), float(updated))
     return presence
