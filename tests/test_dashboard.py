@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import count, pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import pytest_twisted
@@ -388,7 +388,11 @@ async def test_dashboard_shows_clients_and_a_head_that_advances(
         writer = SQLStore(parse_db_url(f"sqlite:///{tmp_path / 'eth.sqlite'}"), reactor)
         await writer.start()
         try:
-            for syncing, change in ((SyncProgress(1, 9), "entered"), (False, "left")):
+            steps: list[tuple[SyncProgress | Literal[False], str]] = [
+                (SyncProgress(1, 9), "entered"),
+                (False, "left"),
+            ]
+            for syncing, change in steps:
                 now = reactor.seconds()
                 await writer.store([StatusReport("node-far", now, Status(syncing=syncing))])
                 await writer.fleet.decide("elsewhere", now, {"node-far": now}, {}, Thresholds())
