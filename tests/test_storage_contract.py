@@ -61,7 +61,8 @@ from ethtwisted.records import (
 from ethtwisted.storage import fleet_finalized, redis_store
 from ethtwisted.storage.chains import REPORTER_HEIGHTS, chain_reader
 from ethtwisted.storage.memory_counters import MemoryCounters
-from ethtwisted.storage.memory_store import MemoryStore, Tables
+from ethtwisted.storage.memory_store import MemoryStore
+from ethtwisted.storage.memory_tables import Tables
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore

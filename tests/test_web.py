@@ -39,7 +39,8 @@ from ethtwisted.server.ingest import Ingest
 from ethtwisted.server_tap import Options as ServerOptions
 from ethtwisted.stats_tap import Options as StatsOptions
 from ethtwisted.storage.memory_counters import MemoryCounters
-from ethtwisted.storage.memory_store import MemoryLedger, MemoryStore
+from ethtwisted.storage.memory_ledger import MemoryLedger
+from ethtwisted.storage.memory_store import MemoryStore
 from ethtwisted.storage.redis_store import RedisCounters, parse_redis_url
 from ethtwisted.storage.sql_pool import parse_db_url
 from ethtwisted.storage.sql_store import SQLStore

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from ethtwisted.interfaces import ICounterReader, ICounterStore
 from ethtwisted.records import Received
-from ethtwisted.storage.memory_store import Answering
+from ethtwisted.storage.memory_tables import Answering
 
 
 @implementer(ICounterStore, ICounterReader)

@@ -1,24 +1,23 @@
 """
 The store in memory: L{MemoryStore} answers as L{SQLStore<ethtwisted.storage.sql_store.SQLStore>}
-does, and L{MemoryLedger} as its ledger, for the same traffic (tests/test_storage_contract.py
-holds them to it; the counters in memory are L{ethtwisted.storage.memory_counters}).  Every call
-answers at once; while C{down} holds an exception, every call but C{close} fails with it, as a
-store that cannot be reached does.  For unit tests, and for anything else that needs a store
-without a server.
+does, and its ledger (L{ethtwisted.storage.memory_ledger}) as the SQL ledger, for the same
+traffic (tests/test_storage_contract.py holds them to it; the counters in memory are
+L{ethtwisted.storage.memory_counters}, the tables they share L{ethtwisted.storage.memory_tables}).
+Every call answers at once; while C{down} holds an exception, every call but C{close} fails with
+it, as a store that cannot be reached does.  For unit tests, and for anything else that needs a
+store without a server.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Collection, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader, ILedger
+from ethtwisted.interfaces import IBlockReader, IBlockStore, ICounterReader
 from ethtwisted.protocol import Block
 from ethtwisted.records import (
     BlockRecord,
@@ -27,81 +26,17 @@ from ethtwisted.records import (
     Head,
     NodeRecord,
     Received,
-    SightingRecord,
     StatusReport,
 )
 from ethtwisted.storage import (
     RejectedError,
-    fleet_finalized,
-    retention,
     row_problem,
     status_events,
 )
 from ethtwisted.storage.chains import Row, Stored, gaps_between
 from ethtwisted.storage.heads import OnBlock, best_at, best_of
-
-T = TypeVar("T")
-
-
-class Answering:
-    """
-    What every store in memory answers alike: each call fires at once, or fails while C{down}.
-    """
-
-    down: BaseException | None = None
-    """While set, every call but C{close} fails with this exception."""
-
-    def _answer(self, compute: Callable[..., T], *args: Any) -> Deferred[T]:
-        if self.down is not None:
-            return fail(self.down)
-        try:
-            return succeed(compute(*args))
-        except Exception as e:
-            return fail(e)
-
-    def ping(self) -> Deferred[None]:
-        return self._answer(lambda: None)
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-
-@dataclass(frozen=True)
-class _Sighting:
-    client: str
-    sha256: str
-    chain_id: int | None
-    number: int | None
-    seen_at: float
-    """On the millisecond, as SQL keeps it."""
-    via: str
-
-
-@dataclass
-class Tables:
-    """
-    What the SQL tables hold: C{created} once a writing store has started on them.
-    """
-
-    created: bool = False
-    payloads: dict[str, str] = field(default_factory=dict)
-    """C{ethereum_data}: SHA256 → payload."""
-    blocks: dict[str, BlockRecord] = field(default_factory=dict)
-    """C{eth_blocks}: SHA256 → its record."""
-    clients: dict[str, ClientRecord] = field(default_factory=dict)
-    """C{eth_clients}: client → its record."""
-    sightings: dict[tuple[str, str], _Sighting] = field(default_factory=dict)
-    """C{eth_sightings}: (client, SHA256) → its first sighting."""
-    statuses: dict[str, NodeRecord] = field(default_factory=dict)
-    """C{eth_node_status}: client → its latest status."""
-    events: list[EventRecord] = field(default_factory=list)
-    """C{eth_events}, oldest first."""
-
-
-class ReadOnlyError(Exception):
-    """
-    A read-only store was asked to write.
-    """
+from ethtwisted.storage.memory_ledger import MemoryLedger
+from ethtwisted.storage.memory_tables import Answering, ReadOnlyError, SightingRow, Tables
 
 
 @implementer(IBlockStore, ICounterReader, IBlockReader)
@@ -140,7 +75,7 @@ class MemoryStore(Answering):
             chain_id, number = _chain_and_number(r.block)
             t.sightings.setdefault(
                 (r.client, r.sha256),
-                _Sighting(r.client, r.sha256, chain_id, number, round(r.seen_at * 1000) / 1000,
+                SightingRow(r.client, r.sha256, chain_id, number, round(r.seen_at * 1000) / 1000,
                           r.via),
             )  # fmt: skip
         for report in batch:
@@ -359,101 +294,6 @@ class MemoryStore(Answering):
             if b.first_seen >= since
         )
         return sorted(counts.items())
-
-
-@implementer(ILedger)
-class MemoryLedger(Answering):
-    """
-    L{ILedger} over a L{MemoryStore}'s tables, answering as the SQL ledger does.
-    """
-
-    def __init__(self, store: MemoryStore) -> None:
-        self.store = store
-
-    @property
-    def down(self) -> BaseException | None:  # type: ignore[override]
-        return self.store.down
-
-    @property
-    def tables(self) -> Tables:
-        return self.store.tables
-
-    def node_statuses(self, clients: Sequence[str]) -> Deferred[dict[str, NodeRecord]]:
-        statuses = self.tables.statuses
-        return self._answer(lambda: {c: statuses[c] for c in clients if c in statuses})
-
-    def finalized(self, limit: int, since: float) -> Deferred[dict[int, int]]:
-        return self._answer(self._finalized, limit, since)
-
-    def _finalized(self, limit: int, since: float) -> dict[int, int]:
-        fresh = [r.status for r in self.tables.statuses.values() if r.updated >= since]
-        return fleet_finalized([(s.chain_id, s.finalized) for s in fresh], limit)
-
-    def propagation(self, clients: Sequence[str], limit: int) -> Deferred[dict[str, list[float]]]:
-        return self._answer(self._propagation, clients, limit)
-
-    def _propagation(self, clients: Sequence[str], limit: int) -> dict[str, list[float]]:
-        first: dict[str, float] = {}
-        mine: dict[str, list[_Sighting]] = {c: [] for c in clients}
-        for s in self.tables.sightings.values():
-            first[s.sha256] = min(first.get(s.sha256, s.seen_at), s.seen_at)
-            if s.client in mine and s.number is not None:
-                mine[s.client].append(s)
-        for seen in mine.values():
-            seen.sort(key=lambda s: (s.seen_at, s.sha256), reverse=True)
-        return {
-            c: [(s.seen_at - first[s.sha256]) * 1000 for s in seen[:limit]]
-            for c, seen in mine.items()
-        }
-
-    def sightings(self, sha256: str, limit: int) -> Deferred[list[SightingRecord]]:
-        return self._answer(self._sightings, sha256, limit)
-
-    def _sightings(self, sha256: str, limit: int) -> list[SightingRecord]:
-        rows = sorted((s for s in self.tables.sightings.values() if s.sha256 == sha256),
-                      key=lambda s: (s.seen_at, s.client))[:limit]  # fmt: skip
-        return [
-            SightingRecord(s.client, s.seen_at, s.via, (s.seen_at - rows[0].seen_at) * 1000)
-            for s in rows
-        ]
-
-    def events(self, client: str, limit: int) -> Deferred[list[EventRecord]]:
-        mine = [e for e in reversed(self.tables.events) if e.client == client]
-        return self._answer(lambda: mine[:limit])
-
-    def missing(
-        self, client: str, chain_id: int, low: int, high: int, limit: int
-    ) -> Deferred[list[int]]:
-        return self._answer(self._missing, client, chain_id, low, high, limit)
-
-    def _missing(self, client: str, chain_id: int, low: int, high: int, limit: int) -> list[int]:
-        t = self.tables
-        heights: dict[int, bool] = {}
-        for b in t.blocks.values():
-            if b.chain_id == chain_id and b.number is not None and low <= b.number <= high:
-                seen = (client, b.sha256) in t.sightings
-                heights[b.number] = heights.get(b.number, False) or seen
-        return sorted(n for n, seen in heights.items() if not seen)[:limit]
-
-    def prune_blocks(
-        self, before: float, after: retention.Cursor, limit: int
-    ) -> Deferred[tuple[int, retention.Cursor]]:
-        return self._answer(retention.memory_prune_blocks, self.store.tables, before, after, limit)
-
-    def prune_sightings(self, before: float, limit: int) -> Deferred[int]:
-        return self._answer(self._prune, before, limit)
-
-    def _prune(self, before: float, limit: int) -> int:
-        t = self.tables
-        # The sightings of the payloads first seen on the days before that of C{before}, in
-        # the order the payloads were stored.
-        order = {sha256: n for n, sha256 in enumerate(t.payloads)}
-        day = before // 86400
-        old = [s for s in t.sightings.values() if t.blocks[s.sha256].first_seen // 86400 < day]
-        old = sorted(old, key=lambda s: (order[s.sha256], s.client))[:limit]
-        for s in old:
-            del t.sightings[(s.client, s.sha256)]
-        return len(old)
 
 
 def _chain_and_number(block: Block | int | None) -> tuple[int | None, int | None]:

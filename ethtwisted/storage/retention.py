@@ -16,9 +16,10 @@ a bounded number each time, so a run never reads again what the last one kept.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ethtwisted.interfaces import CHAIN_WINDOW
+from ethtwisted.storage.memory_tables import Tables
 from ethtwisted.storage.partitions import IN_LIMIT
 
 Cursor = tuple[float, str] | None
@@ -110,17 +111,6 @@ def sql_prune_blocks(
     return len(gone), (last[1], last[0])
 
 
-class Tables(Protocol):
-    """
-    What L{memory_prune_blocks} reads and changes of a memory store's tables
-    (L{ethtwisted.storage.memory_store.Tables}, whose module imports this one).
-    """
-
-    payloads: dict[str, str]
-    blocks: dict[str, Any]
-    sightings: dict[tuple[str, str], Any]
-
-
 def memory_prune_blocks(
     tables: Tables, before: float, after: Cursor, limit: int
 ) -> tuple[int, Cursor]:
@@ -139,7 +129,7 @@ def memory_prune_blocks(
     at_heights = [
         (b.chain_id, b.number, b.first_seen, b.sha256)
         for b in blocks.values()
-        if (b.chain_id, b.number) in heights
+        if b.chain_id is not None and b.number is not None and (b.chain_id, b.number) in heights
     ]
     highest: dict[int, int] = {}
     for b in blocks.values():
