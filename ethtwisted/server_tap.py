@@ -310,7 +310,7 @@ def stats_service(
     factory.observers.append(metrics)
     ingest.commit_listeners.append(metrics.committed)
     ingest.conflict_listeners.append(metrics.conflict)
-    fleet.observers.append(metrics.decided)
+    fleet.decision_listeners.append(metrics.decided)
     reads = Reads(
         reactor, store, store, redis, lambda: ingest.trouble.reason, registry, store.fleet
     )

@@ -278,17 +278,17 @@ class Slow(SQLFleet):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_observers_are_told_how_long_each_decision_took(
+async def test_the_listeners_are_told_how_long_each_decision_took(
     sqlite_store: SQLStore,
 ) -> None:
     """
-    Each decision that answers tells the observers the seconds from asking the store until
+    Each decision that answers tells the decision listeners the seconds from asking the store until
     its answer, on the service's clock; one that fails tells them nothing.
     """
     fleet = Slow(sqlite_store)
     h = Harness(sqlite_store, fleet)
     took: list[float] = []
-    h.service.observers.append(took.append)
+    h.service.decision_listeners.append(took.append)
     h.service.startService()
     for _ in range(int(RECONNECT_GRACE)):
         h.clock.advance(DECIDE_INTERVAL)

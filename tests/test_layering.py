@@ -194,3 +194,21 @@ def test_only_tap_modules_add_listeners_to_other_objects() -> None:
             if not (isinstance(owner, ast.Name) and owner.id == "self"):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}")
     assert offenders == []
+
+
+def test_every_list_of_callables_is_named_listeners() -> None:
+    """
+    Every attribute holding a list of callables told of an event is named C{*_listeners}, so
+    that one kind of thing has one name (C{observers} is kept for objects of an interface).
+    """
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Attribute)
+                and ast.unparse(node.annotation).startswith("list[Callable")
+            ):
+                names.append(f"{path.relative_to(PACKAGE)}: {node.target.attr}")
+    assert len(names) > 10
+    assert [name for name in names if not name.endswith("_listeners")] == []

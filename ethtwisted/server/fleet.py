@@ -55,7 +55,7 @@ class FleetService(TimerService):
         self.started: float | None = None
         self.held: dict[str, float] = {}
         """The clients this server last recorded as held: name → last heard."""
-        self.observers: list[Callable[[float], None]] = []
+        self.decision_listeners: list[Callable[[float], None]] = []
         """Told the seconds each decision took, from asking the store until it answered."""
         self.trouble = Trouble(log, LogLevel.warn, "cannot decide the clients' states: {reason}",
                                "deciding the clients' states again")  # fmt: skip
@@ -91,7 +91,7 @@ class FleetService(TimerService):
         gone = {c: t for c, t in self.held.items() if c not in held}
         try:
             events = await self.fleet.decide(self.server, now, held, gone, self.thresholds)
-            for observe in self.observers:
+            for observe in self.decision_listeners:
                 observe(self.reactor.seconds() - now)
         except Exception as e:
             if is_conflict(e):
