@@ -110,6 +110,10 @@ class IBlockReader(Interface):
     """
 
     ledger: ILedger = Attribute("Sightings, node statuses and events over the same store.")
+    chain_source = Attribute(
+        "The rows of the chains this store holds, for their analysis"
+        " (L{ethtwisted.storage.chains.ChainRows})."
+    )
 
     def payload(sha256: str) -> Deferred[str | None]:
         """

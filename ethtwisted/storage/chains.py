@@ -10,13 +10,13 @@ range read per request: at most L{MAX_CHAIN_RANGE} heights, and L{ANCESTRY_MARGI
 to find the ancestry that reaches into the range.  The SQL store reads it from the index
 C{eth_blocks_chain} alone (numbers, hashes, parent hashes, first sightings); who reported a
 block is read only for the heights with several blocks, and the gaps of a range alone are
-found in SQL.  The SQL store and the memory store give the same rows to the same analysis,
-L{analyse}.
+found in SQL (L{ethtwisted.storage.sql_chains}).  The SQL store and the memory store give the
+same rows to the same analysis, L{analyse}.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,11 +24,9 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
-from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, IChainReader
+from ethtwisted.interfaces import CHAIN_WINDOW, MAX_CHAIN_RANGE, IBlockReader, IChainReader
 from ethtwisted.protocol import MAX_BLOCK_INT
 from ethtwisted.records import ChainBlock, ChainRange, Head, Reorg
-from ethtwisted.storage.heads import sql_best_head
-from ethtwisted.storage.sql_store import SQLStore
 
 REPORTER_HEIGHTS = 500
 """The most heights one statement reads who reported the blocks at."""
@@ -299,122 +297,8 @@ class ChainReader:
         return summaries
 
 
-def chain_reader(store: object) -> ChainReader:
+def chain_reader(store: IBlockReader) -> ChainReader:
     """
-    The chains as C{store} (the SQL store, or one that gives L{ChainRows} itself, as the
-    memory store does) holds them.
+    The chains as C{store} holds them, from the rows its C{chain_source} gives.
     """
-    if isinstance(store, SQLStore):
-        return ChainReader(_SQLRows(store))
-    if not hasattr(store, "chain_rows"):
-        raise TypeError(f"{type(store).__name__} holds no chains")
-    return ChainReader(store)  # type: ignore[arg-type]
-
-
-class _SQLRows:
-    """
-    L{ChainRows} of the SQL store: its heads, and each read in one transaction.
-    """
-
-    def __init__(self, store: SQLStore) -> None:
-        self.store = store
-
-    def heads(self, limit: int) -> Deferred[list[Head]]:
-        return self.store.heads(limit)
-
-    def chain_rows(
-        self, chain_id: int, low: int, high: int, margin: int, every: bool = False
-    ) -> Deferred[Stored | None]:
-        p = self.store.dialect.placeholder
-        return self.store.pool.runInteraction(
-            _sql_chain_rows, p, chain_id, low, high, margin, every
-        )
-
-    def chain_size(
-        self, chain_id: int, low: int, high: int, margin: int
-    ) -> Deferred[tuple[Head, int] | None]:
-        p = self.store.dialect.placeholder
-        return self.store.pool.runInteraction(_sql_chain_size, p, chain_id, low, high, margin)
-
-    def chain_gaps(
-        self, chain_id: int, low: int, high: int
-    ) -> Deferred[tuple[int, list[tuple[int, int]]] | None]:
-        p = self.store.dialect.placeholder
-        return self.store.pool.runInteraction(_sql_chain_gaps, p, chain_id, low, high)
-
-
-# The statements below read the index eth_blocks_chain alone, but for the reporters (and the
-# best head's few look-ups, ethtwisted.storage.heads).
-
-
-def _in_range(p: str) -> str:
-    return f"chain_id = {p} AND number >= {p} AND number <= {p} AND block_hash IS NOT NULL"
-
-
-def _sql_chain_rows(
-    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int, every: bool
-) -> Stored | None:
-    head = sql_best_head(txn, p, chain_id)
-    if head is None:
-        return None
-    txn.execute(
-        "SELECT number, block_hash, parent_hash, hash, first_seen FROM eth_blocks"
-        f" WHERE {_in_range(p)}",
-        (chain_id, low, high + margin),
-    )
-    rows = [Row(int(n), bh, ph, h, float(t)) for n, bh, ph, h, t in txn.fetchall()]
-    here = Counter(r.number for r in rows if r.number <= high)
-    forks = sorted(n for n, blocks in here.items() if every or blocks > 1)
-    # Who reported each block first, for the heights with several (or every): only those rows.
-    reporters: dict[str, tuple[str, int | None]] = {}
-    for start in range(0, len(forks), REPORTER_HEIGHTS):
-        heights = forks[start : start + REPORTER_HEIGHTS]
-        txn.execute(
-            f"SELECT hash, client, block_time FROM eth_blocks WHERE chain_id = {p}"
-            f" AND number IN ({', '.join([p] * len(heights))})",
-            (chain_id, *heights),
-        )
-        reporters.update((h, (c, None if t is None else int(t))) for h, c, t in txn.fetchall())
-    return Stored(head, rows, reporters)
-
-
-def _sql_chain_size(
-    txn: Any, p: str, chain_id: int, low: int, high: int, margin: int
-) -> tuple[Head, int] | None:
-    head = sql_best_head(txn, p, chain_id)
-    if head is None:
-        return None
-    txn.execute(
-        f"SELECT COUNT(*) FROM eth_blocks WHERE {_in_range(p)}", (chain_id, low, high + margin)
-    )
-    return head, int(txn.fetchone()[0])
-
-
-def _sql_chain_gaps(
-    txn: Any, p: str, chain_id: int, low: int, high: int
-) -> tuple[int, list[tuple[int, int]]] | None:
-    head = sql_best_head(txn, p, chain_id)
-    if head is None:
-        return None
-    end = min(high, head.number)
-    if end < low:
-        return head.number, []
-    # Each stored height with the one before and after it: only the lowest, the highest, and
-    # those after a gap come back (never an arithmetic past a stored number: no overflow).
-    txn.execute(
-        "SELECT number, below FROM (SELECT number,"
-        " LAG(number) OVER (ORDER BY number) AS below,"
-        " LEAD(number) OVER (ORDER BY number) AS above"
-        f" FROM eth_blocks WHERE {_in_range(p)}) AS steps"
-        " WHERE below IS NULL OR above IS NULL OR number > below + 1"
-        " ORDER BY number",
-        (chain_id, low, end),
-    )
-    steps = [(int(n), None if b is None else int(b)) for n, b in txn.fetchall()]
-    if not steps:
-        return head.number, [(low, end)]
-    gaps = [(low, steps[0][0] - 1)] if steps[0][0] > low else []
-    gaps += [(b + 1, n - 1) for n, b in steps if b is not None and n > b + 1]
-    if steps[-1][0] < end:
-        gaps.append((steps[-1][0] + 1, end))
-    return head.number, gaps
+    return ChainReader(store.chain_source)

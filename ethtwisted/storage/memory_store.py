@@ -52,6 +52,8 @@ class MemoryStore(Answering):
         self.tables = Tables() if tables is None else tables
         self.read_only = read_only
         self.ledger = MemoryLedger(self)
+        self.chain_source = self
+        """The chains' rows: this store reads them itself."""
 
     def start(self) -> Deferred[None]:
         return self._answer(self._start)

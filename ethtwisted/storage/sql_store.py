@@ -29,7 +29,7 @@ from ethtwisted.storage import (
     partitions,
     row_problem,
 )
-from ethtwisted.storage.heads import sql_best_head
+from ethtwisted.storage.sql_chains import SQLChainRows
 from ethtwisted.storage.sql_pool import DatabaseURL, connection_pool
 
 MYSQL_TEXT_BYTES = 65535
@@ -154,6 +154,7 @@ class SQLStore:
         self.ledger = ledger.SQLLedger(self.pool, url.dialect, self.clock)
         self.fleet = fleet.SQLFleet(self.pool, url.dialect)
         self.deliveries = deliveries.SQLDeliveries(self.pool, url.dialect)
+        self.chain_source = SQLChainRows(self.pool, self.dialect.placeholder)
 
     def start(self) -> Deferred[None]:
         if self.read_only:
@@ -403,23 +404,7 @@ class SQLStore:
         ]
 
     def heads(self, limit: int) -> Deferred[list[Head]]:
-        return self.pool.runInteraction(self._heads, limit)
-
-    def _heads(self, txn: Any, limit: int) -> list[Head]:
-        p = self.dialect.placeholder
-        # The chains come from the small clients table; each head is then a few index look-ups
-        # (ethtwisted.storage.heads) rather than a scan of every block.
-        txn.execute(
-            "SELECT DISTINCT chain_id FROM eth_clients WHERE last_block IS NOT NULL"
-            f" ORDER BY chain_id LIMIT {p}",
-            (limit,),
-        )
-        heads = []
-        for (chain_id,) in txn.fetchall():
-            head = sql_best_head(txn, p, _int(chain_id))
-            if head is not None:
-                heads.append(head)
-        return heads
+        return self.chain_source.heads(limit)
 
     def first_seen(self) -> Deferred[float | None]:
         d = self._query("SELECT MIN(first_seen) FROM eth_blocks")
