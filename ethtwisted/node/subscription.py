@@ -103,24 +103,15 @@ class HeadSubscription:
         answer within the timeout or fails; cancelled, L{CancelledError} (Twisted's, as any
         Deferred's cancellation).
         """
-        opening_future = asyncio.ensure_future(self._open())
-        timed_out = []
+        opening = Deferred.fromFuture(asyncio.ensure_future(self._open()))
 
-        def time_out() -> None:
-            timed_out.append(True)
-            opening_future.cancel()
+        def timed_out(result: object, timeout: float) -> Failure:
+            # Cancelling a Deferred made from a future cancels the future, and the Deferred
+            # fails with asyncio's CancelledError, which addTimeout's own translation to its
+            # TimeoutError would not take.
+            return Failure(NodeError(f"no answer to eth_subscribe within {timeout:g} s"))
 
-        timer = self._reactor.callLater(self._timeout, time_out)
-        # Cancelling a Deferred made from a future cancels the future, and the Deferred fails
-        # with asyncio's CancelledError, which addTimeout would not take for its own.
-        opening = Deferred.fromFuture(opening_future)
-
-        def stop_timer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        opening.addBoth(stop_timer)
+        opening.addTimeout(self._timeout, self._reactor, onTimeoutCancel=timed_out)
 
         def opened(chain_id: int) -> IHeadSubscription:
             connection = self._connection
@@ -132,9 +123,6 @@ class HeadSubscription:
         def failed(failure: Failure) -> Failure:
             self._close_connection()
             if failure.check(asyncio.CancelledError, CancelledError):
-                if timed_out:
-                    return Failure(NodeError(f"no answer to eth_subscribe within "
-                                             f"{self._timeout:g} s"))  # fmt: skip
                 return Failure(CancelledError())
             return self._as_node_error(failure)
 
