@@ -8,8 +8,8 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ethtwisted.records import Received
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 MAX_CLIENT_LENGTH = 255
 """Characters in a client name (C{VARCHAR(255)})."""
@@ -62,6 +64,15 @@ _MYSQL_CONFLICTS = frozenset({1205, 1213})
 """MySQL errors about a concurrent transaction: lock wait timeout, and deadlock, which is also
 how a Galera node reports a transaction that lost certification to one committed on another
 node."""
+
+
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """
+    C{items} in order, C{size} at a time (the last chunk may hold fewer): the values of one
+    statement each, under a database's limit of placeholders or subqueries.
+    """
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _cause(error: Failure | BaseException) -> Any:

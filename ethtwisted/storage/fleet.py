@@ -32,6 +32,7 @@ from ethtwisted.states import (
     decide,
     describe_change,
 )
+from ethtwisted.storage import chunks
 from ethtwisted.storage.fleet_facts import (
     BATCH,
     Memo,
@@ -370,8 +371,7 @@ class SQLFleet:
             states.update(read_states(txn, p))
             return states
         states = {}
-        for start in range(0, len(names), BATCH):
-            chunk = names[start : start + BATCH]
+        for chunk in chunks(names, BATCH):
             marks = ", ".join(["?"] * len(chunk))
             for (client,) in self._execute(
                 txn, f"SELECT DISTINCT client FROM eth_presence WHERE client IN ({marks})", *chunk

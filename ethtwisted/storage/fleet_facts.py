@@ -29,6 +29,7 @@ from ethtwisted.states import (
     fleet_block,
     fleet_head,
 )
+from ethtwisted.storage import chunks
 
 BATCH = 500
 """The most values one statement lists (SQLite allows 32,766 placeholders)."""
@@ -196,8 +197,7 @@ def latest_sightings(txn: Any, p: str, sent: Mapping[int, int]) -> list[tuple[in
     """
     rows: list[tuple[int, int, int]] = []
     ids = sorted(sent)
-    for start in range(0, len(ids), UNION):
-        chunk = ids[start : start + UNION]
+    for chunk in chunks(ids, UNION):
         txn.execute(
             " UNION ALL ".join(
                 "SELECT * FROM (SELECT client_id, block_id, seen_at_ms FROM eth_sightings"
@@ -237,8 +237,7 @@ def client_ids(txn: Any, p: str, names: Iterable[str], known: dict[str, int]) ->
     for those that have one.
     """
     wanted = sorted(n for n in set(names) if n not in known)
-    for start in range(0, len(wanted), BATCH):
-        chunk = wanted[start : start + BATCH]
+    for chunk in chunks(wanted, BATCH):
         marks = _marks(chunk)
         known.update(
             (name, int(i))
@@ -294,8 +293,7 @@ def contested_heights(
             heights[number] = Height(blocks, old.reports if old is not None else {})
         unread += [b for b in blocks if old is None or b not in old.blocks]
     number_of = {b: n for n, height in heights.items() for b in height.blocks}
-    for start in range(0, len(unread), BATCH):
-        chunk = unread[start : start + BATCH]
+    for chunk in chunks(unread, BATCH):
         marks = _marks(chunk)
         _merge(heights, number_of, execute(
             txn, p,

@@ -21,7 +21,7 @@ from ethtwisted.frames import Status, SyncProgress
 from ethtwisted.interfaces import ILedger
 from ethtwisted.protocol import SOURCES
 from ethtwisted.records import EventRecord, NodeRecord, Received, SightingRecord, StatusReport
-from ethtwisted.storage import fleet_finalized, partitions, retention, status_events
+from ethtwisted.storage import chunks, fleet_finalized, partitions, retention, status_events
 
 TABLES = ("eth_client_ids", "eth_sightings", "eth_node_status", "eth_events")
 VIAS = ("unknown", *SOURCES)
@@ -195,8 +195,7 @@ class SQLLedger:
     def _read_client_ids(self, txn: Any, names: Sequence[str], lock: str) -> dict[str, int]:
         p = self.statements.placeholder
         ids: dict[str, int] = {}
-        for start in range(0, len(names), partitions.IN_LIMIT):
-            chunk = names[start : start + partitions.IN_LIMIT]
+        for chunk in chunks(names, partitions.IN_LIMIT):
             txn.execute(
                 f"SELECT client, id FROM eth_client_ids"
                 f" WHERE client IN ({', '.join([p] * len(chunk))}){lock}",
@@ -269,8 +268,7 @@ class SQLLedger:
         # A block sighting is one of a payload with a number (eth_blocks_id has it).
         block = "JOIN eth_blocks b ON b.id = s.block_id AND b.number IS NOT NULL"
         first: dict[int, int] = {}  # block id → its first sighting (ms), read once a call
-        for start in range(0, len(clients), PROPAGATION_CLIENTS):
-            chunk = clients[start : start + PROPAGATION_CLIENTS]
+        for chunk in chunks(clients, PROPAGATION_CLIENTS):
             # First the time of each client's limit-th block sighting, newest first: in the
             # order of the (client_id, seen_at_ms) index, which stops there.  Without it, the
             # order by payload too would sort all the sightings a client ever had.
@@ -388,8 +386,7 @@ def _first_sightings(txn: Any, p: str, blocks: set[int], first: dict[int, int]) 
     the key they lead (a look-up per sighting read each block's rows again, once per client).
     """
     ordered = sorted(blocks)
-    for start in range(0, len(ordered), PROPAGATION_CLIENTS):
-        chunk = ordered[start : start + PROPAGATION_CLIENTS]
+    for chunk in chunks(ordered, PROPAGATION_CLIENTS):
         txn.execute(
             "SELECT block_id, MIN(seen_at_ms) FROM eth_sightings"
             f" WHERE block_id IN ({', '.join([p] * len(chunk))}) GROUP BY block_id",

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ethtwisted.interfaces import CHAIN_WINDOW
+from ethtwisted.storage import chunks
 from ethtwisted.storage.memory_tables import Tables
 from ethtwisted.storage.partitions import IN_LIMIT
 
@@ -88,8 +89,7 @@ def sql_prune_blocks(
         txn.execute(f"SELECT MAX(number) FROM eth_blocks WHERE chain_id = {p}", (chain_id,))
         highest[chain_id] = int(txn.fetchone()[0])
         listed = sorted(numbers)
-        for i in range(0, len(listed), IN_LIMIT):
-            chunk = listed[i : i + IN_LIMIT]
+        for chunk in chunks(listed, IN_LIMIT):
             txn.execute(
                 "SELECT chain_id, number, first_seen, hash FROM eth_blocks"
                 f" WHERE chain_id = {p} AND number IN ({', '.join([p] * len(chunk))})",
@@ -97,8 +97,7 @@ def sql_prune_blocks(
             )
             at_heights += [(int(c), int(n), float(t), h) for c, n, t, h in txn.fetchall()]
     gone = sorted(prunable(candidates, at_heights, highest))
-    for i in range(0, len(gone), IN_LIMIT):
-        hashes = gone[i : i + IN_LIMIT]
+    for hashes in chunks(gone, IN_LIMIT):
         marks = ", ".join([p] * len(hashes))
         txn.execute(
             "DELETE FROM eth_sightings WHERE block_id IN"

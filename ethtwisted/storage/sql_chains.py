@@ -14,6 +14,7 @@ from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred
 
 from ethtwisted.records import Head
+from ethtwisted.storage import chunks
 from ethtwisted.storage.chains import REPORTER_HEIGHTS, Row, Stored
 from ethtwisted.storage.heads import sql_best_head
 
@@ -91,8 +92,7 @@ def _sql_chain_rows(
     forks = sorted(n for n, blocks in here.items() if every or blocks > 1)
     # Who reported each block first, for the heights with several (or every): only those rows.
     reporters: dict[str, tuple[str, int | None]] = {}
-    for start in range(0, len(forks), REPORTER_HEIGHTS):
-        heights = forks[start : start + REPORTER_HEIGHTS]
+    for heights in chunks(forks, REPORTER_HEIGHTS):
         txn.execute(
             f"SELECT hash, client, block_time FROM eth_blocks WHERE chain_id = {p}"
             f" AND number IN ({', '.join([p] * len(heights))})",

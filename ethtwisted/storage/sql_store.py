@@ -22,6 +22,7 @@ from ethtwisted.protocol import Block
 from ethtwisted.records import BlockRecord, ClientRecord, Head, Received, StatusReport
 from ethtwisted.storage import (
     RejectedError,
+    chunks,
     deliveries,
     fleet,
     ledger,
@@ -276,8 +277,7 @@ class SQLStore:
         """
         p = self.dialect.placeholder
         rows: list[Any] = []
-        for start in range(0, len(hashes), partitions.IN_LIMIT):
-            chunk = hashes[start : start + partitions.IN_LIMIT]
+        for chunk in chunks(hashes, partitions.IN_LIMIT):
             txn.execute(statement.format(hashes=", ".join([p] * len(chunk))), chunk)
             rows += txn.fetchall()
         return rows
